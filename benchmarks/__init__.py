@@ -1,0 +1,1 @@
+"""Speed, memory and scaling measurements against named baselines (`python -m benchmarks.X`)."""

@@ -1,0 +1,89 @@
+"""Formula parsing shared by every stage, so both domains key compositions the same way.
+
+pymatgen's ``Composition`` accepts strings that are not chemistry (``"Xx2"`` becomes a
+dummy species, ``"H-1"`` a negative amount). :func:`parse_formula` accepts only real
+elements with positive, finite amounts and raises :class:`FormulaError` naming the input
+otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+
+from pymatgen.core import Composition, Element
+from pymatgen.util.string import formula_double_format
+
+__all__ = ["FormulaError", "element_fractions", "parse_formula", "reduced_formula"]
+
+# Characters a formula may contain: element symbols, amounts, brackets, hydrate dots.
+_ALLOWED = re.compile(r"^[A-Za-z0-9.()\[\]{}·* ]+$")
+_MAX_LEN = 200
+
+
+class FormulaError(ValueError):
+    """A formula that does not describe a composition of real elements."""
+
+
+def parse_formula(formula: str) -> Composition:
+    """Parse ``formula`` into a pymatgen ``Composition`` of real elements.
+
+    >>> parse_formula("Hg0.7Cd0.3Te").reduced_formula
+    'Hg0.7Cd0.3Te'
+    """
+    if not isinstance(formula, str):
+        raise FormulaError(f"formula must be a string, got {type(formula).__name__}")
+    text = formula.strip()
+    if not text:
+        raise FormulaError("empty formula")
+    if len(text) > _MAX_LEN:
+        raise FormulaError(f"formula {text[:40]!r}... is longer than {_MAX_LEN} characters")
+    if not _ALLOWED.match(text):
+        raise FormulaError(f"formula {text!r} contains characters that are not part of a formula")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            comp = Composition(text, strict=True)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise FormulaError(f"cannot parse formula {text!r}: {exc}") from exc
+    if len(comp) == 0:
+        raise FormulaError(f"formula {text!r} has no elements")
+    if re.search(r"(?<![0-9.])0+(\.0*)?(?![0-9.])", text):
+        raise FormulaError(f"formula {text!r} has an element with amount 0")
+    for el, amount in comp.items():
+        if not isinstance(el, Element):
+            raise FormulaError(f"formula {text!r}: {el} is not a chemical element")
+        if not math.isfinite(amount) or amount <= 0:
+            raise FormulaError(f"formula {text!r}: amount of {el} must be positive, got {amount}")
+    return comp
+
+
+def reduced_formula(formula: str | Composition) -> str:
+    """Canonical reduced formula: elements by electronegativity, amounts reduced.
+
+    Unlike pymatgen's ``reduced_formula`` it never groups polyatomic ions
+    (``"AlKO6Si2" -> "KAlSi2O6"``, not ``"KAl(SiO3)2"``), so the key is the same however
+    the input was written.
+
+    >>> reduced_formula("Fe4O6"), reduced_formula("O3Fe2")
+    ('Fe2O3', 'Fe2O3')
+    """
+    comp = parse_formula(formula) if isinstance(formula, str) else formula
+    reduced, _ = comp.get_reduced_composition_and_factor()
+    parts = sorted(reduced.items(), key=lambda kv: (_electronegativity(kv[0]), kv[0].symbol))
+    return "".join(f"{el.symbol}{formula_double_format(amt)}" for el, amt in parts)
+
+
+def _electronegativity(el: Element) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # noble gases have no Pauling value; sort them last
+        x = el.X
+    return x if math.isfinite(x) else math.inf
+
+
+def element_fractions(formula: str | Composition) -> dict[str, float]:
+    """Atomic fractions by element symbol, summing to 1."""
+    comp = parse_formula(formula) if isinstance(formula, str) else formula
+    frac = comp.fractional_composition
+    return {el.symbol: float(amt) for el, amt in frac.items()}

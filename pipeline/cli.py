@@ -1,0 +1,103 @@
+"""The ``matshift`` command: one sub-command per pipeline stage, plus predict and doctor.
+
+Stage modules are imported only when their sub-command runs, so ``matshift --help`` stays
+fast. Every expected failure (bad parameters, bad input, unwritable output) ends with a
+one-paragraph message and a non-zero exit code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.config import ConfigError
+from pipeline.errors import MatshiftError
+from pipeline.io import OutputError
+
+# name -> (module, one-line help). Each module exposes add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch": ("pipeline.fetch", "read DFT and experimental sources into data/raw/"),
+    "featurize": ("pipeline.featurize", "crystal graphs and composition descriptors into data/features/"),
+    "align": ("pipeline.align", "unbalanced OT from DFT to experiment into data/aligned/<property>/"),
+    "train": ("pipeline.train", "train the GNN and baselines, log to MLflow"),
+    "evaluate": ("pipeline.evaluate", "leak-free out-of-distribution evaluation into metrics/ and plots/"),
+    "predict": ("pipeline.predict", "predict measured properties for formulas or CIF files"),
+    "doctor": ("pipeline.doctor", "check the environment, the data mirror, fetched data and models"),
+}
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matshift",
+        description=(
+            "Predict experimentally measured materials properties from DFT data: fetch, "
+            "featurize, align simulation to experiment with unbalanced optimal transport, "
+            "train and evaluate a GNN out of distribution, and predict new materials. "
+            "`dvc repro` runs the stages in order; each also runs alone."
+        ),
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        mod = _import(module)
+        if mod is not None:
+            mod.add_arguments(p)
+    return parser
+
+
+def _import(module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:  # stage not written yet
+            return None
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    mod = _import(args._module)
+    if mod is None:
+        print(f"matshift: the '{args.command}' command is not available in this version", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(mod.run(args) or 0)
+    except (ConfigError, MatshiftError, OutputError) as exc:
+        if args.debug:
+            raise
+        print(f"matshift {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"matshift {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"matshift {args.command}: unexpected error: {type(exc).__name__}: {exc}\n"
+            "Run again with `matshift --debug ...` for the traceback and report it.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

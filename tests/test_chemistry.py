@@ -1,0 +1,40 @@
+import pytest
+
+from featurizers.chemistry import FormulaError, element_fractions, reduced_formula
+
+
+@pytest.mark.parametrize(
+    ("formula", "expected"),
+    [
+        ("NaCl", "NaCl"),
+        ("Na10Cl10", "NaCl"),
+        ("Fe4O6", "Fe2O3"),
+        ("O3Fe2", "Fe2O3"),
+        ("AlKO6Si2", "KAlSi2O6"),
+        ("KAl(SiO3)2", "KAlSi2O6"),
+        ("Hg0.7Cd0.3Te", "Cd0.3Hg0.7Te"),
+        ("XeF2", "XeF2"),
+    ],
+)
+def test_reduced_formula_is_canonical(formula, expected):
+    assert reduced_formula(formula) == expected
+
+
+@pytest.mark.parametrize(
+    ("formula", "message"),
+    [
+        ("", "empty formula"),
+        ("Xx2", "cannot parse formula 'Xx2'"),
+        ("H-1", "contains characters"),
+        ("Na1Cl0", "amount 0"),
+        ("Na" * 200, "longer than"),
+    ],
+)
+def test_invalid_formulas_name_the_input(formula, message):
+    with pytest.raises(FormulaError, match=message):
+        reduced_formula(formula)
+
+
+def test_fractions_sum_to_one():
+    fr = element_fractions("Fe2O3")
+    assert fr == pytest.approx({"Fe": 0.4, "O": 0.6})
