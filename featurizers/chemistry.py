@@ -20,6 +20,7 @@ __all__ = ["FormulaError", "element_fractions", "parse_formula", "reduced_formul
 # Characters a formula may contain: element symbols, amounts, brackets, hydrate dots.
 _ALLOWED = re.compile(r"^[A-Za-z0-9.()\[\]{}·* ]+$")
 _MAX_LEN = 200
+_SYMBOL = re.compile(r"[A-Z][a-z]*")
 
 
 class FormulaError(ValueError):
@@ -41,6 +42,11 @@ def parse_formula(formula: str) -> Composition:
         raise FormulaError(f"formula {text[:40]!r}... is longer than {_MAX_LEN} characters")
     if not _ALLOWED.match(text):
         raise FormulaError(f"formula {text!r} contains characters that are not part of a formula")
+    text = _expand_hydrate(text)
+    unknown = sorted({sym for sym in _SYMBOL.findall(text) if not Element.is_valid_symbol(sym)})
+    if unknown:
+        names = ", ".join(repr(u) for u in unknown)
+        raise FormulaError(f"formula {text!r}: unknown element {names}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -57,6 +63,21 @@ def parse_formula(formula: str) -> Composition:
         if not math.isfinite(amount) or amount <= 0:
             raise FormulaError(f"formula {text!r}: amount of {el} must be positive, got {amount}")
     return comp
+
+
+def _expand_hydrate(text: str) -> str:
+    """``CuSO4·5H2O`` -> ``CuSO4(H2O)5``: pymatgen reads no adduct dots."""
+    parts = re.split(r"\s*[·*]\s*", text)
+    if len(parts) == 1:
+        return text
+    out = [parts[0]]
+    for part in parts[1:]:
+        m = re.match(r"^(\d+(?:\.\d+)?)?(.+)$", part)
+        if not m or not part:
+            raise FormulaError(f"formula {text!r}: empty part around an adduct dot")
+        count, rest = m.group(1), m.group(2)
+        out.append(f"({rest}){count or ''}")
+    return "".join(out)
 
 
 def reduced_formula(formula: str | Composition) -> str:

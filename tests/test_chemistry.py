@@ -24,7 +24,8 @@ def test_reduced_formula_is_canonical(formula, expected):
     ("formula", "message"),
     [
         ("", "empty formula"),
-        ("Xx2", "cannot parse formula 'Xx2'"),
+        ("Xx2", "unknown element .Xx."),
+        ("NaCl)(", "cannot parse formula"),
         ("H-1", "contains characters"),
         ("Na1Cl0", "amount 0"),
         ("Na" * 200, "longer than"),

@@ -1,0 +1,104 @@
+"""Validation of user inputs for prediction: formulas and CIF files.
+
+Every input becomes either a :class:`ParsedInput` or an :class:`InputProblem` that names
+the input and says why it was refused; nothing here raises for bad user input, so one bad
+line never stops the valid ones from being predicted.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pymatgen.core import Structure
+from pymatgen.io.cif import CifParser
+
+from featurizers.chemistry import FormulaError, parse_formula, reduced_formula
+
+__all__ = ["InputProblem", "ParsedInput", "parse_cif", "parse_formula_input"]
+
+MAX_CIF_BYTES = 5_000_000
+
+
+@dataclass(frozen=True)
+class ParsedInput:
+    """A valid input: its text as given, its reduced formula and, for a CIF, its structure."""
+
+    input: str
+    kind: Literal["formula", "cif"]
+    formula: str
+    structure: Structure | None = None
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """An input refused with a reason (shown to the user, never turned into a number)."""
+
+    input: str
+    kind: Literal["formula", "cif"]
+    reason: str
+
+
+def parse_formula_input(text: str) -> ParsedInput | InputProblem:
+    """Validate one formula typed by a user."""
+    shown = text if isinstance(text, str) else repr(text)
+    try:
+        comp = parse_formula(text)
+    except FormulaError as exc:
+        return InputProblem(shown, "formula", str(exc))
+    return ParsedInput(shown.strip(), "formula", reduced_formula(comp))
+
+
+def parse_cif(path: Path | str, *, max_sites: int = 500) -> ParsedInput | InputProblem:
+    """Read one CIF file: a single ordered structure of at most ``max_sites`` sites."""
+    path = Path(path)
+    shown = str(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return InputProblem(shown, "cif", f"cannot read CIF file: {exc.strerror or exc}")
+    if size == 0:
+        return InputProblem(shown, "cif", "CIF file is empty")
+    if size > MAX_CIF_BYTES:
+        return InputProblem(shown, "cif", f"CIF file is larger than {MAX_CIF_BYTES // 1_000_000} MB")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return InputProblem(shown, "cif", f"cannot read CIF file: {exc.strerror or exc}")
+    return parse_cif_text(text, name=shown, max_sites=max_sites)
+
+
+def parse_cif_text(text: str, *, name: str, max_sites: int = 500) -> ParsedInput | InputProblem:
+    """Parse CIF text (see :func:`parse_cif`); ``name`` identifies it in messages."""
+    if "_cell_length_a" not in text:
+        return InputProblem(name, "cif", "not a CIF file (no _cell_length_a entry)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parser = CifParser(io.StringIO(text))
+            structures = parser.parse_structures(primitive=False, on_error="raise")
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for malformed CIFs
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return InputProblem(name, "cif", f"malformed CIF: {reason}")
+    if not structures:
+        return InputProblem(name, "cif", "malformed CIF: no structure could be read")
+    if len(structures) > 1:
+        return InputProblem(name, "cif", f"CIF holds {len(structures)} structures; give one per file")
+    structure = structures[0]
+    if not structure.is_ordered:
+        return InputProblem(
+            name, "cif", "partially occupied sites (disordered structure): give an ordered structure or the formula"
+        )
+    if len(structure) > max_sites:
+        return InputProblem(name, "cif", f"cell has {len(structure)} sites, above the limit of {max_sites}")
+    if not math.isfinite(structure.volume) or structure.volume <= 0:
+        return InputProblem(name, "cif", "cell has no positive volume")
+    try:
+        formula = reduced_formula(structure.composition.formula.replace(" ", ""))
+    except FormulaError as exc:
+        return InputProblem(name, "cif", f"composition not usable: {exc}")
+    return ParsedInput(name, "cif", formula, structure)
