@@ -1,0 +1,188 @@
+"""``matshift predict``: measured-property predictions for formulas and CIF files.
+
+Inputs are validated one by one (:mod:`featurizers.inputs`): a bad input is reported with
+its reason and gets no number, while the valid inputs of the same call are still
+predicted; the exit code is 1 when any input failed. :func:`predict` is the same thing for
+notebooks and returns a DataFrame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_formula_input
+from pipeline.errors import MatshiftError
+
+log = logging.getLogger(__name__)
+
+PROPERTIES = ("band_gap", "formation_enthalpy")
+UNITS = {"band_gap": "eV", "formation_enthalpy": "eV/atom"}
+COLUMNS = [
+    "input",
+    "formula",
+    "prediction",
+    "uncertainty",
+    "unit",
+    "view",
+    "structure_used",
+    "dft_value",
+    "ad_score",
+    "ad_warning",
+    "error",
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("formulas", nargs="*", metavar="FORMULA", help="chemical formulas, e.g. GaAs Fe2O3")
+    parser.add_argument("--cif", nargs="+", default=[], type=Path, metavar="FILE", help="CIF files to predict")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        help="CSV with a 'formula' column and/or a 'cif' column of CIF file paths (relative to the CSV)",
+    )
+    parser.add_argument("--property", choices=PROPERTIES, default="band_gap", help="property (default: %(default)s)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model: a directory written by `matshift train`, or an MLflow registered model as NAME/VERSION "
+        "(default: data/models/<property>)",
+    )
+    parser.add_argument("--output", type=Path, help="write the table to this .csv or .json file")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
+    parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
+
+
+def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputProblem]:
+    """Read a CSV of formulas and/or CIF paths; a missing or malformed file is an error."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError as exc:
+        raise MatshiftError(f"input file {path} does not exist") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise MatshiftError(f"input file {path} is not a readable CSV: {exc}") from exc
+    columns = {c.strip().lower(): c for c in frame.columns}
+    if "formula" not in columns and "cif" not in columns:
+        raise MatshiftError(f"input file {path} needs a 'formula' or 'cif' column; it has {list(frame.columns)}")
+    items: list[ParsedInput | InputProblem] = []
+    for _, row in frame.iterrows():
+        cif = row[columns["cif"]].strip() if "cif" in columns else ""
+        formula = row[columns["formula"]] if "formula" in columns else ""
+        if cif:
+            cif_path = Path(cif) if Path(cif).is_absolute() else path.parent / cif
+            items.append(parse_cif(cif_path, max_sites=max_sites))
+        else:
+            items.append(parse_formula_input(formula))
+    return items
+
+
+def collect_inputs(
+    formulas: Iterable[str] = (), cifs: Iterable[Path | str] = (), *, max_sites: int = 500
+) -> list[ParsedInput | InputProblem]:
+    """Validate formulas and CIF paths in the order given."""
+    items: list[ParsedInput | InputProblem] = [parse_formula_input(f) for f in formulas]
+    items += [parse_cif(Path(c), max_sites=max_sites) for c in cifs]
+    return items
+
+
+def predict(
+    inputs: Sequence[str | Path] | str,
+    *,
+    property: str = "band_gap",
+    model: str | Path | None = None,
+    max_sites: int = 500,
+) -> pd.DataFrame:
+    """Predict ``property`` for formulas and CIF paths (strings ending in .cif or Paths).
+
+    Returns one row per input with the columns of :data:`COLUMNS`; invalid inputs have an
+    ``error`` and no prediction.
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    formulas = [i for i in inputs if isinstance(i, str) and not i.lower().endswith(".cif")]
+    cifs = [Path(i) for i in inputs if isinstance(i, Path) or str(i).lower().endswith(".cif")]
+    items = collect_inputs(formulas, cifs, max_sites=max_sites)
+    predictor = load_predictor(model, property=property)
+    return predict_items(items, predictor, property=property)
+
+
+def load_predictor(model: str | Path | None, *, property: str):
+    """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor."""
+    from models.predictor import Predictor
+
+    ref = model if model is not None else Path("data/models") / property
+    return Predictor.load(ref, property=property)
+
+
+def predict_items(items: Sequence[ParsedInput | InputProblem], predictor, *, property: str) -> pd.DataFrame:
+    valid = [i for i in items if isinstance(i, ParsedInput)]
+    results = predictor.predict(valid) if valid else pd.DataFrame()
+    rows = []
+    it = iter(results.to_dict("records"))
+    for item in items:
+        if isinstance(item, InputProblem):
+            rows.append({"input": item.input, "unit": UNITS[property], "error": item.reason})
+            continue
+        res = next(it)
+        rows.append({"input": item.input, "formula": item.formula, "unit": UNITS[property], **res})
+    frame = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    return frame[COLUMNS]
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    lines = []
+    header = f"{'input':<24} {'prediction':>12} {'±':>6} {'view':<11} {'AD':>5}  structure / note"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for row in frame.to_dict("records"):
+        if row.get("error"):
+            lines.append(f"{str(row['input'])[:24]:<24} {'—':>12} {'':>6} {'':<11} {'':>5}  ERROR: {row['error']}")
+            continue
+        pred = f"{row['prediction']:.3f} {row['unit']}"
+        unc = f"{row['uncertainty']:.2f}" if _finite(row.get("uncertainty")) else ""
+        ad = f"{row['ad_score']:.0f}" if _finite(row.get("ad_score")) else ""
+        note = str(row.get("structure_used") or "")
+        if row.get("ad_warning"):
+            note += "  WARNING: outside the training domain"
+        lines.append(f"{str(row['input'])[:24]:<24} {pred:>12} {unc:>6} {row['view']!s:<11} {ad:>5}  {note}")
+    return "\n".join(lines)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    items = collect_inputs(args.formulas, args.cif, max_sites=args.max_sites)
+    if args.input is not None:
+        items += read_input_csv(args.input, max_sites=args.max_sites)
+    if not items:
+        raise MatshiftError("no input: give formulas, --cif FILE ... or --input FILE.csv (see matshift predict --help)")
+    problems = [i for i in items if isinstance(i, InputProblem)]
+    for p in problems:
+        print(f"matshift predict: {p.kind} {p.input!r}: {p.reason}", file=sys.stderr)
+    predictor = load_predictor(args.model, property=args.property)
+    frame = predict_items(items, predictor, property=args.property)
+    if args.output is not None:
+        from pipeline.io import write_csv, write_text
+
+        suffix = args.output.suffix.lower()
+        if suffix == ".json":
+            write_text(args.output, frame.to_json(orient="records", indent=2) + "\n")
+        elif suffix == ".csv":
+            write_csv(args.output, frame)
+        else:
+            raise MatshiftError(f"--output {args.output}: use a .csv or .json file name")
+        log.info("wrote %d rows to %s", len(frame), args.output)
+    else:
+        print(format_table(frame))
+    return 1 if problems else 0
