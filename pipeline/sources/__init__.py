@@ -134,7 +134,7 @@ SOURCES: dict[str, type[Source]] = {}
 
 
 def get_source(name: str) -> type[Source]:
-    """The source class registered as ``name``; an unknown name lists the valid ones."""
+    """Return the source class registered as ``name``; an unknown name lists the valid ones."""
     if not SOURCES:
         SOURCES.update(_registry())
     try:

@@ -71,7 +71,7 @@ class MatminerSource(Source):
             frame = self.loader(name)
         except MatshiftError:
             raise
-        except Exception as exc:  # noqa: BLE001 - network/IO errors of any kind become one clear message
+        except Exception as exc:
             raise MatshiftError(
                 f"matminer dataset {name!r} could not be loaded ({type(exc).__name__}: {truncate(str(exc))}); "
                 "without internet use `fetch.sources: [mirror]`"

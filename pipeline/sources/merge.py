@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.sources import DftRow, ExpRow, SourceTable
+from pipeline.sources import DftRow, SourceTable
 from pipeline.sources.records import (
     DFT_LABELS,
     ParsedStructure,
@@ -87,17 +87,29 @@ def _reason_kind(reason: str) -> str:
     return text if len(text) <= 120 else text[:120] + "..."
 
 
-def parse_structures(rows: Sequence[DftRow], *, workers: int, desc: str = "structures") -> list[ParsedStructure | str]:
-    """Parse the structures of ``rows`` (with a process pool when workers > 1)."""
+def parse_structures(
+    rows: Sequence[DftRow], *, workers: int, meanwhile: Callable[[], object] | None = None, desc: str = "structures"
+) -> list[ParsedStructure | str]:
+    """Parse the structures of ``rows`` (with a process pool when workers > 1).
+
+    ``meanwhile`` runs in this process while the pool works (the merge uses it to parse
+    the stated compositions), so the main process is not idle.
+    """
+    if meanwhile is None:
+        meanwhile = lambda: None  # noqa: E731
     tasks = [(r.structure, r.structure_fmt, r.fallback, r.fallback_fmt) for r in rows]
     if not tasks:
+        meanwhile()
         return []
     bar = dict(total=len(tasks), desc=desc, unit="struct", disable=None, mininterval=0.5)
     if workers <= 1 or len(tasks) < 200:
+        meanwhile()
         return [parse_structure_task(t) for t in tqdm(tasks, **bar)]
     chunk = max(16, len(tasks) // (workers * 16))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(parse_structure_task, tasks, chunksize=chunk), **bar))
+        results = pool.map(parse_structure_task, tasks, chunksize=chunk)  # submits every task now
+        meanwhile()
+        return list(tqdm(results, **bar))
 
 
 def merge_tables(
@@ -120,7 +132,19 @@ def merge_tables(
     # ---- DFT: parse structures of all tables in one pool
     dft_tables = [t for t in tables if t.kind == "dft"]
     with_struct = [(t.name, r) for t in dft_tables for r in t.rows if r.structure_fmt is not None]
-    parsed = parse_structures([r for _, r in with_struct], workers=workers)
+    formulas: dict[str, str | RowError] = {}
+
+    def parse_stated_formulas() -> None:
+        for table in dft_tables:
+            for row in table.rows:
+                text = str(row.formula).strip() if row.formula is not None else ""
+                if text and text not in formulas:
+                    try:
+                        formulas[text] = formula_key(text)
+                    except RowError as exc:
+                        formulas[text] = exc
+
+    parsed = parse_structures([r for _, r in with_struct], workers=workers, meanwhile=parse_stated_formulas)
     parsed_by_key = {(name, r.row): p for (name, r), p in zip(with_struct, parsed, strict=True)}
 
     entries: dict[str, dict[str, Any]] = {}
@@ -144,9 +168,9 @@ def merge_tables(
                     value = parse_float(raw, name=name)
                     labels[name] = check_label(name, value)
                 struct: ParsedStructure | None = None
-                stated = None
-                if row.formula is not None and str(row.formula).strip():
-                    stated = formula_key(str(row.formula))
+                stated = formulas.get(str(row.formula).strip()) if row.formula is not None else None
+                if isinstance(stated, RowError):
+                    raise stated
                 if row.structure_fmt is not None:
                     got = parsed_by_key[(table.name, row.row)]
                     if isinstance(got, str):

@@ -32,7 +32,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pipeline.errors import MatshiftError, SourceChangedError
 from pipeline.io import write_json
@@ -155,7 +155,7 @@ class MirrorSource(Source):
     def _matminer_csv(self, path: Path, rel: str) -> SourceTable:
         name = _name(rel)
         labels = _MATMINER_LABELS[name]
-        header, records, rejected = read_matminer_csv(path, source=name)
+        _, records, rejected = read_matminer_csv(path, source=name)
         rows: list[DftRow] = []
         for row_no, rec, content in records:
             if name == "flla_2015":
@@ -305,7 +305,7 @@ def read_matminer_csv(path: Path, *, source: str) -> tuple[list[str], list[tuple
 
 
 def _meta_material_id(meta: str | None) -> str | None:
-    """The ``material_id`` inside a Python-2 ``{u'...': ...}`` meta literal, if readable."""
+    """Return the ``material_id`` inside a Python-2 ``{u'...': ...}`` meta literal, if readable."""
     if not meta:
         return None
     try:
