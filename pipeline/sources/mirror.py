@@ -8,8 +8,11 @@ Format quirks handled here (see the mirror's README):
 
 * matminer CSVs start with a ``# ref:`` comment line;
 * ``dielectric_constant`` and ``piezoelectric_tensor`` rows carry one more field than the
-  header: a leading copy of ``idx`` (pandas wrote its index). The extra field is dropped
-  only when it equals ``idx``; any other field count or a differing lead is rejected;
+  header: a leading copy of ``idx`` (pandas wrote its index). The first row decides
+  whether a file is "indexed"; every row must then have that width, and the extra field
+  is dropped only when it equals ``idx``. Rows with another width, a differing lead, or
+  a ``meta`` literal naming another mp-id than the ``material_id`` column (shifted
+  fields) are rejected;
 * ``flla_2015``: ``formula`` is a Python dict literal, ``structure`` a Python literal of
   ``Structure.as_dict()`` (parsed with :func:`ast.literal_eval`, which runs no code);
 * CIF in ``structure``, POSCAR in ``poscar`` (used when the CIF does not parse);
@@ -274,6 +277,7 @@ def read_matminer_csv(path: Path, *, source: str) -> tuple[list[str], list[tuple
         out: list[tuple[int, dict, str]] = []
         rejected: list[Rejection] = []
         row_no = 0
+        indexed: bool | None = None
         while True:
             try:
                 fields = next(reader)
@@ -285,15 +289,19 @@ def read_matminer_csv(path: Path, *, source: str) -> tuple[list[str], list[tuple
                 continue
             row_no += 1
             content = truncate(",".join(fields))
-            if len(fields) == len(header) + 1 and "idx" in header:
-                lead, rest = fields[0], fields[1:]
-                if lead != rest[header.index("idx")]:
-                    rejected.append(Rejection(source, row_no, "", f"extra leading field {lead!r} differs from idx {rest[header.index('idx')]!r}", content))
-                    continue
-                fields = rest
-            if len(fields) != len(header):
-                rejected.append(Rejection(source, row_no, "", f"{len(fields)} fields, header has {len(header)}", content))
+            if indexed is None:
+                # The first row decides whether the file carries pandas' index as an extra
+                # leading field; every later row must then have the same width.
+                indexed = len(fields) == len(header) + 1 and "idx" in header
+            width = len(header) + int(indexed)
+            if len(fields) != width:
+                rejected.append(Rejection(source, row_no, "", f"{len(fields)} fields, expected {width} (header has {len(header)})", content))
                 continue
+            if indexed:
+                lead, fields = fields[0], fields[1:]
+                if lead != fields[header.index("idx")]:
+                    rejected.append(Rejection(source, row_no, "", f"extra leading field {lead!r} differs from idx {fields[header.index('idx')]!r}", content))
+                    continue
             rec = dict(zip(header, fields, strict=True))
             mid = rec.get("material_id", "")
             meta_id = _meta_material_id(rec.get("meta"))
