@@ -136,7 +136,7 @@ def test_changed_file_names_file_and_both_hashes(tmp_path):
 
 
 def test_missing_mirror_is_a_clear_error(tmp_path):
-    with pytest.raises(MatshiftError, match="mirror directory .*nowhere does not exist"):
+    with pytest.raises(MatshiftError, match=r"mirror directory .*nowhere does not exist"):
         MirrorSource(root=tmp_path / "nowhere").fingerprint()
 
 

@@ -49,7 +49,7 @@ def test_partial_occupancy_is_kept_with_flag():
 
 def test_dummy_species_and_garbage_are_rejected_and_poscar_fallback_is_used():
     s = Structure(Lattice.cubic(4.0), ["X0+", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    with pytest.raises(RowError, match="non-element|unparsable"):
+    with pytest.raises(RowError, match=r"non-element|unparsable"):
         parse_structure(s.as_dict(), "dict")
     with pytest.raises(RowError, match="unparsable structure"):
         parse_structure("not a cif", "cif")
@@ -86,7 +86,7 @@ def test_merge_rules_priority_conflicts_and_label_only_rejection():
     assert math.isnan(dft.loc["mp-3", "formation_energy_per_atom"])
     conflict = result.dft_conflicts["label_conflicts"]["band_gap_pbe: first vs second"]
     assert conflict == {"count": 1, "max_abs_diff": 1.0}
-    reasons = dict(zip(zip(result.rejected["source"], result.rejected["row"]), result.rejected["reason"], strict=True))
+    reasons = dict(zip(zip(result.rejected["source"], result.rejected["row"], strict=True), result.rejected["reason"], strict=True))
     assert reasons[("first", 2)].startswith("unparsable formula")
     assert reasons[("second", 2)] == LABEL_ONLY_REASON
     assert "negative band gap" in reasons[("second", 4)]
