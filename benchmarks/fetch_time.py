@@ -1,0 +1,56 @@
+"""Wall time of ``matshift fetch`` on the offline mirror, cache bypassed (``--force``).
+
+Usage: ``python -m benchmarks.fetch_time [--runs 3] [--workers 2] [--quick]``. ``--quick``
+runs once. Output goes to a temporary directory. The last stdout line is a JSON object
+with every run's seconds, the median and the counts of the last run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.fetch import FetchConfig, fetch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="one run")
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = FetchConfig(mirror=ROOT.parent / "shared" / "datasets", out_dir=Path(tmp) / "raw", workers=args.workers)
+        for i in range(runs):
+            start = time.perf_counter()
+            result = fetch(config, root=ROOT, force=True)
+            seconds.append(round(time.perf_counter() - start, 2))
+            print(f"run {i + 1}: {seconds[-1]} s", flush=True)
+    dft = result.dft
+    has_s = dft["structure"].notna()
+    print(json.dumps({
+        "benchmark": "fetch_time",
+        "runs": seconds,
+        "median_s": statistics.median(seconds),
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "mp_ids_with_structure": int(has_s.sum()),
+        "with_structure_and_band_gap_pbe": int((has_s & dft["band_gap_pbe"].notna()).sum()),
+        "with_structure_and_formation_energy": int((has_s & dft["formation_energy_per_atom"].notna()).sum()),
+        "experiment_rows": len(result.experiment),
+        "rejected_rows": len(result.rejected),
+    }))
+
+
+if __name__ == "__main__":
+    main()
