@@ -44,7 +44,7 @@ def test_dft_table_contract_and_counts(fetched):
     dft = fetched["dft"]
     assert list(dft.columns) == DFT_COLUMNS
     assert dft["material_id"].is_unique
-    assert dft["material_id"].str.fullmatch(r"mp-\d+").all()
+    assert dft["material_id"].str.fullmatch(r"(mp|mvc)-\d+").all()
     with_structure = dft[dft["structure"].notna()]
     assert len(with_structure) == 6317  # the four matminer files' distinct mp-ids (mirror README)
     assert with_structure["band_gap_pbe"].notna().sum() >= 6200

@@ -75,10 +75,12 @@ def test_merge_rules_priority_conflicts_and_label_only_rejection():
         DftRow(row=2, material_id="mp-2", content="d", labels={"band_gap_pbe": "1.0"}),       # labels only
         DftRow(row=3, material_id="mp-3", content="e", formula="GaAs", labels={"band_gap_pbe": "0.2"}),
         DftRow(row=4, material_id="mp-4", content="f", labels={"band_gap_pbe": "-1"}),
+        DftRow(row=5, material_id="mvc-7", content="g", formula="ZnO", labels={"band_gap_pbe": "0.7"}),
+        DftRow(row=6, material_id="icsd-7", content="h", formula="ZnO", labels={"band_gap_pbe": "3.4"}),
     ])
     result = merge_tables([first, second], workers=1, gap_tol=0.01)
     dft = result.dft.set_index("material_id")
-    assert list(dft.index) == ["mp-3", "mp-22862"]
+    assert list(dft.index) == ["mp-3", "mp-22862", "mvc-7"]
     assert dft.loc["mp-22862", "band_gap_pbe"] == 5.0  # the file with the structure wins
     assert dft.loc["mp-22862", "source"] == "first,second"
     assert dft.loc["mp-3", "structure"] is None and dft.loc["mp-3", "nsites"] == 0
@@ -90,10 +92,11 @@ def test_merge_rules_priority_conflicts_and_label_only_rejection():
     assert reasons[("first", 2)].startswith("unparsable formula")
     assert reasons[("second", 2)] == LABEL_ONLY_REASON
     assert "negative band gap" in reasons[("second", 4)]
+    assert reasons[("second", 6)] == "material_id 'icsd-7' is not a Materials Project id (mp-N or mvc-N)"
     for name in ("first", "second"):
         c = result.counts[name]
         assert c.read == c.kept + c.rejected
-    assert (result.counts["first"].kept, result.counts["second"].kept) == (1, 2)
+    assert (result.counts["first"].kept, result.counts["second"].kept) == (1, 3)
 
 
 def test_experiment_duplicates_exact_rejected_conflicting_kept():

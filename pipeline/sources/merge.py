@@ -230,7 +230,13 @@ def merge_tables(
         })
     dft = pd.DataFrame(dft_rows, columns=DFT_COLUMNS)
     dft = dft.astype({"nsites": "int64", "partial_occupancy": "bool", **dict.fromkeys(DFT_LABELS, "float64")})
-    dft = dft.sort_values("material_id", key=lambda s: s.str[3:].astype("int64")).reset_index(drop=True)
+    order = dft["material_id"].str.extract(r"^(\w+)-(\d+)$")
+    dft = (
+        dft.assign(_prefix=order[0], _number=order[1].astype("int64"))
+        .sort_values(["_prefix", "_number"])
+        .drop(columns=["_prefix", "_number"])
+        .reset_index(drop=True)
+    )
 
     # ---- experiments
     exp_rows = []

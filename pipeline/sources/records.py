@@ -27,7 +27,9 @@ from typing import Any
 
 from featurizers.chemistry import FormulaError, reduced_formula
 
-MP_ID = re.compile(r"^mp-\d+$")
+#: Materials Project ids: ``mp-N``, and ``mvc-N`` for the Materials Virtual Lab candidates
+#: MP also serves (they appear in the megnet and roost files).
+MP_ID = re.compile(r"^(mp|mvc)-\d+$")
 
 #: Range of formation energies / enthalpies accepted as physical, eV/atom.
 ENERGY_RANGE = (-10.0, 5.0)
@@ -97,7 +99,7 @@ def check_label(name: str, value: float) -> float:
 def check_mp_id(value: Any) -> str:
     text = str(value).strip()
     if not MP_ID.match(text):
-        raise RowError(f"material_id {truncate(text)!r} is not an mp-id")
+        raise RowError(f"material_id {truncate(text)!r} is not a Materials Project id (mp-N or mvc-N)")
     return text
 
 
