@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pipeline.cli import main
 from pipeline.errors import MatshiftError, SourceChangedError
 from pipeline.sources import get_source, sha256_file
 from pipeline.sources.merge import merge_tables
@@ -116,23 +118,44 @@ def test_composition_only_and_experiment_rows(tables):
     assert exp.loc["expt_formation_enthalpy_ssub:3", "value"] == pytest.approx(-2.56607665396)
 
 
-def test_changed_file_names_file_and_both_hashes(tmp_path):
+def test_changed_file_names_file_and_both_hashes(tmp_path, capsys):
     root = tmp_path / "mirror"
     for rel in ORIGINS:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(MIRROR / rel, root / rel)
     target = root / "experiment/expt_gap_zhuo2018.csv"
     target.chmod(0o644)
-    target.write_text(target.read_text().replace("0.35", "0.36", 1))
+    text = target.read_text()
+    assert text.splitlines()[4] == "4,Cu3SbSe4,0.4"
+    target.write_text(text.replace("1,Hg0.7Cd0.3Te,0.35", "1,Hg0.7Cd0.3Te,0.36", 1).replace("4,Cu3SbSe4,", "4,Cu3SbXq4,", 1))
     new = sha256_file(target)
     old = json.loads(PINS_PATH.read_text())["experiment/expt_gap_zhuo2018.csv"]
     with pytest.raises(SourceChangedError, match=rf"expt_gap_zhuo2018.csv changed: pinned sha256 {old}, found {new}.*--accept-changed"):
         MirrorSource(root=root).fingerprint()
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"fetch": {"mirror": str(root), "out_dir": str(tmp_path / "raw")}}))
+    assert main(["fetch", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "expt_gap_zhuo2018.csv changed" in err and old in err and new in err
+    assert not (tmp_path / "raw").exists()
+
     pins = tmp_path / "pins.json"
     shutil.copy(PINS_PATH, pins)
-    assert MirrorSource(root=root, pins_path=pins, accept_changed=True).fingerprint()["experiment/expt_gap_zhuo2018.csv"] == new
+    source = MirrorSource(root=root, pins_path=pins, accept_changed=True)
+    assert source.fingerprint()["experiment/expt_gap_zhuo2018.csv"] == new
     assert json.loads(pins.read_text())["experiment/expt_gap_zhuo2018.csv"] == new  # re-pinned
     MirrorSource(root=root, pins_path=pins).fingerprint()  # now accepted without the flag
+
+    # the altered real rows: a changed value is read as is, an unparsable formula is rejected
+    zhuo = next(t for t in source.tables() if t.name == "expt_gap_zhuo2018")
+    result = merge_tables([zhuo], workers=1)
+    exp = result.experiment.set_index("exp_id")
+    assert exp.loc["expt_gap_zhuo2018:1", "value"] == pytest.approx(0.36)
+    bad = result.rejected.set_index("row").loc[4]
+    assert bad["id"] == "4" and bad["reason"].startswith("unparsable formula: ")
+    assert "Cu3SbXq4" in bad["reason"] and bad["content"] == "4,Cu3SbXq4,0.4"
+    assert result.counts["expt_gap_zhuo2018"].read == 3344
 
 
 def test_missing_mirror_is_a_clear_error(tmp_path):
