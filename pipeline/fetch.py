@@ -96,19 +96,11 @@ def build_sources(config: FetchConfig, *, root: Path, accept_changed: bool, env:
                   injected: dict[str, Any] | None = None) -> list[Source]:
     """Instantiate the configured sources; ``injected`` passes fake clients (tests)."""
     injected = injected or {}
-    sources: list[Source] = []
-    for name in config.sources:
-        cls = get_source(name)
-        if name == "mirror":
-            mirror = config.mirror if config.mirror.is_absolute() else root / config.mirror
-            sources.append(cls(root=mirror, accept_changed=accept_changed, **injected.get(name, {})))
-        elif name == "matminer":
-            sources.append(cls(**injected.get(name, {})))
-        elif name == "mp_api":
-            sources.append(cls(api_key=env.get("MP_API_KEY"), elements=tuple(config.mp_api.elements),
-                               max_e_above_hull=config.mp_api.max_e_above_hull, limit=config.mp_api.limit,
-                               **injected.get(name, {})))
-    return sources
+    return [
+        get_source(name).from_config(config, root=root, env=env, accept_changed=accept_changed,
+                                     **injected.get(name, {}))
+        for name in config.sources
+    ]
 
 
 def _params_digest(config: FetchConfig) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,9 @@ __all__ = [
     "SOURCES",
     "DftRow",
     "ExpRow",
+    "MPApiSource",
+    "MatminerSource",
+    "MirrorSource",
     "Rejection",
     "Source",
     "SourceTable",
@@ -101,6 +104,17 @@ class Source(ABC):
 
     name: ClassVar[str]
 
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Any, *, root: Path, env: Mapping[str, str], accept_changed: bool,
+                    **overrides: Any) -> Source:
+        """Build the source from the stage's ``FetchConfig``.
+
+        ``root`` resolves relative paths, ``env`` holds the environment variables the stage
+        chose to pass (``MP_API_KEY``), ``overrides`` replace constructor arguments (tests
+        inject fake clients this way).
+        """
+
     @abstractmethod
     def fingerprint(self) -> dict[str, str] | None:
         """sha256 of every input, without parsing, or None when only a fetch can tell."""
@@ -122,24 +136,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _registry() -> dict[str, type[Source]]:
-    from pipeline.sources.matminer_source import MatminerSource
-    from pipeline.sources.mirror import MirrorSource
-    from pipeline.sources.mp_api_source import MPApiSource
-
-    return {cls.name: cls for cls in (MirrorSource, MatminerSource, MPApiSource)}
-
-
-SOURCES: dict[str, type[Source]] = {}
-
-
 def get_source(name: str) -> type[Source]:
     """Return the source class registered as ``name``; an unknown name lists the valid ones."""
-    if not SOURCES:
-        SOURCES.update(_registry())
     try:
         return SOURCES[name]
     except KeyError:
         raise MatshiftError(
             f"unknown source {name!r} (valid sources: {', '.join(sorted(SOURCES))})"
         ) from None
+
+
+# The concrete sources import the classes above, so they are registered at the end.
+from pipeline.sources.matminer_source import MatminerSource  # noqa: E402
+from pipeline.sources.mirror import MirrorSource  # noqa: E402
+from pipeline.sources.mp_api_source import MPApiSource  # noqa: E402
+
+#: Source name (as written in ``fetch.sources``) -> class.
+SOURCES: dict[str, type[Source]] = {cls.name: cls for cls in (MirrorSource, MatminerSource, MPApiSource)}

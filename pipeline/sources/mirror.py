@@ -33,9 +33,9 @@ import io
 import json
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pipeline.errors import MatshiftError, SourceChangedError
 from pipeline.io import write_json
@@ -86,6 +86,12 @@ class MirrorSource(Source):
         self.pins_path = Path(pins_path)
         self.accept_changed = accept_changed
         self._hashes: dict[str, str] | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, *, root: Path, env: Mapping[str, str], accept_changed: bool,
+                    **overrides: Any) -> MirrorSource:
+        mirror = config.mirror if config.mirror.is_absolute() else root / config.mirror
+        return cls(**{"root": mirror, "accept_changed": accept_changed, **overrides})
 
     # ----------------------------------------------------------------- integrity
     def _path(self, rel: str) -> Path:

@@ -9,7 +9,8 @@ client factory is injectable so the boundary is tested with a fake client.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.errors import MatshiftError
@@ -54,6 +55,13 @@ class MPApiSource(Source):
         self.max_e_above_hull = max_e_above_hull
         self.limit = limit
         self.client_factory = client_factory or _default_client
+
+    @classmethod
+    def from_config(cls, config: Any, *, root: Path, env: Mapping[str, str], accept_changed: bool,
+                    **overrides: Any) -> MPApiSource:
+        query = config.mp_api
+        return cls(**{"api_key": env.get("MP_API_KEY"), "elements": tuple(query.elements),
+                      "max_e_above_hull": query.max_e_above_hull, "limit": query.limit, **overrides})
 
     def __repr__(self) -> str:  # never show the key
         return f"MPApiSource(elements={self.elements}, max_e_above_hull={self.max_e_above_hull}, limit={self.limit})"
