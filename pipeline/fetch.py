@@ -22,19 +22,22 @@ and passes it to the source; the key never reaches the log, the manifest or an o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import load_section, to_dict
 from pipeline.errors import MatshiftError
 from pipeline.io import write_json, write_parquet
-from pipeline.sources import Source, get_source, sha256_bytes
-from pipeline.sources.merge import FetchResult, merge_tables
+
+if TYPE_CHECKING:  # the sources pull in pymatgen and pandas: imported when the stage runs
+    from pipeline.sources import Source
+    from pipeline.sources.merge import FetchResult
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_sources(config: FetchConfig, *, root: Path, accept_changed: bool, env: dict[str, str],
                   injected: dict[str, Any] | None = None) -> list[Source]:
     """Instantiate the configured sources; ``injected`` passes fake clients (tests)."""
+    from pipeline.sources import get_source
+
     injected = injected or {}
     return [
         get_source(name).from_config(config, root=root, env=env, accept_changed=accept_changed,
@@ -104,7 +109,7 @@ def build_sources(config: FetchConfig, *, root: Path, accept_changed: bool, env:
 
 
 def _params_digest(config: FetchConfig) -> str:
-    return sha256_bytes(json.dumps(to_dict(config), sort_keys=True).encode("utf-8"))
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def is_up_to_date(out_dir: Path, fingerprints: dict[str, str] | None, params_digest: str) -> bool:
@@ -124,6 +129,8 @@ def is_up_to_date(out_dir: Path, fingerprints: dict[str, str] | None, params_dig
 def fetch(config: FetchConfig, *, root: Path, force: bool = False, accept_changed: bool = False,
           env: dict[str, str] | None = None, injected: dict[str, Any] | None = None) -> FetchResult | None:
     """Run the stage; returns None when the outputs were already up to date."""
+    from pipeline.sources.merge import merge_tables
+
     started = time.perf_counter()
     out_dir = config.out_dir if config.out_dir.is_absolute() else root / config.out_dir
     sources = build_sources(config, root=root, accept_changed=accept_changed, env=env or {}, injected=injected)
