@@ -193,7 +193,7 @@ def fetch(config: FetchConfig, *, root: Path, force: bool = False, accept_change
             **{f"with_{c}": int(dft[c].notna().sum()) for c in
                ("band_gap_pbe", "band_gap_hse", "band_gap_gllb_sc", "band_gap_scan", "formation_energy_per_atom", "e_above_hull")},
             "conflicts": result.dft_conflicts,
-            "structure_fallback_to_poscar": result.structure_fallbacks,
+            "structure_fallbacks": result.structure_fallbacks,
         },
         "experiment": {
             "rows": len(result.experiment),

@@ -14,6 +14,7 @@ from pipeline.errors import MatshiftError, SourceChangedError
 from pipeline.sources import get_source, sha256_file
 from pipeline.sources.merge import merge_tables
 from pipeline.sources.mirror import ORIGINS, PINS_PATH, MirrorSource, read_matminer_csv
+from pipeline.sources.records import parse_structure
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="offline mirror ../shared/datasets not present")
@@ -58,9 +59,10 @@ def test_flla_row_has_dict_literal_formula_and_structure(tables):
 
 def test_dielectric_and_piezo_rows_drop_the_leading_index_field(tables):
     diel = tables["dielectric_constant"].rows[0]
-    assert diel.material_id == "mp-441" and diel.labels == {"band_gap_pbe": "1.88"} and diel.structure_fmt == "cif"
+    assert diel.material_id == "mp-441" and diel.labels == {"band_gap_pbe": "1.88"}
+    assert (diel.structure_fmt, diel.fallback_fmt) == ("poscar", "cif")
     piezo = tables["piezoelectric_tensor"].rows[0]
-    assert piezo.material_id == "mp-22925" and piezo.formula == "AgI" and piezo.fallback_fmt == "poscar"
+    assert piezo.material_id == "mp-22925" and piezo.formula == "AgI" and piezo.fallback_fmt == "cif"
     merged = merge_tables([_sub(tables["dielectric_constant"], 2), _sub(tables["piezoelectric_tensor"], 2)], workers=1)
     dft = merged.dft.set_index("material_id")
     assert dft.loc["mp-441", "formula"] == "Rb2Te" and dft.loc["mp-441", "band_gap_pbe"] == pytest.approx(1.88)
@@ -167,3 +169,18 @@ def _sub(table, n):
     from dataclasses import replace
 
     return replace(table, rows=table.rows[:n], rejected=[])
+
+
+@pytest.mark.parametrize("name", ["dielectric_constant", "elastic_tensor", "piezoelectric_tensor"])
+def test_poscar_gives_the_same_structure_as_the_cif_reference(tables, name):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    matcher = StructureMatcher(primitive_cell=False, scale=False, attempt_supercell=False,
+                               ltol=1e-3, stol=1e-3, angle_tol=0.01)
+    rows = tables[name].rows[::97]  # a spread of real rows
+    assert len(rows) >= 9
+    for row in rows:
+        ours = Structure.from_dict(json.loads(parse_structure(row.structure, row.structure_fmt).json))
+        reference = Structure.from_str(row.fallback, fmt="cif")
+        assert matcher.fit(ours, reference), row.material_id
