@@ -77,6 +77,7 @@ def test_merge_rules_priority_conflicts_and_label_only_rejection():
         DftRow(row=4, material_id="mp-4", content="f", labels={"band_gap_pbe": "-1"}),
         DftRow(row=5, material_id="mvc-7", content="g", formula="ZnO", labels={"band_gap_pbe": "0.7"}),
         DftRow(row=6, material_id="icsd-7", content="h", formula="ZnO", labels={"band_gap_pbe": "3.4"}),
+        DftRow(row=7, material_id="mp-3", content="i", formula="GaP"),  # disagrees with row 3: counted
     ])
     result = merge_tables([first, second], workers=1, gap_tol=0.01)
     dft = result.dft.set_index("material_id")
@@ -86,6 +87,7 @@ def test_merge_rules_priority_conflicts_and_label_only_rejection():
     assert dft.loc["mp-3", "structure"] is None and dft.loc["mp-3", "nsites"] == 0
     assert dft.loc["mp-3", "formula"] == "GaAs"
     assert math.isnan(dft.loc["mp-3", "formation_energy_per_atom"])
+    assert result.dft_conflicts["formula_conflicts"] == 1
     conflict = result.dft_conflicts["label_conflicts"]["band_gap_pbe: first vs second"]
     assert conflict == {"count": 1, "max_abs_diff": 1.0}
     reasons = dict(zip(zip(result.rejected["source"], result.rejected["row"], strict=True), result.rejected["reason"], strict=True))
@@ -96,7 +98,7 @@ def test_merge_rules_priority_conflicts_and_label_only_rejection():
     for name in ("first", "second"):
         c = result.counts[name]
         assert c.read == c.kept + c.rejected
-    assert (result.counts["first"].kept, result.counts["second"].kept) == (1, 3)
+    assert (result.counts["first"].kept, result.counts["second"].kept) == (1, 4)
 
 
 def test_experiment_duplicates_exact_rejected_conflicting_kept():

@@ -170,7 +170,7 @@ def merge_tables(
                 struct: ParsedStructure | None = None
                 stated = formulas.get(str(row.formula).strip()) if row.formula is not None else None
                 if isinstance(stated, RowError):
-                    raise stated
+                    raise RowError(str(stated))
                 if row.structure_fmt is not None:
                     got = parsed_by_key[(table.name, row.row)]
                     if isinstance(got, str):
@@ -188,16 +188,17 @@ def merge_tables(
             contributors[mp_id].append((table.name, row))
             if table.name not in entry["sources"]:
                 entry["sources"].append(table.name)
+            candidate = struct.formula if struct is not None else stated
             if struct is not None and entry["structure"] is None:
+                # the first structure decides the formula, even over an earlier composition
                 if entry["formula"] is not None and entry["formula"] != struct.formula:
                     formula_conflicts += 1
                 entry.update(structure=struct.json, formula=struct.formula, nsites=struct.nsites,
                              partial_occupancy=struct.partial_occupancy)
-            candidate = struct.formula if struct is not None else stated
-            if candidate is not None:
+            elif candidate is not None:
                 if entry["formula"] is None:
                     entry["formula"] = candidate
-                elif entry["formula"] != candidate and struct is None:
+                elif entry["formula"] != candidate:
                     formula_conflicts += 1
             for name, value in labels.items():
                 if name not in entry:
