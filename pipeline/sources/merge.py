@@ -1,0 +1,296 @@
+"""Validate raw source tables and merge them into the fetch stage's three tables.
+
+Merge rules for ``dft.parquet`` (one row per mp-id), applied in the order the tables come
+(sources in ``fetch.sources`` order; within the mirror: flla_2015, dielectric_constant,
+elastic_tensor, piezoelectric_tensor, megnet_gappbe, megnet_e_form,
+multifidelity_band_gaps, mp_non_metals_band_gap):
+
+* **structure** -- the first table holding a parsable structure for the mp-id wins (the
+  matminer files come first, and of them flla_2015 stores the exact ``as_dict``);
+* **formula** -- the structure's reduced formula; without a structure, the first stated
+  composition. A stated composition that disagrees with the chosen structure is a conflict
+  (counted; the structure wins);
+* **labels** -- per column, the first table with a value wins, so a label comes from the
+  same file as the structure whenever that file has it (same calculation); later values
+  that differ by more than the tolerance are counted as conflicts per pair of tables;
+* **label-only mp-ids** -- an mp-id with neither a structure nor a composition in any
+  table cannot be used by any model: all its rows go to ``rejected.parquet``.
+
+Every input row is either *kept* (its mp-id / measurement is in the output) or rejected
+with a reason; :class:`FetchResult` carries the per-table counts that go to the manifest.
+
+Experimental rows: an exact duplicate (same table, same formula as written, same value)
+is rejected as a duplicate of the first; the same reduced formula measured with different
+values stays as separate rows and is reported in ``experiment_conflicts``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.sources import DftRow, SourceTable
+from pipeline.sources.records import (
+    DFT_LABELS,
+    ParsedStructure,
+    Rejection,
+    RowError,
+    check_label,
+    check_mp_id,
+    formula_key,
+    parse_float,
+    parse_structure_task,
+    truncate,
+)
+
+DFT_COLUMNS = [
+    "material_id", "formula", "structure", *DFT_LABELS[:4], "formation_energy_per_atom",
+    "e_above_hull", "nsites", "partial_occupancy", "source",
+]
+EXP_COLUMNS = ["exp_id", "formula_raw", "formula", "property", "value", "unit", "source"]
+REJECTED_COLUMNS = ["source", "row", "id", "reason", "content"]
+UNITS = {"band_gap": "eV", "formation_enthalpy": "eV/atom"}
+LABEL_ONLY_REASON = "labels only: no structure or composition for this mp-id in any source"
+
+
+@dataclass
+class TableCounts:
+    read: int = 0
+    kept: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class FetchResult:
+    dft: pd.DataFrame
+    experiment: pd.DataFrame
+    rejected: pd.DataFrame
+    counts: dict[str, TableCounts]
+    dft_conflicts: dict[str, Any]
+    experiment_conflicts: dict[str, Any]
+    structure_fallbacks: dict[str, int]
+
+
+def _reason_kind(reason: str) -> str:
+    """Reason text without row-specific details (quoted text, numbers), for the summary."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", reason.split(" (")[0] if reason.startswith("unparsable structure") else reason)
+    text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "N", text)
+    return text if len(text) <= 120 else text[:120] + "..."
+
+
+def parse_structures(
+    rows: Sequence[DftRow], *, workers: int, meanwhile: Callable[[], object] | None = None, desc: str = "structures"
+) -> list[ParsedStructure | str]:
+    """Parse the structures of ``rows`` (with a process pool when workers > 1).
+
+    ``meanwhile`` runs in this process while the pool works (the merge uses it to parse
+    the stated compositions), so the main process is not idle.
+    """
+    if meanwhile is None:
+        meanwhile = lambda: None  # noqa: E731
+    tasks = [(r.structure, r.structure_fmt, r.fallback, r.fallback_fmt) for r in rows]
+    if not tasks:
+        meanwhile()
+        return []
+    bar = dict(total=len(tasks), desc=desc, unit="struct", disable=None, mininterval=0.5)
+    if workers <= 1 or len(tasks) < 200:
+        meanwhile()
+        return [parse_structure_task(t) for t in tqdm(tasks, **bar)]
+    chunk = max(16, len(tasks) // (workers * 16))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(parse_structure_task, tasks, chunksize=chunk)  # submits every task now
+        meanwhile()
+        return list(tqdm(results, **bar))
+
+
+def merge_tables(
+    tables: Sequence[SourceTable],
+    *,
+    workers: int = 1,
+    gap_tol: float = 0.01,
+    energy_tol: float = 0.01,
+    exp_conflict_tol: dict[str, float] | None = None,
+) -> FetchResult:
+    """Validate every row of ``tables`` and build the dft / experiment / rejected tables.
+
+    ``gap_tol`` (eV) and ``energy_tol`` (eV/atom) are the largest differences between two
+    tables' values for one mp-id that do not count as a conflict.
+    """
+    exp_conflict_tol = exp_conflict_tol or {"band_gap": 0.2, "formation_enthalpy": 0.05}
+    counts = {t.name: TableCounts(read=t.rows_read) for t in tables}
+    rejected: list[Rejection] = [r for t in tables for r in t.rejected]
+
+    # ---- DFT: parse structures of all tables in one pool
+    dft_tables = [t for t in tables if t.kind == "dft"]
+    with_struct = [(t.name, r) for t in dft_tables for r in t.rows if r.structure_fmt is not None]
+    formulas: dict[str, str | RowError] = {}
+
+    def parse_stated_formulas() -> None:
+        for table in dft_tables:
+            for row in table.rows:
+                text = str(row.formula).strip() if row.formula is not None else ""
+                if text and text not in formulas:
+                    try:
+                        formulas[text] = formula_key(text)
+                    except RowError as exc:
+                        formulas[text] = exc
+
+    parsed = parse_structures([r for _, r in with_struct], workers=workers, meanwhile=parse_stated_formulas)
+    parsed_by_key = {(name, r.row): p for (name, r), p in zip(with_struct, parsed, strict=True)}
+
+    entries: dict[str, dict[str, Any]] = {}
+    contributors: dict[str, list[tuple[str, DftRow]]] = defaultdict(list)
+    label_src: dict[tuple[str, str], str] = {}
+    conflicts: Counter = Counter()
+    max_diff: dict[str, float] = defaultdict(float)
+    formula_conflicts = 0
+    fallbacks: Counter = Counter()
+
+    for table in dft_tables:
+        for row in table.rows:
+            try:
+                mp_id = check_mp_id(row.material_id)
+                labels = {}
+                for name, raw in row.labels.items():
+                    if raw is None or (isinstance(raw, str) and not raw.strip()):
+                        continue  # a missing label, not a bad one
+                    if isinstance(raw, float) and math.isnan(raw):
+                        continue
+                    value = parse_float(raw, name=name)
+                    labels[name] = check_label(name, value)
+                struct: ParsedStructure | None = None
+                stated = formulas.get(str(row.formula).strip()) if row.formula is not None else None
+                if isinstance(stated, RowError):
+                    raise RowError(str(stated))
+                if row.structure_fmt is not None:
+                    got = parsed_by_key[(table.name, row.row)]
+                    if isinstance(got, str):
+                        raise RowError(got)
+                    struct = got
+                    if stated is not None and stated != struct.formula:
+                        raise RowError(f"stated formula {stated} disagrees with structure {struct.formula}")
+                    if struct.used_fallback:
+                        fallbacks[table.name] += 1
+            except RowError as exc:
+                rejected.append(Rejection(table.name, row.row, truncate(str(row.material_id)), str(exc), row.content))
+                continue
+            entry = entries.setdefault(mp_id, {"material_id": mp_id, "formula": None, "structure": None,
+                                               "nsites": 0, "partial_occupancy": False, "sources": []})
+            contributors[mp_id].append((table.name, row))
+            if table.name not in entry["sources"]:
+                entry["sources"].append(table.name)
+            candidate = struct.formula if struct is not None else stated
+            if struct is not None and entry["structure"] is None:
+                # the first structure decides the formula, even over an earlier composition
+                if entry["formula"] is not None and entry["formula"] != struct.formula:
+                    formula_conflicts += 1
+                entry.update(structure=struct.json, formula=struct.formula, nsites=struct.nsites,
+                             partial_occupancy=struct.partial_occupancy)
+            elif candidate is not None:
+                if entry["formula"] is None:
+                    entry["formula"] = candidate
+                elif entry["formula"] != candidate:
+                    formula_conflicts += 1
+            for name, value in labels.items():
+                if name not in entry:
+                    entry[name] = value
+                    label_src[(mp_id, name)] = table.name
+                    continue
+                diff = abs(entry[name] - value)
+                tol = gap_tol if name.startswith("band_gap") else energy_tol
+                if diff > tol:
+                    key = f"{name}: {label_src[(mp_id, name)]} vs {table.name}"
+                    conflicts[key] += 1
+                    max_diff[key] = max(max_diff[key], diff)
+
+    dft_rows = []
+    for mp_id, entry in entries.items():
+        if entry["formula"] is None:
+            for name, row in contributors[mp_id]:
+                rejected.append(Rejection(name, row.row, mp_id, LABEL_ONLY_REASON, row.content))
+            continue
+        for name, _ in contributors[mp_id]:
+            counts[name].kept += 1
+        dft_rows.append({
+            "material_id": mp_id,
+            "formula": entry["formula"],
+            "structure": entry["structure"],
+            **{name: entry.get(name, math.nan) for name in DFT_LABELS},
+            "nsites": entry["nsites"],
+            "partial_occupancy": entry["partial_occupancy"],
+            "source": ",".join(entry["sources"]),
+        })
+    dft = pd.DataFrame(dft_rows, columns=DFT_COLUMNS)
+    dft = dft.astype({"nsites": "int64", "partial_occupancy": "bool", **dict.fromkeys(DFT_LABELS, "float64")})
+    order = dft["material_id"].str.extract(r"^(\w+)-(\d+)$")
+    dft = (
+        dft.assign(_prefix=order[0], _number=order[1].astype("int64"))
+        .sort_values(["_prefix", "_number"])
+        .drop(columns=["_prefix", "_number"])
+        .reset_index(drop=True)
+    )
+
+    # ---- experiments
+    exp_rows = []
+    for table in (t for t in tables if t.kind == "experiment"):
+        seen: dict[tuple[str, float], int] = {}
+        for row in table.rows:
+            try:
+                raw = str(row.formula_raw).strip()
+                formula = formula_key(raw)
+                name = "band_gap" if row.property == "band_gap" else "formation_enthalpy"
+                value = check_label(name, parse_float(row.value, name=row.property))
+            except RowError as exc:
+                rejected.append(Rejection(table.name, row.row, row.row_id, str(exc), row.content))
+                continue
+            if (raw, value) in seen:
+                rejected.append(Rejection(table.name, row.row, row.row_id,
+                                          f"exact duplicate of row {seen[raw, value]} (same formula and value)", row.content))
+                continue
+            seen[raw, value] = row.row
+            counts[table.name].kept += 1
+            exp_rows.append({"exp_id": f"{table.name}:{row.row_id}", "formula_raw": raw, "formula": formula,
+                             "property": row.property, "value": value, "unit": UNITS[row.property],
+                             "source": table.name})
+    experiment = pd.DataFrame(exp_rows, columns=EXP_COLUMNS).astype({"value": "float64"})
+    exp_conflicts: dict[str, Any] = {}
+    for prop, group in experiment.groupby("property"):
+        spread = group.groupby("formula")["value"].agg(lambda v: float(v.max() - v.min()))
+        bad = spread[spread > exp_conflict_tol[prop]].sort_values(ascending=False)
+        exp_conflicts[prop] = {
+            "tolerance": exp_conflict_tol[prop],
+            "formulas_measured_more_than_once": int((group["formula"].value_counts() > 1).sum()),
+            "formulas_with_spread_above_tolerance": len(bad),
+            "largest": {k: round(v, 4) for k, v in bad.head(10).items()},
+        }
+
+    for rej in rejected:
+        counts[rej.source].rejected += 1
+        counts[rej.source].reasons[_reason_kind(rej.reason)] += 1
+    rejected_df = pd.DataFrame(
+        [(r.source, int(r.row), str(r.id), r.reason, r.content) for r in rejected], columns=REJECTED_COLUMNS
+    ).astype({"row": "int64"})
+
+    return FetchResult(
+        dft=dft,
+        experiment=experiment,
+        rejected=rejected_df,
+        counts=counts,
+        dft_conflicts={
+            "gap_tolerance_ev": gap_tol,
+            "energy_tolerance_ev_per_atom": energy_tol,
+            "formula_conflicts": formula_conflicts,
+            "label_conflicts": {k: {"count": v, "max_abs_diff": round(max_diff[k], 6)} for k, v in sorted(conflicts.items())},
+        },
+        experiment_conflicts=exp_conflicts,
+        structure_fallbacks=dict(fallbacks),
+    )
