@@ -108,7 +108,7 @@ def _magpie_table() -> np.ndarray:
 
 
 def _composition_arrays(comps: Sequence[Composition]) -> tuple[np.ndarray, np.ndarray]:
-    """Padded atomic numbers [n, k] (0 = padding) and amounts [n, k] (0 = padding)."""
+    """Return padded atomic numbers [n, k] and amounts [n, k] (0 = padding)."""
     k = max(len(c) for c in comps)
     z = np.zeros((len(comps), k), dtype=np.int64)
     amt = np.zeros((len(comps), k))
@@ -206,7 +206,7 @@ def composition_descriptors(
 def matminer_descriptors(
     formulas: Sequence[str], *, sets: Sequence[str] = DESCRIPTOR_SETS, n_jobs: int = 1
 ) -> pd.DataFrame:
-    """The same descriptors computed by matminer itself (the reference; slow).
+    """Compute the same descriptors with matminer itself (the reference; slow).
 
     Uses ``MultipleFeaturizer.featurize_many`` with ``ignore_errors=False`` so a failure
     raises instead of turning into NaN.

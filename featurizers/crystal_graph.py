@@ -1,4 +1,4 @@
-"""Crystal structure -> invariant PyTorch Geometric graph.
+r"""Crystal structure -> invariant PyTorch Geometric graph.
 
 Pipeline for one structure (each step is a ``step`` name in failure records):
 
@@ -21,7 +21,7 @@ Graph contents (``torch_geometric.data.Data``): ``x`` [n, d] float32 element emb
 (see :mod:`featurizers.elements`), ``z`` [n] long, ``edge_index`` [2, E] long (row 0 the
 neighbour j, row 1 the centre i, so messages flow j -> i), ``edge_dist`` [E] float32 Å,
 ``edge_attr`` [E, K] float32 Gaussian expansion
-:math:`\\exp(-(d - \\mu_k)^2 / (2\\sigma^2))` with :math:`\\mu_k` evenly spaced on
+:math:`\exp(-(d - \mu_k)^2 / (2\sigma^2))` with :math:`\mu_k` evenly spaced on
 [0, cutoff], and graph attributes ``spacegroup`` [1] long, ``crystal_system`` [1] long
 (index into :data:`CRYSTAL_SYSTEMS`), ``num_sites`` [1] long, ``volume_per_atom`` [1]
 float32 Å^3.
@@ -230,18 +230,19 @@ def _default_elements(embedding: str) -> tuple[str, ...]:
 
 
 class CrystalGraphFeaturizer:
-    """Crystal structure -> invariant graph (see module docstring for the definition).
+    r"""Crystal structure -> invariant graph (see module docstring for the definition).
 
     Args:
         cutoff: neighbour radius, Å.
         embedding: element embedding name (:data:`featurizers.elements.EMBEDDINGS`).
         elements: element vocabulary (symbols); default: every element the embedding covers.
         n_gaussians: number K of Gaussian basis functions for distances.
-        gaussian_width: :math:`\\sigma` in Å; default: the spacing ``cutoff / (K - 1)``.
+        gaussian_width: :math:`\sigma` in Å; default: the spacing ``cutoff / (K - 1)``.
         symprec: spglib distance tolerance, Å.
         angle_tolerance: spglib angle tolerance, degrees (-1 = spglib's default).
         on_error: ``"raise"`` stops :meth:`featurize_many` at the first bad structure;
             ``"record"`` collects it as a :class:`GraphFailure` and goes on.
+
     """
 
     def __init__(
@@ -553,11 +554,11 @@ def save_graphs(path: Path | str, graphs: Mapping[str, Any]) -> None:
         "node_ptr": torch.tensor(np.concatenate([[0], np.cumsum(n_nodes)]), dtype=torch.long),
         "edge_ptr": torch.tensor(np.concatenate([[0], np.cumsum(n_edges)]), dtype=torch.long),
     }
-    if not datas:
-        raise ValueError("save_graphs: no graphs to save")
     for key in (*_NODE_KEYS, *_EDGE_KEYS, *_GRAPH_KEYS):
-        payload[key] = torch.cat([getattr(g, key) for g in datas])
-    payload["edge_index"] = torch.cat([g.edge_index for g in datas], dim=1)
+        payload[key] = torch.cat([getattr(g, key) for g in datas]) if datas else torch.zeros(0)
+    payload["edge_index"] = (
+        torch.cat([g.edge_index for g in datas], dim=1) if datas else torch.zeros((2, 0), dtype=torch.long)
+    )
     torch.save(payload, str(path))
 
 
