@@ -61,6 +61,8 @@ __all__ = [
     "canonicalise",
     "crystal_system",
     "load_graphs",
+    "pack_graphs",
+    "periodic_neighbours",
     "save_graphs",
 ]
 
@@ -418,6 +420,38 @@ class CrystalGraphFeaturizer:
             num_nodes=int(arrays.num_sites),
         )
 
+    def pack_arrays(self, graphs: Mapping[str, GraphArrays]) -> dict[str, Any]:
+        """Storage payload (see :func:`save_graphs`) straight from :class:`GraphArrays`.
+
+        Equivalent to packing the ``Data`` of :meth:`to_data` (tested), but the embedding
+        lookup and the Gaussian expansion run once over all graphs instead of per graph.
+        """
+        import torch
+
+        ids = list(graphs)
+        arrs = [graphs[i] for i in ids]
+        table = element_embedding(self.embedding)
+        z = np.concatenate([a.z for a in arrs]) if arrs else np.zeros(0, np.int64)
+        dist = np.concatenate([a.edge_dist for a in arrs]) if arrs else np.zeros(0)
+        n_nodes = np.array([a.num_sites for a in arrs], dtype=np.int64)
+        n_edges = np.array([a.edge_index.shape[1] for a in arrs], dtype=np.int64)
+        edge_index = np.concatenate([a.edge_index for a in arrs], axis=1) if arrs else np.zeros((2, 0), np.int64)
+        return {
+            "format": GRAPHS_FORMAT,
+            "ids": ids,
+            "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_nodes)]).astype(np.int64)),
+            "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(n_edges)]).astype(np.int64)),
+            "x": torch.from_numpy(table[z].astype(np.float32)).reshape(len(z), -1),
+            "z": torch.from_numpy(z.astype(np.int64)),
+            "edge_index": torch.from_numpy(edge_index.astype(np.int64)),
+            "edge_attr": torch.from_numpy(self.expand_distances(dist)),
+            "edge_dist": torch.from_numpy(dist.astype(np.float32)),
+            "spacegroup": torch.tensor([a.spacegroup for a in arrs], dtype=torch.long),
+            "crystal_system": torch.tensor([a.crystal_system for a in arrs], dtype=torch.long),
+            "num_sites": torch.from_numpy(n_nodes),
+            "volume_per_atom": torch.tensor([a.volume_per_atom for a in arrs], dtype=torch.float32),
+        }
+
     def featurize(self, structure: Any, *, structure_id: str = "<structure>"):
         """One structure -> ``Data``; raises :class:`StructureError` naming ``structure_id``."""
         return self.to_data(self.graph_arrays(structure, structure_id=structure_id))
@@ -514,7 +548,8 @@ def periodic_neighbours(
 ) -> tuple[np.ndarray, np.ndarray]:
     """All (neighbour j, centre i) pairs within ``cutoff`` Å, images included, self excluded.
 
-    Returns ``edge_index`` [2, E] (row 0 = j, row 1 = i) sorted by (i, d, j) and distances [E].
+    Returns ``edge_index`` [2, E] int64 (row 0 = j, row 1 = i) and distances [E] float64, in
+    the order pymatgen reports them (deterministic for a given cell).
     """
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
@@ -524,10 +559,9 @@ def periodic_neighbours(
         cart, cart, r=float(cutoff), pbc=np.array([1, 1, 1], dtype=np.int64), lattice=lattice, tol=tol
     )
     keep = dist > tol
-    centre, neigh, dist = centre[keep], neigh[keep], dist[keep]
-    order = np.lexsort((neigh, np.round(dist, 8), centre))
-    edge_index = np.stack([neigh[order], centre[order]]).astype(np.int64)
-    return edge_index, dist[order].astype(np.float64)
+    # no re-sorting: for the canonical cell pymatgen's output order is already deterministic
+    edge_index = np.stack([neigh[keep], centre[keep]])
+    return edge_index, dist[keep]
 
 
 # --- storage -------------------------------------------------------------------------
@@ -536,11 +570,12 @@ _EDGE_KEYS = ("edge_attr", "edge_dist")
 _GRAPH_KEYS = ("spacegroup", "crystal_system", "num_sites", "volume_per_atom")
 
 
-def save_graphs(path: Path | str, graphs: Mapping[str, Any]) -> None:
-    """Write graphs as one dict of concatenated plain tensors (``weights_only`` loadable).
+def pack_graphs(graphs: Mapping[str, Any]) -> dict[str, Any]:
+    """Storage payload of ``{id: Data}``: a dict of concatenated plain tensors.
 
-    Layout: ``ids`` (list of str), ``node_ptr`` / ``edge_ptr`` (CSR offsets), the node,
-    edge and graph tensors concatenated along dim 0, ``edge_index`` local to each graph.
+    Layout: ``format``, ``ids`` (list of str), ``node_ptr`` / ``edge_ptr`` (CSR offsets,
+    [G + 1]), node tensors (``x``, ``z``) and edge tensors (``edge_attr``, ``edge_dist``)
+    concatenated along dim 0, ``edge_index`` [2, E] local to each graph, graph tensors [G].
     """
     import torch
 
@@ -559,6 +594,18 @@ def save_graphs(path: Path | str, graphs: Mapping[str, Any]) -> None:
     payload["edge_index"] = (
         torch.cat([g.edge_index for g in datas], dim=1) if datas else torch.zeros((2, 0), dtype=torch.long)
     )
+    return payload
+
+
+def save_graphs(path: Path | str, graphs: Mapping[str, Any]) -> None:
+    """Write ``{id: Data}`` (or a payload from :func:`pack_graphs` / ``pack_arrays``).
+
+    The file holds only plain tensors, lists and strings, so ``torch.load(path,
+    weights_only=True)`` reads it.
+    """
+    import torch
+
+    payload = dict(graphs) if graphs.get("format") == GRAPHS_FORMAT else pack_graphs(graphs)
     torch.save(payload, str(path))
 
 

@@ -118,7 +118,9 @@ def featurize(cfg: FeaturizeConfig, *, progress: bool = True) -> FeaturizeSummar
     has_structure = dft["structure"].notna()
     items = list(zip(dft.loc[has_structure, "material_id"], dft.loc[has_structure, "structure"], strict=True))
     log.info("featurizing %d structures on %d worker(s)", len(items), n_workers)
-    batch = featurizer.featurize_many(items, n_workers=n_workers, chunk_size=cfg.chunk_size, progress=progress)
+    batch = featurizer.featurize_many(
+        items, n_workers=n_workers, chunk_size=cfg.chunk_size, progress=progress, as_data=False
+    )
 
     formula_of = dict(zip(dft["material_id"], dft["formula"], strict=True))
     failures = [
@@ -149,8 +151,8 @@ def featurize(cfg: FeaturizeConfig, *, progress: bool = True) -> FeaturizeSummar
         failures.append({"id": row.id, "formula": "", "step": "descriptor", "reason": "formula is missing"})
 
     graphs = batch.graphs
-    sg = {sid: int(g.spacegroup.item()) for sid, g in graphs.items()}
-    cs = {sid: CRYSTAL_SYSTEMS[int(g.crystal_system.item())] for sid, g in graphs.items()}
+    sg = {sid: g.spacegroup for sid, g in graphs.items()}
+    cs = {sid: CRYSTAL_SYSTEMS[g.crystal_system] for sid, g in graphs.items()}
     index = entries.assign(
         formula=entries["formula"].fillna("").astype(str),
         has_graph=entries["id"].map(lambda i: i in graphs) & (entries["domain"] == "dft"),
@@ -162,7 +164,7 @@ def featurize(cfg: FeaturizeConfig, *, progress: bool = True) -> FeaturizeSummar
     failure_frame = pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)).astype(str)
 
     with atomic_dir(cfg.out_dir) as tmp:
-        save_graphs(tmp / "graphs.pt", graphs)
+        save_graphs(tmp / "graphs.pt", featurizer.pack_arrays(graphs))
         write_json(tmp / "graph_config.json", featurizer.config())
         write_parquet(tmp / "descriptors.parquet", desc.frame)
         write_parquet(tmp / "index.parquet", index[["id", "domain", "formula", "has_graph", "spacegroup", "crystal_system"]])

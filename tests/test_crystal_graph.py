@@ -19,6 +19,7 @@ from featurizers.crystal_graph import (
     canonicalise,
     crystal_system,
     load_graphs,
+    pack_graphs,
     save_graphs,
 )
 from featurizers.elements import element_embedding
@@ -290,3 +291,19 @@ def test_parallel_equals_serial_and_storage_round_trip(tmp_path, featurizer):
 def test_empty_graph_file_round_trips(tmp_path):
     save_graphs(tmp_path / "g.pt", {})
     assert load_graphs(tmp_path / "g.pt") == {}
+
+
+def test_pack_arrays_equals_packing_data(tmp_path, featurizer):
+    items = [(name, make()) for name, make in CRYSTALS.items()]
+    arrays = featurizer.featurize_many(items, as_data=False).graphs
+    datas = {sid: featurizer.to_data(a) for sid, a in arrays.items()}
+    fast = featurizer.pack_arrays(arrays)
+    slow = pack_graphs(datas)
+    assert fast["ids"] == slow["ids"] == list(CRYSTALS)
+    for key, value in slow.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == fast[key].dtype, key
+            assert torch.allclose(value.float(), fast[key].float(), atol=1e-7), key
+    save_graphs(tmp_path / "g.pt", fast)
+    loaded = load_graphs(tmp_path / "g.pt")
+    assert torch.equal(loaded["LiFePO4"].edge_attr, datas["LiFePO4"].edge_attr)
