@@ -5,8 +5,9 @@ object with the figures. Measured:
 
 - crystal graphs (parse from ``as_dict`` dicts + spglib canonicalisation + neighbours +
   ``Data`` assembly) for the mirror's MP structures (6,317) and the 18,928 perovskites, with
-  1 and 2 worker processes; peak memory = largest sum of RSS over this process and its
-  children, sampled every 20 ms (fork children share pages, so this over-counts);
+  1 and 2 worker processes (after a warm-up that loads the element tables and imports);
+  peak memory = largest sum of PSS (proportional set size: pages shared after fork are
+  split, not double-counted) over this process and its children, sampled every 50 ms;
 - the floor: the bare periodic neighbour search (``find_points_in_spheres``) on the same
   canonical cells, against graph assembly from those cells (canonicalisation excluded);
 - canonicalisation alone;
@@ -44,9 +45,9 @@ from featurizers.crystal_graph import (
 
 
 class PeakRSS:
-    """Sample RSS of this process plus its children in a thread; ``peak`` in MiB."""
+    """Sample PSS of this process plus its children in a thread; ``peak`` in MiB."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak = 0.0
         self._stop = threading.Event()
@@ -58,7 +59,8 @@ class PeakRSS:
             total = 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    # PSS splits pages shared after fork between processes (no double count)
+                    total += proc.memory_full_info().pss
                 except psutil.Error:  # child exited between listing and reading
                     continue
             self.peak = max(self.peak, total / 2**20)
@@ -100,7 +102,7 @@ def bench_graphs(items: list[tuple[str, dict]], featurizer: CrystalGraphFeaturiz
             "seconds_median": round(med, 2),
             "seconds_runs": [round(t, 2) for t in times],
             "structures_per_s": round(len(items) / med, 1),
-            "peak_rss_mib_median": round(statistics.median(peaks), 1),
+            "peak_pss_mib_median": round(statistics.median(peaks), 1),
             "failures": n_fail,
         }
         print(f"  graphs, {workers} worker(s): {med:.1f} s ({len(items) / med:.0f}/s)", file=sys.stderr)
@@ -127,13 +129,13 @@ def bench_floor(items: list[tuple[str, dict]], featurizer: CrystalGraphFeaturize
         return n
 
     def assembly() -> int:
-        n = 0
-        for c in cells:
+        arrays = {}
+        for (sid, _), c in zip(items, cells, strict=True):
             ei, d = periodic_neighbours(c.lattice, c.frac, cutoff=featurizer.cutoff)
-            g = featurizer.to_data(GraphArrays(z=c.numbers, edge_index=ei, edge_dist=d, spacegroup=c.spacegroup,
-                                               num_sites=len(c.numbers), volume_per_atom=1.0))
-            n += g.edge_index.shape[1]
-        return n
+            arrays[sid] = GraphArrays(z=c.numbers, edge_index=ei, edge_dist=d, spacegroup=c.spacegroup,
+                                      num_sites=len(c.numbers), volume_per_atom=1.0)
+        payload = featurizer.pack_arrays(arrays)
+        return int(payload["edge_index"].shape[1])
 
     bare_med, bare_runs, _ = timed(bare, runs)
     asm_med, asm_runs, n_edges = timed(assembly, runs)
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     featurizer = CrystalGraphFeaturizer(on_error="record")
     print(f"featurize benchmark: {len(mp)} MP + {len(pv)} perovskites, {runs} run(s); {featurizer}", file=sys.stderr)
     items = list(mp.items()) + list(pv.items())
+    featurizer.featurize_many(items[:20], n_workers=1)  # warm-up: imports, element tables
     result: dict[str, Any] = {
         "runs": runs,
         "quick": args.quick,

@@ -398,8 +398,11 @@ class CrystalGraphFeaturizer:
 
     def expand_distances(self, dist: np.ndarray) -> np.ndarray:
         """Gaussian basis ``[E, K]`` float32 of distances ``[E]`` (Å)."""
-        d = np.asarray(dist, dtype=np.float64)[:, None]
-        return np.exp(-((d - self._centers[None, :]) ** 2) / (2.0 * self.gaussian_width**2)).astype(np.float32)
+        # float32 throughout, in place: this is the largest array the stage builds
+        out = np.asarray(dist, dtype=np.float32)[:, None] - self._centers.astype(np.float32)[None, :]
+        np.square(out, out=out)
+        out *= np.float32(-0.5 / self.gaussian_width**2)
+        return np.exp(out, out=out)
 
     def to_data(self, arrays: GraphArrays):
         """PyG ``Data`` from :class:`GraphArrays`."""
@@ -543,6 +546,9 @@ def _cell_from_dict(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.nd
     return lattice, frac, numbers
 
 
+_PBC = np.array([1, 1, 1], dtype=np.int64)
+
+
 def periodic_neighbours(
     lattice: np.ndarray, frac: np.ndarray, *, cutoff: float, tol: float = 1e-8
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -556,12 +562,11 @@ def periodic_neighbours(
     lattice = np.ascontiguousarray(lattice, dtype=float)
     cart = np.ascontiguousarray(frac @ lattice)
     centre, neigh, _images, dist = find_points_in_spheres(
-        cart, cart, r=float(cutoff), pbc=np.array([1, 1, 1], dtype=np.int64), lattice=lattice, tol=tol
+        cart, cart, r=float(cutoff), pbc=_PBC, lattice=lattice, tol=tol
     )
-    keep = dist > tol
+    keep = np.flatnonzero(dist > tol)
     # no re-sorting: for the canonical cell pymatgen's output order is already deterministic
-    edge_index = np.stack([neigh[keep], centre[keep]])
-    return edge_index, dist[keep]
+    return np.stack([neigh.take(keep), centre.take(keep)]), dist.take(keep)
 
 
 # --- storage -------------------------------------------------------------------------
