@@ -130,15 +130,21 @@ def canonicalise(
 ) -> CanonicalCell:
     """Primitive standardised cell with atoms in canonical order (see module docstring)."""
     import spglib
+    from spglib.error import SpglibError
 
     cell = (np.asarray(lattice, float), np.asarray(frac, float), np.asarray(numbers, np.int64))
     note = ""
     with _captured_stderr() as err, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
+        try:
+            dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
+            error = ""
+        except SpglibError as exc:  # raised instead of None once spglib drops OLD_ERROR_HANDLING
+            dataset, error = None, str(exc)
     std = _primitive_standard(dataset) if dataset is not None else None
     if std is None:
-        detail = "; ".join(line.strip() for line in err if line.strip()) or "no symmetry dataset"
+        said = [line.strip() for line in err if line.strip()] + ([error] if error else [])
+        detail = "; ".join(said) or "no symmetry dataset"
         note = f"spglib standardisation failed ({detail}); input cell kept"
         out_lat, out_frac, out_num, sg = cell[0], cell[1], cell[2], 0
     else:

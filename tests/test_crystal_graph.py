@@ -307,3 +307,42 @@ def test_pack_arrays_equals_packing_data(tmp_path, featurizer):
     save_graphs(tmp_path / "g.pt", fast)
     loaded = load_graphs(tmp_path / "g.pt")
     assert torch.equal(loaded["LiFePO4"].edge_attr, datas["LiFePO4"].edge_attr)
+
+
+def test_fallback_note_reaches_the_batch():
+    # two Na 0.001 Å apart: no symmetry dataset at symprec 0.01, graph built on the input cell
+    s = Structure(Lattice.cubic(4.0), ["Na", "Na"], [[0, 0, 0], [0.00025, 0, 0]])
+    batch = CrystalGraphFeaturizer(on_error="record").featurize_many([("odd", s), ("nacl", nacl())])
+    assert sorted(batch.graphs) == ["nacl", "odd"]
+    assert list(batch.notes) == ["odd"] and "input cell kept" in batch.notes["odd"]
+    assert batch.graphs["odd"].spacegroup.item() == 0 and batch.graphs["odd"].crystal_system.item() == 0
+
+
+def test_mirror_structures_parse_like_pymatgen():
+    from pymatgen.io.vasp import Poscar
+
+    from benchmarks.mirror import mp_structures, perovskites
+
+    featurizer = CrystalGraphFeaturizer(on_error="raise")
+    mp = list(mp_structures(limit=5).items())
+    pv = list(perovskites(limit=5).items())
+    for sid, d in mp + pv:
+        lattice, frac, numbers = featurizer._cell(d, sid)
+        ref = Structure.from_dict(d)
+        np.testing.assert_allclose(lattice, ref.lattice.matrix)
+        np.testing.assert_allclose(frac, ref.frac_coords)
+        assert numbers.tolist() == list(ref.atomic_numbers)
+    import io
+    import zipfile
+
+    from benchmarks.mirror import MIRROR
+
+    with zipfile.ZipFile(MIRROR / "scale" / "perov5_heat_ref.json.zip") as zf:
+        data = json.load(io.TextIOWrapper(zf.open(zf.namelist()[0]), encoding="utf-8"))
+    split = sorted(data)[0]
+    key, text = next(iter(data[split].items()))
+    ref = Poscar.from_str(text.replace("\\n", "\n")).structure
+    mine = Structure.from_dict(dict(pv)[f"perov-{key}"])
+    np.testing.assert_allclose(mine.lattice.matrix, ref.lattice.matrix)
+    np.testing.assert_allclose(mine.frac_coords, ref.frac_coords)
+    assert list(mine.atomic_numbers) == list(ref.atomic_numbers)
