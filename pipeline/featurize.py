@@ -18,14 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from featurizers.composition import DESCRIPTOR_SETS, composition_descriptors
-from featurizers.crystal_graph import CRYSTAL_SYSTEMS, CrystalGraphFeaturizer, save_graphs
-from featurizers.elements import EMBEDDINGS
 from pipeline.config import load_section
 from pipeline.errors import MissingInputError
 from pipeline.io import atomic_dir, write_json, write_parquet
 
 log = logging.getLogger(__name__)
+
+# Kept here (and checked against the library in the tests) so that `matshift --help` does not
+# import pymatgen: the featurizers are imported only when the stage runs.
+DESCRIPTOR_SETS = ("magpie", "stoichiometry", "valence_orbital")
+EMBEDDINGS = ("megnet16", "matscholar200")
 
 DFT_COLUMNS = ("material_id", "formula", "structure")
 EXPERIMENT_COLUMNS = ("exp_id", "formula")
@@ -102,6 +104,9 @@ def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 def featurize(cfg: FeaturizeConfig, *, progress: bool = True) -> FeaturizeSummary:
     """Run the stage with ``cfg``; writes the five files of data/features/."""
+    from featurizers.composition import composition_descriptors
+    from featurizers.crystal_graph import CRYSTAL_SYSTEMS, CrystalGraphFeaturizer, save_graphs
+
     start = time.perf_counter()
     dft = _read(cfg.raw_dir / "dft.parquet", DFT_COLUMNS)
     exp = _read(cfg.raw_dir / "experiment.parquet", EXPERIMENT_COLUMNS)

@@ -140,3 +140,11 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match=r"featurize\.cutof: unknown key"):
         load_section(FeaturizeConfig, "featurize", params)
     assert load_section(FeaturizeConfig, "featurize", Path(__file__).resolve().parents[1] / "params.yaml").cutoff == 5.0
+
+
+def test_stage_choices_match_the_library():
+    from featurizers import composition, elements
+    from pipeline import featurize
+
+    assert featurize.DESCRIPTOR_SETS == composition.DESCRIPTOR_SETS
+    assert tuple(elements.EMBEDDINGS) == featurize.EMBEDDINGS
