@@ -638,13 +638,14 @@ def load_graphs(path: Path | str) -> dict[str, Any]:
         attr = payload["edge_dist"][:, None] - payload["gaussian_centers"][None, :]
         attr.square_().mul_(float(-0.5 / float(payload["gaussian_width"]) ** 2)).exp_()
         payload["edge_attr"] = attr
-    node_ptr = payload["node_ptr"].tolist()
-    edge_ptr = payload["edge_ptr"].tolist()
+    n_nodes = torch.diff(payload["node_ptr"]).tolist()
+    n_edges = torch.diff(payload["edge_ptr"]).tolist()
+    # torch.split gives views in one call per field (per-graph slicing dominated loading)
+    parts = {key: torch.split(payload[key], n_nodes) for key in _NODE_KEYS}
+    parts.update({key: torch.split(payload[key], n_edges) for key in _EDGE_KEYS})
+    parts["edge_index"] = torch.split(payload["edge_index"], n_edges, dim=1)
+    parts.update({key: torch.split(payload[key], 1) for key in _GRAPH_KEYS})
     out: dict[str, Any] = {}
     for k, sid in enumerate(payload["ids"]):
-        n0, n1, e0, e1 = node_ptr[k], node_ptr[k + 1], edge_ptr[k], edge_ptr[k + 1]
-        fields = {key: payload[key][n0:n1] for key in _NODE_KEYS}
-        fields.update({key: payload[key][e0:e1] for key in _EDGE_KEYS})
-        fields.update({key: payload[key][k : k + 1] for key in _GRAPH_KEYS})
-        out[sid] = Data(edge_index=payload["edge_index"][:, e0:e1], num_nodes=n1 - n0, **fields)
+        out[sid] = Data(num_nodes=n_nodes[k], **{key: value[k] for key, value in parts.items()})
     return out
