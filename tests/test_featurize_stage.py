@@ -1,0 +1,150 @@
+"""The featurize stage on a small real input built from mirror rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks.mirror import mp_structures
+from featurizers.composition import matminer_descriptors
+from featurizers.crystal_graph import CrystalGraphFeaturizer, load_graphs
+from pipeline import cli
+from pipeline.config import ConfigError, load_section
+from pipeline.featurize import FeaturizeConfig
+
+MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def formula_of(structure: dict) -> str:
+    from pymatgen.core import Structure
+
+    from featurizers.chemistry import reduced_formula
+
+    return reduced_formula(Structure.from_dict(structure).composition)
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory) -> Path:
+    raw = tmp_path_factory.mktemp("raw")
+    structures = mp_structures(MIRROR, limit=12)
+    rows = [
+        {"material_id": mid, "formula": formula_of(s), "structure": json.dumps(s), "band_gap_pbe": 1.0}
+        for mid, s in structures.items()
+    ]
+    disordered = json.loads(rows[0]["structure"])
+    disordered["sites"][0]["species"] = [
+        {"element": disordered["sites"][0]["species"][0]["element"], "occu": 0.5},
+        {"element": "K", "occu": 0.5},
+    ]
+    rows.append({"material_id": "mp-disordered", "formula": rows[0]["formula"], "structure": json.dumps(disordered),
+                 "band_gap_pbe": 2.0})
+    rows.append({"material_id": "mp-nostruct", "formula": "GaAs", "structure": None, "band_gap_pbe": 0.5})
+    pd.DataFrame(rows).to_parquet(raw / "dft.parquet", index=False)
+    exp = pd.DataFrame(
+        {
+            "exp_id": ["zhuo:1", "zhuo:2", "zhuo:3", "ssub:1"],
+            "formula_raw": ["Hg0.7Cd0.3Te", "CuBr", "CuBr", "Xx2"],
+            "formula": ["Hg0.7Cd0.3Te", "CuBr", "CuBr", "Xx2"],
+            "property": ["band_gap", "band_gap", "band_gap", "formation_enthalpy"],
+            "value": [0.35, 3.08, 3.0, -1.0],
+        }
+    )
+    exp.to_parquet(raw / "experiment.parquet", index=False)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def features(raw_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("features") / "features"
+    params = tmp_path_factory.mktemp("params") / "params.yaml"
+    params.write_text("featurize:\n  cutoff: 4.5\n  n_gaussians: 20\n  n_workers: 2\n  chunk_size: 4\n")
+    code = cli.main(["featurize", "--params", str(params), "--raw-dir", str(raw_dir), "--out-dir", str(out)])
+    assert code == 0
+    return out
+
+
+def test_outputs_exist(features):
+    assert sorted(p.name for p in features.iterdir()) == [
+        "descriptors.parquet", "failures.parquet", "graph_config.json", "graphs.pt", "index.parquet",
+    ]
+
+
+def test_graphs_match_direct_featurization(features, raw_dir):
+    graphs = load_graphs(features / "graphs.pt")
+    dft = pd.read_parquet(raw_dir / "dft.parquet")
+    good = dft["material_id"].iloc[:12].tolist()
+    assert sorted(graphs) == sorted(good)
+    config = json.loads((features / "graph_config.json").read_text())
+    assert config["cutoff"] == 4.5 and config["n_gaussians"] == 20
+    rebuilt = CrystalGraphFeaturizer.from_config(config)
+    for mid in good[:4]:
+        s = dft.set_index("material_id").loc[mid, "structure"]
+        direct = rebuilt.featurize(s, structure_id=mid)
+        assert torch.equal(direct.edge_index, graphs[mid].edge_index)
+        assert torch.allclose(direct.edge_attr, graphs[mid].edge_attr)
+        assert graphs[mid].edge_attr.shape[1] == 20
+
+
+def test_index_rows_and_columns(features, raw_dir):
+    index = pd.read_parquet(features / "index.parquet")
+    assert list(index.columns) == ["id", "domain", "formula", "has_graph", "spacegroup", "crystal_system"]
+    assert len(index) == 14 + 4
+    assert index["domain"].value_counts().to_dict() == {"dft": 14, "experiment": 4}
+    by_id = index.set_index("id")
+    assert not by_id.loc["mp-nostruct", "has_graph"] and by_id.loc["mp-nostruct", "spacegroup"] == 0
+    assert not by_id.loc["mp-disordered", "has_graph"]
+    assert int(index["has_graph"].sum()) == 12
+    assert (index.loc[index["has_graph"], "spacegroup"] > 0).all()
+    assert (index.loc[index["domain"] == "experiment", "crystal_system"] == "").all()
+    assert index["spacegroup"].dtype == np.int64
+
+
+def test_descriptors_one_row_per_formula_no_nan(features, raw_dir):
+    desc = pd.read_parquet(features / "descriptors.parquet")
+    dft = pd.read_parquet(raw_dir / "dft.parquet")
+    expected = set(dft["formula"]) | {"Hg0.7Cd0.3Te", "CuBr"}
+    assert set(desc["formula"]) == expected
+    assert desc["formula"].is_unique
+    assert np.isfinite(desc.drop(columns="formula").to_numpy()).all()
+    ref = matminer_descriptors(desc["formula"].tolist()[:5])
+    np.testing.assert_allclose(desc.iloc[:5, 1:].to_numpy(), ref.iloc[:, 1:].to_numpy(), rtol=1e-8, atol=1e-8)
+
+
+def test_failures_recorded(features):
+    failures = pd.read_parquet(features / "failures.parquet")
+    assert list(failures.columns) == ["id", "formula", "step", "reason"]
+    by_id = failures.set_index("id")
+    assert by_id.loc["mp-disordered", "step"] == "parse"
+    assert "partially occupied" in by_id.loc["mp-disordered", "reason"]
+    assert by_id.loc["ssub:1", "step"] == "descriptor"
+    assert by_id.loc["ssub:1", "formula"] == "Xx2"
+
+
+def test_missing_input_is_a_clear_error(tmp_path, capsys):
+    code = cli.main(["featurize", "--raw-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")])
+    assert code == 1
+    assert "dft.parquet does not exist; run `matshift fetch` first" in capsys.readouterr().err
+
+
+def test_config_validation(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("featurize:\n  cutoff: -1\n")
+    with pytest.raises(ConfigError, match="cutoff must be in"):
+        load_section(FeaturizeConfig, "featurize", params)
+    params.write_text("featurize:\n  cutof: 5\n")
+    with pytest.raises(ConfigError, match=r"featurize\.cutof: unknown key"):
+        load_section(FeaturizeConfig, "featurize", params)
+    assert load_section(FeaturizeConfig, "featurize", Path(__file__).resolve().parents[1] / "params.yaml").cutoff == 5.0
+
+
+def test_stage_choices_match_the_library():
+    from featurizers import composition, elements
+    from pipeline import featurize
+
+    assert featurize.DESCRIPTOR_SETS == composition.DESCRIPTOR_SETS
+    assert tuple(elements.EMBEDDINGS) == featurize.EMBEDDINGS
