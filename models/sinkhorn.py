@@ -124,16 +124,16 @@ def sparse_sinkhorn(
 ) -> SparseSinkhornResult:
     """Solve entropic (un)balanced OT on the support ``(rows, cols)`` with costs ``cost``.
 
-    Parameters
-    ----------
-    a, b : (n,), (m,) positive masses.
-    rows, cols, cost : (nnz,) the allowed pairs and their costs (duplicates are an error).
-    reg : entropic regularisation eps (in cost units; > 0).
-    reg_m : marginal KL weight rho (``inf`` = balanced; then ``sum a`` must equal ``sum b``
-        on every connected block of the support for a solution to exist).
-    tol : stop when the largest change of a log-scaling in one iteration is below ``tol``
-        (scale-free: ``|Δf| / eps``), at the target eps.
-    eps_start : first eps of eps-scaling (default: the largest cost; ``reg`` disables it).
+    ``a``, ``b`` are the (n,), (m,) positive masses; ``rows``, ``cols``, ``cost`` the (nnz,)
+    allowed pairs and their costs (duplicates are an error). ``reg`` is the entropic eps (cost
+    units); ``reg_m`` the marginal KL weight rho (``inf`` = balanced; then ``sum a`` must
+    equal ``sum b`` on every connected block of the support). The solver stops when the
+    largest change of a log-scaling in one iteration (``|Δf| / eps``) is below ``tol`` at
+    the target eps, or after ``max_iter`` iterations in all. Epsilon-scaling starts at
+    ``eps_start`` (default: the largest cost; pass ``reg`` to disable it) and multiplies eps
+    by ``eps_decay`` every ``iter_per_eps`` iterations; ``translation_invariant`` switches
+    the closed-form dual translation step on (unbalanced only).
+
     """
     t0 = time.perf_counter()
     a = np.asarray(a, dtype=np.float64)

@@ -379,7 +379,7 @@ def build_support(
     dense_limit: int,
     knn: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Allowed pairs: same-formula blocks (hard block), all pairs (small), or a kNN graph."""
+    """Choose the allowed pairs: same-formula blocks (hard block), all pairs (small), or a kNN graph."""
     if weights.hard_block:
         r, c = block_support(np.asarray(source.formulas), np.asarray(target.formulas))
         return r, c, None
