@@ -75,11 +75,12 @@ def worker(spec: dict) -> dict:
         out = {"seconds": t2 - t0, "seconds_solve": t2 - t1, "objective": _dense_objective(P, M, a, b),
                "mass": float(P.sum())}
     else:
-        from models.sinkhorn import ivf_support, knn_support, sparse_sinkhorn, truncation_bound
+        from models.sinkhorn import ivf_support, radius_support, sparse_sinkhorn, truncation_bound
 
         if n * m <= 100_000_000:
-            r, c, kth = knn_support(x, y, k_source=k, k_target=k)
-            search = "brute"
+            # pairs within e^-40 of their row's or column's best kernel entry at eps = REG
+            r, c, kth = radius_support(x, y, width=40.0 * REG * scale)
+            search = "radius"
         else:
             r, c, kth = ivf_support(x, y, k_source=k, k_target=k, cell_size=2 * k, n_probe=3)
             search = "ivf"
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 2 min)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of our solver per size (median)")
+    parser.add_argument("--only", choices=["compare", "scaling"], help="run one part only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -125,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     k_cmp = 128  # about one cluster of targets (m / clusters = 100 at 20,000 x 4,000)
 
     results: dict = {"problem": {"d": D, "reg": REG, "reg_m": REG_M, "tol": TOL, "machine_cores": os.cpu_count()}}
-    pot = run_worker({"solver": "pot", "n": cmp_n, "m": cmp_m, "k": 0}, timeout=900)
-    ours = [run_worker({"solver": "ours", "n": cmp_n, "m": cmp_m, "k": k_cmp}, timeout=600) for _ in range(repeats)]
+    if args.only == "scaling":
+        cmp_n = 0
+    pot = run_worker({"solver": "pot", "n": cmp_n, "m": cmp_m, "k": 0}, timeout=900) if cmp_n else {"error": "skipped"}
+    ours = [run_worker({"solver": "ours", "n": cmp_n, "m": cmp_m, "k": k_cmp}, timeout=600)
+            for _ in range(repeats if cmp_n else 0)]
     ok = [r for r in ours if "error" not in r]
     cmp = {"n": cmp_n, "m": cmp_m, "pot": pot, "ours_runs": ours}
     if ok and "error" not in pot:
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
 
     curve_out = []
-    for n in curve:
+    for n in curve if args.only != "compare" else []:
         m = n // 10
         reps = repeats if n <= 20000 else 1
         runs = [run_worker({"solver": "ours", "n": n, "m": m, "k": 64}, timeout=600) for _ in range(reps)]

@@ -12,6 +12,7 @@ from models.sinkhorn import (
     dense_support,
     ivf_support,
     knn_support,
+    radius_support,
     sparse_sinkhorn,
     truncation_bound,
 )
@@ -84,3 +85,16 @@ def test_balanced_lp_path_equals_pot_emd():
     assert res.linear_cost == pytest.approx(float(ref), rel=1e-9)
     np.testing.assert_allclose(res.source_mass, 1 / 40)
     np.testing.assert_allclose(res.target_mass, 1 / 30)
+
+
+def test_radius_support_keeps_pairs_near_row_or_column_minimum():
+    x, y = _clusters(200, 50, seed=4)
+    D = ot.dist(x, y)
+    r, c, floor = radius_support(x, y, width=2.0, chunk=64)
+    want = (D.min(1, keepdims=True) + 2.0 >= D) | (D.min(0, keepdims=True) + 2.0 >= D)
+    got = np.zeros_like(want)
+    got[r, c] = True
+    # float32 search: allow disagreement only within rounding of the threshold
+    edge = np.abs(D - np.minimum(D.min(1, keepdims=True), np.inf) - 2.0) < 1e-3
+    assert np.all((got == want) | edge)
+    np.testing.assert_allclose(floor, D.min(1) + 2.0, rtol=1e-4, atol=1e-3)
