@@ -310,7 +310,8 @@ def _ti_shift(f, g, log_a, log_b, row_has, col_has, comp, rho) -> tuple[np.ndarr
     k = int(comp.max()) + 1 if comp.size else 0
     lse_s = _group_lse(np.where(row_has, log_a - f / rho, -np.inf), cs, k)
     lse_t = _group_lse(np.where(col_has, log_b - g / rho, -np.inf), ct, k)
-    t = 0.5 * rho * (lse_s - lse_t)
+    with np.errstate(invalid="ignore"):  # blocks of points without support: -inf - -inf
+        t = 0.5 * rho * (lse_s - lse_t)
     t[~np.isfinite(t)] = 0.0
     return np.where(row_has, t[cs], 0.0), np.where(col_has, t[ct], 0.0)
 
