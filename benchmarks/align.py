@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 2 min)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of our solver per size (median)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="source sizes of the scaling curve")
     parser.add_argument("--only", choices=["compare", "scaling"], help="run one part only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         cmp_n, cmp_m, curve, repeats = 3000, 600, [1000, 4000, 10000], args.repeats or 1
     else:
         cmp_n, cmp_m, curve, repeats = 20000, 4000, [1000, 5000, 20000, 50000, 100000, 200000], args.repeats or 3
+    if args.sizes:
+        curve = args.sizes
     k_cmp = 128  # about one cluster of targets (m / clusters = 100 at 20,000 x 4,000)
 
     results: dict = {"problem": {"d": D, "reg": REG, "reg_m": REG_M, "tol": TOL, "machine_cores": os.cpu_count()}}

@@ -450,23 +450,34 @@ def radius_support(
     return np.concatenate(rows), np.concatenate(cols), (rmin + width).numpy().astype(np.float64)
 
 
-def _kmeans(points, n_cells: int, iters: int, seed: int):
-    """Plain Lloyd k-means in torch (float32): centroids and the label of every point."""
+def _kmeans(points, n_cells: int, iters: int, seed: int, sample: int = 16384, chunk: int = 16384):
+    """Lloyd k-means in torch (float32) fitted on a sample; returns centroids and all labels.
+
+    Fitting on at most ``sample`` points and assigning in chunks keeps time and memory
+    linear in the number of points.
+    """
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     n = points.shape[0]
-    cent = points[torch.randperm(n, generator=gen)[:n_cells]].clone()
-    p2 = (points * points).sum(1, keepdim=True)
+    fit = points[torch.randperm(n, generator=gen)[: max(sample, n_cells)]]
+    cent = fit[torch.randperm(fit.shape[0], generator=gen)[:n_cells]].clone()
+
+    def assign(p):
+        labels = []
+        c2 = (cent * cent).sum(1)[None, :]
+        for s in range(0, p.shape[0], chunk):
+            q = p[s : s + chunk]
+            labels.append(((q * q).sum(1, keepdim=True) + c2 - 2.0 * q @ cent.T).argmin(1))
+        return torch.cat(labels)
+
     for _ in range(iters):
-        d = p2 + (cent * cent).sum(1)[None, :] - 2.0 * points @ cent.T
-        lab = d.argmin(1)
-        sums = torch.zeros_like(cent).index_add_(0, lab, points)
-        cnt = torch.bincount(lab, minlength=cent.shape[0]).to(points.dtype)
+        lab = assign(fit)
+        sums = torch.zeros_like(cent).index_add_(0, lab, fit)
+        cnt = torch.bincount(lab, minlength=cent.shape[0]).to(fit.dtype)
         nonempty = cnt > 0
         cent[nonempty] = sums[nonempty] / cnt[nonempty, None]
-    d = p2 + (cent * cent).sum(1)[None, :] - 2.0 * points @ cent.T
-    return cent, d.argmin(1)
+    return cent, assign(points)
 
 
 def _cell_knn(queries, base, k: int, cell_size: int, n_probe: int, seed: int):
