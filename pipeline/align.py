@@ -254,7 +254,19 @@ def _write_json(path: Path, obj) -> None:
 
     from pipeline.io import _json_default
 
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8")
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _finite(obj):
+    """JSON has no NaN: undefined numbers (e.g. a residual without transported mass) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None
+    return obj
 
 
 def _plots(out: Path, res, source, target, prop: str) -> None:
