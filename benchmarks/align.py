@@ -84,7 +84,10 @@ def worker(spec: dict) -> dict:
         else:
             r, c, kth = ivf_support(x, y, k_source=k, k_target=k, cell_size=2 * k, n_probe=3)
             search = "ivf"
-        cost = np.einsum("ij,ij->i", x[r] - y[c], x[r] - y[c]) / scale
+        cost = np.empty(r.size)
+        for s in range(0, r.size, 1_000_000):  # chunked: x[r] - y[c] at once is n_pairs x d doubles
+            diff = x[r[s : s + 1_000_000]] - y[c[s : s + 1_000_000]]
+            cost[s : s + 1_000_000] = np.einsum("ij,ij->i", diff, diff) / scale
         t1 = time.perf_counter()
         res = sparse_sinkhorn(a, b, r, c, cost, reg=REG, reg_m=REG_M, tol=TOL, omega=1.5)
         t2 = time.perf_counter()
