@@ -1,0 +1,185 @@
+"""Speed, memory and accuracy of the sparse unbalanced Sinkhorn against POT.
+
+``python -m benchmarks.align [--quick]``; the last stdout line is one JSON object.
+
+Problem: a clustered point cloud in d = 32 (cluster centres ~ N(0, 9 I), points ~ centre +
+N(0, 0.49 I), about 500 source points per cluster, targets shifted by 0.2), uniform masses,
+squared Euclidean cost divided by the mean squared distance over all pairs, eps = 0.01 and rho = 1 in those units. Materials descriptors are clustered
+like this (chemical families); at this eps the entropic plan is dense inside a cluster and
+negligible across clusters, which is what a sparse kernel exploits. With a fixed number of
+clusters and growing n the plan itself has O(n m / K) non-negligible entries and no sparse
+method can be sub-quadratic: the scaling curve therefore keeps the cluster size fixed.
+
+Each measurement runs in a fresh subprocess (``--worker``) so that the peak RSS it reports
+(``ru_maxrss``) belongs to that run alone. POT is run dense (``ot.dist`` +
+``ot.unbalanced.sinkhorn_unbalanced``, same reg, reg_m, stop threshold); ours includes the
+neighbour search, the cost evaluation on the support and the solve. Objectives are the same
+primal functional (:func:`models.sinkhorn.unbalanced_objective`) evaluated on each plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+D = 32
+REG = 0.01
+REG_M = 1.0
+TOL = 1e-6
+
+
+def make_problem(n: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    rng = np.random.default_rng(seed)
+    k = max(2, n // 500)
+    centres = rng.normal(size=(k, D)) * 3.0
+    x = centres[rng.integers(0, k, n)] + rng.normal(size=(n, D)) * 0.7
+    y = centres[rng.integers(0, k, m)] + rng.normal(size=(m, D)) * 0.7 + 0.2
+    # mean squared distance over all n x m pairs, in closed form
+    scale = float((x * x).sum(1).mean() + (y * y).sum(1).mean() - 2.0 * x.mean(0) @ y.mean(0))
+    return x, y, scale
+
+
+def _dense_objective(P: np.ndarray, M: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    from models.sinkhorn import _gkl
+
+    pos = P > 0
+    q = np.outer(a, b)
+    ent = float(np.sum(P[pos] * np.log(P[pos] / q[pos])) - P.sum() + a.sum() * b.sum())
+    return float(np.sum(P * M) + REG * ent + REG_M * (_gkl(P.sum(1), a) + _gkl(P.sum(0), b)))
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    n, m, k = spec["n"], spec["m"], spec["k"]
+    x, y, scale = make_problem(n, m)
+    a = np.full(n, 1.0 / n)
+    b = np.full(m, 1.0 / m)
+    t0 = time.perf_counter()
+    if spec["solver"] == "pot":
+        import ot
+
+        M = ot.dist(x, y) / scale
+        t1 = time.perf_counter()
+        P = ot.unbalanced.sinkhorn_unbalanced(a, b, M, REG, REG_M, stopThr=TOL, numItermax=100000)
+        t2 = time.perf_counter()
+        out = {"seconds": t2 - t0, "seconds_solve": t2 - t1, "objective": _dense_objective(P, M, a, b),
+               "mass": float(P.sum())}
+    else:
+        from models.sinkhorn import ivf_support, radius_support, sparse_sinkhorn, truncation_bound
+
+        if n * m <= 100_000_000:
+            # pairs within e^-40 of their row's or column's best kernel entry at eps = REG
+            r, c, kth = radius_support(x, y, width=40.0 * REG * scale)
+            search = "radius"
+        else:
+            r, c, kth = ivf_support(x, y, k_source=k, k_target=k, cell_size=2 * k, n_probe=3)
+            search = "ivf"
+        cost = np.empty(r.size)
+        for s in range(0, r.size, 1_000_000):  # chunked: x[r] - y[c] at once is n_pairs x d doubles
+            diff = x[r[s : s + 1_000_000]] - y[c[s : s + 1_000_000]]
+            cost[s : s + 1_000_000] = np.einsum("ij,ij->i", diff, diff) / scale
+        t1 = time.perf_counter()
+        res = sparse_sinkhorn(a, b, r, c, cost, reg=REG, reg_m=REG_M, tol=TOL, omega=1.5)
+        t2 = time.perf_counter()
+        out = {"seconds": t2 - t0, "seconds_search": t1 - t0, "seconds_solve": t2 - t1,
+               "objective": res.objective, "mass": float(res.plan.sum()), "iterations": res.n_iter,
+               "converged": res.converged, "support": int(r.size), "support_after_pruning": int(res.rows.size),
+               "truncation_bound": truncation_bound(res, a, b, kth / scale, REG), "search": search}
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out.update(spec)
+    return out
+
+
+def run_worker(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.align", "--worker", json.dumps(spec)]
+    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {**spec, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (< 2 min)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs of our solver per size (median)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="source sizes of the scaling curve")
+    parser.add_argument("--only", choices=["compare", "scaling"], help="run one part only")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    if args.quick:
+        cmp_n, cmp_m, curve, repeats = 3000, 600, [1000, 4000, 10000], args.repeats or 1
+    else:
+        cmp_n, cmp_m, curve, repeats = 20000, 4000, [1000, 5000, 20000, 50000, 100000, 200000], args.repeats or 3
+    if args.sizes:
+        curve = args.sizes
+    k_cmp = 128  # about one cluster of targets (m / clusters = 100 at 20,000 x 4,000)
+
+    results: dict = {"problem": {"d": D, "reg": REG, "reg_m": REG_M, "tol": TOL, "machine_cores": os.cpu_count()}}
+    if args.only == "scaling":
+        cmp_n = 0
+    pot = run_worker({"solver": "pot", "n": cmp_n, "m": cmp_m, "k": 0}, timeout=900) if cmp_n else {"error": "skipped"}
+    ours = [run_worker({"solver": "ours", "n": cmp_n, "m": cmp_m, "k": k_cmp}, timeout=600)
+            for _ in range(repeats if cmp_n else 0)]
+    ok = [r for r in ours if "error" not in r]
+    cmp = {"n": cmp_n, "m": cmp_m, "pot": pot, "ours_runs": ours}
+    if ok and "error" not in pot:
+        t_ours = statistics.median(r["seconds"] for r in ok)
+        cmp.update({
+            "ours_seconds_median": t_ours,
+            "pot_seconds": pot["seconds"],
+            "speedup_total": pot["seconds"] / t_ours,
+            "speedup_solve": pot["seconds_solve"] / statistics.median(r["seconds_solve"] for r in ok),
+            "objective_rel_gap": (ok[0]["objective"] - pot["objective"]) / abs(pot["objective"]),
+            "ours_peak_rss_gib": max(r["peak_rss_gib"] for r in ok),
+            "pot_peak_rss_gib": pot["peak_rss_gib"],
+        })
+    results["vs_pot"] = cmp
+    print(f"vs POT at {cmp_n} x {cmp_m}: {json.dumps({k: v for k, v in cmp.items() if not isinstance(v, (dict, list))})}",
+          file=sys.stderr)
+
+    curve_out = []
+    for n in curve if args.only != "compare" else []:
+        m = n // 10
+        reps = repeats if n <= 20000 else 1
+        runs = [run_worker({"solver": "ours", "n": n, "m": m, "k": 64}, timeout=600) for _ in range(reps)]
+        good = [r for r in runs if "error" not in r]
+        row = {"n": n, "m": m, "runs": len(runs)}
+        if good:
+            row.update({
+                "seconds_median": statistics.median(r["seconds"] for r in good),
+                "seconds_search": statistics.median(r["seconds_search"] for r in good),
+                "seconds_solve": statistics.median(r["seconds_solve"] for r in good),
+                "peak_rss_gib": max(r["peak_rss_gib"] for r in good),
+                "iterations": good[0]["iterations"], "converged": good[0]["converged"],
+                "support": good[0]["support"], "truncation_bound": good[0]["truncation_bound"],
+                "search": good[0]["search"],
+            })
+        else:
+            row["error"] = runs[0].get("error")
+        print(f"scaling {n} x {m}: {json.dumps(row)}", file=sys.stderr)
+        curve_out.append(row)
+    results["scaling"] = curve_out
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
