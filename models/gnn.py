@@ -122,29 +122,47 @@ class _WeightedAttention(nn.Module):
 
     For element :math:`i` with state :math:`h_i` and the elements :math:`j` of the same formula
     (itself included, so single-element formulas still update) with fractions :math:`w_j`,
-    head :math:`k` computes
-    :math:`a^k_{ij} = w_j e^{g^k(h_i, h_j)} / \sum_l w_l e^{g^k(h_i, h_l)}` and
-    :math:`h_i \leftarrow h_i + \frac1K \sum_k \sum_j a^k_{ij}\, m^k(h_i, h_j)`.
+    head :math:`k` computes the pair features
+    :math:`q^k_{ij} = \mathrm{SiLU}(A^k h_i + B^k h_j + c^k)` (split into gate and message parts),
+    :math:`a^k_{ij} = w_j e^{g^k \cdot q^k_{ij}} / \sum_l w_l e^{g^k \cdot q^k_{il}}` and
+    :math:`h_i \leftarrow h_i + \frac1K \sum_k M^k \sum_j a^k_{ij} q^k_{ij} + m^k`.
+    The pair MLP's first layer acts on the nodes (:math:`A h_i + B h_j` is the linear layer on
+    :math:`[h_i, h_j]`) and its last layer after the attention sum (it is linear and the
+    weights sum to one), so the per-pair work is one addition and one SiLU.
     """
 
     def __init__(self, hidden: int, heads: int):
         super().__init__()
-        self.heads = heads
-        self.gate = nn.ModuleList(_mlp(2 * hidden, hidden, 1, 2, 0.0) for _ in range(heads))
-        self.message = nn.ModuleList(_mlp(2 * hidden, hidden, hidden, 2, 0.0) for _ in range(heads))
+        self.hidden, self.heads = hidden, heads
+        self.self_proj = nn.Linear(hidden, heads * 2 * hidden)
+        self.other_proj = nn.Linear(hidden, heads * 2 * hidden, bias=False)
+        self.gate_w = nn.Parameter(torch.empty(heads, hidden))
+        self.gate_b = nn.Parameter(torch.empty(heads))
+        self.msg_w = nn.Parameter(torch.empty(heads, hidden, hidden))
+        self.msg_b = nn.Parameter(torch.empty(heads, hidden))
         self.norm = nn.LayerNorm(hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.self_proj.reset_parameters()
+        self.other_proj.reset_parameters()
+        self.norm.reset_parameters()
+        bound = 1.0 / math.sqrt(self.hidden)
+        for p in (self.gate_w, self.gate_b, self.msg_w, self.msg_b):
+            nn.init.uniform_(p, -bound, bound)
 
     def forward(self, h: Tensor, log_w: Tensor, mask: Tensor) -> Tensor:
         # h [B, M, H], log_w [B, M] (-inf at padding), mask [B, M]
+        b, m, hd = h.shape
         hn = self.norm(h)
-        m = hn.shape[1]
-        pair = torch.cat([hn.unsqueeze(2).expand(-1, -1, m, -1), hn.unsqueeze(1).expand(-1, m, -1, -1)], dim=-1)
-        update = torch.zeros_like(h)
-        for gate, message in zip(self.gate, self.message, strict=True):
-            logits = gate(pair).squeeze(-1) + log_w.unsqueeze(1)  # [B, M(i), M(j)]
-            att = torch.softmax(logits, dim=-1)
-            update = update + (att.unsqueeze(-1) * message(pair)).sum(dim=2)
-        return h + (update / self.heads) * mask.unsqueeze(-1)
+        pre = self.self_proj(hn).unsqueeze(2) + self.other_proj(hn).unsqueeze(1)  # [B, M, M, K*2H]
+        pre = nn.functional.silu(pre).view(b, m, m, self.heads, 2, hd)
+        gate, msg = pre[..., 0, :], pre[..., 1, :]  # [B, M(i), M(j), K, H]
+        logits = torch.einsum("bijkh,kh->bijk", gate, self.gate_w) + self.gate_b + log_w[:, None, :, None]
+        att = torch.softmax(logits, dim=2)
+        agg = torch.einsum("bijk,bijkh->bikh", att, msg)
+        update = (torch.einsum("bikh,khd->bid", agg, self.msg_w) + self.msg_b.sum(0)) / self.heads
+        return h + update * mask.unsqueeze(-1)
 
 
 class CompositionEncoder(nn.Module):
@@ -158,13 +176,13 @@ class CompositionEncoder(nn.Module):
     Args:
         hidden: element-state width (default 64).
         num_layers: message-passing layers (default 3).
-        heads: attention heads per layer (default 2).
+        heads: attention heads per layer (default 1).
         out_dim: embedding width (default 64).
         max_z: largest atomic number in the vocabulary (default 103).
 
     """
 
-    def __init__(self, *, hidden: int = 64, num_layers: int = 3, heads: int = 2, out_dim: int = 64, max_z: int = MAX_Z):
+    def __init__(self, *, hidden: int = 64, num_layers: int = 3, heads: int = 1, out_dim: int = 64, max_z: int = MAX_Z):
         super().__init__()
         if min(hidden, num_layers, heads, out_dim, max_z) < 1:
             raise ValueError("CompositionEncoder: all sizes must be >= 1")
@@ -223,7 +241,7 @@ class MultiFidelityNet(nn.Module):
     :math:`\hat y_{exp} = r + h_{exp}(e, r, [\text{known}])`.
 
     Args:
-        comp_hidden, comp_layers, comp_heads: composition encoder sizes (64, 3, 2).
+        comp_hidden, comp_layers, comp_heads: composition encoder sizes (64, 3, 1).
         emb_dim: embedding width shared by both encoders (default 64).
         graph_node_dim, graph_edge_dim: crystal-graph feature widths; 0 (default) disables
             the crystal encoder.
@@ -241,7 +259,7 @@ class MultiFidelityNet(nn.Module):
         *,
         comp_hidden: int = 64,
         comp_layers: int = 3,
-        comp_heads: int = 2,
+        comp_heads: int = 1,
         emb_dim: int = 64,
         graph_node_dim: int = 0,
         graph_edge_dim: int = 0,

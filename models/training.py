@@ -273,7 +273,7 @@ class ModelConfig:
 
     comp_hidden: int = 64
     comp_layers: int = 3
-    comp_heads: int = 2
+    comp_heads: int = 1
     emb_dim: int = 64
     head_hidden: int = 64
     head_depth: int = 2
