@@ -39,7 +39,14 @@ import torch
 from benchmarks.descriptor_cache import magpie_descriptors
 from featurizers.chemistry import FormulaError, element_fractions, reduced_formula
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
-from models.training import EntryTable, ModelConfig, TrainConfig, determine_device, predict_ensemble, train_model
+from models.training import (
+    EntryTable,
+    ModelConfig,
+    TrainConfig,
+    determine_device,
+    predict_ensemble,
+    train_model,
+)
 
 log = logging.getLogger("cv_experiment")
 MIRROR = Path("../shared/datasets")

@@ -1,7 +1,7 @@
-"""Baselines every matshift model is compared against, on the same rows and folds.
+r"""Baselines every matshift model is compared against, on the same rows and folds.
 
 * :class:`RawDFT`: the DFT value of the composition as the prediction of the measurement.
-* :class:`LinearCalibration`: :math:`\\hat y = a\\,y_{dft} + b`, least squares on training rows
+* :class:`LinearCalibration`: :math:`\hat y = a\,y_{dft} + b`, least squares on training rows
   that have a DFT value; rows without one get the training mean.
 * :class:`DescriptorForest`: composition-only random forest (scikit-learn) on descriptor
   columns (e.g. Magpie) of a frame keyed by formula.
@@ -50,6 +50,7 @@ class LinearCalibration:
 
     Args:
         clamp_min: lower bound applied to predictions (0 for band gaps), or None.
+
     """
 
     def __init__(self, *, clamp_min: float | None = None):
@@ -80,6 +81,7 @@ class DescriptorForest:
         max_features: features per split (default 1/3, the usual regression choice).
         n_jobs: parallel jobs (default 2).
         seed: random state (default 0).
+
     """
 
     def __init__(self, *, n_estimators: int = 300, min_samples_leaf: int = 1, max_features: float = 1 / 3,

@@ -449,6 +449,7 @@ def train_model(
     device: torch.device | None = None,
     init_state: dict[str, Tensor] | None = None,
     checkpoint: Path | str | None = None,
+    stop_after: int | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train one member on ``train_rows`` of ``table`` (all rows by default).
@@ -457,7 +458,8 @@ def train_model(
     (``config.val_fraction``) drives early stopping and model selection; without
     experimental rows, DFT rows are split instead. ``init_state`` starts from given weights
     (e.g. DFT pretraining; the pretraining phase is then skipped). With ``checkpoint``, the
-    full state is saved after every epoch and a run finding it resumes where it stopped.
+    full state is saved after every epoch and a run finding it resumes where it stopped;
+    ``stop_after`` ends this call after that many epochs (time-sliced runs; resume later).
     """
     device = device or torch.device("cpu")
     seed_everything(seed)
@@ -510,7 +512,8 @@ def train_model(
             "best_state": saved["best_state"],
         }
     stopped = False
-    bar = tqdm(range(state["epoch"], total), disable=not progress, desc="train", leave=False)
+    start_epoch = state["epoch"]
+    bar = tqdm(range(start_epoch, total), disable=not progress, desc="train", leave=False)
     for epoch in bar:
         phase = "pretrain" if epoch < pre_epochs else "train"
         model.train()
@@ -555,16 +558,17 @@ def train_model(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
-            sums += [float(loss), *(float(t) for t in terms)]
+            sums += [float(loss.detach()), *(float(t.detach()) for t in terms)]
             n_steps += 1
         means = sums / max(n_steps, 1)
         val = _val_mae(model, table, val_rows, device, config.clamp_min)
-        rec = EpochRecord(epoch=epoch, phase=phase, loss=means[0], loss_dft=means[1], loss_exp=means[2],
-                          loss_calibrated=means[3], loss_ot=means[4], val_mae=val)
+        rec = EpochRecord(epoch=epoch, phase=phase, loss=float(means[0]), loss_dft=float(means[1]),
+                          loss_exp=float(means[2]), loss_calibrated=float(means[3]), loss_ot=float(means[4]),
+                          val_mae=float(val))
         state["history"].append(rec)
         # model selection only in the final phase (pretraining optimises a different target)
         if phase == "train" or pre_epochs == total:
-            score = val if math.isfinite(val) else means[0]
+            score = val if math.isfinite(val) else float(means[0])
             if score < state["best_val"] - 1e-6:
                 state.update(best_val=score, best_epoch=epoch, bad=0,
                              best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
@@ -576,6 +580,8 @@ def train_model(
             _save_checkpoint(ckpt, model, opt, sched, gen, state)
         if phase == "train" and state["bad"] >= config.patience:
             stopped = True
+            break
+        if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
             break
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"], strict=True)
