@@ -35,5 +35,5 @@ def test_descriptor_forest_learns_and_names_missing_formulas():
     rf = DescriptorForest(n_estimators=50, seed=0).fit(desc, formulas[:100], y[:100])
     err = mae(y[100:], rf.predict(desc, formulas[100:]))
     assert err < 0.5 * mae(y[100:], np.full(20, y[:100].mean()))
-    with pytest.raises(ValueError, match="no descriptors for 1 formulas, e.g. 'Nope'"):
+    with pytest.raises(ValueError, match=r"no descriptors for 1 formulas, e\.g\. 'Nope'"):
         rf.predict(desc, ["Nope"])
