@@ -45,6 +45,8 @@ from models.training import (
     TrainConfig,
     determine_device,
     predict_ensemble,
+    pretrain_members,
+    reference_per_formula,
     train_model,
 )
 
@@ -93,13 +95,6 @@ def load_dft(prop: str, mirror: Path = MIRROR) -> pd.DataFrame:
         out["dft_value"] = out["e_form"]
     out = out.dropna(subset=["formula", "dft_value"])
     return out[["material_id", "formula", "dft_value", "e_form"]].reset_index(drop=True)
-
-
-def dft_reference(dft: pd.DataFrame) -> pd.Series:
-    """One DFT value per formula: the polymorph lowest in formation energy (median where unknown)."""
-    known = dft.dropna(subset=["e_form"]).sort_values("e_form").drop_duplicates("formula").set_index("formula")["dft_value"]
-    rest = dft[~dft["formula"].isin(known.index)].groupby("formula")["dft_value"].median()
-    return pd.concat([known, rest])
 
 
 def make_folds(formulas: pd.Series, *, n_folds: int, seed: int) -> np.ndarray:
@@ -159,7 +154,7 @@ def run_property(prop: str, *, n_folds: int, n_members: int, seed: int, train_cf
     t0 = time.perf_counter()
     exp = load_experiment(prop)
     dft = load_dft(prop)
-    ref = dft_reference(dft)
+    ref = reference_per_formula(dft, value="dft_value", rank="e_form")
     desc = magpie_descriptors(set(exp["formula"]) | set(dft["formula"]))
     exp["fold"] = make_folds(exp["formula"], n_folds=n_folds, seed=seed)
     exp["dft_reference"] = exp["formula"].map(ref)
@@ -173,9 +168,7 @@ def run_property(prop: str, *, n_folds: int, n_members: int, seed: int, train_cf
     # DFT-only pretraining of each member (no measurement involved), shared by all folds
     t_pre = time.perf_counter()
     dft_table = EntryTable.build(dft=dft, descriptors=desc, dft_reference=ref)
-    pre_cfg = replace(cfg, epochs=pretrain_epochs, pretrain_epochs=0, patience=pretrain_epochs, val_fraction=0.05)
-    pre_states = [train_model(dft_table, pre_cfg, seed=seed + 100 + k, device=device).model.state_dict()
-                  for k in range(n_members)]
+    pre_states = pretrain_members(dft_table, cfg, n_members=n_members, epochs=pretrain_epochs, seed=seed, device=device)
     pretrain_s = time.perf_counter() - t_pre
     log.info("%s: pretrained %d members in %.0f s", prop, n_members, pretrain_s)
 

@@ -26,7 +26,7 @@ import copy
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +53,8 @@ __all__ = [
     "grouped_split",
     "predict",
     "predict_ensemble",
+    "pretrain_members",
+    "reference_per_formula",
     "seed_everything",
     "train_ensemble",
     "train_model",
@@ -627,3 +629,41 @@ def train_ensemble(
         members.append(train_model(table, config, seed=seed + k, train_rows=train_rows, device=device,
                                    init_state=init, progress=progress))
     return EnsembleResult(members=members)
+
+
+def pretrain_members(
+    table: EntryTable,
+    config: TrainConfig,
+    *,
+    n_members: int,
+    epochs: int,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> list[dict[str, Tensor]]:
+    """DFT-only pretraining of ``n_members`` models (seeds ``seed + 100 + k``); returns their states.
+
+    Only rows without a measurement are used, so the states can be shared by every CV fold
+    without leaking experimental labels.
+    """
+    dft_rows = np.flatnonzero(~table.is_experiment)
+    cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05)
+    return [
+        train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device).model.state_dict()
+        for k in range(n_members)
+    ]
+
+
+def reference_per_formula(frame: pd.DataFrame, *, value: str, rank: str | None = None) -> pd.Series:
+    """One DFT value per reduced formula, for the experimental head's DFT input.
+
+    The polymorph with the lowest ``rank`` (e.g. energy above hull or formation energy) where
+    it is known, the median over polymorphs otherwise. Index: formula.
+    """
+    f = frame.dropna(subset=[value])
+    parts = []
+    if rank is not None and rank in f:
+        ranked = f.dropna(subset=[rank]).sort_values([rank, value]).drop_duplicates("formula")
+        parts.append(ranked.set_index("formula")[value])
+        f = f[~f["formula"].isin(ranked["formula"])]
+    parts.append(f.groupby("formula")[value].median())
+    return pd.concat(parts).astype(float)
