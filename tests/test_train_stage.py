@@ -87,5 +87,5 @@ def test_train_stage_rejects_bad_params_and_missing_inputs(tmp_path):
     with pytest.raises(ConfigError, match="members must be >= 1"):
         stage.run(argparse.Namespace(params=_params(tmp_path, members=0), property="band_gap", no_mlflow=True))
     (tmp_path / "aligned/band_gap/dft.parquet").unlink()
-    with pytest.raises(stage.MissingInputError, match="aligned/band_gap/dft.parquet"):
+    with pytest.raises(stage.MissingInputError, match=r"aligned/band_gap/dft\.parquet"):
         stage.run(argparse.Namespace(params=_params(tmp_path), property="band_gap", no_mlflow=True))
