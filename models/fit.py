@@ -57,6 +57,7 @@ def fit_property(
     experiment: pd.DataFrame,
     descriptors: pd.DataFrame,
     train_config: TrainConfig,
+    graphs: dict[str, Any] | None = None,
     members: int = 3,
     pretrain_epochs: int = 6,
     selection_fraction: float = 0.2,
@@ -71,10 +72,12 @@ def fit_property(
     torch.manual_seed(seed)
     rank = "e_above_hull" if "e_above_hull" in dft else None
     ref = reference_per_formula(dft, value="dft_value", rank=rank)
-    exp = experiment[["formula", "value"]].reset_index(drop=True)
+    cols = ["formula", "value", *(["material_id"] if "material_id" in experiment else [])]
+    exp = experiment[cols].reset_index(drop=True)
     tr_idx, sel_idx = grouped_split(exp["formula"].tolist(), fraction=selection_fraction, seed=seed)
     tr, sel = exp.iloc[tr_idx], exp.iloc[sel_idx]
-    table = EntryTable.build(dft=dft, experiment=pd.concat([tr, sel]), descriptors=descriptors, dft_reference=ref)
+    table = EntryTable.build(dft=dft, experiment=pd.concat([tr, sel]), descriptors=descriptors, dft_reference=ref,
+                             graphs=graphs)
     n_dft = len(dft)
     train_rows = np.arange(n_dft + len(tr))
     sel_rows = np.arange(n_dft + len(tr), len(table))

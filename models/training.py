@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from pymatgen.core import Element
 from torch import Tensor
+from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
 from featurizers.chemistry import element_fractions
@@ -118,6 +119,7 @@ class EntryTable:
     confidence: np.ndarray
     dft_input: np.ndarray
     descriptors: np.ndarray | None = None
+    graphs: list[Data | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.formulas)
@@ -130,6 +132,8 @@ class EntryTable:
             self.descriptors = np.asarray(self.descriptors, dtype=np.float32)
             if self.descriptors.shape[0] != n or not np.isfinite(self.descriptors).all():
                 raise ValueError("EntryTable.descriptors: need one finite row per entry")
+        if self.graphs is not None and len(self.graphs) != n:
+            raise ValueError(f"EntryTable.graphs: expected {n} entries (None where no structure), got {len(self.graphs)}")
         bad = np.isnan(self.confidence) & ~np.isnan(self.calibrated)
         if bad.any():
             raise ValueError(f"EntryTable: calibrated target without confidence at row {int(np.argmax(bad))}")
@@ -146,6 +150,7 @@ class EntryTable:
         experiment: pd.DataFrame | None = None,
         descriptors: pd.DataFrame | None = None,
         dft_reference: pd.Series | None = None,
+        graphs: dict[str, Data] | None = None,
     ) -> EntryTable:
         """Assemble from frames keyed by reduced formula.
 
@@ -153,6 +158,9 @@ class EntryTable:
         (the align stage's ``data/aligned/<property>/dft.parquet``). ``experiment``: ``formula``
         and ``value`` (NaN for rows to predict). ``descriptors``: ``formula`` + numeric columns.
         ``dft_reference``: known DFT value per formula (index = formula) for the experimental head.
+        ``graphs``: crystal graphs by ``material_id`` (``featurizers.crystal_graph.load_graphs``);
+        a row uses the graph of its ``material_id`` column (DFT rows, and measurements given a
+        matched structure), and its composition alone otherwise.
         """
         frames = []
         if dft is not None:
@@ -163,6 +171,7 @@ class EntryTable:
                 "y_exp": np.nan,
                 "calibrated": dft["calibrated_target"].astype(float) if "calibrated_target" in dft else np.nan,
                 "confidence": dft["confidence"].astype(float) if "confidence" in dft else np.nan,
+                "material_id": dft["material_id"].astype(str) if "material_id" in dft else None,
             }))
         if experiment is not None:
             frames.append(pd.DataFrame({
@@ -172,6 +181,7 @@ class EntryTable:
                 "y_exp": experiment["value"].astype(float),
                 "calibrated": np.nan,
                 "confidence": np.nan,
+                "material_id": experiment.get("material_id"),
             }))
         if not frames:
             raise ValueError("EntryTable.build: give at least one of dft, experiment")
@@ -196,6 +206,7 @@ class EntryTable:
             confidence=t["confidence"].to_numpy(),
             dft_input=t["dft_input"].to_numpy(),
             descriptors=desc,
+            graphs=None if graphs is None else [graphs.get(m) if isinstance(m, str) else None for m in t["material_id"]],
         )
 
     def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, Tensor | int]:
@@ -213,7 +224,19 @@ class EntryTable:
         }
         if self.descriptors is not None:
             out["descriptors"] = torch.from_numpy(self.descriptors[idx]).to(device)
+        if self.graphs is not None:
+            pos = [k for k, i in enumerate(idx) if self.graphs[i] is not None]
+            if pos:
+                out["graph"] = Batch.from_data_list([self.graphs[idx[k]] for k in pos]).to(device)
+                out["graph_rows"] = torch.tensor(pos, dtype=torch.long, device=device)
         return out
+
+    def graph_dims(self) -> tuple[int, int]:
+        """(node feature width, edge feature width) of the table's crystal graphs, (0, 0) without."""
+        for g in self.graphs or []:
+            if g is not None:
+                return int(g.x.shape[1]), int(g.edge_attr.shape[1])
+        return 0, 0
 
 
 def grouped_split(groups: Sequence[str], *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -281,6 +304,9 @@ class ModelConfig:
     head_depth: int = 2
     dropout: float = 0.0
     use_descriptors: bool = True
+    use_graphs: bool = True
+    graph_hidden: int = 64
+    graph_layers: int = 3
 
     def __post_init__(self) -> None:
         if min(self.comp_hidden, self.comp_layers, self.comp_heads, self.emb_dim, self.head_hidden, self.head_depth) < 1:
@@ -385,7 +411,9 @@ def _elementwise(kind: str, pred: Tensor, target: Tensor) -> Tensor:
 def build_model(config: TrainConfig, table: EntryTable) -> MultiFidelityNet:
     m = config.model
     ddim = table.descriptors.shape[1] if (m.use_descriptors and table.descriptors is not None) else 0
+    node_dim, edge_dim = table.graph_dims() if m.use_graphs else (0, 0)
     model = MultiFidelityNet(
+        graph_node_dim=node_dim, graph_edge_dim=edge_dim, graph_hidden=m.graph_hidden, graph_layers=m.graph_layers,
         comp_hidden=m.comp_hidden, comp_layers=m.comp_layers, comp_heads=m.comp_heads, emb_dim=m.emb_dim,
         descriptor_dim=ddim, head_hidden=m.head_hidden, head_depth=m.head_depth, dropout=m.dropout,
     )

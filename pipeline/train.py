@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -50,6 +51,10 @@ class ModelParams:
     head_depth: int = 2
     dropout: float = 0.0
     use_descriptors: bool = True
+    # crystal-graph encoder for entries with a structure (data/features/graphs.pt)
+    use_graphs: bool = True
+    graph_hidden: int = 64
+    graph_layers: int = 3
 
 
 @dataclass(frozen=True)
@@ -119,18 +124,32 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def load_inputs(cfg: TrainParams, prop: str) -> dict[str, pd.DataFrame]:
+def load_inputs(cfg: TrainParams, prop: str) -> dict[str, Any]:
     """Read the stage's inputs by their contract names (docs/ARCHITECTURE.md)."""
     dft = _read(cfg.raw_dir / "dft.parquet", ["material_id", "formula", DFT_COLUMN[prop], "e_above_hull"])
     exp = _read(cfg.raw_dir / "experiment.parquet", ["exp_id", "formula", "property", "value"])
     desc = _read(cfg.features_dir / "descriptors.parquet", ["formula"])
     aligned = _read(cfg.aligned_dir / prop / "dft.parquet", ["material_id", "calibrated_target", "confidence"])
     exp = exp[exp["property"] == prop].reset_index(drop=True)
+    graphs = None
+    if cfg.model.use_graphs:
+        path = cfg.features_dir / "graphs.pt"
+        try:
+            from featurizers.crystal_graph import load_graphs
+        except ImportError as exc:
+            raise MissingInputError("model.use_graphs needs featurizers.crystal_graph (the featurize stage)") from exc
+        if not path.exists():
+            raise MissingInputError(f"{path} is missing; run the featurize stage or set train.model.use_graphs: false")
+        graphs = load_graphs(path)
     if exp.empty:
         raise MissingInputError(f"{cfg.raw_dir / 'experiment.parquet'} holds no {prop} measurements")
     dft = dft.rename(columns={DFT_COLUMN[prop]: "dft_value"}).dropna(subset=["dft_value"])
     dft = dft.merge(aligned[["material_id", "calibrated_target", "confidence"]], on="material_id", how="left")
-    return {"dft": dft.reset_index(drop=True), "experiment": exp, "descriptors": desc}
+    if graphs is not None:
+        # a measurement uses the structure of its composition's lowest-energy DFT polymorph with a graph
+        with_graph = dft[dft["material_id"].isin(graphs)].sort_values(["e_above_hull", "material_id"])
+        exp["material_id"] = exp["formula"].map(with_graph.drop_duplicates("formula").set_index("formula")["material_id"])
+    return {"dft": dft.reset_index(drop=True), "experiment": exp, "descriptors": desc, "graphs": graphs}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     result = fit.fit_property(
-        dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"],
+        dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"], graphs=inputs["graphs"],
         train_config=_train_config(cfg, prop), members=cfg.members, pretrain_epochs=cfg.optim.pretrain_epochs,
         selection_fraction=cfg.selection_fraction, rf_trees=cfg.rf_trees, seed=cfg.seed, device=cfg.device,
     )

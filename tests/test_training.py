@@ -139,3 +139,25 @@ def test_config_validation():
     with pytest.raises(ValueError, match="descriptors missing for 1 formulas"):
         EntryTable.build(experiment=pd.DataFrame({"formula": ["NaCl"], "value": [1.0]}),
                          descriptors=pd.DataFrame({"formula": ["KCl"], "a": [1.0]}))
+
+
+def test_entries_with_crystal_graphs_use_the_crystal_encoder():
+    from torch_geometric.data import Data
+
+    g = torch.Generator().manual_seed(0)
+
+    def graph(n):
+        ei = torch.tensor([[i, j] for i in range(n) for j in range(n) if i != j]).T
+        return Data(x=torch.randn(n, 4, generator=g), edge_index=ei, edge_attr=torch.rand(ei.shape[1], 6, generator=g))
+
+    dft = pd.DataFrame({"material_id": ["mp-1", "mp-2", "mp-3"], "formula": ["NaCl", "Si", "GaN"], "dft_value": [5.0, 0.6, 1.8]})
+    exp = pd.DataFrame({"formula": ["NaCl", "Si", "GaN", "ZnO"], "value": [8.5, 1.1, 3.4, 3.4],
+                        "material_id": ["mp-1", "mp-2", None, None]})
+    table = EntryTable.build(dft=dft, experiment=exp, graphs={"mp-1": graph(2), "mp-2": graph(2)})
+    assert table.graph_dims() == (4, 6)
+    assert [x is not None for x in table.graphs] == [True, True, False, True, True, False, False]
+    res = train_model(table, TrainConfig(epochs=2, batch_size=2, dft_batch_size=2, val_fraction=0.3, model=SMALL), seed=0)
+    assert res.model.crystal is not None and res.model.crystal.node_dim == 4
+    batch = table.batch(np.arange(len(table)), torch.device("cpu"))
+    assert batch["graph_rows"].tolist() == [0, 1, 3, 4]
+    assert np.isfinite(predict(res.model, table).experiment).all()
