@@ -322,13 +322,19 @@ class MultiFidelityNet(nn.Module):
         descriptors: Tensor | None = None,
         graph: Any | None = None,
         graph_rows: Tensor | None = None,
+        composition_embedding: Tensor | None = None,
     ) -> Tensor:
         """Embedding [num_entries, embedding_dim].
 
         ``graph`` is a PyG ``Batch`` of crystal graphs for the entries at positions
         ``graph_rows`` (long [n_graphs]); the other entries use their composition only.
+        ``composition_embedding`` [num_entries, emb_dim] replaces the composition encoder's
+        output (cached when the encoder is frozen).
         """
-        e = self.composition(z, weight, batch, num_graphs=num_entries)
+        if composition_embedding is not None:
+            e = composition_embedding
+        else:
+            e = self.composition(z, weight, batch, num_graphs=num_entries)
         if graph is not None:
             if self.crystal is None:
                 raise ValueError("crystal graphs given but the model was built without a crystal encoder")
@@ -364,9 +370,11 @@ class MultiFidelityNet(nn.Module):
         descriptors: Tensor | None = None,
         graph: Any | None = None,
         graph_rows: Tensor | None = None,
+        composition_embedding: Tensor | None = None,
     ) -> NetOutput:
         e = self.embed(
-            z=z, weight=weight, batch=batch, num_entries=num_entries, descriptors=descriptors, graph=graph, graph_rows=graph_rows
+            z=z, weight=weight, batch=batch, num_entries=num_entries, descriptors=descriptors, graph=graph,
+            graph_rows=graph_rows, composition_embedding=composition_embedding,
         )
         return self.heads(e, dft_value)
 

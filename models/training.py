@@ -317,7 +317,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; ``use_ot=False`` gives the GNN-without-OT baseline."""
+    """Optimisation settings; ``use_ot=False`` gives the GNN-without-OT baseline.
+
+    ``freeze_encoder`` keeps a pretrained composition encoder fixed while fine-tuning (its
+    embeddings are computed once), so fine-tuning costs only the heads: the cheap mode for
+    CV on two cores.
+    """
 
     epochs: int = 60
     pretrain_epochs: int = 0
@@ -337,6 +342,7 @@ class TrainConfig:
     ot_iters: int = 30
     loss: Literal["l1", "huber"] = "l1"
     clamp_min: float | None = None
+    freeze_encoder: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -515,7 +521,15 @@ def train_model(
     else:
         _fit_scaler(model, table, np.concatenate([exp_train, dft_rows]))
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    cached: Tensor | None = None
+    if config.freeze_encoder:
+        if init_state is None:
+            raise ValueError("freeze_encoder needs init_state (a pretrained composition encoder)")
+        for p in model.composition.parameters():
+            p.requires_grad_(False)
+        cached = _composition_embeddings(model, table, device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     pre_epochs = 0 if init_state is not None else config.pretrain_epochs
     total = pre_epochs + config.epochs
@@ -562,7 +576,10 @@ def train_model(
                 chunks.append((d_idx, order[s : s + config.batch_size]))
         for d_idx, e_idx in chunks:
             idx = np.concatenate([d_idx, e_idx])
-            out = model(**table.batch(idx, device))
+            inputs = table.batch(idx, device)
+            if cached is not None:
+                inputs["composition_embedding"] = cached[torch.from_numpy(idx).to(device)]
+            out = model(**inputs)
             nd = len(d_idx)
             terms = [torch.zeros((), device=device) for _ in range(4)]
             yd = torch.from_numpy(table.y_dft[d_idx]).float().to(device)
@@ -621,6 +638,18 @@ def train_model(
                        train_rows=np.setdiff1d(rows, val_rows), val_rows=val_rows)
 
 
+@torch.no_grad()
+def _composition_embeddings(model: MultiFidelityNet, table: EntryTable, device: torch.device,
+                            batch_size: int = 2048) -> Tensor:
+    """Composition-encoder output for every row (the encoder is frozen, so once is enough)."""
+    model.eval()
+    parts = []
+    for s in range(0, len(table), batch_size):
+        b = table.batch(np.arange(s, min(s + batch_size, len(table))), device)
+        parts.append(model.composition(b["z"], b["weight"], b["batch"], num_graphs=b["num_entries"]))
+    return torch.cat(parts)
+
+
 def _steps(n: int, bs: int) -> int:
     return max(1, math.ceil(n / bs))
 
@@ -665,6 +694,7 @@ def pretrain_members(
     *,
     n_members: int,
     epochs: int,
+    batch_size: int = 256,
     seed: int = 0,
     device: torch.device | None = None,
 ) -> list[dict[str, Tensor]]:
@@ -674,7 +704,8 @@ def pretrain_members(
     without leaking experimental labels.
     """
     dft_rows = np.flatnonzero(~table.is_experiment)
-    cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05)
+    cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05,
+                  dft_batch_size=batch_size, freeze_encoder=False)
     return [
         train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device).model.state_dict()
         for k in range(n_members)

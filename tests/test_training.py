@@ -161,3 +161,38 @@ def test_entries_with_crystal_graphs_use_the_crystal_encoder():
     batch = table.batch(np.arange(len(table)), torch.device("cpu"))
     assert batch["graph_rows"].tolist() == [0, 1, 3, 4]
     assert np.isfinite(predict(res.model, table).experiment).all()
+
+
+def test_pretraining_uses_dft_rows_only():
+    from models.training import pretrain_members
+
+    table = _synthetic()
+    cfg = TrainConfig(epochs=1, model=SMALL)
+    s1 = pretrain_members(table, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
+    poisoned = _synthetic()
+    poisoned.y_exp[:] = -1e6
+    s2 = pretrain_members(poisoned, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_reference_per_formula_prefers_lowest_energy_polymorph():
+    from models.training import reference_per_formula
+
+    frame = pd.DataFrame({"formula": ["TiO2", "TiO2", "ZnO", "ZnO"], "dft_value": [1.8, 2.1, 0.7, 0.9],
+                          "e_above_hull": [0.05, 0.0, np.nan, np.nan]})
+    ref = reference_per_formula(frame, value="dft_value", rank="e_above_hull")
+    assert ref["TiO2"] == pytest.approx(2.1) and ref["ZnO"] == pytest.approx(0.8)
+
+
+def test_freeze_encoder_trains_heads_only():
+    from models.training import pretrain_members
+
+    table = _synthetic()
+    cfg = TrainConfig(epochs=3, batch_size=16, dft_batch_size=16, model=SMALL, freeze_encoder=True)
+    state = pretrain_members(table, cfg, n_members=1, epochs=1, batch_size=8)[0]
+    res = train_model(table, cfg, seed=0, init_state=state)
+    new = res.model.state_dict()
+    assert all(torch.equal(new[k], state[k]) for k in state if k.startswith("composition."))
+    assert not torch.equal(new["exp_head.0.weight"], state["exp_head.0.weight"])
+    with pytest.raises(ValueError, match="freeze_encoder needs init_state"):
+        train_model(table, cfg, seed=0)
