@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import ast
 import gzip
+import hashlib
 import json
 import logging
 import time
 import warnings
 import zipfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ import ot
 import pandas as pd
 import torch
 
-from benchmarks.descriptor_cache import magpie_descriptors
+from benchmarks.descriptor_cache import CACHE_DIR, magpie_descriptors
 from featurizers.chemistry import FormulaError, element_fractions, reduced_formula
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
 from models.training import (
@@ -149,8 +150,8 @@ def fold_calibration(dft: pd.DataFrame, exp_train: pd.DataFrame, *, reg: float =
     return d
 
 
-def run_property(prop: str, *, n_folds: int, n_members: int, seed: int, train_cfg: TrainConfig, pretrain_epochs: int,
-                 out: Path, device: torch.device, rf_trees: int) -> dict:
+def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, seed: int, train_cfg: TrainConfig,
+                 pretrain_epochs: int, out: Path, cache: Path, device: torch.device, rf_trees: int) -> dict:
     t0 = time.perf_counter()
     exp = load_experiment(prop)
     dft = load_dft(prop)
@@ -165,12 +166,22 @@ def run_property(prop: str, *, n_folds: int, n_members: int, seed: int, train_cf
     log.info("%s: %d measurements (%d formulas, %.0f%% with a DFT value), %d DFT entries", prop, len(exp),
              exp["formula"].nunique(), 100 * exp["dft_reference"].notna().mean(), len(dft))
 
-    # DFT-only pretraining of each member (no measurement involved), shared by all folds
+    # DFT-only pretraining of the encoders (no measurement involved), shared by all folds
     t_pre = time.perf_counter()
     dft_table = EntryTable.build(dft=dft, descriptors=desc, dft_reference=ref)
-    pre_states = pretrain_members(dft_table, cfg, n_members=n_members, epochs=pretrain_epochs, seed=seed, device=device)
+    pre_states = []
+    for e in range(n_encoders):
+        key = hashlib.sha256(json.dumps([prop, seed + e, pretrain_epochs, asdict(cfg.model), len(dft)]).encode()).hexdigest()[:16]
+        path = cache / f"pretrained_{prop}_{key}.pt"
+        if path.exists():
+            pre_states.append(torch.load(path, weights_only=True))
+            continue
+        state = pretrain_members(dft_table, cfg, n_members=1, epochs=pretrain_epochs, seed=seed + e, device=device)[0]
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        pre_states.append(state)
     pretrain_s = time.perf_counter() - t_pre
-    log.info("%s: pretrained %d members in %.0f s", prop, n_members, pretrain_s)
+    log.info("%s: %d pretrained encoders ready in %.0f s", prop, n_encoders, pretrain_s)
 
     rows = []
     for k in range(n_folds):
@@ -191,7 +202,7 @@ def run_property(prop: str, *, n_folds: int, n_members: int, seed: int, train_cf
         test_rows = np.arange(n_dft + len(tr), len(table))
         for name, use_ot in (("gnn_no_ot", False), ("gnn_ot", True)):
             members = [train_model(table, replace(cfg, use_ot=use_ot), seed=seed + 10 * k + m, train_rows=train_rows,
-                                   device=device, init_state=pre_states[m]) for m in range(n_members)]
+                                   device=device, init_state=pre_states[m % n_encoders]) for m in range(n_members)]
             pred = predict_ensemble([r.model for r in members], table, test_rows, device=device, clamp_min=clamp)
             res[name] = mae(y_te, pred.experiment)
             res[f"{name}_best_epochs"] = [r.best_epoch for r in members]
@@ -214,25 +225,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--property", choices=PROPERTIES, action="append")
     p.add_argument("--quick", action="store_true", help="2 folds, 1 member, few epochs (smoke run)")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--members", type=int, default=4, help="ensemble members per model")
+    p.add_argument("--encoders", type=int, default=2, help="pretrained encoders shared round-robin by members")
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--pretrain-epochs", type=int, default=8)
+    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=CACHE_DIR, help="where pretrained encoders are cached (outside the repo)")
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data/cv"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     device = determine_device()
-    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, model=ModelConfig())
-    folds, members, pre, trees = args.folds, args.members, args.pretrain_epochs, 300
+    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, dft_batch_size=128, freeze_encoder=True,
+                      model=ModelConfig(comp_hidden=64, comp_layers=2))
+    folds, members, encoders, pre, trees = args.folds, args.members, args.encoders, args.pretrain_epochs, 300
     if args.quick:
-        folds, members, pre, trees = 2, 1, 1, 50
+        folds, members, encoders, pre, trees = 2, 1, 1, 1, 50
         cfg = replace(cfg, epochs=3)
     result = {}
     for prop in args.property or PROPERTIES:
-        result[prop] = run_property(prop, n_folds=folds, n_members=members, seed=args.seed, train_cfg=cfg,
-                                    pretrain_epochs=pre, out=args.out, device=device, rf_trees=trees)
+        result[prop] = run_property(prop, n_folds=folds, n_members=members, n_encoders=encoders, seed=args.seed,
+                                    train_cfg=cfg, pretrain_epochs=pre, out=args.out, cache=args.cache, device=device,
+                                    rf_trees=trees)
     print(json.dumps(result))
 
 

@@ -58,8 +58,10 @@ def fit_property(
     descriptors: pd.DataFrame,
     train_config: TrainConfig,
     graphs: dict[str, Any] | None = None,
-    members: int = 3,
-    pretrain_epochs: int = 6,
+    members: int = 4,
+    encoders: int = 2,
+    pretrain_epochs: int = 4,
+    pretrain_batch_size: int = 256,
     selection_fraction: float = 0.2,
     rf_trees: int = 300,
     seed: int = 0,
@@ -84,12 +86,14 @@ def fit_property(
     y_sel = sel["value"].to_numpy()
     clamp = train_config.clamp_min
 
-    states = pretrain_members(table, train_config, n_members=members, epochs=pretrain_epochs, seed=seed, device=dev)
+    # DFT-only pretraining; members share the encoders round-robin and differ in head seeds
+    states = pretrain_members(table, train_config, n_members=min(encoders, members), epochs=pretrain_epochs,
+                              batch_size=pretrain_batch_size, seed=seed, device=dev)
     fitted: dict[str, list[TrainResult]] = {}
     for name, use_ot in (("gnn_no_ot", False), ("gnn_ot", True)):
         fitted[name] = [
             train_model(table, replace(train_config, use_ot=use_ot), seed=seed + k, train_rows=train_rows, device=dev,
-                        init_state=states[k])
+                        init_state=states[k % len(states)])
             for k in range(members)
         ]
     preds = {name: predict_ensemble([r.model for r in res], table, sel_rows, device=dev, clamp_min=clamp)

@@ -44,7 +44,7 @@ CLAMP_MIN = {"band_gap": 0.0, "formation_enthalpy": None}
 @dataclass(frozen=True)
 class ModelParams:
     comp_hidden: int = 64
-    comp_layers: int = 3
+    comp_layers: int = 2
     comp_heads: int = 1
     emb_dim: int = 64
     head_hidden: int = 64
@@ -59,10 +59,12 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class OptimParams:
-    epochs: int = 30
-    pretrain_epochs: int = 6
+    epochs: int = 40
+    pretrain_epochs: int = 4
+    freeze_encoder: bool = True
     batch_size: int = 128
     dft_batch_size: int = 128
+    pretrain_batch_size: int = 256
     lr: float = 0.002
     weight_decay: float = 1e-5
     patience: int = 8
@@ -82,7 +84,8 @@ class TrainParams:
     """The ``train`` section of params.yaml."""
 
     seed: int = 0
-    members: int = 3
+    members: int = 4
+    encoders: int = 2
     selection_fraction: float = 0.2
     rf_trees: int = 300
     raw_dir: Path = Path("data/raw")
@@ -99,6 +102,8 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {self.members}")
+        if not 1 <= self.encoders <= self.members:
+            raise ValueError(f"encoders must be in 1..members, got {self.encoders}")
         if not 0.0 < self.selection_fraction < 0.5:
             raise ValueError(f"selection_fraction must be in (0, 0.5), got {self.selection_fraction}")
         if self.rf_trees < 1:
@@ -163,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = fit.fit_property(
         dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"], graphs=inputs["graphs"],
-        train_config=_train_config(cfg, prop), members=cfg.members, pretrain_epochs=cfg.optim.pretrain_epochs,
+        train_config=_train_config(cfg, prop), members=cfg.members, encoders=cfg.encoders,
+        pretrain_epochs=cfg.optim.pretrain_epochs, pretrain_batch_size=cfg.optim.pretrain_batch_size,
         selection_fraction=cfg.selection_fraction, rf_trees=cfg.rf_trees, seed=cfg.seed, device=cfg.device,
     )
     out = cfg.out_dir / prop
@@ -193,7 +199,7 @@ def _train_config(cfg: TrainParams, prop: str):
         epochs=o.epochs, pretrain_epochs=0, batch_size=o.batch_size, dft_batch_size=o.dft_batch_size, lr=o.lr,
         weight_decay=o.weight_decay, patience=o.patience, val_fraction=o.val_fraction, w_dft=o.w_dft, w_exp=o.w_exp,
         w_calibrated=o.w_calibrated, w_ot=o.w_ot, use_ot=True, ot_reg=o.ot_reg, ot_reg_m=o.ot_reg_m,
-        ot_iters=o.ot_iters, loss=o.loss, clamp_min=CLAMP_MIN[prop], model=ModelConfig(**to_dict(cfg.model)),
+        ot_iters=o.ot_iters, loss=o.loss, clamp_min=CLAMP_MIN[prop], freeze_encoder=o.freeze_encoder, model=ModelConfig(**to_dict(cfg.model)),
     )
 
 
