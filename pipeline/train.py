@@ -9,7 +9,9 @@ The measured entries are split once, grouped by reduced formula, into a training
 selection part (``train.selection_fraction``); every model (GNN with and without OT, raw DFT,
 linear calibration, Magpie random forest) is fitted on the training part and scored on the
 selection part, so the numbers in ``metrics.json`` compare models on the same unseen
-formulas. Out-of-distribution evaluation belongs to the evaluate stage.
+formulas. Caveat: the align stage's calibrated targets were fitted on *all* measurements,
+selection rows included, so ``mae_gnn_ot`` there is optimistic; leak-free numbers come from
+``benchmarks/cv_experiment.py`` and the evaluate stage (alignment refitted per fold).
 
 MLflow: parameters (the flattened config), per-epoch metrics of every member, artifacts,
 and the ensemble as a ``pyfunc`` model with a signature, registered as
