@@ -1,0 +1,87 @@
+"""A trained matshift ensemble as an MLflow ``pyfunc`` model (formulas in, predictions out).
+
+Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, the DFT value
+of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction`` and
+``uncertainty`` (the ensemble's standard deviation), one row per input row. Descriptors for
+formulas are looked up in the table saved with the model; a formula not in it gets Magpie
+descriptors from matminer when the model was trained on Magpie columns, and an error naming
+the formula otherwise.
+
+This module never reads environment variables; the directory it loads is the artifact MLflow
+gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from featurizers.chemistry import reduced_formula
+from models.gnn import load_model
+from models.training import EntryTable, predict_ensemble
+
+__all__ = ["EnsemblePredictor", "MatshiftPyfunc"]
+
+
+class EnsemblePredictor:
+    """Load ``ensemble.json`` + member directories + ``descriptors.parquet`` from ``directory``."""
+
+    def __init__(self, directory: Path | str):
+        directory = Path(directory)
+        self.meta = json.loads((directory / "ensemble.json").read_text(encoding="utf-8"))
+        self.models = [load_model(directory / m)[0] for m in self.meta["members"]]
+        desc_path = directory / "descriptors.parquet"
+        self.descriptors = pd.read_parquet(desc_path) if desc_path.exists() else None
+        self.clamp_min = self.meta.get("clamp_min")
+
+    def _descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
+        if self.descriptors is None:
+            return None
+        known = set(self.descriptors["formula"])
+        missing = sorted(set(formulas) - known)
+        if not missing:
+            return self.descriptors
+        from matminer.featurizers.composition import ElementProperty
+
+        from featurizers.chemistry import parse_formula
+
+        ep = ElementProperty.from_preset("magpie", impute_nan=True)
+        labels = ep.feature_labels()
+        cols = [c for c in self.descriptors.columns if c != "formula"]
+        if cols != labels:
+            raise ValueError(f"no descriptors for formula {missing[0]!r} and the model's descriptors are not plain Magpie")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = [ep.featurize(parse_formula(f)) for f in missing]
+        extra = pd.DataFrame(rows, columns=labels).assign(formula=missing)
+        return pd.concat([self.descriptors, extra[["formula", *labels]]], ignore_index=True)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if "formula" not in frame:
+            raise ValueError("input needs a 'formula' column")
+        formulas = [reduced_formula(str(f)) for f in frame["formula"]]
+        dft = frame["dft_value"].astype(float).to_numpy() if "dft_value" in frame else np.full(len(frame), np.nan)
+        ref = pd.Series(dft, index=formulas)
+        ref = ref[~ref.index.duplicated()].dropna()
+        table = EntryTable.build(
+            experiment=pd.DataFrame({"formula": formulas, "value": np.nan}),
+            descriptors=self._descriptors_for(formulas), dft_reference=ref,
+        )
+        table.dft_input = dft.astype(np.float64)
+        pred = predict_ensemble(self.models, table, clamp_min=self.clamp_min)
+        return pd.DataFrame({"prediction": pred.experiment, "uncertainty": pred.experiment_std})
+
+
+class MatshiftPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow wrapper around :class:`EnsemblePredictor` (artifact key ``model_dir``)."""
+
+    def load_context(self, context) -> None:
+        self.predictor = EnsemblePredictor(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.predictor.predict(model_input)

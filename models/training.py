@@ -1,0 +1,728 @@
+r"""Training loop for :class:`models.gnn.MultiFidelityNet` on DFT and experimental entries.
+
+The loss of one step combines, over a minibatch of DFT rows and one of experimental rows,
+
+.. math::
+    L = w_{dft}\,\ell(\hat y_{dft}, y_{dft})
+      + w_{exp}\,\ell(\hat y_{exp}, y_{exp})
+      + w_{cal}\,\frac{\sum_i c_i\,\ell(\hat y_{exp,i}, t_i)}{\sum_i c_i}
+      + w_{ot}\,\mathrm{UOT}_\varepsilon(e_{dft}, e_{exp})
+
+with :math:`\ell` the absolute (or Huber) error, :math:`t_i, c_i` the OT-calibrated targets
+of DFT entries and their confidence (from the align stage), and UOT the entropic unbalanced
+optimal-transport cost between the two minibatches' embeddings (KL-relaxed marginals,
+log-domain Sinkhorn, differentiable). ``use_ot=False`` drops the last two terms (the
+"GNN without OT" baseline).
+
+Early stopping and model selection use a validation split of the *training* experimental
+rows (grouped by formula); test data never enters here. Everything is seeded; a run can be
+resumed from its checkpoint; the device is an argument (see :func:`determine_device`).
+This module never reads files it was not given, environment variables or global state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pymatgen.core import Element
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+from tqdm.auto import tqdm
+
+from featurizers.chemistry import element_fractions
+from models.gnn import MultiFidelityNet
+from pipeline.io import write_with
+
+__all__ = [
+    "EnsembleResult",
+    "EntryTable",
+    "ModelConfig",
+    "Prediction",
+    "TrainConfig",
+    "TrainResult",
+    "determine_device",
+    "encode_compositions",
+    "grouped_split",
+    "predict",
+    "predict_ensemble",
+    "pretrain_members",
+    "reference_per_formula",
+    "seed_everything",
+    "train_ensemble",
+    "train_model",
+    "unbalanced_sinkhorn",
+    "uot_embedding_loss",
+]
+
+
+def determine_device(preferred: str = "auto") -> torch.device:
+    """Choose the device once, at the entry point: ``"auto"`` takes CUDA when present, else CPU."""
+    if preferred == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preferred)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def encode_compositions(formulas: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Encode formulas as padded element arrays: atomic numbers ``Z`` [N, M] (0 = padding) and fractions ``W`` [N, M]."""
+    cache: dict[str, list[tuple[int, float]]] = {}
+    rows = []
+    for f in formulas:
+        if f not in cache:
+            fr = element_fractions(f)
+            cache[f] = sorted((Element(el).Z, x) for el, x in fr.items())
+        rows.append(cache[f])
+    m = max((len(r) for r in rows), default=1)
+    z = np.zeros((len(rows), m), dtype=np.int64)
+    w = np.zeros((len(rows), m), dtype=np.float32)
+    for i, r in enumerate(rows):
+        for j, (zz, ww) in enumerate(r):
+            z[i, j], w[i, j] = zz, ww
+    return z, w
+
+
+@dataclass
+class EntryTable:
+    """Entries of both domains as aligned arrays (one row per DFT entry or measurement).
+
+    ``is_experiment`` marks measurements. Labels are NaN where unknown: ``y_dft`` (DFT
+    label, DFT rows), ``y_exp`` (measured value, experimental rows), ``calibrated`` (OT-calibrated
+    target of DFT rows, with ``confidence`` in [0, 1]). ``dft_input`` is the known DFT value
+    of the row's composition fed to the experimental head (NaN when none is known).
+    ``descriptors`` [N, D] optional composition descriptors (raw; the trainer standardises them
+    on the training rows).
+    """
+
+    formulas: list[str]
+    is_experiment: np.ndarray
+    y_dft: np.ndarray
+    y_exp: np.ndarray
+    calibrated: np.ndarray
+    confidence: np.ndarray
+    dft_input: np.ndarray
+    descriptors: np.ndarray | None = None
+    graphs: list[Data | None] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.formulas)
+        for name in ("is_experiment", "y_dft", "y_exp", "calibrated", "confidence", "dft_input"):
+            arr = np.asarray(getattr(self, name))
+            if arr.shape != (n,):
+                raise ValueError(f"EntryTable.{name}: expected shape ({n},), got {arr.shape}")
+            setattr(self, name, arr.astype(bool if name == "is_experiment" else np.float64))
+        if self.descriptors is not None:
+            self.descriptors = np.asarray(self.descriptors, dtype=np.float32)
+            if self.descriptors.shape[0] != n or not np.isfinite(self.descriptors).all():
+                raise ValueError("EntryTable.descriptors: need one finite row per entry")
+        if self.graphs is not None and len(self.graphs) != n:
+            raise ValueError(f"EntryTable.graphs: expected {n} entries (None where no structure), got {len(self.graphs)}")
+        bad = np.isnan(self.confidence) & ~np.isnan(self.calibrated)
+        if bad.any():
+            raise ValueError(f"EntryTable: calibrated target without confidence at row {int(np.argmax(bad))}")
+        self._z, self._w = encode_compositions(self.formulas)
+
+    def __len__(self) -> int:
+        return len(self.formulas)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        dft: pd.DataFrame | None = None,
+        experiment: pd.DataFrame | None = None,
+        descriptors: pd.DataFrame | None = None,
+        dft_reference: pd.Series | None = None,
+        graphs: dict[str, Data] | None = None,
+    ) -> EntryTable:
+        """Assemble from frames keyed by reduced formula.
+
+        ``dft``: ``formula``, ``dft_value`` and optionally ``calibrated_target``, ``confidence``
+        (the align stage's ``data/aligned/<property>/dft.parquet``). ``experiment``: ``formula``
+        and ``value`` (NaN for rows to predict). ``descriptors``: ``formula`` + numeric columns.
+        ``dft_reference``: known DFT value per formula (index = formula) for the experimental head.
+        ``graphs``: crystal graphs by ``material_id`` (``featurizers.crystal_graph.load_graphs``);
+        a row uses the graph of its ``material_id`` column (DFT rows, and measurements given a
+        matched structure), and its composition alone otherwise.
+        """
+        frames = []
+        if dft is not None:
+            frames.append(pd.DataFrame({
+                "formula": dft["formula"].astype(str),
+                "is_experiment": False,
+                "y_dft": dft["dft_value"].astype(float),
+                "y_exp": np.nan,
+                "calibrated": dft["calibrated_target"].astype(float) if "calibrated_target" in dft else np.nan,
+                "confidence": dft["confidence"].astype(float) if "confidence" in dft else np.nan,
+                "material_id": dft["material_id"].astype(str) if "material_id" in dft else None,
+            }))
+        if experiment is not None:
+            frames.append(pd.DataFrame({
+                "formula": experiment["formula"].astype(str),
+                "is_experiment": True,
+                "y_dft": np.nan,
+                "y_exp": experiment["value"].astype(float),
+                "calibrated": np.nan,
+                "confidence": np.nan,
+                "material_id": experiment.get("material_id"),
+            }))
+        if not frames:
+            raise ValueError("EntryTable.build: give at least one of dft, experiment")
+        t = pd.concat(frames, ignore_index=True)
+        t.loc[t["calibrated"].isna(), "confidence"] = np.nan
+        ref = dft_reference if dft_reference is not None else pd.Series(dtype=float)
+        t["dft_input"] = t["formula"].map(ref).astype(float)
+        desc = None
+        if descriptors is not None:
+            d = descriptors.drop_duplicates("formula").set_index("formula")
+            d = d.select_dtypes(include="number")
+            missing = sorted(set(t["formula"]) - set(d.index))
+            if missing:
+                raise ValueError(f"descriptors missing for {len(missing)} formulas, e.g. {missing[0]!r}")
+            desc = d.loc[t["formula"]].to_numpy(dtype=np.float32)
+        return cls(
+            formulas=t["formula"].tolist(),
+            is_experiment=t["is_experiment"].to_numpy(),
+            y_dft=t["y_dft"].to_numpy(),
+            y_exp=t["y_exp"].to_numpy(),
+            calibrated=t["calibrated"].to_numpy(),
+            confidence=t["confidence"].to_numpy(),
+            dft_input=t["dft_input"].to_numpy(),
+            descriptors=desc,
+            graphs=None if graphs is None else [graphs.get(m) if isinstance(m, str) else None for m in t["material_id"]],
+        )
+
+    def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, Tensor | int]:
+        """Model inputs for rows ``idx`` (flat PyG-style composition nodes)."""
+        z = torch.from_numpy(self._z[idx])
+        w = torch.from_numpy(self._w[idx])
+        mask = z > 0
+        batch = torch.arange(len(idx)).unsqueeze(1).expand_as(z)[mask]
+        out: dict[str, Tensor | int] = {
+            "z": z[mask].to(device),
+            "weight": w[mask].to(device),
+            "batch": batch.to(device),
+            "num_entries": len(idx),
+            "dft_value": torch.from_numpy(self.dft_input[idx]).float().to(device),
+        }
+        if self.descriptors is not None:
+            out["descriptors"] = torch.from_numpy(self.descriptors[idx]).to(device)
+        if self.graphs is not None:
+            pos = [k for k, i in enumerate(idx) if self.graphs[i] is not None]
+            if pos:
+                out["graph"] = Batch.from_data_list([self.graphs[idx[k]] for k in pos]).to(device)
+                out["graph_rows"] = torch.tensor(pos, dtype=torch.long, device=device)
+        return out
+
+    def graph_dims(self) -> tuple[int, int]:
+        """(node feature width, edge feature width) of the table's crystal graphs, (0, 0) without."""
+        for g in self.graphs or []:
+            if g is not None:
+                return int(g.x.shape[1]), int(g.edge_attr.shape[1])
+        return 0, 0
+
+
+def grouped_split(groups: Sequence[str], *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (train, validation) so that no group is on both sides."""
+    groups = np.asarray(groups)
+    uniq = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(fraction * len(uniq))) if fraction > 0 and len(uniq) > 1 else 0
+    val_groups = set(rng.permutation(uniq)[:n_val].tolist())
+    is_val = np.array([g in val_groups for g in groups], dtype=bool)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+# ----------------------------------------------------------------------------- OT loss
+
+
+def unbalanced_sinkhorn(cost: Tensor, a: Tensor, b: Tensor, *, reg: float, reg_m: float, n_iter: int = 100) -> Tensor:
+    r"""Plan of entropic unbalanced OT with KL-relaxed marginals, computed in the log domain.
+
+    Solves :math:`\min_P \langle P, C\rangle + \varepsilon\,KL(P\|ab^\top)
+    + \rho\,KL(P1\|a) + \rho\,KL(P^\top 1\|b)` by Sinkhorn iterations on log-potentials,
+    :math:`\log u = \phi(\log a - \mathrm{LSE}_j(\log K_{ij} + \log v_j))` with
+    :math:`\phi = \rho/(\rho+\varepsilon)` and :math:`\log K = -C/\varepsilon + \log a \oplus \log b`
+    (the same problem as POT's ``ot.unbalanced.sinkhorn_unbalanced(reg_type="kl")``).
+    Differentiable in ``cost`` (autograd through the iterations).
+    """
+    log_k = -cost / reg + torch.log(a).unsqueeze(1) + torch.log(b).unsqueeze(0)
+    fi = reg_m / (reg_m + reg)
+    log_u = torch.zeros_like(a)
+    log_v = torch.zeros_like(b)
+    log_a, log_b = torch.log(a), torch.log(b)
+    for _ in range(n_iter):
+        log_u = fi * (log_a - torch.logsumexp(log_k + log_v.unsqueeze(0), dim=1))
+        log_v = fi * (log_b - torch.logsumexp(log_k + log_u.unsqueeze(1), dim=0))
+    return torch.exp(log_u.unsqueeze(1) + log_k + log_v.unsqueeze(0))
+
+
+def uot_embedding_loss(x: Tensor, y: Tensor, *, reg: float = 0.1, reg_m: float = 1.0, n_iter: int = 50) -> Tensor:
+    r"""Unbalanced OT cost :math:`\langle P, C\rangle` between two point clouds (uniform weights).
+
+    The squared Euclidean cost is divided by its (gradient-stopped) mean so ``reg`` is
+    relative to the typical cost whatever the embedding scale. Computed in float64.
+    """
+    x64, y64 = x.double(), y.double()
+    cost = torch.cdist(x64, y64).pow(2)
+    cost = cost / cost.detach().mean().clamp_min(1e-12)
+    a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, device=x.device)
+    b = torch.full((y.shape[0],), 1.0 / y.shape[0], dtype=torch.float64, device=x.device)
+    plan = unbalanced_sinkhorn(cost, a, b, reg=reg, reg_m=reg_m, n_iter=n_iter)
+    return (plan * cost).sum().to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- config & results
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Keyword arguments of :class:`models.gnn.MultiFidelityNet` (descriptor width is set from the data)."""
+
+    comp_hidden: int = 64
+    comp_layers: int = 3
+    comp_heads: int = 1
+    emb_dim: int = 64
+    head_hidden: int = 64
+    head_depth: int = 2
+    dropout: float = 0.0
+    use_descriptors: bool = True
+    use_graphs: bool = True
+    graph_hidden: int = 64
+    graph_layers: int = 3
+
+    def __post_init__(self) -> None:
+        if min(self.comp_hidden, self.comp_layers, self.comp_heads, self.emb_dim, self.head_hidden, self.head_depth) < 1:
+            raise ValueError("model sizes must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; ``use_ot=False`` gives the GNN-without-OT baseline.
+
+    ``freeze_encoder`` keeps a pretrained composition encoder fixed while fine-tuning (its
+    embeddings are computed once), so fine-tuning costs only the heads: the cheap mode for
+    CV on two cores.
+    """
+
+    epochs: int = 60
+    pretrain_epochs: int = 0
+    batch_size: int = 128
+    dft_batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    patience: int = 12
+    val_fraction: float = 0.15
+    w_dft: float = 0.5
+    w_exp: float = 1.0
+    w_calibrated: float = 0.3
+    w_ot: float = 0.05
+    use_ot: bool = True
+    ot_reg: float = 0.1
+    ot_reg_m: float = 1.0
+    ot_iters: int = 30
+    loss: Literal["l1", "huber"] = "l1"
+    clamp_min: float | None = None
+    freeze_encoder: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.pretrain_epochs < 0:
+            raise ValueError("epochs must be >= 1 and pretrain_epochs >= 0")
+        if self.batch_size < 2 or self.dft_batch_size < 2:
+            raise ValueError("batch sizes must be >= 2")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if min(self.lr, self.ot_reg, self.ot_reg_m) <= 0:
+            raise ValueError("lr, ot_reg and ot_reg_m must be > 0")
+        if min(self.w_dft, self.w_exp, self.w_calibrated, self.w_ot, self.weight_decay) < 0:
+            raise ValueError("loss weights and weight_decay must be >= 0")
+        if self.patience < 1:
+            raise ValueError("patience must be >= 1")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Per-epoch means of the loss terms and the validation MAE (NaN where absent)."""
+
+    epoch: int
+    phase: str
+    loss: float
+    loss_dft: float
+    loss_exp: float
+    loss_calibrated: float
+    loss_ot: float
+    val_mae: float
+
+
+@dataclass
+class TrainResult:
+    """A trained member: the best model (by validation MAE), its history and split."""
+
+    model: MultiFidelityNet
+    history: list[EpochRecord]
+    best_epoch: int
+    best_val_mae: float
+    stopped_early: bool
+    seed: int
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+
+
+@dataclass
+class Prediction:
+    """Predictions for N entries: DFT head, experimental head, and ensemble spread (0 for one model)."""
+
+    dft: np.ndarray
+    experiment: np.ndarray
+    experiment_std: np.ndarray
+
+
+@dataclass
+class EnsembleResult:
+    members: list[TrainResult]
+
+    def predict(self, table: EntryTable, rows: np.ndarray | None = None, *, device: torch.device | None = None) -> Prediction:
+        return predict_ensemble([m.model for m in self.members], table, rows, device=device)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _elementwise(kind: str, pred: Tensor, target: Tensor) -> Tensor:
+    if kind == "huber":
+        return torch.nn.functional.huber_loss(pred, target, reduction="none", delta=0.5)
+    return (pred - target).abs()
+
+
+def build_model(config: TrainConfig, table: EntryTable) -> MultiFidelityNet:
+    m = config.model
+    ddim = table.descriptors.shape[1] if (m.use_descriptors and table.descriptors is not None) else 0
+    node_dim, edge_dim = table.graph_dims() if m.use_graphs else (0, 0)
+    model = MultiFidelityNet(
+        graph_node_dim=node_dim, graph_edge_dim=edge_dim, graph_hidden=m.graph_hidden, graph_layers=m.graph_layers,
+        comp_hidden=m.comp_hidden, comp_layers=m.comp_layers, comp_heads=m.comp_heads, emb_dim=m.emb_dim,
+        descriptor_dim=ddim, head_hidden=m.head_hidden, head_depth=m.head_depth, dropout=m.dropout,
+    )
+    return model
+
+
+def _fit_scaler(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray) -> None:
+    if model.descriptor is None or table.descriptors is None:
+        return
+    d = table.descriptors[rows]
+    mean = torch.from_numpy(d.mean(axis=0))
+    std = torch.from_numpy(d.std(axis=0)).clamp_min(1e-6)
+    model.set_descriptor_scaler(mean, std)
+
+
+@torch.no_grad()
+def predict(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray | None = None, *, device: torch.device | None = None,
+            batch_size: int = 1024, clamp_min: float | None = None) -> Prediction:
+    """Predictions of one model for ``rows`` of ``table`` (all rows by default)."""
+    device = device or next(model.parameters()).device
+    rows = np.arange(len(table)) if rows is None else np.asarray(rows)
+    model.eval()
+    dft, exp = [], []
+    for s in range(0, len(rows), batch_size):
+        out = model(**table.batch(rows[s : s + batch_size], device))
+        dft.append(out.dft.cpu().numpy())
+        exp.append(out.experiment.cpu().numpy())
+    d = np.concatenate(dft) if dft else np.zeros(0)
+    e = np.concatenate(exp) if exp else np.zeros(0)
+    if clamp_min is not None:
+        d, e = np.maximum(d, clamp_min), np.maximum(e, clamp_min)
+    return Prediction(dft=d.astype(np.float64), experiment=e.astype(np.float64), experiment_std=np.zeros(len(e)))
+
+
+def predict_ensemble(models: Sequence[MultiFidelityNet], table: EntryTable, rows: np.ndarray | None = None, *,
+                     device: torch.device | None = None, clamp_min: float | None = None) -> Prediction:
+    """Mean prediction of the members and their standard deviation as uncertainty."""
+    preds = [predict(m, table, rows, device=device, clamp_min=clamp_min) for m in models]
+    e = np.stack([p.experiment for p in preds])
+    return Prediction(
+        dft=np.mean([p.dft for p in preds], axis=0), experiment=e.mean(axis=0),
+        experiment_std=e.std(axis=0) if len(preds) > 1 else np.zeros(e.shape[1]),
+    )
+
+
+def _val_mae(model: MultiFidelityNet, table: EntryTable, val_rows: np.ndarray, device: torch.device,
+             clamp_min: float | None) -> float:
+    if len(val_rows) == 0:
+        return math.nan
+    p = predict(model, table, val_rows, device=device, clamp_min=clamp_min)
+    if table.is_experiment[val_rows].any():
+        sel = table.is_experiment[val_rows]
+        return float(np.mean(np.abs(p.experiment[sel] - table.y_exp[val_rows][sel])))
+    return float(np.mean(np.abs(p.dft - table.y_dft[val_rows])))
+
+
+def train_model(
+    table: EntryTable,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    train_rows: np.ndarray | None = None,
+    device: torch.device | None = None,
+    init_state: dict[str, Tensor] | None = None,
+    checkpoint: Path | str | None = None,
+    stop_after: int | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train one member on ``train_rows`` of ``table`` (all rows by default).
+
+    A grouped (by formula) validation split of the training experimental rows
+    (``config.val_fraction``) drives early stopping and model selection; without
+    experimental rows, DFT rows are split instead. ``init_state`` starts from given weights
+    (e.g. DFT pretraining; the pretraining phase is then skipped). With ``checkpoint``, the
+    full state is saved after every epoch and a run finding it resumes where it stopped;
+    ``stop_after`` ends this call after that many epochs (time-sliced runs; resume later).
+    """
+    device = device or torch.device("cpu")
+    seed_everything(seed)
+    rows = np.arange(len(table)) if train_rows is None else np.asarray(train_rows)
+    exp_rows = rows[table.is_experiment[rows] & ~np.isnan(table.y_exp[rows])]
+    dft_rows = rows[~table.is_experiment[rows]]
+    if len(exp_rows):
+        tr, va = grouped_split([table.formulas[i] for i in exp_rows], fraction=config.val_fraction, seed=seed)
+        exp_train, val_rows = exp_rows[tr], exp_rows[va]
+    else:
+        labelled = dft_rows[~np.isnan(table.y_dft[dft_rows])]
+        tr, va = grouped_split([table.formulas[i] for i in labelled], fraction=config.val_fraction, seed=seed)
+        exp_train, val_rows = exp_rows, labelled[va]
+        dft_rows = np.setdiff1d(dft_rows, labelled[va])
+    dft_labelled = dft_rows[~np.isnan(table.y_dft[dft_rows])]
+    model = build_model(config, table)
+    if init_state is not None:
+        # keeps the initial model's descriptor scaler too: its layers were fitted to that scaling
+        try:
+            model.load_state_dict(init_state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"init_state does not fit the model: {exc}") from exc
+    else:
+        _fit_scaler(model, table, np.concatenate([exp_train, dft_rows]))
+    model.to(device)
+    cached: Tensor | None = None
+    if config.freeze_encoder:
+        if init_state is None:
+            raise ValueError("freeze_encoder needs init_state (a pretrained composition encoder)")
+        for p in model.composition.parameters():
+            p.requires_grad_(False)
+        cached = _composition_embeddings(model, table, device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    pre_epochs = 0 if init_state is not None else config.pretrain_epochs
+    total = pre_epochs + config.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=max(1, sum(
+            _steps(len(dft_labelled), config.dft_batch_size) if e < pre_epochs
+            else _steps(max(len(exp_train), 1) if len(exp_train) else len(dft_labelled),
+                        config.batch_size if len(exp_train) else config.dft_batch_size)
+            for e in range(total)
+        )), pct_start=0.2,
+    )
+    state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad": 0, "best_state": None}
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"], strict=True)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = {
+            "epoch": int(saved["epoch"]), "history": [EpochRecord(**h) for h in saved["history"]],
+            "best_val": float(saved["best_val"]), "best_epoch": int(saved["best_epoch"]), "bad": int(saved["bad"]),
+            "best_state": saved["best_state"],
+        }
+    stopped = False
+    start_epoch = state["epoch"]
+    bar = tqdm(range(start_epoch, total), disable=not progress, desc="train", leave=False)
+    for epoch in bar:
+        phase = "pretrain" if epoch < pre_epochs else "train"
+        model.train()
+        sums = np.zeros(5)
+        n_steps = 0
+        if phase == "pretrain" or len(exp_train) == 0:
+            order = dft_labelled[torch.randperm(len(dft_labelled), generator=gen).numpy()]
+            chunks = [(order[s : s + config.dft_batch_size], np.zeros(0, dtype=np.int64))
+                      for s in range(0, len(order), config.dft_batch_size)]
+        else:
+            order = exp_train[torch.randperm(len(exp_train), generator=gen).numpy()]
+            chunks = []
+            for s in range(0, len(order), config.batch_size):
+                d_idx = (dft_rows[torch.randint(len(dft_rows), (config.dft_batch_size,), generator=gen).numpy()]
+                         if len(dft_rows) else np.zeros(0, dtype=np.int64))
+                chunks.append((d_idx, order[s : s + config.batch_size]))
+        for d_idx, e_idx in chunks:
+            idx = np.concatenate([d_idx, e_idx])
+            inputs = table.batch(idx, device)
+            if cached is not None:
+                inputs["composition_embedding"] = cached[torch.from_numpy(idx).to(device)]
+            out = model(**inputs)
+            nd = len(d_idx)
+            terms = [torch.zeros((), device=device) for _ in range(4)]
+            yd = torch.from_numpy(table.y_dft[d_idx]).float().to(device)
+            ok = ~torch.isnan(yd)
+            if ok.any():
+                terms[0] = _elementwise(config.loss, out.dft[:nd][ok], yd[ok]).mean()
+            if len(e_idx):
+                ye = torch.from_numpy(table.y_exp[e_idx]).float().to(device)
+                terms[1] = _elementwise(config.loss, out.experiment[nd:], ye).mean()
+            if phase == "train" and config.use_ot and nd:
+                cal = torch.from_numpy(table.calibrated[d_idx]).float().to(device)
+                conf = torch.from_numpy(np.nan_to_num(table.confidence[d_idx])).float().to(device)
+                has = ~torch.isnan(cal) & (conf > 0)
+                if has.any():
+                    terms[2] = (conf[has] * _elementwise(config.loss, out.experiment[:nd][has], cal[has])).sum() / conf[has].sum()
+                if len(e_idx) >= 2 and nd >= 2 and config.w_ot > 0:
+                    terms[3] = uot_embedding_loss(out.embedding[:nd], out.embedding[nd:], reg=config.ot_reg,
+                                                  reg_m=config.ot_reg_m, n_iter=config.ot_iters)
+            w_dft = config.w_dft if phase == "train" else 1.0
+            loss = w_dft * terms[0] + config.w_exp * terms[1] + config.w_calibrated * terms[2] + config.w_ot * terms[3]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            sums += [float(loss.detach()), *(float(t.detach()) for t in terms)]
+            n_steps += 1
+        means = sums / max(n_steps, 1)
+        val = _val_mae(model, table, val_rows, device, config.clamp_min)
+        rec = EpochRecord(epoch=epoch, phase=phase, loss=float(means[0]), loss_dft=float(means[1]),
+                          loss_exp=float(means[2]), loss_calibrated=float(means[3]), loss_ot=float(means[4]),
+                          val_mae=float(val))
+        state["history"].append(rec)
+        # model selection only in the final phase (pretraining optimises a different target)
+        if phase == "train" or pre_epochs == total:
+            score = val if math.isfinite(val) else float(means[0])
+            if score < state["best_val"] - 1e-6:
+                state.update(best_val=score, best_epoch=epoch, bad=0,
+                             best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            else:
+                state["bad"] += 1
+        state["epoch"] = epoch + 1
+        bar.set_postfix(loss=f"{means[0]:.3f}", val=f"{val:.3f}")
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, opt, sched, gen, state)
+        if phase == "train" and state["bad"] >= config.patience:
+            stopped = True
+            break
+        if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
+            break
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"], strict=True)
+    model.eval()
+    return TrainResult(model=model, history=list(state["history"]), best_epoch=int(state["best_epoch"]),
+                       best_val_mae=float(state["best_val"]), stopped_early=stopped, seed=seed,
+                       train_rows=np.setdiff1d(rows, val_rows), val_rows=val_rows)
+
+
+@torch.no_grad()
+def _composition_embeddings(model: MultiFidelityNet, table: EntryTable, device: torch.device,
+                            batch_size: int = 2048) -> Tensor:
+    """Composition-encoder output for every row (the encoder is frozen, so once is enough)."""
+    model.eval()
+    parts = []
+    for s in range(0, len(table), batch_size):
+        b = table.batch(np.arange(s, min(s + batch_size, len(table))), device)
+        parts.append(model.composition(b["z"], b["weight"], b["batch"], num_graphs=b["num_entries"]))
+    return torch.cat(parts)
+
+
+def _steps(n: int, bs: int) -> int:
+    return max(1, math.ceil(n / bs))
+
+
+def _save_checkpoint(path: Path, model, opt, sched, gen, state) -> None:
+    payload = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "epoch": state["epoch"], "history": [vars(h) for h in state["history"]], "best_val": state["best_val"],
+        "best_epoch": state["best_epoch"], "bad": state["bad"], "best_state": state["best_state"],
+    }
+    write_with(path, lambda p: torch.save(payload, p))
+
+
+def train_ensemble(
+    table: EntryTable,
+    config: TrainConfig,
+    *,
+    n_members: int = 3,
+    seed: int = 0,
+    train_rows: np.ndarray | None = None,
+    device: torch.device | None = None,
+    init_states: Sequence[dict[str, Tensor]] | None = None,
+    progress: bool = False,
+) -> EnsembleResult:
+    """Train ``n_members`` members with seeds ``seed, seed+1, ...`` (each its own validation split)."""
+    if n_members < 1:
+        raise ValueError("n_members must be >= 1")
+    if init_states is not None and len(init_states) != n_members:
+        raise ValueError(f"init_states: expected {n_members}, got {len(init_states)}")
+    members = []
+    for k in range(n_members):
+        init = copy.deepcopy(init_states[k]) if init_states is not None else None
+        members.append(train_model(table, config, seed=seed + k, train_rows=train_rows, device=device,
+                                   init_state=init, progress=progress))
+    return EnsembleResult(members=members)
+
+
+def pretrain_members(
+    table: EntryTable,
+    config: TrainConfig,
+    *,
+    n_members: int,
+    epochs: int,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> list[dict[str, Tensor]]:
+    """DFT-only pretraining of ``n_members`` models (seeds ``seed + 100 + k``); returns their states.
+
+    Only rows without a measurement are used, so the states can be shared by every CV fold
+    without leaking experimental labels.
+    """
+    dft_rows = np.flatnonzero(~table.is_experiment)
+    cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05,
+                  dft_batch_size=batch_size, freeze_encoder=False)
+    return [
+        train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device).model.state_dict()
+        for k in range(n_members)
+    ]
+
+
+def reference_per_formula(frame: pd.DataFrame, *, value: str, rank: str | None = None) -> pd.Series:
+    """One DFT value per reduced formula, for the experimental head's DFT input.
+
+    The polymorph with the lowest ``rank`` (e.g. energy above hull or formation energy) where
+    it is known, the median over polymorphs otherwise. Index: formula.
+    """
+    f = frame.dropna(subset=[value])
+    parts = []
+    if rank is not None and rank in f:
+        ranked = f.dropna(subset=[rank]).sort_values([rank, value]).drop_duplicates("formula")
+        parts.append(ranked.set_index("formula")[value])
+        f = f[~f["formula"].isin(ranked["formula"])]
+    parts.append(f.groupby("formula")[value].median())
+    return pd.concat(parts).astype(float)

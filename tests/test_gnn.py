@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from models.gnn import CompositionEncoder, ModelFileError, MultiFidelityNet, load_model, save_model
+from models.training import EntryTable
+
+
+def _flat(z_rows, w_rows):
+    z = torch.tensor([v for r in z_rows for v in r])
+    w = torch.tensor([v for r in w_rows for v in r], dtype=torch.float32)
+    b = torch.tensor([i for i, r in enumerate(z_rows) for _ in r])
+    return z, w, b
+
+
+def test_composition_encoder_is_invariant_to_element_order():
+    torch.manual_seed(0)
+    enc = CompositionEncoder(hidden=16, num_layers=2, out_dim=8).eval()
+    # Fe2O3 written two ways plus NaCl, in one batch
+    z1, w1, b1 = _flat([[26, 8], [11, 17]], [[0.4, 0.6], [0.5, 0.5]])
+    z2, w2, b2 = _flat([[8, 26], [17, 11]], [[0.6, 0.4], [0.5, 0.5]])
+    out1, out2 = enc(z1, w1, b1), enc(z2, w2, b2)
+    assert out1.shape == (2, 8)
+    assert torch.allclose(out1, out2, atol=1e-6)
+    # and it is not blind to the fractions
+    z3, w3, b3 = _flat([[26, 8]], [[0.5, 0.5]])
+    assert not torch.allclose(enc(z3, w3, b3)[0], out1[0], atol=1e-4)
+
+
+def test_composition_encoder_rejects_unknown_elements():
+    enc = CompositionEncoder(hidden=8, num_layers=1, out_dim=4)
+    z, w, b = _flat([[0, 8]], [[0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"atomic numbers must lie in 1\.\.103"):
+        enc(z, w, b)
+
+
+def _graphs(n_graphs: int) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    data = []
+    for k in range(n_graphs):
+        n = 2 + k
+        ei = torch.tensor([[i, j] for i in range(n) for j in range(n) if i != j]).T
+        data.append(Data(x=torch.randn(n, 5, generator=g), edge_index=ei, edge_attr=torch.rand(ei.shape[1], 7, generator=g)))
+    return Batch.from_data_list(data)
+
+
+def test_multifidelity_net_shapes_and_reference():
+    torch.manual_seed(0)
+    net = MultiFidelityNet(comp_hidden=16, comp_layers=1, emb_dim=8, graph_node_dim=5, graph_edge_dim=7,
+                           graph_hidden=8, graph_layers=2, descriptor_dim=3, head_hidden=8)
+    z, w, b = _flat([[26, 8], [11, 17], [14]], [[0.4, 0.6], [0.5, 0.5], [1.0]])
+    graphs = _graphs(2)
+    dft_value = torch.tensor([1.5, float("nan"), 0.6])
+    out = net(z=z, weight=w, batch=b, num_entries=3, dft_value=dft_value, descriptors=torch.randn(3, 3),
+              graph=graphs, graph_rows=torch.tensor([0, 2]))
+    assert out.embedding.shape == (3, net.embedding_dim) == (3, 16)
+    assert out.dft.shape == out.experiment.shape == out.reference.shape == (3,)
+    # known DFT values are the reference, the unknown one falls back to the DFT head
+    assert out.reference[0].item() == pytest.approx(1.5)
+    assert out.reference[1].item() == pytest.approx(out.dft[1].item())
+    assert "CompositionEncoder(hidden=16" in repr(net) and "CrystalGraphEncoder(node_dim=5" in repr(net)
+    with pytest.raises(ValueError, match="descriptors of width 3"):
+        net(z=z, weight=w, batch=b, num_entries=3)
+
+
+def test_reset_parameters_reinitialises():
+    net = MultiFidelityNet(comp_hidden=8, comp_layers=1, emb_dim=4, head_hidden=4)
+    before = [p.detach().clone() for p in net.parameters()]
+    net.reset_parameters()
+    changed = sum(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
+    assert changed >= len(before) - 2  # LayerNorm weights/biases reset to the same constants
+
+
+def test_save_load_round_trip_and_tamper_check(tmp_path):
+    torch.manual_seed(0)
+    net = MultiFidelityNet(comp_hidden=8, comp_layers=1, emb_dim=4, head_hidden=4, descriptor_dim=2).eval()
+    net.set_descriptor_scaler(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]))
+    table = EntryTable.build(
+        experiment=pd.DataFrame({"formula": ["NaCl", "Fe2O3"], "value": [8.5, 2.2]}),
+        descriptors=pd.DataFrame({"formula": ["NaCl", "Fe2O3"], "a": [0.1, 0.2], "b": [1.0, 3.0]}),
+    )
+    batch = table.batch(np.arange(2), torch.device("cpu"))
+    save_model(net, tmp_path / "m", extra={"property": "band_gap"})
+    loaded, extra = load_model(tmp_path / "m")
+    assert extra == {"property": "band_gap"}
+    assert torch.equal(loaded(**batch).experiment, net(**batch).experiment)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["init_args"]["descriptor_dim"] == 2 and len(meta["sha256"]) == 64
+    weights = tmp_path / "m" / "weights.pt"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="do not match the sha256"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelFileError, match="no model config"):
+        load_model(tmp_path / "missing")

@@ -1,0 +1,198 @@
+from dataclasses import replace
+
+import numpy as np
+import ot
+import pandas as pd
+import pytest
+import torch
+
+from models.training import (
+    EntryTable,
+    ModelConfig,
+    TrainConfig,
+    determine_device,
+    grouped_split,
+    predict,
+    train_ensemble,
+    train_model,
+    unbalanced_sinkhorn,
+    uot_embedding_loss,
+)
+
+SMALL = ModelConfig(comp_hidden=16, comp_layers=1, emb_dim=8, head_hidden=16)
+FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "Si", "SiO2", "Al2O3", "TiO2",
+            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "C", "Fe2O3", "Cu2O", "NiO", "CuBr"]
+
+
+def _synthetic(seed: int = 0) -> EntryTable:
+    """Measurements = DFT value * 1.3 + 0.5 plus a per-formula term; DFT known for every formula."""
+    rng = np.random.default_rng(seed)
+    dft_val = {f: float(rng.uniform(0, 4)) for f in FORMULAS}
+    dft = pd.DataFrame({"formula": FORMULAS * 2, "dft_value": [dft_val[f] + rng.normal(0, 0.05) for f in FORMULAS * 2]})
+    exp_f = [f for f in FORMULAS for _ in range(3)]
+    exp = pd.DataFrame({"formula": exp_f, "value": [1.3 * dft_val[f] + 0.5 for f in exp_f]})
+    dft["calibrated_target"] = 1.3 * dft["dft_value"] + 0.5
+    dft["confidence"] = 0.8
+    desc = pd.DataFrame({"formula": FORMULAS, "d0": rng.normal(size=len(FORMULAS)), "d1": rng.normal(size=len(FORMULAS))})
+    return EntryTable.build(dft=dft, experiment=exp, descriptors=desc, dft_reference=pd.Series(dft_val))
+
+
+def test_unbalanced_sinkhorn_matches_pot():
+    rng = np.random.default_rng(0)
+    cost = rng.uniform(size=(6, 5))
+    a = rng.uniform(0.5, 1.5, 6)
+    b = rng.uniform(0.5, 1.5, 5)
+    a, b = a / a.sum(), b / b.sum() * 1.3
+    ref = ot.unbalanced.sinkhorn_unbalanced(a, b, cost, 0.1, 0.7, numItermax=5000, stopThr=1e-14)
+    ref_loss = ot.unbalanced.sinkhorn_unbalanced2(
+        torch.tensor(a), torch.tensor(b), torch.tensor(cost), 0.1, 0.7, numItermax=5000, stopThr=1e-14)
+    plan = unbalanced_sinkhorn(torch.tensor(cost), torch.tensor(a), torch.tensor(b), reg=0.1, reg_m=0.7, n_iter=2000)
+    np.testing.assert_allclose(plan.numpy(), ref, rtol=1e-6, atol=1e-12)
+    assert float((plan * torch.tensor(cost)).sum()) == pytest.approx(float(ref_loss), rel=1e-6)
+    # unbalanced: the marginals are relaxed, not imposed
+    assert float(plan.sum()) != pytest.approx(1.0, abs=1e-3)
+
+
+def test_uot_embedding_loss_has_gradients_and_prefers_aligned_clouds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 4, generator=g, requires_grad=True)
+    y = torch.randn(15, 4, generator=g)
+    loss = uot_embedding_loss(x, y + 3.0)
+    loss.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    near = uot_embedding_loss(y[:10].detach(), y[5:].detach())
+    assert float(near) < float(uot_embedding_loss(x.detach(), y + 3.0))
+
+
+def test_grouped_split_keeps_groups_apart():
+    groups = ["a", "a", "b", "c", "c", "c", "d", "e", "f", "g"]
+    tr, va = grouped_split(groups, fraction=0.3, seed=1)
+    assert sorted(np.concatenate([tr, va]).tolist()) == list(range(10))
+    assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    assert len({groups[i] for i in va}) == 2
+
+
+def test_trainer_lowers_loss_and_selects_best_epoch():
+    table = _synthetic()
+    cfg = TrainConfig(epochs=25, batch_size=16, dft_batch_size=16, lr=5e-3, patience=25, model=SMALL)
+    res = train_model(table, cfg, seed=0)
+    vals = [h.val_mae for h in res.history]
+    assert res.best_epoch == int(np.argmin(vals))
+    assert res.best_val_mae == pytest.approx(min(vals))
+    assert res.history[-1].loss_exp < 0.5 * res.history[0].loss_exp
+    assert min(vals) < 0.5 * vals[0]
+    assert all(h.loss_ot > 0 and h.loss_calibrated > 0 for h in res.history)
+    no_ot = train_model(table, replace(cfg, use_ot=False, epochs=2), seed=0)
+    assert all(h.loss_ot == 0 and h.loss_calibrated == 0 for h in no_ot.history)
+
+
+def test_training_is_seeded_and_ignores_rows_outside_training():
+    table = _synthetic()
+    exp_rows = np.flatnonzero(table.is_experiment)
+    held_out = exp_rows[-6:]  # two formulas' worth of measurements as a test set
+    train_rows = np.setdiff1d(np.arange(len(table)), held_out)
+    cfg = TrainConfig(epochs=6, batch_size=16, dft_batch_size=16, patience=2, model=SMALL)
+    r1 = train_model(table, cfg, seed=3, train_rows=train_rows)
+    r2 = train_model(table, cfg, seed=3, train_rows=train_rows)
+    p1, p2 = predict(r1.model, table).experiment, predict(r2.model, table).experiment
+    np.testing.assert_array_equal(p1, p2)
+    # validation comes from the training measurements only
+    assert set(r1.val_rows) <= set(exp_rows) - set(held_out)
+    # the held-out labels cannot influence training, early stopping or selection
+    poisoned = _synthetic()
+    poisoned.y_exp[held_out] = 1e6
+    r3 = train_model(poisoned, cfg, seed=3, train_rows=train_rows)
+    np.testing.assert_array_equal(predict(r3.model, table).experiment, p1)
+    assert [h.val_mae for h in r3.history] == [h.val_mae for h in r1.history]
+    assert r3.best_epoch == r1.best_epoch
+
+
+def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
+    table = _synthetic()
+    cfg = TrainConfig(epochs=5, batch_size=16, dft_batch_size=16, patience=10, model=SMALL)
+    full = train_model(table, cfg, seed=1)
+    ckpt = tmp_path / "ckpt.pt"
+    part = train_model(table, cfg, seed=1, checkpoint=ckpt, stop_after=2)
+    assert len(part.history) == 2 and ckpt.exists()
+    resumed = train_model(table, cfg, seed=1, checkpoint=ckpt)
+    assert len(resumed.history) == 5
+    np.testing.assert_allclose(predict(resumed.model, table).experiment, predict(full.model, table).experiment,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_mean_and_spread():
+    table = _synthetic()
+    cfg = TrainConfig(epochs=2, batch_size=16, dft_batch_size=16, model=SMALL)
+    ens = train_ensemble(table, cfg, n_members=2, seed=0, device=determine_device("cpu"))
+    pred = ens.predict(table)
+    members = [predict(m.model, table).experiment for m in ens.members]
+    np.testing.assert_allclose(pred.experiment, np.mean(members, axis=0), rtol=1e-6)
+    assert (pred.experiment_std > 0).all()
+    assert [m.seed for m in ens.members] == [0, 1]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="descriptors missing for 1 formulas"):
+        EntryTable.build(experiment=pd.DataFrame({"formula": ["NaCl"], "value": [1.0]}),
+                         descriptors=pd.DataFrame({"formula": ["KCl"], "a": [1.0]}))
+
+
+def test_entries_with_crystal_graphs_use_the_crystal_encoder():
+    from torch_geometric.data import Data
+
+    g = torch.Generator().manual_seed(0)
+
+    def graph(n):
+        ei = torch.tensor([[i, j] for i in range(n) for j in range(n) if i != j]).T
+        return Data(x=torch.randn(n, 4, generator=g), edge_index=ei, edge_attr=torch.rand(ei.shape[1], 6, generator=g))
+
+    dft = pd.DataFrame({"material_id": ["mp-1", "mp-2", "mp-3"], "formula": ["NaCl", "Si", "GaN"], "dft_value": [5.0, 0.6, 1.8]})
+    exp = pd.DataFrame({"formula": ["NaCl", "Si", "GaN", "ZnO"], "value": [8.5, 1.1, 3.4, 3.4],
+                        "material_id": ["mp-1", "mp-2", None, None]})
+    table = EntryTable.build(dft=dft, experiment=exp, graphs={"mp-1": graph(2), "mp-2": graph(2)})
+    assert table.graph_dims() == (4, 6)
+    assert [x is not None for x in table.graphs] == [True, True, False, True, True, False, False]
+    res = train_model(table, TrainConfig(epochs=2, batch_size=2, dft_batch_size=2, val_fraction=0.3, model=SMALL), seed=0)
+    assert res.model.crystal is not None and res.model.crystal.node_dim == 4
+    batch = table.batch(np.arange(len(table)), torch.device("cpu"))
+    assert batch["graph_rows"].tolist() == [0, 1, 3, 4]
+    assert np.isfinite(predict(res.model, table).experiment).all()
+
+
+def test_pretraining_uses_dft_rows_only():
+    from models.training import pretrain_members
+
+    table = _synthetic()
+    cfg = TrainConfig(epochs=1, model=SMALL)
+    s1 = pretrain_members(table, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
+    poisoned = _synthetic()
+    poisoned.y_exp[:] = -1e6
+    s2 = pretrain_members(poisoned, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_reference_per_formula_prefers_lowest_energy_polymorph():
+    from models.training import reference_per_formula
+
+    frame = pd.DataFrame({"formula": ["TiO2", "TiO2", "ZnO", "ZnO"], "dft_value": [1.8, 2.1, 0.7, 0.9],
+                          "e_above_hull": [0.05, 0.0, np.nan, np.nan]})
+    ref = reference_per_formula(frame, value="dft_value", rank="e_above_hull")
+    assert ref["TiO2"] == pytest.approx(2.1) and ref["ZnO"] == pytest.approx(0.8)
+
+
+def test_freeze_encoder_trains_heads_only():
+    from models.training import pretrain_members
+
+    table = _synthetic()
+    cfg = TrainConfig(epochs=3, batch_size=16, dft_batch_size=16, model=SMALL, freeze_encoder=True)
+    state = pretrain_members(table, cfg, n_members=1, epochs=1, batch_size=8)[0]
+    res = train_model(table, cfg, seed=0, init_state=state)
+    new = res.model.state_dict()
+    assert all(torch.equal(new[k], state[k]) for k in state if k.startswith("composition."))
+    assert not torch.equal(new["exp_head.0.weight"], state["exp_head.0.weight"])
+    with pytest.raises(ValueError, match="freeze_encoder needs init_state"):
+        train_model(table, cfg, seed=0)
