@@ -14,7 +14,6 @@ gives it.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -46,20 +45,19 @@ class EnsemblePredictor:
         missing = sorted(set(formulas) - known)
         if not missing:
             return self.descriptors
-        from matminer.featurizers.composition import ElementProperty
+        from featurizers.composition import DESCRIPTOR_SETS, composition_descriptors, descriptor_labels
 
-        from featurizers.chemistry import parse_formula
-
-        ep = ElementProperty.from_preset("magpie", impute_nan=True)
-        labels = ep.feature_labels()
         cols = [c for c in self.descriptors.columns if c != "formula"]
-        if cols != labels:
-            raise ValueError(f"no descriptors for formula {missing[0]!r} and the model's descriptors are not plain Magpie")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rows = [ep.featurize(parse_formula(f)) for f in missing]
-        extra = pd.DataFrame(rows, columns=labels).assign(formula=missing)
-        return pd.concat([self.descriptors, extra[["formula", *labels]]], ignore_index=True)
+        candidates = [tuple(DESCRIPTOR_SETS), ("magpie",)]
+        sets = next((c for c in candidates if descriptor_labels(c) == cols), None)
+        if sets is None:
+            raise ValueError(f"no descriptors for formula {missing[0]!r} and the model's descriptor columns are unknown")
+        result = composition_descriptors(missing, sets=sets)
+        if result.failures:
+            bad = result.failures[0]
+            raise ValueError(f"no descriptors for formula {bad.formula!r}: {bad.reason}")
+        extra = result.frame
+        return pd.concat([self.descriptors, extra[["formula", *cols]]], ignore_index=True)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         if "formula" not in frame:

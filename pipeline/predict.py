@@ -114,10 +114,13 @@ def predict(
 
 def load_predictor(model: str | Path | None, *, property: str):
     """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor."""
-    from models.predictor import Predictor
+    from models.predictor import ModelNotFoundError, Predictor
 
     ref = model if model is not None else Path("data/models") / property
-    return Predictor.load(ref, property=property)
+    try:
+        return Predictor.load(ref, property=property)
+    except ModelNotFoundError as exc:
+        raise MatshiftError(str(exc)) from exc
 
 
 def predict_items(items: Sequence[ParsedInput | InputProblem], predictor, *, property: str) -> pd.DataFrame:
@@ -169,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         raise MatshiftError("no input: give formulas, --cif FILE ... or --input FILE.csv (see matshift predict --help)")
     problems = [i for i in items if isinstance(i, InputProblem)]
     for p in problems:
-        print(f"matshift predict: {p.kind} {p.input!r}: {p.reason}", file=sys.stderr)
+        named = p.input.strip() and repr(p.input.strip()) in p.reason  # formula errors name it already
+        print(f"matshift predict: {p.reason if named else f'{p.kind} {p.input!r}: {p.reason}'}", file=sys.stderr)
     predictor = load_predictor(args.model, property=args.property)
     frame = predict_items(items, predictor, property=args.property)
     if args.output is not None:

@@ -1,0 +1,160 @@
+"""Serving predictions for validated inputs: value, uncertainty, view and applicability domain.
+
+:class:`Predictor` wraps a trained ensemble (:class:`models.serving.EnsemblePredictor`) and
+adds what a user needs beside the number: which DFT value (and so which Materials Project
+entry) fed the experimental head, and an applicability-domain (AD) score. The AD score is
+the mean distance of an input to its ``k`` nearest training compositions in standardised
+descriptor space, expressed as the percentile of the same quantity over the training
+compositions themselves (leave-one-out); inputs above ``threshold`` are flagged.
+
+Never reads params.yaml or environment variables: paths and thresholds are arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featurizers.composition import DESCRIPTOR_SETS, composition_descriptors, descriptor_labels
+
+__all__ = ["ApplicabilityDomain", "ModelNotFoundError", "Predictor"]
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model reference that does not point at a trained model."""
+
+
+@dataclass
+class ApplicabilityDomain:
+    """kNN distance in standardised descriptor space, scored as a percentile of training."""
+
+    mean_: np.ndarray
+    scale_: np.ndarray
+    reference_: np.ndarray  # sorted leave-one-out kNN distances of training points
+    index_: object
+    k: int = 5
+
+    @classmethod
+    def fit(cls, x: np.ndarray, *, k: int = 5, sample: int = 3000, seed: int = 0) -> ApplicabilityDomain:
+        from sklearn.neighbors import NearestNeighbors
+
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale == 0] = 1.0
+        z = (x - mean) / scale
+        index = NearestNeighbors(n_neighbors=k + 1).fit(z)
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(z), size=min(sample, len(z)), replace=False)
+        dist, _ = index.kneighbors(z[pick])
+        ref = np.sort(dist[:, 1:].mean(axis=1))  # column 0 is the point itself
+        return cls(mean, scale, ref, index, k)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Percentile (0-100) of each row's kNN distance among the training points' own."""
+        z = (x - self.mean_) / self.scale_
+        dist, _ = self.index_.kneighbors(z, n_neighbors=self.k)
+        d = dist.mean(axis=1)
+        return 100.0 * np.searchsorted(self.reference_, d, side="right") / len(self.reference_)
+
+
+class Predictor:
+    """A trained model ready for :meth:`predict` on :class:`featurizers.inputs.ParsedInput`."""
+
+    def __init__(self, ensemble, *, property: str, dft: pd.DataFrame | None, ad_threshold: float = 95.0):
+        self.ensemble = ensemble
+        self.property = property
+        self.ad_threshold = ad_threshold
+        desc = ensemble.descriptors
+        self.columns = [c for c in desc.columns if c != "formula"]
+        self.sets = next((s for s in (tuple(DESCRIPTOR_SETS), ("magpie",)) if descriptor_labels(s) == self.columns), None)
+        self.ad = ApplicabilityDomain.fit(desc[self.columns].to_numpy(np.float64))
+        self.dft = dft  # formula -> (material_id, dft_value), lowest e_above_hull first
+
+    @classmethod
+    def load(cls, ref: str | Path, *, property: str, raw_dir: Path | str = "data/raw") -> Predictor:
+        from models.serving import EnsemblePredictor
+
+        directory = _resolve(ref)
+        ensemble = EnsemblePredictor(directory)
+        meta_prop = ensemble.meta.get("property")
+        if meta_prop and meta_prop != property:
+            raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {property}")
+        return cls(ensemble, property=property, dft=_dft_lookup(Path(raw_dir), property))
+
+    def predict(self, items) -> pd.DataFrame:
+        formulas = [i.formula for i in items]
+        desc = self._descriptors(formulas)
+        dft_value, structure_used = [], []
+        for item in items:
+            mid, val = (None, np.nan)
+            if self.dft is not None and item.formula in self.dft.index:
+                mid, val = self.dft.loc[item.formula, ["material_id", "dft_value"]]
+            dft_value.append(float(val))
+            if item.kind == "cif":
+                structure_used.append(f"user CIF ({item.input})")
+            else:
+                structure_used.append(f"{mid} (lowest E_hull)" if mid else "none: composition only")
+        frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
+        out = self.ensemble.predict(frame)
+        ad = self.ad.score(desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64))
+        return pd.DataFrame(
+            {
+                "prediction": out["prediction"].to_numpy(),
+                "uncertainty": out["uncertainty"].to_numpy(),
+                "view": ["composition+DFT" if np.isfinite(v) else "composition" for v in dft_value],
+                "structure_used": structure_used,
+                "dft_value": dft_value,
+                "ad_score": ad,
+                "ad_warning": ad > self.ad_threshold,
+            }
+        )
+
+    def _descriptors(self, formulas: list[str]) -> pd.DataFrame:
+        known = self.ensemble.descriptors
+        missing = sorted(set(formulas) - set(known["formula"]))
+        if missing:
+            if self.sets is None:
+                raise ValueError("the model's descriptor columns are not ones matshift can compute")
+            result = composition_descriptors(missing, sets=self.sets)
+            if result.failures:
+                f = result.failures[0]
+                raise ValueError(f"no descriptors for formula {f.formula!r}: {f.reason}")
+            known = pd.concat([known, result.frame[["formula", *self.columns]]], ignore_index=True)
+            self.ensemble.descriptors = known
+        return known
+
+
+def _resolve(ref: str | Path) -> Path:
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / "ensemble.json").is_file():
+            raise ModelNotFoundError(f"{path} has no ensemble.json: not a directory written by `matshift train`")
+        return path
+    text = str(ref)
+    if "/" in text and not path.exists() and text.count("/") == 1 and not text.startswith((".", "data")):
+        name, version = text.split("/")
+        import mlflow
+
+        try:
+            local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")
+        except Exception as exc:
+            raise ModelNotFoundError(f"registered model {name} version {version} not found: {exc}") from exc
+        found = list(Path(local).rglob("ensemble.json"))
+        if not found:
+            raise ModelNotFoundError(f"registered model {name}/{version} holds no matshift ensemble")
+        return found[0].parent
+    raise ModelNotFoundError(f"no model at {ref}: run `dvc repro` (or `matshift train`) first, or pass --model")
+
+
+def _dft_lookup(raw_dir: Path, prop: str) -> pd.DataFrame | None:
+    path = raw_dir / "dft.parquet"
+    column = {"band_gap": "band_gap_pbe", "formation_enthalpy": "formation_energy_per_atom"}[prop]
+    if not path.is_file():
+        return None
+    dft = pd.read_parquet(path, columns=["material_id", "formula", column, "e_above_hull"])
+    dft = dft[np.isfinite(dft[column])].sort_values(["e_above_hull", "material_id"], na_position="last")
+    dft = dft.drop_duplicates("formula").rename(columns={column: "dft_value"})
+    return dft.set_index("formula")[["material_id", "dft_value"]]

@@ -1,0 +1,67 @@
+"""`matshift predict` end to end on a tiny model trained by the train stage."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import train as train_stage
+from pipeline.cli import main
+from tests.test_train_stage import _inputs, _params
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    _inputs(root)
+    assert train_stage.run(argparse.Namespace(params=_params(root), property="band_gap", no_mlflow=True)) == 0
+    (root / "data").mkdir()
+    (root / "raw").rename(root / "data" / "raw")
+    (root / "models").rename(root / "data" / "models")
+    return root
+
+
+def test_valid_and_invalid_inputs_in_one_call(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    out = workdir / "pred.json"
+    code = main(["predict", "NaCl", "GaN", "Xx2", "", "--output", str(out)])
+    assert code == 1  # some input failed
+    rows = json.loads(out.read_text())
+    assert [r["input"] for r in rows] == ["NaCl", "GaN", "Xx2", ""]
+    good, bad = rows[:2], rows[2:]
+    for r in good:
+        assert r["error"] is None
+        assert np.isfinite(r["prediction"]) and r["prediction"] >= 0
+        assert r["uncertainty"] >= 0
+        assert 0 <= r["ad_score"] <= 100
+        assert r["structure_used"].startswith("mp-")
+        assert r["view"] == "composition+DFT"
+    assert bad[0]["prediction"] is None and "unknown element 'Xx'" in bad[0]["error"]
+    assert bad[1]["prediction"] is None and "empty formula" in bad[1]["error"]
+    err = capsys.readouterr().err
+    assert "matshift predict: formula 'Xx2': unknown element 'Xx'" in err
+    assert "matshift predict: formula '': empty formula" in err
+    assert "Traceback" not in err
+
+
+def test_table_output_and_success_code(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    assert main(["predict", "NaCl"]) == 0
+    out = capsys.readouterr().out
+    assert "NaCl" in out and "eV" in out and "mp-0" in out
+
+
+def test_missing_model_and_empty_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "NaCl"]) == 1
+    assert "no model at data/models/band_gap" in capsys.readouterr().err
+    assert main(["predict"]) == 1
+    assert "no input" in capsys.readouterr().err
+
+
+def test_input_csv_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("name\nNaCl\n")
+    assert main(["predict", "--input", "in.csv"]) == 1
+    assert "needs a 'formula' or 'cif' column" in capsys.readouterr().err
