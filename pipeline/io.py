@@ -18,6 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class OutputError(OSError):
     """An output that could not be written; names the path."""
@@ -34,6 +37,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; outputs should get the permissions a plain open() would give.
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -60,3 +60,15 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("s: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_section(Outer, "s", bad)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    from pipeline.io import write_json
+
+    path = write_json(tmp_path / "x.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert path.read_text() == '{\n  "a": 1\n}\n'
