@@ -1,7 +1,7 @@
 """Fit the GNN ensemble (with and without OT terms) and the baselines for one property.
 
 :func:`fit_property` takes frames (never paths): DFT entries with ``formula``, ``dft_value``,
-optional ``e_above_hull`` and the align stage's ``calibrated_target``/``confidence``;
+optional ``stability`` (formation energy per atom, to rank polymorphs) or ``e_above_hull`` and the align stage's ``calibrated_target``/``confidence``;
 measurements with ``formula``, ``value``; descriptors keyed by ``formula``. The measured
 formulas are split once (grouped, seeded) into a training and a selection part; all models are
 fitted on the training part and scored on the selection part. :func:`write_outputs` writes
@@ -72,7 +72,7 @@ def fit_property(
     t0 = time.perf_counter()
     dev = determine_device(device)
     torch.manual_seed(seed)
-    rank = "e_above_hull" if "e_above_hull" in dft else None
+    rank = next((c for c in ("stability", "e_above_hull") if c in dft), None)
     ref = reference_per_formula(dft, value="dft_value", rank=rank)
     cols = ["formula", "value", *(["material_id"] if "material_id" in experiment else [])]
     exp = experiment[cols].reset_index(drop=True)

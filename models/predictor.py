@@ -71,7 +71,7 @@ class Predictor:
         self.columns = [c for c in desc.columns if c != "formula"]
         self.sets = next((s for s in (tuple(DESCRIPTOR_SETS), ("magpie",)) if descriptor_labels(s) == self.columns), None)
         self.ad = ApplicabilityDomain.fit(desc[self.columns].to_numpy(np.float64))
-        self.dft = dft  # formula -> (material_id, dft_value), lowest e_above_hull first
+        self.dft = dft  # formula -> (material_id, dft_value) of the most stable polymorph
 
     @classmethod
     def load(cls, ref: str | Path, *, property: str, raw_dir: Path | str = "data/raw") -> Predictor:
@@ -96,7 +96,7 @@ class Predictor:
             if item.kind == "cif":
                 structure_used.append(f"user CIF ({item.input})")
             else:
-                structure_used.append(f"{mid} (lowest E_hull)" if mid else "none: composition only")
+                structure_used.append(f"{mid} (most stable polymorph)" if mid else "none: composition only")
         frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
         out = self.ensemble.predict(frame)
         ad = self.ad.score(desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64))
@@ -154,7 +154,9 @@ def _dft_lookup(raw_dir: Path, prop: str) -> pd.DataFrame | None:
     column = {"band_gap": "band_gap_pbe", "formation_enthalpy": "formation_energy_per_atom"}[prop]
     if not path.is_file():
         return None
-    dft = pd.read_parquet(path, columns=["material_id", "formula", column, "e_above_hull"])
-    dft = dft[np.isfinite(dft[column])].sort_values(["e_above_hull", "material_id"], na_position="last")
+    columns = list(dict.fromkeys(["material_id", "formula", column, "formation_energy_per_atom"]))
+    dft = pd.read_parquet(path, columns=columns)
+    # the most stable polymorph: lowest formation energy per atom (same order as E_hull for one formula)
+    dft = dft[np.isfinite(dft[column])].sort_values(["formation_energy_per_atom", "material_id"], na_position="last")
     dft = dft.drop_duplicates("formula").rename(columns={column: "dft_value"})
     return dft.set_index("formula")[["material_id", "dft_value"]]

@@ -133,7 +133,12 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
 
 def load_inputs(cfg: TrainParams, prop: str) -> dict[str, Any]:
     """Read the stage's inputs by their contract names (docs/ARCHITECTURE.md)."""
-    dft = _read(cfg.raw_dir / "dft.parquet", ["material_id", "formula", DFT_COLUMN[prop], "e_above_hull"])
+    columns = list(dict.fromkeys(["material_id", "formula", DFT_COLUMN[prop], "formation_energy_per_atom"]))
+    dft = _read(cfg.raw_dir / "dft.parquet", columns)
+    # Polymorphs of one formula are ranked by formation energy per atom: for a fixed
+    # composition it orders them exactly as energy above hull does, and unlike e_above_hull
+    # (known only for the flla rows of the mirror) it is known for nearly every entry.
+    dft["stability"] = dft["formation_energy_per_atom"]
     exp = _read(cfg.raw_dir / "experiment.parquet", ["exp_id", "formula", "property", "value"])
     desc = _read(cfg.features_dir / "descriptors.parquet", ["formula"])
     aligned = _read(cfg.aligned_dir / prop / "dft.parquet", ["material_id", "calibrated_target", "confidence"])
@@ -154,7 +159,7 @@ def load_inputs(cfg: TrainParams, prop: str) -> dict[str, Any]:
     dft = dft.merge(aligned[["material_id", "calibrated_target", "confidence"]], on="material_id", how="left")
     if graphs is not None:
         # a measurement uses the structure of its composition's lowest-energy DFT polymorph with a graph
-        with_graph = dft[dft["material_id"].isin(graphs)].sort_values(["e_above_hull", "material_id"])
+        with_graph = dft[dft["material_id"].isin(graphs)].sort_values(["stability", "material_id"])
         exp["material_id"] = exp["formula"].map(with_graph.drop_duplicates("formula").set_index("formula")["material_id"])
     return {"dft": dft.reset_index(drop=True), "experiment": exp, "descriptors": desc, "graphs": graphs}
 
