@@ -1,11 +1,13 @@
-"""A trained matshift ensemble as an MLflow ``pyfunc`` model (formulas in, predictions out).
+"""A trained matshift ensemble as a predictor (formulas in, predictions out).
+
+The MLflow ``pyfunc`` wrapper lives in :mod:`models.pyfunc`, so serving does not import MLflow.
 
 Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, the DFT value
 of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction`` and
 ``uncertainty`` (the ensemble's standard deviation), one row per input row. Descriptors for
-formulas are looked up in the table saved with the model; a formula not in it gets Magpie
-descriptors from matminer when the model was trained on Magpie columns, and an error naming
-the formula otherwise.
+formulas are looked up in the table saved with the model; a formula not in it gets its
+descriptors computed (:func:`featurizers.composition.composition_descriptors`) when the
+model's columns are ones matshift computes, and an error naming the formula otherwise.
 
 This module never reads environment variables; the directory it loads is the artifact MLflow
 gives it.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
@@ -24,7 +25,7 @@ from featurizers.chemistry import reduced_formula
 from models.gnn import load_model
 from models.training import EntryTable, predict_ensemble
 
-__all__ = ["EnsemblePredictor", "MatshiftPyfunc"]
+__all__ = ["EnsemblePredictor"]
 
 
 class EnsemblePredictor:
@@ -73,13 +74,3 @@ class EnsemblePredictor:
         table.dft_input = dft.astype(np.float64)
         pred = predict_ensemble(self.models, table, clamp_min=self.clamp_min)
         return pd.DataFrame({"prediction": pred.experiment, "uncertainty": pred.experiment_std})
-
-
-class MatshiftPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow wrapper around :class:`EnsemblePredictor` (artifact key ``model_dir``)."""
-
-    def load_context(self, context) -> None:
-        self.predictor = EnsemblePredictor(context.artifacts["model_dir"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.predictor.predict(model_input)

@@ -44,7 +44,8 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
     import featurizers
     import models
     import pipeline
-    from models.serving import EnsemblePredictor, MatshiftPyfunc
+    from models.pyfunc import MatshiftPyfunc
+    from models.serving import EnsemblePredictor
 
     ensure_store(tracking_uri)
     mlflow.set_experiment(experiment)
