@@ -643,18 +643,23 @@ def save_graphs(path: Path | str, graphs: Mapping[str, Any]) -> None:
     torch.save(payload, str(path))
 
 
-def load_graphs(path: Path | str) -> dict[str, Any]:
-    """Read :func:`save_graphs` output into ``{id: Data}`` (``torch.load(weights_only=True)``)."""
+def load_graphs(path: Path | str, ids: Iterable[str] | None = None) -> dict[str, Any]:
+    """Read :func:`save_graphs` output into ``{id: Data}`` (``torch.load(weights_only=True)``).
+
+    With ``ids``, only those graphs are built (ids not in the file are left out): a
+    prediction needing a few structures skips expanding every edge of the file.
+    """
     import torch
     from torch_geometric.data import Data
 
     payload = torch.load(str(path), weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != GRAPHS_FORMAT:
         raise ValueError(f"{path} is not a matshift graph file ({GRAPHS_FORMAT})")
+    if ids is not None:
+        return _load_subset(payload, ids)
     if "edge_attr" not in payload:
         # the same function as CrystalGraphFeaturizer.expand_distances, so loading gives to_data's values
-        payload["edge_attr"] = torch.from_numpy(gaussian_expansion(
-            payload["edge_dist"].numpy(), payload["gaussian_centers"].numpy(), float(payload["gaussian_width"])))
+        payload["edge_attr"] = _expand_payload(payload, payload["edge_dist"])
     n_nodes = torch.diff(payload["node_ptr"]).tolist()
     n_edges = torch.diff(payload["edge_ptr"]).tolist()
     # torch.split gives views in one call per field (per-graph slicing dominated loading)
@@ -666,3 +671,31 @@ def load_graphs(path: Path | str) -> dict[str, Any]:
     for k, sid in enumerate(payload["ids"]):
         out[sid] = Data(num_nodes=n_nodes[k], **{key: value[k] for key, value in parts.items()})
     return out
+
+
+def _load_subset(payload: dict[str, Any], ids: Iterable[str]) -> dict[str, Any]:
+    from torch_geometric.data import Data
+
+    node_ptr, edge_ptr = payload["node_ptr"].tolist(), payload["edge_ptr"].tolist()
+    position = {sid: k for k, sid in enumerate(payload["ids"])}
+    out: dict[str, Any] = {}
+    for sid in dict.fromkeys(ids):
+        k = position.get(sid)
+        if k is None:
+            continue
+        n0, n1, e0, e1 = node_ptr[k], node_ptr[k + 1], edge_ptr[k], edge_ptr[k + 1]
+        fields = {key: payload[key][n0:n1] for key in _NODE_KEYS}
+        fields["edge_dist"] = payload["edge_dist"][e0:e1]
+        fields["edge_attr"] = (payload["edge_attr"][e0:e1] if "edge_attr" in payload
+                               else _expand_payload(payload, fields["edge_dist"]))
+        fields["edge_index"] = payload["edge_index"][:, e0:e1]
+        fields.update({key: payload[key][k : k + 1] for key in _GRAPH_KEYS})
+        out[sid] = Data(num_nodes=n1 - n0, **fields)
+    return out
+
+
+def _expand_payload(payload: Mapping[str, Any], dist: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(gaussian_expansion(
+        dist.numpy(), payload["gaussian_centers"].numpy(), float(payload["gaussian_width"])))

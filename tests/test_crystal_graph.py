@@ -311,6 +311,14 @@ def test_pack_arrays_equals_packing_data(tmp_path, featurizer):
     for sid, g in datas.items():
         assert loaded[sid].edge_attr.dtype == torch.float32
         assert torch.equal(loaded[sid].edge_attr, g.edge_attr), sid  # one function expands both
+    # a subset (unknown ids skipped) gives the same graphs as the full load
+    first, *_, last = list(datas)
+    some = load_graphs(tmp_path / "g.pt", ids=[last, "no-such-id", first])
+    assert list(some) == [last, first]
+    for sid, g in some.items():
+        for key in loaded[sid].keys():  # noqa: SIM118 - iterating a Data yields (key, value) pairs
+            a, b = g[key], loaded[sid][key]
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, (sid, key)
 
 
 def test_gaussian_expansion_blocks_and_formula():
