@@ -269,11 +269,16 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
 def outlier_table(res, source, target) -> pd.DataFrame:
     """Every measurement, least transported first: the outlier list a person can judge.
 
-    Columns: ``exp_id``, ``formula``, ``value`` (measured), ``mass_fraction`` (transported
-    mass / marginal, low = outlier), ``n_dft`` (same-formula DFT entries), ``dft_value`` (the
+    Columns: ``exp_id``, ``formula``, ``value`` (measured), ``score`` (``mass_fraction`` /
+    ``expected_fraction``: 1 for a measurement its formula's DFT entries match perfectly,
+    near 0 for an outlier; the sort key), ``mass_fraction`` (transported mass / marginal),
+    ``expected_fraction`` (``sqrt(A / B)``, A and B the DFT and measured mass of the formula:
+    the fraction a zero-cost formula would get under the KL-relaxed marginals), ``n_dft``
+    (same-formula DFT entries), ``dft_value`` (the
     DFT entry that took most of the measurement's mass, else the median of its formula's DFT
     values), ``calibrated_dft`` (that value plus the alignment's offset: value calibration and
-    energy-additivity corrections) and ``residual`` = value - calibrated_dft.
+    energy-additivity corrections), ``residual`` = value - calibrated_dft, and
+    ``no_counterpart`` (no same-formula DFT entry and no mass: such rows are listed last).
     """
     from models.sinkhorn import block_support
 
@@ -299,12 +304,26 @@ def outlier_table(res, source, target) -> pd.DataFrame:
         idx = np.flatnonzero(fill)
         dft_value[idx] = med.loc[idx, "v"].to_numpy()
         calibrated[idx] = med.loc[idx, "cv"].to_numpy()
+    # What a perfectly matched formula would give: with zero cost, the KL-relaxed marginals
+    # move sqrt(A B) between a formula's DFT mass A and measured mass B, i.e. a fraction
+    # sqrt(A / B) of each measurement's mass. Repeated measurements of one formula share a
+    # single DFT entry's mass, so the raw fraction alone would flag them for being many.
+    src_mass = pd.Series(res.a).groupby(np.asarray(source.formulas)).sum()
+    tgt_mass = pd.Series(res.b).groupby(np.asarray(target.formulas)).sum()
+    a_f = src_mass.reindex(target.formulas).fillna(0.0).to_numpy()
+    b_f = tgt_mass.reindex(target.formulas).to_numpy()
+    expected = np.sqrt(a_f / b_f)
+    fraction = res.target_mass / res.b
+    score = np.where(expected > 0, fraction / np.where(expected > 0, expected, 1.0), fraction)
     table = pd.DataFrame({
         "exp_id": target.ids, "formula": target.formulas, "value": target.values,
-        "mass_fraction": res.target_mass / res.b, "n_dft": n_dft, "dft_value": dft_value,
-        "calibrated_dft": calibrated, "residual": target.values - calibrated,
+        "score": score, "mass_fraction": fraction, "expected_fraction": expected, "n_dft": n_dft,
+        "dft_value": dft_value, "calibrated_dft": calibrated, "residual": target.values - calibrated,
     })
-    return table.sort_values(["mass_fraction", "exp_id"], kind="stable").reset_index(drop=True)
+    # a measurement with no DFT counterpart at all receives no mass by construction, which
+    # says nothing about the measurement: those are listed last
+    table["no_counterpart"] = (n_dft == 0) & (res.target_mass == 0)
+    return table.sort_values(["no_counterpart", "score", "exp_id"], kind="stable").reset_index(drop=True)
 
 
 def _write_json(path: Path, obj) -> None:
