@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["compare", "scaling"], help="run one part only")
     parser.add_argument("--exact-limit", type=float, default=1e8,
                         help="scaling curve: exact radius search up to this many n*m pairs, IVF beyond")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed to one scaling run")
     parser.add_argument("--verify-rows", type=int, default=2000,
                         help="scaling curve: rows on which each solution is checked against the dense problem")
     parser.add_argument("--threads", type=int, default=2,
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         reps = repeats if n <= 20000 else 1
         runs = [run_worker({"solver": "ours", "n": n, "m": m, "k": 64, "threads": args.threads,
                                "search": "radius" if n * m <= args.exact_limit else "ivf",
-                               "verify_rows": args.verify_rows}, timeout=600) for _ in range(reps)]
+                               "verify_rows": args.verify_rows}, timeout=args.timeout) for _ in range(reps)]
         good = [r for r in runs if "error" not in r]
         row = {"n": n, "m": m, "runs": len(runs)}
         if good:

@@ -464,36 +464,16 @@ def radius_support(
     Keeps ``(i, j)`` when ``|x_i - y_j|^2 <= min_j' |x_i - y_j'|^2 + width`` or the same with
     the column minimum: with ``width = tau * eps`` (in squared-distance units) these are the
     pairs whose kernel is within ``e^-tau`` of the best one of their row or column — the
-    entries that are non-negligible at that eps. Two brute-force passes (minima, then
-    selection), no sorting. Returns ``rows, cols, floor`` with ``floor[i] = rowmin_i + width``,
-    a lower bound of every excluded pair's squared distance in row i (for
-    :func:`truncation_bound`).
+    entries that are non-negligible at that eps. Returns ``rows, cols, floor`` with
+    ``floor[i] = rowmin_i + width``, a lower bound of every excluded pair's squared distance
+    in row i (for :func:`truncation_bound`). A thin wrapper of
+    :func:`models.pairsearch.radius_pairs` (exact, float64, one pass), which also returns the
+    distances of the pairs; at most ``chunk`` rows per distance block.
     """
-    import torch
+    from models.pairsearch import radius_pairs
 
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-    n = xt.shape[0]
-    y2 = (yt * yt).sum(1)
-    rmin = torch.empty(n)
-    cmin = torch.full((yt.shape[0],), math.inf)
-
-    def block(s: int):
-        xc = xt[s : s + chunk]
-        return ((xc * xc).sum(1)[:, None] + y2[None, :] - 2.0 * (xc @ yt.T)).clamp_min_(0)
-
-    for s in range(0, n, chunk):
-        d = block(s)
-        rmin[s : s + chunk] = d.min(1).values
-        cmin = torch.minimum(cmin, d.min(0).values)
-    rows, cols = [], []
-    for s in range(0, n, chunk):
-        d = block(s)
-        mask = (d <= rmin[s : s + chunk, None] + width) | (d <= cmin[None, :] + width)
-        nz = mask.nonzero()
-        rows.append(nz[:, 0].numpy().astype(np.int64) + s)
-        cols.append(nz[:, 1].numpy().astype(np.int64))
-    return np.concatenate(rows), np.concatenate(cols), (rmin + width).numpy().astype(np.float64)
+    found = radius_pairs(x, y, width=width, block_entries=min(max(1, chunk) * max(1, np.shape(y)[0]), 1 << 19))
+    return found.rows, found.cols, found.floor
 
 
 def _kmeans(points, n_cells: int, iters: int, seed: int, sample: int = 16384, chunk: int = 16384):
