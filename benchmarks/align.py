@@ -17,7 +17,10 @@ dense (``ot.dist`` + ``ot.unbalanced.sinkhorn_unbalanced``, same reg, reg_m, sto
 ours includes the pair search (:func:`models.pairsearch.radius_pairs`: exact, the pairs
 within e^-40 of their row's or column's best kernel entry, found with their distances in
 one blocked BLAS pass), and the solve (eps-scaling from 4 eps, ``omega="auto"``). Beyond
-``--exact-limit`` pairs the scaling curve uses the approximate IVF search instead. The
+``--exact-limit`` pairs the scaling curve uses the exact cell-pruned search
+(:func:`models.pairsearch.radius_pairs_pruned`), or the approximate IVF search with
+``--large-search ivf``; every scaling run is checked against the dense problem on
+``--verify-rows`` sampled rows (off-support mass, dense first-order conditions). The
 objectives are the same primal functional (:func:`models.sinkhorn.unbalanced_objective`)
 evaluated on each plan, so ``objective_rel_gap_max`` is the distance of our restricted
 optimum to POT's dense one; ``marginal_residual`` is a certificate that needs no
@@ -138,16 +141,20 @@ def worker(spec: dict) -> dict:
         out = {"seconds": t2 - t0, "seconds_solve": t2 - t1, "objective": _dense_objective(P, M, a, b),
                "mass": float(P.sum())}
     else:
-        from models.pairsearch import radius_pairs
+        from models.pairsearch import radius_pairs, radius_pairs_pruned
         from models.sinkhorn import ivf_support, sparse_sinkhorn, truncation_bound
 
-        if spec.get("search", "radius") == "radius":
+        search = spec.get("search", "radius")
+        if search in ("radius", "pruned"):
             # exact: pairs within e^-40 of their row's or column's best kernel entry at eps = REG,
-            # found with their squared distances in one blocked BLAS pass (the costs come free)
-            found = radius_pairs(x, y, width=40.0 * REG * scale, threads=1)
+            # found with their squared distances (the costs come free): one blocked BLAS pass
+            # over all pairs ("radius"), or over the cell combinations the bounds cannot rule out
+            if search == "radius":
+                found = radius_pairs(x, y, width=40.0 * REG * scale, threads=1)
+            else:
+                found = radius_pairs_pruned(x, y, width=40.0 * REG * scale)
             r, c, kth = found.rows, found.cols, found.floor
             cost = found.sqdist / scale
-            search = "radius"
         else:
             r, c, kth = ivf_support(x, y, k_source=k, k_target=k, cell_size=2 * k, n_probe=3)
             search = "ivf"
@@ -195,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["compare", "scaling"], help="run one part only")
     parser.add_argument("--exact-limit", type=float, default=1e8,
                         help="scaling curve: exact radius search up to this many n*m pairs, IVF beyond")
+    parser.add_argument("--large-search", choices=["pruned", "ivf"], default="pruned",
+                        help="scaling curve beyond --exact-limit: exact cell-pruned search or approximate IVF")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed to one scaling run")
     parser.add_argument("--verify-rows", type=int, default=2000,
                         help="scaling curve: rows on which each solution is checked against the dense problem")
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         m = n // 10
         reps = repeats if n <= 20000 else 1
         runs = [run_worker({"solver": "ours", "n": n, "m": m, "k": 64, "threads": args.threads,
-                               "search": "radius" if n * m <= args.exact_limit else "ivf",
+                               "search": "radius" if n * m <= args.exact_limit else args.large_search,
                                "verify_rows": args.verify_rows}, timeout=args.timeout) for _ in range(reps)]
         good = [r for r in runs if "error" not in r]
         row = {"n": n, "m": m, "runs": len(runs)}

@@ -163,3 +163,21 @@ def test_auto_overrelaxation_reaches_the_same_optimum_in_fewer_iterations():
     assert auto.n_iter < 0.6 * plain.n_iter
     with pytest.raises(ValueError, match="omega must be a number in \\[1, 2\\) or 'auto'"):
         sparse_sinkhorn(a, b, found.rows, found.cols, cost, reg=0.01, omega="fast")
+
+
+@pytest.mark.parametrize(("clustered", "width"), [(True, 4.0), (False, 1.0)])
+def test_cell_pruned_search_finds_exactly_the_full_scan_pairs(clustered, width):
+    from models.pairsearch import radius_pairs, radius_pairs_pruned
+
+    if clustered:
+        x, y = _clusters(1500, 300, k=12, d=5, seed=14)
+    else:
+        rng = np.random.default_rng(14)
+        x, y = rng.normal(size=(700, 3)), rng.normal(size=(150, 3))
+    full = radius_pairs(x, y, width=width)
+    pruned = radius_pairs_pruned(x, y, width=width, cell_size=16)
+    assert np.array_equal(pruned.rows, full.rows)
+    assert np.array_equal(pruned.cols, full.cols)
+    np.testing.assert_allclose(pruned.sqdist, full.sqdist, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(pruned.row_min, full.row_min, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(pruned.col_min, full.col_min, rtol=1e-12, atol=1e-10)
