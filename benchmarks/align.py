@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds_solve": statistics.median(r["seconds_solve"] for r in good),
                 "peak_rss_gib": max(r["peak_rss_gib"] for r in good),
                 "iterations": good[0]["iterations"], "converged": good[0]["converged"],
+                "objective": good[0]["objective"], "omega": good[0]["omega"],
                 "support": good[0]["support"], "truncation_bound": good[0]["truncation_bound"],
                 "search": good[0]["search"], "marginal_residual": good[0]["marginal_residual"],
                 **{k: v for k, v in good[0].items() if k.startswith("verify_")},
