@@ -50,7 +50,9 @@ from models.penalties import (
     Domain,
     ElementCorrections,
     Standardised,
+    ValueCalibration,
     fit_element_corrections,
+    fit_value_calibration,
     joint_embedding,
     pair_costs,
     standardise,
@@ -142,8 +144,11 @@ class AlignmentResult:
         the marginals they are outlier scores (low = little counterpart on the other side).
     objective : the formulation's objective; linear_cost = <C, P>.
     corrections : fitted per-element corrections (energy additivity) or None.
-    source_offset : (n_source,) correction added to each DFT value (zeros without additivity).
+    source_offset : (n_source,) correction added to each DFT value: the value calibration's
+        ``calibrated(v) - v`` plus the energy-additivity corrections (zeros without either).
     cost_terms : plan-weighted mean of each cost term (penalty residuals).
+    value_calibration : the fitted DFT -> experiment map (``weights.value_calibration="linear"``)
+        or None.
     """
 
     method: str
@@ -163,6 +168,7 @@ class AlignmentResult:
     source_offset: np.ndarray
     cost_terms: dict[str, float]
     info: dict[str, float]
+    value_calibration: ValueCalibration | None = None
 
     @property
     def mass_moved(self) -> float:
@@ -378,8 +384,12 @@ def build_support(
     weights: CostWeights,
     dense_limit: int,
     knn: int,
+    offset: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Choose the allowed pairs: same-formula blocks (hard block), all pairs (small), or a kNN graph."""
+    """Choose the allowed pairs: same-formula blocks (hard block), all pairs (small), or a kNN graph.
+
+    ``offset`` (n_source,) is added to the DFT values before the kNN search (calibration).
+    """
     if weights.hard_block:
         r, c = block_support(np.asarray(source.formulas), np.asarray(target.formulas))
         return r, c, None
@@ -387,7 +397,7 @@ def build_support(
     if n * m <= dense_limit:
         r, c = dense_support(n, m)
         return r, c, None
-    xs, xt = joint_embedding(std, source, target, weights)
+    xs, xt = joint_embedding(std, source, target, weights, offset)
     r, c, kth = knn_support(xs, xt, k_source=knn, k_target=knn)
     return r, c, kth
 
@@ -410,7 +420,11 @@ def align(
     With ``energy_additivity`` the plan and per-element corrections are fitted alternately
     (``additivity_iters`` rounds): solve the plan with DFT values shifted by the current
     corrections, refit the corrections on the plan (:func:`fit_element_corrections`), repeat.
-    Needs ``source.fractions``.
+    Needs ``source.fractions``. With ``weights.value_calibration="linear"`` a robust linear
+    map DFT -> experiment is fitted first on the same-formula pairs of ``source`` and
+    ``target`` (:func:`models.penalties.fit_value_calibration`) and every DFT value is replaced
+    by its calibrated value in the cost (the corrections are then fitted on what the map
+    leaves), so a systematic DFT error is not mistaken for an outlier.
     """
     t0 = time.perf_counter()
     formulation = resolve(method)
@@ -421,11 +435,17 @@ def align(
     if energy_additivity and source.fractions is None:
         raise AlignmentError("energy additivity needs element fractions of the source entries")
     std = standardise(source, target)
-    rows, cols, kth = build_support(std, source, target, weights=weights, dense_limit=dense_limit, knn=knn)
+    calibration = None
+    base_offset = np.zeros(source.size)
+    if weights.value_calibration == "linear":
+        calibration = fit_value_calibration(source, target)
+        base_offset = calibration.apply(source.values) - np.asarray(source.values, dtype=np.float64)
+    rows, cols, kth = build_support(std, source, target, weights=weights, dense_limit=dense_limit, knn=knn,
+                                    offset=base_offset)
     if rows.size == 0:
         raise AlignmentError("no allowed pair between the domains (no composition on both sides under the hard block)")
     a, b = source.masses(), target.masses()
-    offset = np.zeros(source.size)
+    offset = base_offset.copy()
     corrections = None
     rounds = additivity_iters if energy_additivity else 1
     total_iter = 0
@@ -440,10 +460,11 @@ def align(
         total_iter += sol.n_iter
         if energy_additivity:
             corrections = fit_element_corrections(
-                sol.rows, sol.cols, sol.plan, source_values=source.values, target_values=target.values,
-                fractions=source.fractions, elements=source.elements, ridge=additivity_ridge,
+                sol.rows, sol.cols, sol.plan, source_values=source.values + base_offset,
+                target_values=target.values, fractions=source.fractions, elements=source.elements,
+                ridge=additivity_ridge,
             )
-            offset = np.asarray(source.fractions @ corrections.mu).ravel()
+            offset = base_offset + np.asarray(source.fractions @ corrections.mu).ravel()
     if energy_additivity:
         # final plan with the final corrections, so plan and corrections agree
         terms = pair_costs(rows, cols, std=std, source=source, target=target, weights=weights, offset=offset)
@@ -483,6 +504,7 @@ def align(
         source_offset=offset,
         cost_terms=term_means,
         info=info,
+        value_calibration=calibration,
     )
 
 

@@ -15,7 +15,7 @@ import argparse
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +39,9 @@ class CostParams:
     mass: float = 1.0
     symmetry: float = 0.25
     hard_block: bool = True
+    # "linear": the value term compares measurements with robustly calibrated DFT values
+    # (fitted on the same-formula pairs being aligned); "none": raw DFT values (the old cost)
+    value_calibration: Literal["none", "linear"] = "linear"
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,14 @@ class AlignConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameter file (default params.yaml)")
     parser.add_argument("--property", required=True, choices=sorted(PROPERTY_COLUMN), help="property to align")
+    parser.add_argument("--show-outliers", type=int, default=0, metavar="N",
+                        help="after aligning, print the N least-transported measurements (also in outliers.csv)")
 
 
 def run(args: argparse.Namespace) -> int:
+    n_show = getattr(args, "show_outliers", 0)
+    if n_show < 0:
+        raise MatshiftError(f"--show-outliers must be >= 0, got {n_show}")
     cfg = load_section(AlignConfig, "align", args.params)
     prop = args.property
     out = cfg.out_dir / prop
@@ -91,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
              prop, report["n_source"], report["n_target"], report["mass_moved"],
              report["ot_distance_before"], report["ot_distance_after"],
              "converged" if report["converged"] else "NOT converged")
+    if n_show > 0:
+        table = pd.read_csv(out / "outliers.csv").head(n_show)
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
@@ -178,14 +190,16 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
     corrected = source.values + res.source_offset
     targets, confidence = res.calibrated_targets(target.values, fallback=corrected)
 
-    # OT distance before/after: unbalanced objective in the joint space with the same weights
+    # OT distance before/after: unbalanced objective in the joint space with the same weights,
+    # on raw values (no calibration inside the distance: it measures the shift that is left)
     dist_opts = SolverOptions(reg=cfg.reg, reg_m=cfg.reg_m, tol=cfg.tol, max_iter=cfg.max_iter)
-    before = transport_distance(source, target, weights=weights, options=dist_opts,
+    dist_weights = replace(weights, value_calibration="none")
+    before = transport_distance(source, target, weights=dist_weights, options=dist_opts,
                                 dense_limit=cfg.dense_limit, knn=cfg.knn)
     after_src = Domain(features=source.features, values=targets, formulas=source.formulas, ids=source.ids,
                        fractions=source.fractions, elements=source.elements,
                        crystal_system=source.crystal_system)
-    after = transport_distance(after_src, target, weights=weights, options=dist_opts,
+    after = transport_distance(after_src, target, weights=dist_weights, options=dist_opts,
                                dense_limit=cfg.dense_limit, knn=cfg.knn)
 
     plan = res.plan
@@ -205,6 +219,7 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
         "exp_id": target.ids, "formula": target.formulas, "value": target.values,
         "transported_mass": res.target_mass,
     })
+    outliers = outlier_table(res, source, target)
     diag = {
         "property": prop,
         "method": cfg.method,
@@ -225,6 +240,7 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
         "ot_distance_before": before,
         "ot_distance_after": after,
         "penalty_residuals": res.cost_terms,
+        "value_calibration": res.value_calibration.as_dict() if res.value_calibration else None,
         "energy_additivity": additivity,
         "additivity_residual_rmse": res.corrections.residual_rmse if res.corrections else None,
         "additivity_shift_rmse_before": res.corrections.shift_rmse_before if res.corrections else None,
@@ -245,8 +261,69 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
         exp_out.to_parquet(tmp / "experiment.parquet", index=False)
         _write_json(tmp / "corrections.json", corrections)
         _write_json(tmp / "align.json", diag)
+        outliers.to_csv(tmp / "outliers.csv", index=False, float_format="%.6g")
         _plots(tmp, res, source, target, prop)
     return diag
+
+
+def outlier_table(res, source, target) -> pd.DataFrame:
+    """Every measurement, least transported first: the outlier list a person can judge.
+
+    Columns: ``exp_id``, ``formula``, ``value`` (measured), ``score`` (``mass_fraction`` /
+    ``expected_fraction``: 1 for a measurement its formula's DFT entries match perfectly,
+    near 0 for an outlier; the sort key), ``mass_fraction`` (transported mass / marginal),
+    ``expected_fraction`` (``sqrt(A / B)``, A and B the DFT and measured mass of the formula:
+    the fraction a zero-cost formula would get under the KL-relaxed marginals), ``n_dft``
+    (same-formula DFT entries), ``dft_value`` (the
+    DFT entry that took most of the measurement's mass, else the median of its formula's DFT
+    values), ``calibrated_dft`` (that value plus the alignment's offset: value calibration and
+    energy-additivity corrections), ``residual`` = value - calibrated_dft, and
+    ``no_counterpart`` (no same-formula DFT entry and no mass: such rows are listed last).
+    """
+    from models.sinkhorn import block_support
+
+    plan = res.plan.tocsc()
+    m = target.size
+    partner = np.full(m, -1, dtype=np.int64)
+    for j in range(m):
+        lo, hi = plan.indptr[j], plan.indptr[j + 1]
+        if hi > lo:
+            partner[j] = plan.indices[lo + int(np.argmax(plan.data[lo:hi]))]
+    r, c = block_support(np.asarray(source.formulas), np.asarray(target.formulas))
+    n_dft = np.bincount(c, minlength=m)
+    calibrated_all = source.values + res.source_offset
+    dft_value = np.full(m, np.nan)
+    calibrated = np.full(m, np.nan)
+    has = partner >= 0
+    dft_value[has] = source.values[partner[has]]
+    calibrated[has] = calibrated_all[partner[has]]
+    if r.size:
+        frame = pd.DataFrame({"c": c, "v": source.values[r], "cv": calibrated_all[r]})
+        med = frame.groupby("c")[["v", "cv"]].median()
+        fill = ~has & (n_dft > 0)
+        idx = np.flatnonzero(fill)
+        dft_value[idx] = med.loc[idx, "v"].to_numpy()
+        calibrated[idx] = med.loc[idx, "cv"].to_numpy()
+    # What a perfectly matched formula would give: with zero cost, the KL-relaxed marginals
+    # move sqrt(A B) between a formula's DFT mass A and measured mass B, i.e. a fraction
+    # sqrt(A / B) of each measurement's mass. Repeated measurements of one formula share a
+    # single DFT entry's mass, so the raw fraction alone would flag them for being many.
+    src_mass = pd.Series(res.a).groupby(np.asarray(source.formulas)).sum()
+    tgt_mass = pd.Series(res.b).groupby(np.asarray(target.formulas)).sum()
+    a_f = src_mass.reindex(target.formulas).fillna(0.0).to_numpy()
+    b_f = tgt_mass.reindex(target.formulas).to_numpy()
+    expected = np.sqrt(a_f / b_f)
+    fraction = res.target_mass / res.b
+    score = np.where(expected > 0, fraction / np.where(expected > 0, expected, 1.0), fraction)
+    table = pd.DataFrame({
+        "exp_id": target.ids, "formula": target.formulas, "value": target.values,
+        "score": score, "mass_fraction": fraction, "expected_fraction": expected, "n_dft": n_dft,
+        "dft_value": dft_value, "calibrated_dft": calibrated, "residual": target.values - calibrated,
+    })
+    # a measurement with no DFT counterpart at all receives no mass by construction, which
+    # says nothing about the measurement: those are listed last
+    table["no_counterpart"] = (n_dft == 0) & (res.target_mass == 0)
+    return table.sort_values(["no_counterpart", "score", "exp_id"], kind="stable").reset_index(drop=True)
 
 
 def _write_json(path: Path, obj) -> None:

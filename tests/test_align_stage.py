@@ -141,3 +141,35 @@ def test_config_rejects_bad_values(tmp_path):
     params = _params(tmp_path, reg=-1.0)
     with pytest.raises(ConfigError, match="reg must be > 0"):
         load_section(stage.AlignConfig, "align", params)
+
+
+def test_stage_lists_a_planted_mis_recorded_measurement_first(tmp_path, capsys):
+    _inputs(tmp_path, n_formulas=60)
+    exp = pd.read_parquet(tmp_path / "raw" / "experiment.parquet")
+    dft = pd.read_parquet(tmp_path / "raw" / "dft.parquet")
+    gaps = exp[(exp["property"] == "band_gap") & exp["formula"].isin(set(dft["formula"]))]
+    planted = gaps.index[3]
+    exp.loc[planted, "value"] += 6.0  # mis-recorded: far off the (linear) PBE -> experiment relation
+    exp.to_parquet(tmp_path / "raw" / "experiment.parquet")
+    params = _params(tmp_path)
+    assert stage.run(argparse.Namespace(params=params, property="band_gap", show_outliers=4)) == 0
+    table = pd.read_csv(tmp_path / "aligned" / "band_gap" / "outliers.csv")
+    assert len(table) == int((exp["property"] == "band_gap").sum())
+    assert table["exp_id"].iloc[0] == exp.loc[planted, "exp_id"]
+    assert table["residual"].iloc[0] == pytest.approx(6.0, abs=1.0)
+    assert table["score"].iloc[0] < 0.2
+    # the systematic 0.6x PBE underestimate is calibrated away: the other matched ones score high
+    matched = table[~table["no_counterpart"]].iloc[1:]
+    assert (matched["score"] > 0.5).mean() > 0.9
+    # measurements without any DFT counterpart come last, not first
+    assert not table["no_counterpart"].iloc[: (~table["no_counterpart"]).sum()].any()
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 + 4 and printed[1].split()[0] == exp.loc[planted, "exp_id"]
+    diag = json.loads((tmp_path / "aligned" / "band_gap" / "align.json").read_text())
+    assert diag["value_calibration"]["slope"] == pytest.approx(1 / 0.6, rel=0.1)
+
+
+def test_stage_rejects_a_negative_outlier_count(tmp_path):
+    params = _params(tmp_path)
+    with pytest.raises(MatshiftError, match="--show-outliers must be >= 0"):
+        stage.run(argparse.Namespace(params=params, property="band_gap", show_outliers=-1))

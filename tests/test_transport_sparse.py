@@ -98,3 +98,86 @@ def test_radius_support_keeps_pairs_near_row_or_column_minimum():
     edge = np.abs(D - np.minimum(D.min(1, keepdims=True), np.inf) - 2.0) < 1e-3
     assert np.all((got == want) | edge)
     np.testing.assert_allclose(floor, D.min(1) + 2.0, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(("width", "block_entries"), [(2.0, 400), (0.0, 1 << 19), (25.0, 50)])
+def test_radius_pairs_equal_brute_force_with_exact_distances(width, block_entries):
+    from models.pairsearch import radius_pairs
+
+    x, y = _clusters(300, 70, seed=12)
+    D = ot.dist(x, y)  # float64 brute force
+    found = radius_pairs(x, y, width=width, block_entries=block_entries)  # 400 entries: 5 rows a block
+    want = (D.min(1, keepdims=True) + width >= D) | (D.min(0, keepdims=True) + width >= D)
+    got = np.zeros_like(want)
+    got[found.rows, found.cols] = True
+    assert np.array_equal(got, want)
+    assert found.rows.size == int(want.sum())  # no duplicates
+    key = found.rows * 70 + found.cols
+    assert np.all(np.diff(key) > 0)  # sorted by (row, col)
+    np.testing.assert_allclose(found.sqdist, D[found.rows, found.cols], rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(found.row_min, D.min(1), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(found.col_min, D.min(0), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(found.floor, D.min(1) + width, rtol=1e-12, atol=1e-10)
+
+
+def test_radius_pairs_keeps_a_far_target_through_its_column_minimum():
+    from models.pairsearch import radius_pairs
+
+    x = np.array([[0.0], [1.0], [2.0]])
+    y = np.array([[0.1], [10.0]])  # target 1 is far from every source: only its column rule keeps it
+    found = radius_pairs(x, y, width=0.5, block_entries=2)
+    # (2, 0) is its row's nearest; (1, 1) at 81 is neither within 0.5 of row 1's 0.81 nor of column 1's 64
+    assert list(zip(found.rows.tolist(), found.cols.tolist(), strict=True)) == [(0, 0), (1, 0), (2, 0), (2, 1)]
+    assert found.sqdist.tolist() == pytest.approx([0.01, 0.81, 3.61, 64.0])
+
+
+def test_radius_pairs_rejects_bad_input():
+    from models.pairsearch import radius_pairs
+
+    x, y = np.zeros((3, 2)), np.zeros((4, 3))
+    with pytest.raises(ValueError, match="same number of columns"):
+        radius_pairs(x, y, width=1.0)
+    with pytest.raises(ValueError, match="width must be a finite number >= 0"):
+        radius_pairs(x, np.zeros((4, 2)), width=-1.0)
+    with pytest.raises(ValueError, match="x and y must be finite"):
+        radius_pairs(np.array([[np.nan, 0.0]]), np.zeros((4, 2)), width=1.0)
+    empty = radius_pairs(np.zeros((0, 2)), np.zeros((4, 2)), width=1.0)
+    assert empty.rows.size == 0 and empty.col_min.tolist() == [np.inf] * 4
+
+
+def test_auto_overrelaxation_reaches_the_same_optimum_in_fewer_iterations():
+    from models.pairsearch import radius_pairs
+
+    x, y = _clusters(800, 200, k=8, d=6, seed=13)
+    scale = float(ot.dist(x, y).mean())
+    a, b = np.full(800, 1 / 800), np.full(200, 1 / 200)
+    found = radius_pairs(x, y, width=40 * 0.01 * scale)
+    cost = found.sqdist / scale
+    plain = sparse_sinkhorn(a, b, found.rows, found.cols, cost, reg=0.01, reg_m=1.0, tol=1e-9, eps_start=0.04,
+                            iter_per_eps=10)
+    auto = sparse_sinkhorn(a, b, found.rows, found.cols, cost, reg=0.01, reg_m=1.0, tol=1e-9, eps_start=0.04,
+                           iter_per_eps=10, omega="auto")
+    assert plain.converged and auto.converged
+    assert auto.objective == pytest.approx(plain.objective, rel=1e-9)
+    assert 1.0 < auto.omega < 2.0
+    assert auto.n_iter < 0.6 * plain.n_iter
+    with pytest.raises(ValueError, match="omega must be a number in \\[1, 2\\) or 'auto'"):
+        sparse_sinkhorn(a, b, found.rows, found.cols, cost, reg=0.01, omega="fast")
+
+
+@pytest.mark.parametrize(("clustered", "width"), [(True, 4.0), (False, 1.0)])
+def test_cell_pruned_search_finds_exactly_the_full_scan_pairs(clustered, width):
+    from models.pairsearch import radius_pairs, radius_pairs_pruned
+
+    if clustered:
+        x, y = _clusters(1500, 300, k=12, d=5, seed=14)
+    else:
+        rng = np.random.default_rng(14)
+        x, y = rng.normal(size=(700, 3)), rng.normal(size=(150, 3))
+    full = radius_pairs(x, y, width=width)
+    pruned = radius_pairs_pruned(x, y, width=width, cell_size=16)
+    assert np.array_equal(pruned.rows, full.rows)
+    assert np.array_equal(pruned.cols, full.cols)
+    np.testing.assert_allclose(pruned.sqdist, full.sqdist, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(pruned.row_min, full.row_min, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(pruned.col_min, full.col_min, rtol=1e-12, atol=1e-10)
