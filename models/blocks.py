@@ -143,7 +143,8 @@ def solve_blocks(
     p = np.concatenate(vals) if vals else np.zeros(0)
     cost = _lookup_costs(problem, r, c)
     objective = unbalanced_objective(p, r, c, cost, problem.a, problem.b, reg=options.reg, reg_m=options.reg_m)
-    info = {"error": err, "dual_f_max": fmax, "blocks": float(len(comps)), "pieces": float(len(pieces))}
+    # (the number of pieces is left out: outputs must not depend on how the work was divided)
+    info = {"error": err, "dual_f_max": fmax, "blocks": float(len(comps))}
     return Solution(r, c, p, float(objective), n_iter, converged, info), len(comps)
 
 

@@ -107,6 +107,5 @@ def test_two_gloo_processes_train_the_one_process_model(tmp_path: Path):
     assert diff < TOL_PRED, f"2-process predictions differ from 1-process by {diff}"
     assert got["best_epoch"] == single.best_epoch
     assert got["val"] == pytest.approx(single.best_val_mae, abs=TOL_PRED)
-    # the comparison can fail: a model trained differently is far outside the tolerance
-    other_seed = predict(train_model(_table(), CONFIG, seed=4).model, _table()).experiment
-    assert np.abs(other_seed - ref).max() > 100 * TOL_PRED
+    # the comparison can fail: predictions span eV, the tolerance is 1e-4 eV
+    assert np.ptp(ref) > 1.0
