@@ -71,8 +71,18 @@ class DaskEngine:
     name: str = "dask"
 
     def map(self, fn: Callable[..., Any], *iterables: Sequence[Any]) -> Iterator[Any]:
-        # pure=False: the pieces are cheap to recompute but expensive to hash (structure JSON)
-        futures = self.client.map(fn, *iterables, pure=False)
+        # The pieces go to the workers as data (scatter), not inside the task graph: a graph
+        # carrying every structure grows with the data set (Dask warns above a few MiB).
+        # hash=False: hashing structure JSON costs more than sending it; equal arguments
+        # (the featurizer repeated per chunk) are scattered once.
+        args = []
+        for it in iterables:
+            items = list(it)
+            if items and all(x is items[0] for x in items):
+                args.append([self.client.scatter(items[0], broadcast=True, hash=False)] * len(items))
+            else:
+                args.append(self.client.scatter(items, hash=False))
+        futures = self.client.map(fn, *args, pure=False)
         try:
             for i, fut in enumerate(futures):
                 try:
