@@ -199,12 +199,12 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
                         additivity_ridge=cfg.additivity_ridge, dense_limit=cfg.dense_limit, knn=cfg.knn)
         except AlignmentError as exc:
             raise MatshiftError(f"align {prop}: {exc}") from exc
+        if not res.converged and not cfg.allow_unconverged:
+            raise MatshiftError(
+                f"align {prop}: method {cfg.method!r} did not converge in {res.n_iter} iterations "
+                f"(info {res.info}); raise align.max_iter or align.reg, or set align.allow_unconverged: true"
+            )
         before, after = _distances(distance, res, cfg, source, target, weights)
-    if not res.converged and not cfg.allow_unconverged:
-        raise MatshiftError(
-            f"align {prop}: method {cfg.method!r} did not converge in {res.n_iter} iterations "
-            f"(info {res.info}); raise align.max_iter or align.reg, or set align.allow_unconverged: true"
-        )
     corrected = source.values + res.source_offset
     targets, confidence = res.calibrated_targets(target.values, fallback=corrected)
 
