@@ -39,7 +39,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -474,13 +474,17 @@ class CrystalGraphFeaturizer:
         chunk_size: int = 256,
         progress: bool = False,
         as_data: bool = True,
+        mapper: Callable[..., Iterable[Any]] | None = None,
     ) -> GraphBatch:
         """Featurize ``(id, structure)`` pairs, in ``n_workers`` processes when > 1.
 
         Structures may be pymatgen ``Structure`` objects, ``as_dict()`` dicts or their JSON
         strings (JSON is parsed in the workers). With ``on_error="record"`` a failing
         structure becomes a :class:`GraphFailure`; with ``"raise"`` the first failure is
-        raised. ``as_data=False`` keeps :class:`GraphArrays` (for benchmarks).
+        raised. ``as_data=False`` keeps :class:`GraphArrays` (for benchmarks). ``mapper``
+        (``mapper(fn, featurizers, chunks)``, e.g. ``pipeline.engine``'s ``Engine.map``) runs
+        the chunks elsewhere instead of ``n_workers`` local processes; it must yield the chunk
+        results in input order, which keeps the output independent of where chunks ran.
         """
         from tqdm.auto import tqdm
 
@@ -488,11 +492,13 @@ class CrystalGraphFeaturizer:
         chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
         batch = GraphBatch()
         bar = tqdm(total=len(items), desc="crystal graphs", unit="structure", disable=not progress)
-        if n_workers <= 1:
-            results: Iterable[list[tuple[str, GraphArrays | GraphFailure]]] = (
-                _run_chunk(self, chunk) for chunk in chunks
+        executor = None
+        if mapper is not None:
+            results: Iterable[list[tuple[str, GraphArrays | GraphFailure]]] = mapper(
+                _run_chunk, [self] * len(chunks), chunks
             )
-            executor = None
+        elif n_workers <= 1:
+            results = (_run_chunk(self, chunk) for chunk in chunks)
         else:
             import multiprocessing
 
@@ -514,6 +520,8 @@ class CrystalGraphFeaturizer:
             bar.close()
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+            if mapper is not None and hasattr(results, "close"):
+                results.close()  # a generator from an engine: cancels what is still queued
         return batch
 
 

@@ -23,6 +23,7 @@ import torch
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
 from models.gnn import save_model
 from models.training import (
+    DataParallelHook,
     EntryTable,
     TrainConfig,
     TrainResult,
@@ -66,6 +67,7 @@ def fit_property(
     rf_trees: int = 300,
     seed: int = 0,
     device: str = "auto",
+    parallel: DataParallelHook | None = None,
 ) -> FitResult:
     import time
 
@@ -88,12 +90,12 @@ def fit_property(
 
     # DFT-only pretraining; members share the encoders round-robin and differ in head seeds
     states = pretrain_members(table, train_config, n_members=min(encoders, members), epochs=pretrain_epochs,
-                              batch_size=pretrain_batch_size, seed=seed, device=dev)
+                              batch_size=pretrain_batch_size, seed=seed, device=dev, parallel=parallel)
     fitted: dict[str, list[TrainResult]] = {}
     for name, use_ot in (("gnn_no_ot", False), ("gnn_ot", True)):
         fitted[name] = [
             train_model(table, replace(train_config, use_ot=use_ot), seed=seed + k, train_rows=train_rows, device=dev,
-                        init_state=states[k % len(states)])
+                        init_state=states[k % len(states)], parallel=parallel)
             for k in range(members)
         ]
     preds = {name: predict_ensemble([r.model for r in res], table, sel_rows, device=dev, clamp_min=clamp)

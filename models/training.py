@@ -28,7 +28,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,14 @@ __all__ = [
     "unbalanced_sinkhorn",
     "uot_embedding_loss",
 ]
+
+
+class DataParallelHook(Protocol):
+    """What :func:`train_model` needs from data-parallel training (see models/distributed.py)."""
+
+    def shard(self, d_idx: np.ndarray, e_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def sync_gradients(self, model: torch.nn.Module) -> None: ...
 
 
 def determine_device(preferred: str = "auto") -> torch.device:
@@ -487,6 +495,7 @@ def train_model(
     checkpoint: Path | str | None = None,
     stop_after: int | None = None,
     progress: bool = False,
+    parallel: DataParallelHook | None = None,
 ) -> TrainResult:
     """Train one member on ``train_rows`` of ``table`` (all rows by default).
 
@@ -496,6 +505,8 @@ def train_model(
     (e.g. DFT pretraining; the pretraining phase is then skipped). With ``checkpoint``, the
     full state is saved after every epoch and a run finding it resumes where it stopped;
     ``stop_after`` ends this call after that many epochs (time-sliced runs; resume later).
+    ``parallel`` (data-parallel training, :class:`models.distributed.DataParallel`) keeps
+    this rank's share of each minibatch and averages gradients over ranks after backward.
     """
     device = device or torch.device("cpu")
     seed_everything(seed)
@@ -575,6 +586,8 @@ def train_model(
                          if len(dft_rows) else np.zeros(0, dtype=np.int64))
                 chunks.append((d_idx, order[s : s + config.batch_size]))
         for d_idx, e_idx in chunks:
+            if parallel is not None:
+                d_idx, e_idx = parallel.shard(d_idx, e_idx)
             idx = np.concatenate([d_idx, e_idx])
             inputs = table.batch(idx, device)
             if cached is not None:
@@ -602,6 +615,8 @@ def train_model(
             loss = w_dft * terms[0] + config.w_exp * terms[1] + config.w_calibrated * terms[2] + config.w_ot * terms[3]
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if parallel is not None:
+                parallel.sync_gradients(model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
@@ -697,6 +712,7 @@ def pretrain_members(
     batch_size: int = 256,
     seed: int = 0,
     device: torch.device | None = None,
+    parallel: DataParallelHook | None = None,
 ) -> list[dict[str, Tensor]]:
     """DFT-only pretraining of ``n_members`` models (seeds ``seed + 100 + k``); returns their states.
 
@@ -707,7 +723,8 @@ def pretrain_members(
     cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05,
                   dft_batch_size=batch_size, freeze_encoder=False)
     return [
-        train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device).model.state_dict()
+        train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device,
+                    parallel=parallel).model.state_dict()
         for k in range(n_members)
     ]
 

@@ -12,9 +12,12 @@ way ``align.json`` carries the ``converged`` flag for downstream stages to check
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
+import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.config import DEFAULT_PARAMS, load_section, to_dict
+from pipeline.config import DEFAULT_PARAMS, check_engine, load_section, to_dict
 from pipeline.errors import MatshiftError, MissingInputError
 from pipeline.io import atomic_dir
 
@@ -66,6 +69,13 @@ class AlignConfig:
     features_dir: Path = Path("data/features")
     out_dir: Path = Path("data/aligned")
     seed: int = 0
+    # Scale-out (pipeline/engine.py, models/blocks.py): split_blocks solves each connected block
+    # of the support as its own problem, on `engine` with n_workers processes (0 = all cores;
+    # a given dask scheduler brings its own workers). The default (false, local) is one solve.
+    split_blocks: bool = False
+    engine: Literal["local", "dask"] = "local"
+    scheduler_address: str | None = None
+    n_workers: int = 0
 
     def __post_init__(self) -> None:
         if not self.reg > 0:
@@ -78,6 +88,13 @@ class AlignConfig:
             raise ValueError("max_iter, additivity_iters and knn must be >= 1")
         if not 0 <= self.min_pair_mass < 1:
             raise ValueError(f"min_pair_mass must be in [0, 1), got {self.min_pair_mass}")
+        check_engine(self.engine, self.scheduler_address)
+        if self.n_workers < 0:
+            raise ValueError(f"n_workers must be >= 0, got {self.n_workers}")
+        if self.engine != "local" and not self.split_blocks:
+            raise ValueError(f"engine {self.engine!r} distributes blocks: set split_blocks: true")
+        if self.split_blocks and self.method not in ("unbalanced",):
+            raise ValueError(f"split_blocks solves the 'unbalanced' method only, got method {self.method!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +183,7 @@ def load_domains(cfg: AlignConfig, prop: str):
 
 def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
     """Run the alignment for ``prop`` and write ``out`` atomically; returns the diagnostics."""
-    from models.penalties import CostWeights, Domain
+    from models.penalties import CostWeights
     from models.transport import AlignmentError, SolverOptions, align, transport_distance
 
     t0 = time.perf_counter()
@@ -176,31 +193,32 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
                             emd_limit=cfg.dense_limit, partial_mass=cfg.partial_mass,
                             aot_price=cfg.aot_price, n_components=cfg.n_components, seed=cfg.seed)
     additivity = cfg.energy_additivity and prop == "formation_enthalpy"
-    try:
-        res = align(source, target, method=cfg.method, weights=weights, options=options,
-                    energy_additivity=additivity, additivity_iters=cfg.additivity_iters,
-                    additivity_ridge=cfg.additivity_ridge, dense_limit=cfg.dense_limit, knn=cfg.knn)
-    except AlignmentError as exc:
-        raise MatshiftError(f"align {prop}: {exc}") from exc
-    if not res.converged and not cfg.allow_unconverged:
-        raise MatshiftError(
-            f"align {prop}: method {cfg.method!r} did not converge in {res.n_iter} iterations "
-            f"(info {res.info}); raise align.max_iter or align.reg, or set align.allow_unconverged: true"
-        )
+    with ExitStack() as stack:
+        solve, distance = align, transport_distance
+        if cfg.split_blocks:
+            from models.blocks import align_blocks, transport_distance_blocks
+            from pipeline.engine import open_engine
+
+            engine = stack.enter_context(open_engine(cfg.engine, n_workers=cfg.n_workers or os.cpu_count() or 1,
+                                                     scheduler_address=cfg.scheduler_address))
+            # a few pieces per worker evens out blocks of unequal size
+            split = {"mapper": engine.map, "n_pieces": 4 * engine.n_workers}
+            solve = functools.partial(align_blocks, **split)
+            distance = functools.partial(transport_distance_blocks, **split)
+        try:
+            res = solve(source, target, method=cfg.method, weights=weights, options=options,
+                        energy_additivity=additivity, additivity_iters=cfg.additivity_iters,
+                        additivity_ridge=cfg.additivity_ridge, dense_limit=cfg.dense_limit, knn=cfg.knn)
+        except AlignmentError as exc:
+            raise MatshiftError(f"align {prop}: {exc}") from exc
+        if not res.converged and not cfg.allow_unconverged:
+            raise MatshiftError(
+                f"align {prop}: method {cfg.method!r} did not converge in {res.n_iter} iterations "
+                f"(info {res.info}); raise align.max_iter or align.reg, or set align.allow_unconverged: true"
+            )
+        before, after = _distances(distance, res, cfg, source, target, weights)
     corrected = source.values + res.source_offset
     targets, confidence = res.calibrated_targets(target.values, fallback=corrected)
-
-    # OT distance before/after: unbalanced objective in the joint space with the same weights,
-    # on raw values (no calibration inside the distance: it measures the shift that is left)
-    dist_opts = SolverOptions(reg=cfg.reg, reg_m=cfg.reg_m, tol=cfg.tol, max_iter=cfg.max_iter)
-    dist_weights = replace(weights, value_calibration="none")
-    before = transport_distance(source, target, weights=dist_weights, options=dist_opts,
-                                dense_limit=cfg.dense_limit, knn=cfg.knn)
-    after_src = Domain(features=source.features, values=targets, formulas=source.formulas, ids=source.ids,
-                       fractions=source.fractions, elements=source.elements,
-                       crystal_system=source.crystal_system)
-    after = transport_distance(after_src, target, weights=dist_weights, options=dist_opts,
-                               dense_limit=cfg.dense_limit, knn=cfg.knn)
 
     plan = res.plan
     moved = res.mass_moved
@@ -324,6 +342,25 @@ def outlier_table(res, source, target) -> pd.DataFrame:
     # says nothing about the measurement: those are listed last
     table["no_counterpart"] = (n_dft == 0) & (res.target_mass == 0)
     return table.sort_values(["no_counterpart", "score", "exp_id"], kind="stable").reset_index(drop=True)
+
+
+def _distances(distance, res, cfg: AlignConfig, source, target, weights) -> tuple[float, float]:
+    """OT distance before/after: unbalanced objective in the joint space with the same weights.
+
+    On raw values (no value calibration inside the distance: it measures the shift that is left).
+    """
+    from models.penalties import Domain
+    from models.transport import SolverOptions
+
+    targets, _ = res.calibrated_targets(target.values, fallback=source.values + res.source_offset)
+    dist_opts = SolverOptions(reg=cfg.reg, reg_m=cfg.reg_m, tol=cfg.tol, max_iter=cfg.max_iter)
+    weights = replace(weights, value_calibration="none")
+    before = distance(source, target, weights=weights, options=dist_opts, dense_limit=cfg.dense_limit, knn=cfg.knn)
+    after_src = Domain(features=source.features, values=targets, formulas=source.formulas, ids=source.ids,
+                       fractions=source.fractions, elements=source.elements,
+                       crystal_system=source.crystal_system)
+    after = distance(after_src, target, weights=weights, options=dist_opts, dense_limit=cfg.dense_limit, knn=cfg.knn)
+    return before, after
 
 
 def _write_json(path: Path, obj) -> None:

@@ -12,6 +12,7 @@ the parameter file is always an argument.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -25,8 +26,32 @@ T = TypeVar("T")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+# Where a stage's parallel work runs (pipeline/engine.py); shared by the stages that have one.
+ENGINES: tuple[str, ...] = ("local", "dask")
+# tcp://host:port, tls://host:port, or host:port (Dask's own default scheme is tcp)
+_SCHEDULER_ADDRESS = re.compile(r"^(?:(tcp|tls|inproc|ucx)://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
 class ConfigError(ValueError):
     """A parameter file or section that does not match its declared schema."""
+
+
+def check_engine(engine: str, scheduler_address: str | None) -> None:
+    """Validate an ``engine`` / ``scheduler_address`` pair from a stage's params section.
+
+    Raises ``ValueError`` naming the setting: an unknown engine, an address for the local
+    engine (it would be silently ignored), or an address that is not ``[scheme://]host:port``.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    if scheduler_address is None:
+        return
+    if engine != "dask":
+        raise ValueError(f"scheduler_address is only used by engine 'dask' (engine is {engine!r}); remove it")
+    if not _SCHEDULER_ADDRESS.match(scheduler_address):
+        raise ValueError(
+            f"scheduler_address must look like tcp://host:8786, got {scheduler_address!r}"
+        )
 
 
 def read_params(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:

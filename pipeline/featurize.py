@@ -15,10 +15,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
-from pipeline.config import load_section
+from pipeline.config import check_engine, load_section
 from pipeline.errors import MissingInputError
 from pipeline.io import atomic_dir, write_json, write_parquet
 
@@ -47,8 +48,10 @@ class FeaturizeConfig:
     symprec: float = 0.01  # Å
     angle_tolerance: float = 5.0  # degrees
     descriptor_sets: list[str] = field(default_factory=lambda: list(DESCRIPTOR_SETS))
-    n_workers: int = 0  # 0 = all CPU cores
+    n_workers: int = 0  # 0 = all CPU cores (dask without scheduler_address: LocalCluster workers)
     chunk_size: int = 128
+    engine: Literal["local", "dask"] = "local"
+    scheduler_address: str | None = None  # dask only; None = start a LocalCluster
 
     def __post_init__(self) -> None:
         if not 0 < self.cutoff <= 12:
@@ -70,6 +73,7 @@ class FeaturizeConfig:
             raise ValueError(f"n_workers must be >= 0, got {self.n_workers}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        check_engine(self.engine, self.scheduler_address)
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,21 @@ def featurize(cfg: FeaturizeConfig, *, progress: bool = True) -> FeaturizeSummar
     n_workers = cfg.n_workers or os.cpu_count() or 1
     has_structure = dft["structure"].notna()
     items = list(zip(dft.loc[has_structure, "material_id"], dft.loc[has_structure, "structure"], strict=True))
-    log.info("featurizing %d structures on %d worker(s)", len(items), n_workers)
-    batch = featurizer.featurize_many(
-        items, n_workers=n_workers, chunk_size=cfg.chunk_size, progress=progress, as_data=False
-    )
+    if cfg.engine == "local":
+        log.info("featurizing %d structures on %d worker(s)", len(items), n_workers)
+        batch = featurizer.featurize_many(
+            items, n_workers=n_workers, chunk_size=cfg.chunk_size, progress=progress, as_data=False
+        )
+    else:
+        from pipeline.engine import open_engine
+
+        # same chunks, same per-chunk function, results consumed in chunk order: the output
+        # is the local engine's, byte for byte (tests/test_engine.py)
+        with open_engine(cfg.engine, n_workers=n_workers, scheduler_address=cfg.scheduler_address) as engine:
+            log.info("featurizing %d structures on %s (%d worker(s))", len(items), cfg.engine, engine.n_workers)
+            batch = featurizer.featurize_many(
+                items, chunk_size=cfg.chunk_size, progress=progress, as_data=False, mapper=engine.map
+            )
 
     formula_of = dict(zip(dft["material_id"], dft["formula"], strict=True))
     failures = [
