@@ -31,7 +31,6 @@ work (``mapper(fn, *iterables)`` yielding results in input order, e.g.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -39,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from models.penalties import CostWeights, Domain, fit_element_corrections, pair_costs, standardise
+from models.penalties import CostWeights, Domain
 from models.sinkhorn import unbalanced_objective
 from models.transport import (
     AlignmentError,
@@ -48,8 +47,7 @@ from models.transport import (
     Solution,
     SolverOptions,
     _lookup_costs,
-    _lookup_terms,
-    build_support,
+    align,
     resolve,
 )
 
@@ -153,82 +151,25 @@ def align_blocks(
     target: Domain,
     *,
     method: str = "unbalanced",
-    weights: CostWeights | None = None,
-    options: SolverOptions | None = None,
-    energy_additivity: bool = False,
-    additivity_iters: int = 5,
-    additivity_ridge: float = 1e-4,
-    dense_limit: int = 4_000_000,
-    knn: int = 64,
     mapper: Mapper | None = None,
     n_pieces: int = 1,
+    **kwargs: Any,
 ) -> AlignmentResult:
     """:func:`models.transport.align` with every plan solved by :func:`solve_blocks`.
 
     Same arguments and result as ``align`` plus ``mapper``/``n_pieces`` (where and in how
-    many tasks the blocks are solved). ``n_iter`` is the sum over solves of the largest
-    block's iteration count (the critical path); ``info["blocks"]`` the number of blocks.
+    many tasks the blocks are solved): ``align`` does everything around the solve (value
+    calibration, support, costs, corrections, diagnostics) on the whole problem, so only
+    the plan's solve is split. ``n_iter`` sums, over solves, the largest block's iteration
+    count (the critical path); ``info["blocks"]`` is the number of blocks.
     """
-    t0 = time.perf_counter()
     if method not in SPLIT_METHODS:
         raise AlignmentError(f"method {method!r} cannot be solved block by block; valid: {', '.join(SPLIT_METHODS)}")
-    weights = weights or CostWeights()
-    options = options or SolverOptions()
-    if source.size == 0 or target.size == 0:
-        raise AlignmentError(f"cannot align empty domains ({source.size} source, {target.size} target entries)")
-    if energy_additivity and source.fractions is None:
-        raise AlignmentError("energy additivity needs element fractions of the source entries")
-    std = standardise(source, target)
-    rows, cols, kth = build_support(std, source, target, weights=weights, dense_limit=dense_limit, knn=knn)
-    if rows.size == 0:
-        raise AlignmentError("no allowed pair between the domains (no composition on both sides under the hard block)")
-    a, b = source.masses(), target.masses()
-    offset = np.zeros(source.size)
-    corrections = None
-    total_iter = 0
 
-    def solve(off: np.ndarray) -> tuple[dict[str, np.ndarray], Problem, Solution]:
-        terms = pair_costs(rows, cols, std=std, source=source, target=target, weights=weights, offset=off)
-        problem = Problem(a=a, b=b, rows=rows, cols=cols, cost=terms["total"], xs=None, xt=None,
-                          hard_block=weights.hard_block, kth_cost=kth)
-        sol, _ = solve_blocks(problem, options, method=method, mapper=mapper, n_pieces=n_pieces)
-        return terms, problem, sol
+    def solver(problem: Problem, options: SolverOptions) -> Solution:
+        return solve_blocks(problem, options, method=method, mapper=mapper, n_pieces=n_pieces)[0]
 
-    for _ in range(additivity_iters if energy_additivity else 1):
-        terms, problem, sol = solve(offset)
-        total_iter += sol.n_iter
-        if energy_additivity:
-            corrections = fit_element_corrections(
-                sol.rows, sol.cols, sol.plan, source_values=source.values, target_values=target.values,
-                fractions=source.fractions, elements=source.elements, ridge=additivity_ridge,
-            )
-            offset = np.asarray(source.fractions @ corrections.mu).ravel()
-    if energy_additivity:
-        terms, problem, sol = solve(offset)  # final plan with the final corrections
-        total_iter += sol.n_iter
-    info = dict(sol.info)
-    if kth is not None:
-        info["knn_support"] = float(knn)
-    plan_cost = _lookup_costs(problem, sol.rows, sol.cols)
-    keep = sol.plan > 0
-    coo = sp.coo_matrix((sol.plan[keep], (sol.rows[keep], sol.cols[keep])), shape=(source.size, target.size))
-    plan_cost = plan_cost[keep]
-    mass = coo.data.sum()
-    term_means = {}
-    for name in ("descriptor", "value", "mass", "symmetry"):
-        per_pair = _lookup_terms(rows, cols, terms[name], coo.row, coo.col, target.size)
-        term_means[name] = float(np.dot(coo.data, per_pair) / mass) if mass > 0 else 0.0
-    if not np.all(np.isfinite(coo.data)):
-        raise FloatingPointError(f"alignment method {method!r} produced a non-finite plan")
-    return AlignmentResult(
-        method=method, plan=coo, pair_cost=plan_cost, a=a, b=b,
-        source_mass=np.bincount(coo.row, weights=coo.data, minlength=source.size),
-        target_mass=np.bincount(coo.col, weights=coo.data, minlength=target.size),
-        objective=float(sol.objective), linear_cost=float(np.dot(coo.data, plan_cost)),
-        n_iter=total_iter, converged=bool(sol.converged), seconds=time.perf_counter() - t0,
-        support_size=int(rows.size), corrections=corrections, source_offset=offset,
-        cost_terms=term_means, info=info,
-    )
+    return align(source, target, method=method, solver=solver, **kwargs)
 
 
 def transport_distance_blocks(

@@ -414,8 +414,14 @@ def align(
     additivity_ridge: float = 1e-4,
     dense_limit: int = 4_000_000,
     knn: int = 64,
+    solver: Callable[[Problem, SolverOptions], Solution] | None = None,
 ) -> AlignmentResult:
     """Align ``source`` (DFT) onto ``target`` (experiment) with formulation ``method``.
+
+    ``solver`` replaces the formulation's solve of each plan (same problem, same result
+    contract): :func:`models.blocks.align_blocks` passes one that solves the blocks of the
+    support separately, so everything around the solve (calibration, support, costs,
+    corrections, diagnostics) is this one function's.
 
     With ``energy_additivity`` the plan and per-element corrections are fitted alternately
     (``additivity_iters`` rounds): solve the plan with DFT values shifted by the current
@@ -427,7 +433,7 @@ def align(
     leaves), so a systematic DFT error is not mistaken for an outlier.
     """
     t0 = time.perf_counter()
-    formulation = resolve(method)
+    formulation = solver or resolve(method)
     weights = weights or CostWeights()
     options = options or SolverOptions()
     if source.size == 0 or target.size == 0:
