@@ -40,6 +40,7 @@ CPU unless the caller moves nothing; the maps are small).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -104,6 +105,7 @@ class ICNN(nn.Module):
         cond_hidden: width of the condition path (default 32).
         activation: ``softplus`` (default, smooth map), ``celu`` or ``leaky_relu``.
         quadratic: add :math:`\tfrac12\|Lx\|^2` with ``L`` initialised to the identity.
+
     """
 
     def __init__(
@@ -129,7 +131,7 @@ class ICNN(nn.Module):
         widths = list(hidden)
         self.passthrough = nn.ModuleList(nn.Linear(dim, w, bias=False) for w in widths)
         self.hidden_weights = nn.ParameterList(
-            nn.Parameter(torch.empty(w_out, w_in)) for w_in, w_out in zip(widths[:-1], widths[1:], strict=True)
+            nn.Parameter(torch.empty(w_out, w_in)) for w_in, w_out in itertools.pairwise(widths)
         )
         self.out_weight = nn.Parameter(torch.empty(widths[-1]))
         if cond_dim:
@@ -171,7 +173,7 @@ class ICNN(nn.Module):
                 self.quad.copy_(torch.eye(self.dim))
 
     def convex_parameters(self) -> list[Tensor]:
-        """The weights that must stay non-negative for convexity in ``x``."""
+        """Return the weights that must stay non-negative for convexity in ``x``."""
         return [*self.hidden_weights, self.out_weight]
 
     @torch.no_grad()
@@ -182,7 +184,7 @@ class ICNN(nn.Module):
 
     def min_convex_weight(self) -> float:
         """Most negative hidden-path weight (>= 0 for a convex network)."""
-        return min(float(w.min()) for w in self.convex_parameters())
+        return min(float(w.detach().min()) for w in self.convex_parameters())
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Potential values, shape ``(n,)`` for ``x`` of shape ``(n, dim)``."""
@@ -213,7 +215,7 @@ class ICNN(nn.Module):
         return out
 
     def transport(self, x: Tensor, cond: Tensor | None = None, *, create_graph: bool = False) -> Tensor:
-        """:math:`\\nabla_x g(x \\mid u)`, shape ``(n, dim)``."""
+        r"""Return :math:`\nabla_x g(x \mid u)`, shape ``(n, dim)``."""
         with torch.enable_grad():
             x = x if x.requires_grad else x.detach().requires_grad_(True)
             out = self(x, cond)
@@ -253,7 +255,7 @@ class DualConfig:
 
 @dataclass
 class NeuralTransportMap:
-    """A fitted map :math:`T(x \\mid u) = \\mu_t + s\\,\\nabla g((x - \\mu_s)/s \\mid u)`.
+    r"""A fitted map :math:`T(x \mid u) = \mu_t + s\,\nabla g((x - \mu_s)/s \mid u)`.
 
     ``g`` is the trained :class:`ICNN`; ``mu_s``, ``mu_t`` (d,) and ``scale`` the
     standardisation; conditions are passed already encoded (see the caller's encoder).
@@ -287,7 +289,7 @@ class NeuralTransportMap:
         return self.mu_t + self.scale * out
 
     def potential(self, x: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
-        """The convex potential ``g`` at the standardised points (for convexity checks)."""
+        """Evaluate the convex potential ``g`` at standardised ``x`` (for convexity checks)."""
         dtype = next(self.g.parameters()).dtype
         xb = torch.as_tensor((np.asarray(x, float) - self.mu_s) / self.scale, dtype=dtype)
         cb = None if cond is None else torch.as_tensor(cond, dtype=dtype)
@@ -495,3 +497,196 @@ def load_map(directory: Path | str) -> tuple[NeuralTransportMap, dict[str, np.nd
 
 def config_dict(cfg: DualConfig) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+# ----------------------------------------------------------------------------- calibration map (align)
+
+
+@dataclass(frozen=True)
+class NeuralAlignConfig:
+    """The ``neural`` align formulation: a conditional monotone map DFT value -> measured value.
+
+    ``pca_components`` principal components of the standardised composition descriptors form
+    the condition; ``clip_min`` bounds the calibrated value from below (0 for band gaps);
+    ``dual`` trains the pair of networks.
+    """
+
+    pca_components: int = 8
+    clip_min: float | None = None
+    dual: DualConfig = field(default_factory=lambda: DualConfig(hidden=(32, 32), cond_hidden=32,
+                                                                 iterations=1500, inner_steps=4))
+
+    def __post_init__(self) -> None:
+        if self.pca_components < 1:
+            raise ValueError(f"pca_components must be >= 1, got {self.pca_components}")
+
+
+@dataclass
+class CalibrationMap:
+    r"""Calibrate DFT values of any composition: :math:`t = T(v \mid u(\text{descriptors}))`.
+
+    Why a conditional 1-d map rather than a map in the joint (descriptor, value) space: the
+    calibrated target of a DFT entry is a value of the *same* composition, so the descriptors
+    must not move; a joint map would transport chemistry as well and need the descriptor axes
+    read back and ignored. Conditioning on the composition keeps chemistry fixed and makes the
+    calibration a monotone curve per chemistry (a larger DFT gap never gets a smaller
+    calibrated gap for one composition), learned from the formulas that are both computed and
+    measured (each such formula one conditional OT problem, all sharing one network), and it
+    extends to compositions that were never measured.
+
+    The condition :math:`u` is the projection of the standardised descriptors on their
+    leading principal components (fitted on the formulas of both domains given to the fit).
+    Confidence :math:`\exp(-\tfrac12 (\delta/h)^2)` decays with the distance :math:`\delta` in
+    condition space to the nearest training formula, :math:`h` the median such distance among
+    the training formulas themselves (leave-one-out): 1 on measured chemistry, small far away.
+    """
+
+    nmap: NeuralTransportMap
+    feat_mean: np.ndarray
+    feat_scale: np.ndarray
+    components: np.ndarray  # (n_features, k)
+    train_cond: np.ndarray  # (n_train_formulas, k)
+    bandwidth: float
+    clip_min: float | None = None
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        feats = np.asarray(features, dtype=np.float64)
+        if feats.ndim != 2 or feats.shape[1] != self.feat_mean.size:
+            raise ValueError(f"expected descriptors of shape (n, {self.feat_mean.size}), got {feats.shape}")
+        return ((feats - self.feat_mean) / self.feat_scale) @ self.components
+
+    def confidence(self, cond: np.ndarray) -> np.ndarray:
+        from scipy.spatial import cKDTree
+
+        dist, _ = cKDTree(self.train_cond).query(cond, k=1)
+        return np.exp(-0.5 * (dist / self.bandwidth) ** 2)
+
+    def calibrate(self, values: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated values and confidence for DFT ``values`` (n,) with ``features`` (n, d)."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 1 or len(values) != len(features):
+            raise ValueError(f"values must be (n,) matching descriptors ({len(features)} rows); got {values.shape}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"cannot calibrate non-finite DFT values (row {int(np.argmax(~np.isfinite(values)))})")
+        if len(values) == 0:
+            return np.zeros(0), np.zeros(0)
+        cond = self.encode(features)
+        out = self.nmap(values[:, None], cond)[:, 0]
+        if self.clip_min is not None:
+            out = np.maximum(out, self.clip_min)  # monotone after clipping too
+        return out, self.confidence(cond)
+
+    def save(self, directory: Path | str, *, extra: dict[str, Any] | None = None) -> Path:
+        arrays = {"feat_mean": self.feat_mean, "feat_scale": self.feat_scale, "components": self.components,
+                  "train_cond": self.train_cond}
+        meta = {"kind": "calibration", "bandwidth": self.bandwidth, "clip_min": self.clip_min, **(extra or {})}
+        return save_map(self.nmap, directory, arrays=arrays, extra=meta)
+
+    @classmethod
+    def load(cls, directory: Path | str) -> tuple[CalibrationMap, dict[str, Any]]:
+        nmap, arrays, extra = load_map(directory)
+        if extra.get("kind") != "calibration" or set(arrays) != {"feat_mean", "feat_scale", "components", "train_cond"}:
+            raise MapFileError(f"{directory} holds a neural map but not a DFT calibration map")
+        if nmap.dim != 1 or nmap.g.cond_dim != arrays["components"].shape[1]:
+            raise MapFileError(f"{directory}: calibration map shapes disagree (dim {nmap.dim}, "
+                               f"condition {nmap.g.cond_dim} vs {arrays['components'].shape[1]} components)")
+        clip = extra.get("clip_min")
+        return cls(nmap=nmap, feat_mean=arrays["feat_mean"], feat_scale=arrays["feat_scale"],
+                   components=arrays["components"], train_cond=arrays["train_cond"],
+                   bandwidth=float(extra["bandwidth"]), clip_min=None if clip is None else float(clip)), extra
+
+
+def _group_weights(keys: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """Weight 1/(count of the key) on rows whose key is shared: every formula weighs the same."""
+    _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inv]
+    return np.where(np.isin(keys, shared), w, 0.0)
+
+
+def fit_calibration_map(
+    source_values: np.ndarray,
+    source_features: np.ndarray,
+    source_formulas: np.ndarray,
+    target_values: np.ndarray,
+    target_features: np.ndarray,
+    target_formulas: np.ndarray,
+    *,
+    config: NeuralAlignConfig | None = None,
+) -> CalibrationMap:
+    """Fit :class:`CalibrationMap` from DFT entries (source) and measurements (target).
+
+    Only formulas present on both sides train the map (a conditional OT problem per formula,
+    each formula weighted equally on both sides, its entries uniformly within it); the
+    descriptor encoder is fitted on the distinct formulas of both sides (unsupervised).
+    """
+    cfg = config or NeuralAlignConfig()
+    fs, ft = np.asarray(source_formulas).astype(str), np.asarray(target_formulas).astype(str)
+    shared = np.intersect1d(fs, ft)
+    if shared.size < 2:
+        raise ValueError(f"the neural map needs formulas both computed and measured; found {shared.size}")
+    feats = np.vstack([source_features, target_features]).astype(np.float64)
+    _, first = np.unique(np.r_[fs, ft], return_index=True)
+    uniq = feats[first]
+    mean = uniq.mean(axis=0)
+    scale = uniq.std(axis=0)
+    scale[~(scale > 1e-12)] = 1.0
+    z = (uniq - mean) / scale
+    k = min(cfg.pca_components, z.shape[1], z.shape[0] - 1)
+    _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+    comps = vt[:k].T
+    # fix the sign of each component so the encoder does not depend on the SVD's sign choice
+    comps *= np.where(comps[np.argmax(np.abs(comps), axis=0), np.arange(k)] < 0, -1.0, 1.0)
+    ws, wt = _group_weights(fs, shared), _group_weights(ft, shared)
+    use_s, use_t = ws > 0, wt > 0
+    cs = ((np.asarray(source_features, float)[use_s] - mean) / scale) @ comps
+    ct = ((np.asarray(target_features, float)[use_t] - mean) / scale) @ comps
+    nmap = fit_dual(np.asarray(source_values, float)[use_s, None], np.asarray(target_values, float)[use_t, None],
+                    config=cfg.dual, source_cond=cs, target_cond=ct,
+                    source_weights=ws[use_s], target_weights=wt[use_t])
+    _, first_t = np.unique(ft[use_t], return_index=True)
+    train_cond = ct[first_t]
+    from scipy.spatial import cKDTree
+
+    if len(train_cond) > 1:
+        dist, _ = cKDTree(train_cond).query(train_cond, k=2)
+        bandwidth = float(np.median(dist[:, 1]))
+    else:
+        bandwidth = 1.0
+    return CalibrationMap(nmap=nmap, feat_mean=mean, feat_scale=scale, components=comps, train_cond=train_cond,
+                          bandwidth=max(bandwidth, 1e-6), clip_min=cfg.clip_min)
+
+
+def neural_formulation(problem: Any, opts: Any) -> Any:
+    """Adapter for :data:`models.transport.FORMULATIONS` (``method="neural"``).
+
+    Fits :func:`fit_calibration_map` on the problem's domains, calibrates every source entry,
+    and reports as the plan the map followed by a projection on the nearest allowed
+    measurement (each source row with an allowed pair sends its mass to the measurement of
+    its support closest to its calibrated value), so the plan-based diagnostics stay defined.
+    """
+    from models.transport import AlignmentError, Solution
+
+    if problem.source is None or problem.target is None:
+        raise AlignmentError("the neural formulation needs the domains on the problem")
+    cfg = opts.neural if opts.neural is not None else NeuralAlignConfig()
+    src, tgt = problem.source, problem.target
+    try:
+        cal = fit_calibration_map(src.values, src.features, src.formulas, tgt.values, tgt.features, tgt.formulas,
+                                  config=cfg)
+    except ValueError as exc:
+        raise AlignmentError(f"neural alignment: {exc}") from exc
+    targets, confidence = cal.calibrate(src.values, src.features)
+    rows, cols = problem.rows, problem.cols
+    gap = np.abs(targets[rows] - tgt.values[cols])
+    order = np.lexsort((gap, rows))  # per row, the closest allowed measurement first
+    first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]] if rows.size else order
+    r, c = rows[first], cols[first]
+    plan = problem.a[r]
+    cost_lookup = problem.cost[first]
+    hist = cal.nmap.history[-1] if cal.nmap.history else {}
+    info = {"train_formulas": float(cal.train_cond.shape[0]), "pca_components": float(cal.components.shape[1]),
+            "seconds_fit": cal.nmap.seconds, "final_loss_f": hist.get("loss_f", math.nan),
+            "final_loss_g": hist.get("loss_g", math.nan), "bandwidth": cal.bandwidth,
+            "mean_confidence": float(confidence.mean())}
+    return Solution(r, c, plan, float(np.dot(plan, cost_lookup)), cfg.dual.iterations, True, info,
+                    calibrated=targets, calibrated_confidence=confidence, artifact=cal)

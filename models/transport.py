@@ -24,6 +24,11 @@ name to a solver that works on the same *sparse problem* (masses ``a``, ``b``; a
     ARMA 195), ``lambda`` the price of a unit of matched mass. It is solved exactly as a
     balanced LP with one dummy point on each side (Chapel, Alaya & Gasso 2020, NeurIPS):
     the dummy source holds ``|b|``, the dummy target ``|a|``, all dummy costs are 0.
+``neural``
+    a conditional monotone map DFT value -> measured value, the gradient of an input-convex
+    network trained on the Kantorovich dual (Makkuva et al. 2020), conditioned on the
+    composition descriptors (:mod:`models.icnn`); it calibrates every source entry, also those
+    with no counterpart, and the fitted map is kept on the result to calibrate new entries.
 ``mixture``
     OT between Gaussian mixtures fitted to each domain in the joint (descriptor, value)
     space (Delon & Desolneux 2020, POT ``ot.gmm.gmm_ot_plan``); the component plan is
@@ -40,6 +45,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -66,6 +72,9 @@ from models.sinkhorn import (
     unbalanced_objective,
 )
 
+if TYPE_CHECKING:
+    from models.icnn import NeuralAlignConfig
+
 
 class AlignmentError(ValueError):
     """Bad alignment input or options (unknown method, problem too large for a method...)."""
@@ -84,6 +93,7 @@ class SolverOptions:
     aot_price: float = 0.5  # aot: lambda, the most a matched pair may cost
     n_components: int = 8  # mixture: components per domain
     seed: int = 0
+    neural: NeuralAlignConfig | None = None  # neural: map and training options (None = defaults)
 
     def __post_init__(self) -> None:
         if not self.reg > 0:
@@ -109,6 +119,8 @@ class Problem:
     xt: np.ndarray
     hard_block: bool
     kth_cost: np.ndarray | None = None  # kNN support: each source's k-th neighbour cost (lower bound off-support)
+    source: Domain | None = None  # the domains themselves, for formulations that learn a map (neural)
+    target: Domain | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -129,6 +141,9 @@ class Solution:
     n_iter: int
     converged: bool
     info: dict[str, float] = field(default_factory=dict)
+    calibrated: np.ndarray | None = None  # map-based formulations: calibrated value of every source entry
+    calibrated_confidence: np.ndarray | None = None
+    artifact: Any = None  # the fitted map (neural), to calibrate entries that were not aligned
 
 
 Formulation = Callable[[Problem, SolverOptions], Solution]
@@ -169,6 +184,10 @@ class AlignmentResult:
     cost_terms: dict[str, float]
     info: dict[str, float]
     value_calibration: ValueCalibration | None = None
+    calibrated: np.ndarray | None = None
+    calibrated_confidence: np.ndarray | None = None
+    artifact: Any = None
+
 
     @property
     def mass_moved(self) -> float:
@@ -179,7 +198,10 @@ class AlignmentResult:
 
         Confidence is the row's transported mass relative to its marginal, clipped to [0, 1];
         rows that received no mass get ``fallback`` (e.g. the DFT value) with confidence 0.
+        A map-based formulation (``neural``) returns its map's values and confidence instead.
         """
+        if self.calibrated is not None and self.calibrated_confidence is not None:
+            return self.calibrated.copy(), self.calibrated_confidence.copy()
         n = self.a.size
         num = np.bincount(self.plan.row, weights=self.plan.data * target_values[self.plan.col], minlength=n)
         den = self.source_mass
@@ -345,12 +367,19 @@ def _mixture(problem: Problem, opts: SolverOptions) -> Solution:
                      "support_mass_fraction": float(plan.sum() / max(min(problem.a.sum(), problem.b.sum()), 1e-300))})
 
 
+def _neural(problem: Problem, opts: SolverOptions) -> Solution:
+    from models.icnn import neural_formulation  # torch is imported only when asked for
+
+    return neural_formulation(problem, opts)
+
+
 FORMULATIONS: dict[str, Formulation] = {
     "balanced": _balanced,
     "unbalanced": _unbalanced,
     "partial": _partial,
     "aot": _aot,
     "mixture": _mixture,
+    "neural": _neural,
 }
 
 
@@ -438,6 +467,9 @@ def align(
     options = options or SolverOptions()
     if source.size == 0 or target.size == 0:
         raise AlignmentError(f"cannot align empty domains ({source.size} source, {target.size} target entries)")
+    if energy_additivity and method == "neural":
+        raise AlignmentError("method 'neural' learns composition-dependent shifts itself; "
+                             "it does not combine with energy_additivity")
     if energy_additivity and source.fractions is None:
         raise AlignmentError("energy additivity needs element fractions of the source entries")
     std = standardise(source, target)
@@ -461,7 +493,7 @@ def align(
         if method == "mixture":
             xs, xt = joint_embedding(std, source, target, weights, offset)
         problem = Problem(a=a, b=b, rows=rows, cols=cols, cost=terms["total"], xs=xs, xt=xt,
-                          hard_block=weights.hard_block, kth_cost=kth)
+                          hard_block=weights.hard_block, kth_cost=kth, source=source, target=target)
         sol = formulation(problem, options)
         total_iter += sol.n_iter
         if energy_additivity:
@@ -511,6 +543,9 @@ def align(
         cost_terms=term_means,
         info=info,
         value_calibration=calibration,
+        calibrated=sol.calibrated,
+        calibrated_confidence=sol.calibrated_confidence,
+        artifact=sol.artifact,
     )
 
 

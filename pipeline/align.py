@@ -48,14 +48,38 @@ class CostParams:
 
 
 @dataclass(frozen=True)
+class NeuralParams:
+    """Method ``neural`` (models/icnn.py): conditional input-convex map, min-max dual training."""
+
+    pca_components: int = 8  # descriptor principal components forming the condition
+    hidden: list[int] = field(default_factory=lambda: [32, 32])  # convex-layer widths
+    cond_hidden: int = 32  # condition-path width
+    activation: Literal["softplus", "celu", "leaky_relu"] = "softplus"
+    iterations: int = 1500  # outer (f) steps
+    inner_steps: int = 4  # g steps per f step
+    batch_size: int = 256
+    lr: float = 1e-3
+    dtype: Literal["float32", "float64"] = "float32"
+
+    def __post_init__(self) -> None:
+        if self.pca_components < 1 or not self.hidden or min(self.hidden) < 1 or self.cond_hidden < 1:
+            raise ValueError("neural.pca_components, neural.hidden and neural.cond_hidden must be >= 1")
+        if self.iterations < 1 or self.inner_steps < 1 or self.batch_size < 2:
+            raise ValueError("neural.iterations and neural.inner_steps must be >= 1, neural.batch_size >= 2")
+        if not self.lr > 0:
+            raise ValueError(f"neural.lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
 class AlignConfig:
-    method: Literal["balanced", "unbalanced", "partial", "aot", "mixture"] = "unbalanced"
+    method: Literal["balanced", "unbalanced", "partial", "aot", "mixture", "neural"] = "unbalanced"
     reg: float = 0.05
     reg_m: float = 1.0
     tol: float = 1e-8
     max_iter: int = 20000
     cost: CostParams = field(default_factory=CostParams)
-    energy_additivity: bool = True  # used for formation_enthalpy only
+    neural: NeuralParams = field(default_factory=NeuralParams)
+    energy_additivity: bool = True  # used for formation_enthalpy only (not with method neural)
     additivity_iters: int = 5
     additivity_ridge: float = 1e-4
     partial_mass: float = 0.5
@@ -191,8 +215,10 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
     weights = CostWeights(**to_dict(cfg.cost))
     options = SolverOptions(reg=cfg.reg, reg_m=cfg.reg_m, tol=cfg.tol, max_iter=cfg.max_iter,
                             emd_limit=cfg.dense_limit, partial_mass=cfg.partial_mass,
-                            aot_price=cfg.aot_price, n_components=cfg.n_components, seed=cfg.seed)
-    additivity = cfg.energy_additivity and prop == "formation_enthalpy"
+                            aot_price=cfg.aot_price, n_components=cfg.n_components, seed=cfg.seed,
+                            neural=_neural_options(cfg, prop) if cfg.method == "neural" else None)
+    # the neural map is conditioned on composition: it learns per-chemistry shifts itself
+    additivity = cfg.energy_additivity and prop == "formation_enthalpy" and cfg.method != "neural"
     with ExitStack() as stack:
         solve, distance = align, transport_distance
         if cfg.split_blocks:
@@ -281,6 +307,11 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
         _write_json(tmp / "align.json", diag)
         outliers.to_csv(tmp / "outliers.csv", index=False, float_format="%.6g")
         _plots(tmp, res, source, target, prop)
+        if res.artifact is not None:
+            # the fitted map calibrates DFT entries that were never aligned (matshift predict)
+            res.artifact.save(tmp / NEURAL_MAP_DIR, extra={
+                "property": prop, "unit": "eV" if prop == "band_gap" else "eV/atom",
+                "descriptor_columns": _descriptor_columns(cfg), "params": to_dict(cfg.neural)})
     return diag
 
 
@@ -361,6 +392,27 @@ def _distances(distance, res, cfg: AlignConfig, source, target, weights) -> tupl
                        crystal_system=source.crystal_system)
     after = distance(after_src, target, weights=weights, options=dist_opts, dense_limit=cfg.dense_limit, knn=cfg.knn)
     return before, after
+
+
+NEURAL_MAP_DIR = "neural_map"
+
+
+def _neural_options(cfg: AlignConfig, prop: str):
+    from models.icnn import DualConfig, NeuralAlignConfig
+
+    n = cfg.neural
+    dual = DualConfig(hidden=tuple(n.hidden), cond_hidden=n.cond_hidden, activation=n.activation,
+                      iterations=n.iterations, inner_steps=n.inner_steps, batch_size=n.batch_size, lr=n.lr,
+                      seed=cfg.seed, dtype=n.dtype)
+    # a band gap is >= 0; formation enthalpies have no bound
+    return NeuralAlignConfig(pca_components=n.pca_components, clip_min=0.0 if prop == "band_gap" else None,
+                             dual=dual)
+
+
+def _descriptor_columns(cfg: AlignConfig) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [c for c in pq.read_schema(cfg.features_dir / "descriptors.parquet").names if c != "formula"]
 
 
 def _write_json(path: Path, obj) -> None:

@@ -203,6 +203,6 @@ def test_mixture_plan_respects_support_and_marginal_scale():
 def test_unknown_method_lists_valid_ones():
     rng = np.random.default_rng(12)
     src = _domain(rng.normal(size=(5, 2)), np.zeros(5))
-    with pytest.raises(AlignmentError, match="valid methods: aot, balanced, mixture, partial, unbalanced"):
+    with pytest.raises(AlignmentError, match="valid methods: aot, balanced, mixture, neural, partial, unbalanced"):
         align(src, src, method="wasserstein")
-    assert sorted(FORMULATIONS) == ["aot", "balanced", "mixture", "partial", "unbalanced"]
+    assert sorted(FORMULATIONS) == ["aot", "balanced", "mixture", "neural", "partial", "unbalanced"]
