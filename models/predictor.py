@@ -5,7 +5,10 @@ adds what a user needs beside the number: which DFT value (and so which Material
 entry) fed the experimental head, and an applicability-domain (AD) score. The AD score is
 the mean distance of an input to its ``k`` nearest training compositions in standardised
 descriptor space, expressed as the percentile of the same quantity over the training
-compositions themselves (leave-one-out); inputs above ``threshold`` are flagged.
+compositions themselves (leave-one-out); inputs above ``threshold`` are flagged. When the
+align stage saved a neural calibration map (``align.method: neural``), the DFT value of an
+input is also calibrated by that map (``calibrated_dft``), including DFT entries that were
+never part of the alignment.
 
 Never reads params.yaml or environment variables: paths and thresholds are arguments.
 """
@@ -84,7 +87,7 @@ class Predictor:
     """A trained model ready for :meth:`predict` on :class:`featurizers.inputs.ParsedInput`."""
 
     def __init__(self, ensemble, *, property: str, dft: pd.DataFrame | None, ad_threshold: float = 95.0,
-                 features_dir: Path | str | None = None):
+                 features_dir: Path | str | None = None, calibration=None):
         self.ensemble = ensemble
         self.property = property
         self.ad_threshold = ad_threshold
@@ -96,10 +99,11 @@ class Predictor:
         # most stable polymorph that has a crystal graph (the one training paired with measurements)
         self.dft = dft
         self.features_dir = Path(features_dir) if features_dir is not None else None
+        self.calibration = calibration  # models.icnn.CalibrationMap or None
 
     @classmethod
     def load(cls, ref: str | Path, *, property: str, raw_dir: Path | str = "data/raw",
-             features_dir: Path | str = "data/features") -> Predictor:
+             features_dir: Path | str = "data/features", aligned_dir: Path | str = "data/aligned") -> Predictor:
         from models.serving import EnsemblePredictor
 
         directory = _resolve(ref)
@@ -108,8 +112,9 @@ class Predictor:
         if meta_prop and meta_prop != property:
             raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {property}")
         features_dir = Path(features_dir)
+        calibration = _calibration_map(Path(aligned_dir) / property / "neural_map", ensemble.descriptors)
         return cls(ensemble, property=property, dft=_dft_lookup(Path(raw_dir), property, features_dir),
-                   features_dir=features_dir)
+                   features_dir=features_dir, calibration=calibration)
 
     def predict(self, items) -> pd.DataFrame:
         formulas = [i.formula for i in items]
@@ -133,8 +138,13 @@ class Predictor:
         graphs = self._graphs(items, structure_ids, structure_used) if self.ensemble.uses_graphs else None
         frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
         out = self.ensemble.predict(frame, graphs=graphs)
-        ad = self.ad.score(desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64))
+        features = desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)
+        ad = self.ad.score(features)
         has_graph = [g is not None for g in graphs] if graphs is not None else [False] * len(items)
+        calibrated = np.full(len(items), np.nan)
+        has = np.isfinite(dft_value)
+        if self.calibration is not None and has.any():
+            calibrated[has] = self.calibration.calibrate(np.asarray(dft_value)[has], features[has])[0]
         return pd.DataFrame(
             {
                 "prediction": out["prediction"].to_numpy(),
@@ -143,6 +153,7 @@ class Predictor:
                          for g, v in zip(has_graph, dft_value, strict=True)],
                 "structure_used": structure_used,
                 "dft_value": dft_value,
+                "calibrated_dft": calibrated,
                 "ad_score": ad,
                 "ad_warning": ad > self.ad_threshold,
             }
@@ -218,6 +229,23 @@ def _resolve(ref: str | Path) -> Path:
             raise ModelNotFoundError(f"registered model {name}/{version} holds no matshift ensemble")
         return found[0].parent
     raise ModelNotFoundError(f"no model at {ref}: run `dvc repro` (or `matshift train`) first, or pass --model")
+
+
+def _calibration_map(directory: Path, descriptors: pd.DataFrame):
+    """Load the align stage's neural map if it saved one (for the model's descriptors); else None."""
+    if not (directory / "map.json").is_file():
+        return None
+    from models.icnn import CalibrationMap, MapFileError
+
+    try:
+        cal, extra = CalibrationMap.load(directory)
+    except MapFileError as exc:
+        raise ModelNotFoundError(f"neural calibration map at {directory} is unusable: {exc}") from exc
+    columns = [c for c in descriptors.columns if c != "formula"]
+    if extra.get("descriptor_columns") != columns:
+        raise ModelNotFoundError(f"neural calibration map at {directory} was fitted on other descriptor columns "
+                                 "than the model; re-run `dvc repro` so align and train agree")
+    return cal
 
 
 def _dft_lookup(raw_dir: Path, prop: str, features_dir: Path | None = None) -> pd.DataFrame | None:

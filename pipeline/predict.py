@@ -33,6 +33,7 @@ COLUMNS = [
     "view",
     "structure_used",
     "dft_value",
+    "calibrated_dft",
     "ad_score",
     "ad_warning",
     "error",

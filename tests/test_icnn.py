@@ -287,3 +287,39 @@ def test_neural_params_are_validated(tmp_path):
         load_section(stage.AlignConfig, "align", _params(tmp_path, neural={"hiden": [8]}))
     with pytest.raises(ConfigError, match=r"neural.lr must be > 0"):
         load_section(stage.AlignConfig, "align", _params(tmp_path, neural={"lr": 0.0}))
+
+
+class _FakeEnsemble:
+    """Stands in for models.serving.EnsemblePredictor: fixed descriptors, zero predictions."""
+
+    def __init__(self, descriptors: pd.DataFrame):
+        self.descriptors = descriptors
+        self.meta = {"property": "band_gap"}
+        self.uses_graphs = False
+
+    def predict(self, frame: pd.DataFrame, graphs=None) -> pd.DataFrame:
+        return pd.DataFrame({"prediction": np.zeros(len(frame)), "uncertainty": np.zeros(len(frame))})
+
+
+def test_predictor_calibrates_dft_values_with_the_saved_map(calibration, tmp_path):
+    from featurizers.inputs import ParsedInput
+    from models.predictor import ModelNotFoundError, Predictor, _calibration_map
+
+    cal, (formulas, desc, dft, meas, _) = calibration
+    table = pd.DataFrame(desc, columns=[f"d{i}" for i in range(5)])
+    table.insert(0, "formula", formulas)
+    cal.save(tmp_path / "neural_map", extra={"descriptor_columns": [f"d{i}" for i in range(5)]})
+    loaded = _calibration_map(tmp_path / "neural_map", table)
+    # F250 was never aligned nor measured in the fit; F5 has no DFT value in the lookup
+    lookup = pd.DataFrame({"material_id": ["mp-250", "mp-3"], "dft_value": [dft[250], dft[3]],
+                           "structure_id": [None, None]},
+                          index=pd.Index(["F250", "F3"], name="formula"))
+    pred = Predictor(_FakeEnsemble(table), property="band_gap", dft=lookup, calibration=loaded)
+    out = pred.predict([ParsedInput(f, "formula", f) for f in ("F250", "F3", "F5")])
+    expected, _ = cal.calibrate(dft[[250, 3]], desc[[250, 3]])
+    np.testing.assert_allclose(out["calibrated_dft"].to_numpy()[:2], expected)
+    assert abs(out["calibrated_dft"][0] - meas[250]) < abs(dft[250] - meas[250])
+    assert np.isnan(out["calibrated_dft"][2])
+    assert _calibration_map(tmp_path / "nothing", table) is None
+    with pytest.raises(ModelNotFoundError, match="other descriptor columns"):
+        _calibration_map(tmp_path / "neural_map", table.rename(columns={"d0": "x0"}))
