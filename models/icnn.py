@@ -663,6 +663,8 @@ def neural_formulation(problem: Any, opts: Any) -> Any:
     and reports as the plan the map followed by a projection on the nearest allowed
     measurement (each source row with an allowed pair sends its mass to the measurement of
     its support closest to its calibrated value), so the plan-based diagnostics stay defined.
+    The min-max training runs a fixed number of steps and has no stopping criterion:
+    ``converged`` means that it ended with finite losses (a diverged run raises instead).
     """
     from models.transport import AlignmentError, Solution
 
