@@ -675,7 +675,7 @@ def neural_formulation(problem: Any, opts: Any) -> Any:
     try:
         cal = fit_calibration_map(src.values, src.features, src.formulas, tgt.values, tgt.features, tgt.formulas,
                                   config=cfg)
-    except ValueError as exc:
+    except (ValueError, FloatingPointError) as exc:  # too little overlap, or a diverged training
         raise AlignmentError(f"neural alignment: {exc}") from exc
     targets, confidence = cal.calibrate(src.values, src.features)
     rows, cols = problem.rows, problem.cols
