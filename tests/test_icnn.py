@@ -323,3 +323,13 @@ def test_predictor_calibrates_dft_values_with_the_saved_map(calibration, tmp_pat
     assert _calibration_map(tmp_path / "nothing", table) is None
     with pytest.raises(ModelNotFoundError, match="other descriptor columns"):
         _calibration_map(tmp_path / "neural_map", table.rename(columns={"d0": "x0"}))
+
+
+def test_neural_needs_formulas_on_both_sides():
+    rng = np.random.default_rng(0)
+    src = Domain(features=rng.normal(size=(6, 3)), values=rng.random(6), formulas=np.array(["A", "B"] * 3),
+                 ids=np.array([f"s{i}" for i in range(6)]))
+    tgt = Domain(features=rng.normal(size=(4, 3)), values=rng.random(4), formulas=np.array(["C", "D"] * 2),
+                 ids=np.array([f"t{i}" for i in range(4)]))
+    with pytest.raises(AlignmentError, match="both computed and measured; found 0"):
+        align(src, tgt, method="neural", weights=CostWeights(hard_block=False))
