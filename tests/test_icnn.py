@@ -332,4 +332,4 @@ def test_neural_needs_formulas_on_both_sides():
     tgt = Domain(features=rng.normal(size=(4, 3)), values=rng.random(4), formulas=np.array(["C", "D"] * 2),
                  ids=np.array([f"t{i}" for i in range(4)]))
     with pytest.raises(AlignmentError, match="both computed and measured; found 0"):
-        align(src, tgt, method="neural", weights=CostWeights(hard_block=False))
+        align(src, tgt, method="neural", weights=CostWeights(hard_block=False, mass=0.0, symmetry=0.0))
