@@ -333,3 +333,13 @@ def test_neural_needs_formulas_on_both_sides():
                  ids=np.array([f"t{i}" for i in range(4)]))
     with pytest.raises(AlignmentError, match="both computed and measured; found 0"):
         align(src, tgt, method="neural", weights=CostWeights(hard_block=False, mass=0.0, symmetry=0.0))
+
+
+def test_training_is_reproducible_for_a_seed():
+    rng = np.random.default_rng(0)
+    xs, xt = rng.normal(size=(200, 3)), rng.normal(size=(200, 3)) * 2 + 1
+    cfg = DualConfig(hidden=(8, 8), iterations=20, inner_steps=2, batch_size=32, seed=3)
+    a, b = fit_dual(xs, xt, config=cfg), fit_dual(xs, xt, config=cfg)
+    c = fit_dual(xs, xt, config=DualConfig(hidden=(8, 8), iterations=20, inner_steps=2, batch_size=32, seed=4))
+    np.testing.assert_array_equal(a(xs), b(xs))
+    assert not np.allclose(a(xs), c(xs))
