@@ -56,6 +56,8 @@ PROPERTIES = ("band_gap", "formation_enthalpy")
 
 
 DFT_COLUMN = {"band_gap": "band_gap_pbe", "formation_enthalpy": "formation_energy_per_atom"}
+# other DFT fidelities the stacked model takes where known (as the train stage's stack.extra_fidelities)
+EXTRA_FIDELITIES = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
 
 
 def load_experiment(prop: str, data: Path = DATA) -> pd.DataFrame:
@@ -74,12 +76,13 @@ def load_dft(prop: str, data: Path = DATA) -> pd.DataFrame:
     ``e_form`` (formation energy per atom) ranks polymorphs, as in the train stage.
     """
     col = DFT_COLUMN[prop]
-    cols = list(dict.fromkeys(["material_id", "formula", col, "formation_energy_per_atom"]))
+    cols = list(dict.fromkeys(["material_id", "formula", col, "formation_energy_per_atom", *EXTRA_FIDELITIES]))
     dft = pd.read_parquet(data / "raw/dft.parquet", columns=cols)
     dft["dft_value"] = dft[col]
     dft["e_form"] = dft["formation_energy_per_atom"]
     dft = dft.dropna(subset=["formula", "dft_value"])
-    return dft[["material_id", "formula", "dft_value", "e_form"]].reset_index(drop=True)
+    extra = [c for c in EXTRA_FIDELITIES if c != col]
+    return dft[["material_id", "formula", "dft_value", "e_form", *extra]].reset_index(drop=True)
 
 
 def load_descriptors(data: Path = DATA) -> pd.DataFrame:
@@ -171,12 +174,13 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
         torch.save(state, path)
         pre_states.append(state)
     pretrain_s = time.perf_counter() - t_pre
-    log.info("%s: %d pretrained encoders ready in %.0f s", prop, n_encoders, pretrain_s)
+    log.info("%s: %d pretrained encoders ready in %.0f s", prop, len(pre_states), pretrain_s)
 
     # DFT surrogate of the stacked model: DFT labels only, shared by all folds like the pretraining
     t_sur = time.perf_counter()
     stack_cfg = replace(stack_cfg or StackConfig(), clamp_min=clamp, seed=seed)
     surrogate = DFTSurrogate(stack_cfg).fit(desc, ref)
+    extra_refs = {c: reference_per_formula(dft, value=c, rank="e_form") for c in EXTRA_FIDELITIES if c in dft}
     surrogate_s = time.perf_counter() - t_sur
     log.info("%s: DFT surrogate out-of-fold MAE %.4f on %d formulas (%.0f s)", prop, surrogate.mae_, len(ref), surrogate_s)
     reused = None
@@ -201,7 +205,7 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
         fold_pred = te[["formula", "value", "fold", "dft_reference"]].copy()
         fold_pred["rf_magpie"] = rf.predict(desc, te["formula"].tolist())
         res["rf_magpie"] = mae(y_te, fold_pred["rf_magpie"].to_numpy())
-        stacked = StackedModel(stack_cfg, dft_reference=ref, surrogate=surrogate).fit(desc, tr["formula"], tr["value"].to_numpy())
+        stacked = StackedModel(stack_cfg, dft_reference=ref, surrogate=surrogate, extra_reference=extra_refs).fit(desc, tr["formula"], tr["value"].to_numpy())
         fold_pred["stacked"] = stacked.predict(desc, te["formula"])
         res["stacked"] = mae(y_te, fold_pred["stacked"].to_numpy())
         if reused is not None or skip_gnn:

@@ -71,6 +71,7 @@ def fit_property(
     device: str = "auto",
     stack_config: StackConfig | None = None,
     blend_weight: float = 0.0,
+    extra_fidelities: tuple[str, ...] = (),
 ) -> FitResult:
     """Fit everything for one property; see the module docstring.
 
@@ -78,6 +79,8 @@ def fit_property(
     on the training part. ``blend_weight`` (0..1, needs ``stack_config``): weight of the stacked
     model in the served prediction ``w * stacked + (1 - w) * gnn_ot`` (fixed beforehand from the
     CV benchmark, never fitted on the selection part); 0 serves the GNN alone.
+    ``extra_fidelities``: columns of ``dft`` (e.g. HSE or GLLB-SC gaps) whose per-formula value
+    (most stable polymorph where known) the stacked model also takes; absent columns are skipped.
     """
     import time
 
@@ -129,7 +132,9 @@ def fit_property(
     scored = ["raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot"]
     stacked = None
     if stack_config is not None:
-        stacked = StackedModel(replace(stack_config, clamp_min=clamp, seed=seed), dft_reference=ref).fit(
+        extra = {c: reference_per_formula(dft, value=c, rank=rank) for c in extra_fidelities if c in dft}
+        stacked = StackedModel(replace(stack_config, clamp_min=clamp, seed=seed), dft_reference=ref,
+                               extra_reference=extra).fit(
             descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
         selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
         selection["served"] = blend_weight * selection["stacked"] + (1 - blend_weight) * selection["gnn_ot"]

@@ -9,6 +9,13 @@ then fits gradient boosting (LightGBM) on the descriptors plus four multi-fideli
 the surrogate's estimate, the known DFT value (NaN where none: LightGBM routes missing
 values), a has-DFT flag and the best DFT estimate (known value, else surrogate).
 
+Fitted elemental correction: DFT errors against experiment are largely additive per element
+(the idea behind fitted elemental-phase reference energies for formation enthalpies), which
+trees approximate poorly. So a ridge regression on element fractions first fits the
+measurement minus the best DFT estimate on the training rows; the boosters then learn what
+is left (``y - corrected``, with ``corrected`` also given as a feature) and the corrected
+estimate is added back. Elements unseen in training contribute nothing to the correction.
+
 The surrogate is *cross-fitted*: for a formula in the DFT training set the feature is the
 prediction of the surrogate fitted on the other folds, so a covered formula's feature is an
 out-of-sample estimate exactly like an uncovered formula's (otherwise the feature would be a
@@ -48,10 +55,13 @@ class StackConfig:
     """Options of the stacked model (chosen on seed-1 folds, see benchmarks/cv_experiment_results.md).
 
     ``surrogate_*`` configure the DFT surrogate, the rest the model of the measurements.
-    ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``).
+    ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
+    boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
+    ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
+    boosters fit the measurement directly).
     """
 
-    surrogate_trees: int = 400
+    surrogate_trees: int = 300
     surrogate_leaves: int = 63
     surrogate_lr: float = 0.05
     surrogate_folds: int = 5
@@ -62,12 +72,14 @@ class StackConfig:
     colsample: float = 0.5
     subsample: float = 0.8
     objective: str = "regression"
+    bags: int = 5
+    correction_alpha: float | None = 10.0
     clamp_min: float | None = None
     seed: int = 0
     n_jobs: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs"):
+        for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StackConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.surrogate_folds < 2:
@@ -75,6 +87,8 @@ class StackConfig:
         for name in ("colsample", "subsample", "lr", "surrogate_lr"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"StackConfig.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.correction_alpha is not None and self.correction_alpha <= 0:
+            raise ValueError(f"StackConfig.correction_alpha must be > 0 or None, got {self.correction_alpha}")
         if self.objective not in ("regression", "regression_l1", "huber"):
             raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
 
@@ -106,8 +120,8 @@ class DFTSurrogate:
         c = self.config
         ref = dft_reference.dropna()
         ref = ref[~ref.index.duplicated()]
-        if len(ref) < 10 * c.surrogate_folds:
-            raise ValueError(f"DFTSurrogate: need >= {10 * c.surrogate_folds} DFT formulas, got {len(ref)}")
+        if len(ref) < 2 * c.surrogate_folds:
+            raise ValueError(f"DFTSurrogate: need >= {2 * c.surrogate_folds} DFT formulas, got {len(ref)}")
         self.columns_ = list(descriptors.drop(columns="formula").select_dtypes(include="number").columns)
         x = descriptor_matrix(descriptors, ref.index, self.columns_)
         y = ref.to_numpy(float)
@@ -126,7 +140,7 @@ class DFTSurrogate:
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
         """Surrogate DFT value per formula: out-of-fold for DFT training formulas, full model otherwise."""
         formulas = list(formulas)
-        out = pd.Series(formulas).map(self.out_of_fold_).to_numpy(float)
+        out = np.array(pd.Series(formulas).map(self.out_of_fold_), dtype=float)  # a writable copy
         new = np.isnan(out)
         if new.any():
             out[new] = self.model_.predict(descriptor_matrix(descriptors, [f for f, n in zip(formulas, new, strict=True) if n],
@@ -142,19 +156,23 @@ class StackedModel:
         dft_reference: one DFT value per formula (index = formula); formulas absent have no DFT entry.
         surrogate: a fitted :class:`DFTSurrogate` to reuse (CV folds share it: it saw no
             measurement); fitted on ``dft_reference`` in :meth:`fit` when None.
+        extra_reference: other known DFT values per formula (name -> Series indexed by formula,
+            e.g. HSE or GLLB-SC band gaps known for a few thousand entries), appended as
+            columns (NaN where unknown; always looked up by formula).
 
     """
 
     MF_COLUMNS = ("surrogate", "dft_value", "has_dft", "dft_best")
 
     def __init__(self, config: StackConfig | None = None, *, dft_reference: pd.Series,
-                 surrogate: DFTSurrogate | None = None):
+                 surrogate: DFTSurrogate | None = None, extra_reference: dict[str, pd.Series] | None = None):
         self.config = config or StackConfig()
         self.dft_reference = dft_reference[~dft_reference.index.duplicated()]
         self.surrogate = surrogate
+        self.extra_reference = {k: v.dropna()[~v.dropna().index.duplicated()] for k, v in (extra_reference or {}).items()}
 
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
-        """Descriptor columns followed by :attr:`MF_COLUMNS` (NaN in ``dft_value`` where none is known).
+        """Descriptor columns, :attr:`MF_COLUMNS` (NaN in ``dft_value`` where none is known), then the extra references.
 
         ``dft_value``: per-row DFT values to use instead of the training-time lookup (serving
         passes the caller's, NaN where unknown); None looks formulas up in ``dft_reference``.
@@ -170,7 +188,8 @@ class StackedModel:
                 raise ValueError(f"StackedModel: {len(formulas)} formulas but dft_value of shape {known.shape}")
         has = ~np.isnan(known)
         best = np.where(has, known, sur)
-        return np.column_stack([x, sur, known, has.astype(float), best]).astype(np.float32)
+        extra = [np.array(pd.Series(formulas).map(ref), dtype=float) for ref in self.extra_reference.values()]
+        return np.column_stack([x, sur, known, has.astype(float), best, *extra]).astype(np.float32)
 
     def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], y: np.ndarray) -> StackedModel:
         c = self.config
@@ -181,11 +200,52 @@ class StackedModel:
             raise ValueError(f"StackedModel: need >= 20 finite targets, got {len(y)} ({int((~np.isfinite(y)).sum())} non-finite)")
         if self.surrogate is None:
             self.surrogate = DFTSurrogate(c).fit(descriptors, self.dft_reference)
-        self.model_ = _booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed, objective=c.objective,
-                               min_child_samples=c.min_child_samples).fit(self.features(descriptors, formulas), y)
+        x = self.features(descriptors, formulas)
+        base = self._fit_correction(list(formulas), x, y)
+        x = np.column_stack([x, base]).astype(np.float32)
+        self.models_ = [_booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, objective=c.objective,
+                                 min_child_samples=c.min_child_samples).fit(x, y - base) for b in range(c.bags)]
         return self
+
+    def _fractions(self, formulas: list[str]) -> np.ndarray:
+        from featurizers.chemistry import element_fractions
+
+        col = {e: i for i, e in enumerate(self.elements_)}
+        out = np.zeros((len(formulas), len(col)))
+        for r, f in enumerate(formulas):
+            for e, v in element_fractions(f).items():
+                if e in col:
+                    out[r, col[e]] = v
+        return out
+
+    def _fit_correction(self, formulas: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Fit the ridge correction of the best DFT estimate; return the corrected estimate per row."""
+        best = x[:, self._best_column].astype(float)
+        if self.config.correction_alpha is None:
+            self.elements_, self.correction_ = [], None
+            return np.zeros(len(y))
+        from sklearn.linear_model import Ridge
+
+        from featurizers.chemistry import element_fractions
+
+        self.elements_ = sorted({e for f in formulas for e in element_fractions(f)})
+        self.correction_ = Ridge(alpha=self.config.correction_alpha).fit(self._fractions(formulas), y - best)
+        return best + self.correction_.predict(self._fractions(formulas))
+
+    def _corrected(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
+        if self.correction_ is None:
+            return np.zeros(len(x))
+        return x[:, self._best_column].astype(float) + self.correction_.predict(self._fractions(formulas))
+
+    @property
+    def _best_column(self) -> int:
+        return -1 - len(self.extra_reference)
 
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
         """Predicted measurement per formula (see :meth:`features` for ``dft_value``)."""
-        out = self.model_.predict(self.features(descriptors, formulas, dft_value))
+        formulas = list(formulas)
+        x = self.features(descriptors, formulas, dft_value)
+        base = self._corrected(formulas, x)
+        x = np.column_stack([x, base]).astype(np.float32)
+        out = base + np.mean([m.predict(x) for m in self.models_], axis=0)
         return out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)

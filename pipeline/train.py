@@ -90,7 +90,10 @@ class StackParams:
     """
 
     enabled: bool = True
-    blend_weight: float = 0.5
+    blend_weight: float = 1.0
+    # other DFT fidelities in data/raw/dft.parquet, given to the stacked model where known
+    extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
+    bags: int = 5
     surrogate_trees: int = 300
     surrogate_leaves: int = 63
     trees: int = 800
@@ -206,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         pretrain_epochs=cfg.optim.pretrain_epochs, pretrain_batch_size=cfg.optim.pretrain_batch_size,
         selection_fraction=cfg.selection_fraction, rf_trees=cfg.rf_trees, seed=cfg.seed, device=cfg.device,
         stack_config=_stack_config(cfg), blend_weight=cfg.stack.blend_weight,
+        extra_fidelities=tuple(c for c in cfg.stack.extra_fidelities if c != DFT_COLUMN[prop]),
     )
     out = cfg.out_dir / prop
     with atomic_dir(out) as tmp:
@@ -232,7 +236,7 @@ def _stack_config(cfg: TrainParams):
     from models.stacked import StackConfig
 
     st = cfg.stack
-    return StackConfig(surrogate_trees=st.surrogate_trees, surrogate_leaves=st.surrogate_leaves, trees=st.trees,
+    return StackConfig(bags=st.bags, surrogate_trees=st.surrogate_trees, surrogate_leaves=st.surrogate_leaves, trees=st.trees,
                        leaves=st.leaves, lr=st.lr, min_child_samples=st.min_child_samples, objective=st.objective,
                        n_jobs=st.n_jobs, seed=cfg.seed)
 

@@ -6,7 +6,8 @@ from models.baselines import mae
 from models.stacked import DFTSurrogate, StackConfig, StackedModel
 
 FAST = StackConfig(surrogate_trees=150, surrogate_leaves=15, surrogate_lr=0.1, trees=300, leaves=7, lr=0.05,
-                   min_child_samples=5, n_jobs=1)
+                   min_child_samples=5, n_jobs=1, bags=2,
+                   correction_alpha=None)
 
 
 def _world(seed: int = 0):
@@ -62,6 +63,12 @@ def test_stacked_model_takes_caller_dft_values_and_clamps():
     x_none = model.features(desc, formulas[:3], dft_value=np.full(3, np.nan))
     assert np.isnan(x_none[:, -3]).all() and x_none[:, -2].tolist() == [0.0, 0.0, 0.0]
     assert np.array_equal(x_none[:, -1], x_none[:, -4])  # best estimate falls back to the surrogate
+    # other fidelities are looked up by formula (NaN where unknown) and appended
+    extra = StackedModel(FAST, dft_reference=ref, surrogate=model.surrogate,
+                         extra_reference={"hse": pd.Series([7.0], index=[formulas[1]])})
+    x_extra = extra.features(desc, formulas[:3])
+    assert x_extra.shape[1] == x_lookup.shape[1] + 1
+    assert np.isnan(x_extra[[0, 2], -1]).all() and x_extra[1, -1] == 7.0
     clamped = StackedModel(FAST.__class__(**{**FAST.__dict__, "clamp_min": 0.0}), dft_reference=ref,
                            surrogate=model.surrogate).fit(desc, formulas[:300], y[:300])
     assert clamped.predict(desc, formulas[300:500]).min() >= 0.0
@@ -80,5 +87,33 @@ def test_stacked_model_rejects_bad_input():
         model.predict(desc, formulas[:3], dft_value=np.zeros(2))
     with pytest.raises(ValueError, match="objective"):
         StackConfig(objective="poisson")
-    with pytest.raises(ValueError, match="need >= 50 DFT formulas"):
-        DFTSurrogate(FAST).fit(desc, ref.iloc[:10])
+    with pytest.raises(ValueError, match="need >= 10 DFT formulas"):
+        DFTSurrogate(FAST).fit(desc, ref.iloc[:5])
+
+
+def test_elemental_correction_learns_additive_per_element_errors():
+    """Measurement = DFT + a fixed shift per element (weighted by fraction): the ridge correction recovers it."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(3)
+    metals = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ba", "Zn", "Cd", "Al", "Ga", "In", "Ti", "Zr", "Fe", "Co", "Ni", "Cu"]
+    anions = ["O", "S", "Se", "F", "Cl", "Br", "N", "P"]
+    formulas = sorted({f"{m}{a}{n}" if n > 1 else f"{m}{a}" for m in metals for a in anions for n in (1, 2, 3)})
+    from featurizers.chemistry import element_fractions, reduced_formula
+
+    formulas = sorted({reduced_formula(f) for f in formulas})
+    shift = {e: rng.normal(0, 0.3) for e in metals + anions}
+    n = len(formulas)
+    desc = pd.DataFrame({"formula": formulas, "a": rng.normal(size=n), "b": rng.normal(size=n)})
+    dft = rng.uniform(-3, 0, n)
+    y = dft + np.array([sum(v * shift[e] for e, v in element_fractions(f).items()) for f in formulas])
+    ref = pd.Series(dft, index=formulas)  # every formula has a DFT value here
+    idx = rng.permutation(n)
+    tr, te = idx[: int(0.7 * n)], idx[int(0.7 * n):]
+    f_tr, f_te = [formulas[i] for i in tr], [formulas[i] for i in te]
+    with_corr = StackedModel(replace(FAST, correction_alpha=0.01), dft_reference=ref).fit(desc, f_tr, y[tr])
+    without = StackedModel(FAST, dft_reference=ref, surrogate=with_corr.surrogate).fit(desc, f_tr, y[tr])
+    err_with = mae(y[te], with_corr.predict(desc, f_te))
+    err_without = mae(y[te], without.predict(desc, f_te))
+    assert err_with < 0.5 * err_without
+    assert err_with < 0.03  # the planted shifts are ~0.3 eV/atom
