@@ -11,24 +11,23 @@ and shared by the folds.
 Run: ``PYTHONPATH=. python -m benchmarks.cv_experiment [--quick] [--property band_gap]``.
 Last stdout line: one JSON object with the mean MAE per model and property and the seconds.
 
-Until the fetch/align stages land on this branch, the DFT side is read from the mirror
-directly (``mp_non_metals_band_gap.csv`` compositions; formation energies from
-``megnet_e_form`` by mp-id and ``flla_2015``), Magpie descriptors come from
-:mod:`benchmarks.descriptor_cache`, and the fold-wise alignment is a small POT stand-in
-(:func:`fold_calibration`) for ``models.transport.align``.
+Inputs are the pipeline's own outputs, so the numbers are on the deduplicated data the train
+stage sees: ``data/raw/experiment.parquet`` and ``data/raw/dft.parquet`` (fetch) and
+``data/features/descriptors.parquet`` (featurize); run ``dvc repro`` (or copy a data
+snapshot into ``data/``) first. The fold-wise alignment is a small POT stand-in
+(:func:`fold_calibration`) for ``models.transport.align``, refitted on each fold's training
+measurements (the align stage's own output was fitted on all measurements, so it cannot be
+used inside CV).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import gzip
 import hashlib
 import json
 import logging
 import time
 import warnings
-import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -37,9 +36,9 @@ import ot
 import pandas as pd
 import torch
 
-from benchmarks.descriptor_cache import CACHE_DIR, magpie_descriptors
-from featurizers.chemistry import FormulaError, element_fractions, reduced_formula
+from featurizers.chemistry import element_fractions
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
+from models.stacked import DFTSurrogate, StackConfig, StackedModel
 from models.training import (
     EntryTable,
     ModelConfig,
@@ -52,50 +51,43 @@ from models.training import (
 )
 
 log = logging.getLogger("cv_experiment")
-MIRROR = Path("../shared/datasets")
+DATA = Path("data")
 PROPERTIES = ("band_gap", "formation_enthalpy")
 
 
-def _formula_or_none(f: str) -> str | None:
+DFT_COLUMN = {"band_gap": "band_gap_pbe", "formation_enthalpy": "formation_energy_per_atom"}
+# other DFT fidelities the stacked model takes where known (as the train stage's stack.extra_fidelities)
+EXTRA_FIDELITIES = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
+
+
+def load_experiment(prop: str, data: Path = DATA) -> pd.DataFrame:
+    """The pipeline's deduplicated measurements of ``prop`` (``data/raw/experiment.parquet``) as ``formula``, ``value``."""
     try:
-        return reduced_formula(f)
-    except FormulaError:
-        return None
+        exp = pd.read_parquet(data / "raw/experiment.parquet", columns=["formula", "property", "value"])
+    except (FileNotFoundError, OSError) as exc:
+        raise SystemExit(f"cannot read {data / 'raw/experiment.parquet'}: {exc}; run dvc repro (or copy the data snapshot) first") from exc
+    exp = exp[exp["property"] == prop].dropna(subset=["formula", "value"])
+    return exp[["formula", "value"]].reset_index(drop=True)
 
 
-def load_experiment(prop: str, mirror: Path = MIRROR) -> pd.DataFrame:
-    """Measurements as ``formula``, ``value`` (rows whose formula does not parse are dropped and counted)."""
-    if prop == "band_gap":
-        raw = pd.read_csv(mirror / "experiment/expt_gap_zhuo2018.csv").rename(columns={"composition": "formula_raw", "Eg": "value"})
-    else:
-        raw = pd.read_csv(mirror / "experiment/expt_formation_enthalpy_ssub.csv").rename(
-            columns={"formula": "formula_raw", "dHf_eV_per_atom": "value"})
-    raw["formula"] = raw["formula_raw"].map(_formula_or_none)
-    bad = raw["formula"].isna() | raw["value"].isna()
-    if bad.any():
-        log.warning("%s: %d measurement rows with an unparsable formula or value left out", prop, int(bad.sum()))
-    return raw.loc[~bad, ["formula", "value"]].reset_index(drop=True)
+def load_dft(prop: str, data: Path = DATA) -> pd.DataFrame:
+    """The pipeline's DFT entries (``data/raw/dft.parquet``) as ``material_id``, ``formula``, ``dft_value``, ``e_form``.
+
+    ``e_form`` (formation energy per atom) ranks polymorphs, as in the train stage.
+    """
+    col = DFT_COLUMN[prop]
+    cols = list(dict.fromkeys(["material_id", "formula", col, "formation_energy_per_atom", *EXTRA_FIDELITIES]))
+    dft = pd.read_parquet(data / "raw/dft.parquet", columns=cols)
+    dft["dft_value"] = dft[col]
+    dft["e_form"] = dft["formation_energy_per_atom"]
+    dft = dft.dropna(subset=["formula", "dft_value"])
+    extra = [c for c in EXTRA_FIDELITIES if c != col]
+    return dft[["material_id", "formula", "dft_value", "e_form", *extra]].reset_index(drop=True)
 
 
-def load_dft(prop: str, mirror: Path = MIRROR) -> pd.DataFrame:
-    """DFT entries as ``material_id``, ``formula``, ``dft_value``, ``e_form`` (for picking polymorphs)."""
-    mp = pd.read_csv(mirror / "mp/mp_non_metals_band_gap.csv")
-    mp["formula"] = mp["composition"].map(_formula_or_none)
-    with zipfile.ZipFile(mirror / "mp/megnet_e_form.json.zip") as z:
-        parts = json.load(z.open(z.namelist()[0]))
-    e_form = {k: float(v) for part in parts.values() for k, v in part.items()}
-    mp["e_form"] = mp["material_id"].map(e_form)
-    if prop == "band_gap":
-        out = mp.rename(columns={"band_gap": "dft_value"})
-    else:
-        with gzip.open(mirror / "mp/flla_2015.csv.gz", "rt") as fh:
-            flla = pd.read_csv(fh, comment="#", usecols=["material_id", "formula", "formation_energy_per_atom"])
-        flla["formula"] = flla["formula"].map(lambda s: _formula_or_none("".join(f"{k}{v}" for k, v in ast.literal_eval(s).items())))
-        flla = flla.rename(columns={"formation_energy_per_atom": "e_form"})
-        out = pd.concat([mp[["material_id", "formula", "e_form"]], flla[~flla["material_id"].isin(mp["material_id"])]])
-        out["dft_value"] = out["e_form"]
-    out = out.dropna(subset=["formula", "dft_value"])
-    return out[["material_id", "formula", "dft_value", "e_form"]].reset_index(drop=True)
+def load_descriptors(data: Path = DATA) -> pd.DataFrame:
+    """The featurize stage's descriptors (``data/features/descriptors.parquet``), one row per formula."""
+    return pd.read_parquet(data / "features/descriptors.parquet").drop_duplicates("formula").reset_index(drop=True)
 
 
 def make_folds(formulas: pd.Series, *, n_folds: int, seed: int) -> np.ndarray:
@@ -151,12 +143,13 @@ def fold_calibration(dft: pd.DataFrame, exp_train: pd.DataFrame, *, reg: float =
 
 
 def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, seed: int, train_cfg: TrainConfig,
-                 pretrain_epochs: int, out: Path, cache: Path, device: torch.device, rf_trees: int) -> dict:
+                 pretrain_epochs: int, out: Path, cache: Path, device: torch.device, rf_trees: int,
+                 stack_cfg: StackConfig | None = None, gnn_from: Path | None = None, skip_gnn: bool = False) -> dict:
     t0 = time.perf_counter()
     exp = load_experiment(prop)
     dft = load_dft(prop)
     ref = reference_per_formula(dft, value="dft_value", rank="e_form")
-    desc = magpie_descriptors(set(exp["formula"]) | set(dft["formula"]))
+    desc = load_descriptors()
     exp["fold"] = make_folds(exp["formula"], n_folds=n_folds, seed=seed)
     exp["dft_reference"] = exp["formula"].map(ref)
     (out / prop).mkdir(parents=True, exist_ok=True)
@@ -170,7 +163,7 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
     t_pre = time.perf_counter()
     dft_table = EntryTable.build(dft=dft, descriptors=desc, dft_reference=ref)
     pre_states = []
-    for e in range(n_encoders):
+    for e in range(0 if (skip_gnn or gnn_from is not None) else n_encoders):
         key = hashlib.sha256(json.dumps([prop, seed + e, pretrain_epochs, asdict(cfg.model), len(dft)]).encode()).hexdigest()[:16]
         path = cache / f"pretrained_{prop}_{key}.pt"
         if path.exists():
@@ -181,7 +174,21 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
         torch.save(state, path)
         pre_states.append(state)
     pretrain_s = time.perf_counter() - t_pre
-    log.info("%s: %d pretrained encoders ready in %.0f s", prop, n_encoders, pretrain_s)
+    log.info("%s: %d pretrained encoders ready in %.0f s", prop, len(pre_states), pretrain_s)
+
+    # DFT surrogate of the stacked model: DFT labels only, shared by all folds like the pretraining
+    t_sur = time.perf_counter()
+    stack_cfg = replace(stack_cfg or StackConfig(), clamp_min=clamp, seed=seed)
+    surrogate = DFTSurrogate(stack_cfg).fit(desc, ref)
+    extra_refs = {c: reference_per_formula(dft, value=c, rank="e_form") for c in EXTRA_FIDELITIES if c in dft}
+    surrogate_s = time.perf_counter() - t_sur
+    log.info("%s: DFT surrogate out-of-fold MAE %.4f on %d formulas (%.0f s)", prop, surrogate.mae_, len(ref), surrogate_s)
+    reused = None
+    if gnn_from is not None:
+        reused = pd.read_csv(gnn_from / prop / "cv_predictions.csv")
+        if not (reused.sort_values(["fold", "formula", "value"])[["formula", "fold"]].to_numpy()
+                == exp.sort_values(["fold", "formula", "value"])[["formula", "fold"]].to_numpy()).all():
+            raise SystemExit(f"{gnn_from}: folds differ from this run's; rerun without --gnn-from")
 
     rows = []
     predictions = []
@@ -198,6 +205,22 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
         fold_pred = te[["formula", "value", "fold", "dft_reference"]].copy()
         fold_pred["rf_magpie"] = rf.predict(desc, te["formula"].tolist())
         res["rf_magpie"] = mae(y_te, fold_pred["rf_magpie"].to_numpy())
+        stacked = StackedModel(stack_cfg, dft_reference=ref, surrogate=surrogate, extra_reference=extra_refs).fit(desc, tr["formula"], tr["value"].to_numpy())
+        fold_pred["stacked"] = stacked.predict(desc, te["formula"])
+        res["stacked"] = mae(y_te, fold_pred["stacked"].to_numpy())
+        if reused is not None or skip_gnn:
+            if reused is not None:
+                _reuse_gnn(reused[reused["fold"] == k], fold_pred, res, y_te)
+            else:
+                for name in ("gnn_no_ot", "gnn_ot", "gnn_no_ot_std", "gnn_ot_std"):
+                    fold_pred[name] = np.nan
+                    res[name] = np.nan
+            _blends(fold_pred, res, y_te)
+            predictions.append(fold_pred)
+            res["seconds"] = time.perf_counter() - tf
+            log.info("%s fold %d: %s", prop, k, {m: round(v, 4) if isinstance(v, float) else v for m, v in res.items()})
+            rows.append(res)
+            continue
         cal = fold_calibration(dft, tr)
         table = EntryTable.build(dft=cal, experiment=pd.concat([tr, te])[["formula", "value"]], descriptors=desc, dft_reference=ref)
         n_dft = len(cal)
@@ -211,9 +234,7 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
             fold_pred[name] = pred.experiment
             fold_pred[f"{name}_std"] = pred.experiment_std
             res[f"{name}_best_epochs"] = [r.best_epoch for r in members]
-        # fixed equal-weight blend of the two model families (nothing fitted on the test fold)
-        fold_pred["gnn_ot_rf_blend"] = 0.5 * (fold_pred["gnn_ot"] + fold_pred["rf_magpie"])
-        res["gnn_ot_rf_blend"] = mae(y_te, fold_pred["gnn_ot_rf_blend"].to_numpy())
+        _blends(fold_pred, res, y_te)
         predictions.append(fold_pred)
         res["seconds"] = time.perf_counter() - tf
         log.info("%s fold %d: %s", prop, k, {m: round(v, 4) if isinstance(v, float) else v for m, v in res.items()})
@@ -221,13 +242,33 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
     folds = pd.DataFrame(rows)
     folds.to_csv(out / prop / "cv_results.csv", index=False)
     pd.concat(predictions).to_csv(out / prop / "cv_predictions.csv", index=False)
-    models = ["raw_dft", "raw_dft_covered", "linear_dft", "rf_magpie", "gnn_no_ot", "gnn_ot", "gnn_ot_rf_blend"]
+    models = ["raw_dft", "raw_dft_covered", "linear_dft", "rf_magpie", "gnn_no_ot", "gnn_ot", "gnn_ot_rf_blend", "stacked",
+              "stacked_gnn_ot_blend", "stacked_gnn_no_ot_blend"]
     summary = {m: float(folds[m].mean()) for m in models}
     summary.update({f"{m}_std": float(folds[m].std(ddof=1)) if len(folds) > 1 else 0.0 for m in models})
     summary.update(n_measurements=len(exp), dft_coverage=float(exp["dft_reference"].notna().mean()), n_dft=len(dft), pretrain_seconds=pretrain_s,
+                   surrogate_seconds=surrogate_s, surrogate_mae=surrogate.mae_,
                    seconds=time.perf_counter() - t0)
     (out / prop / "cv_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _blends(fold_pred: pd.DataFrame, res: dict, y_te: np.ndarray) -> None:
+    """Fixed equal-weight blends of model families (weights set beforehand: nothing fitted on the test fold)."""
+    for name, (a, b) in {"gnn_ot_rf_blend": ("gnn_ot", "rf_magpie"), "stacked_gnn_ot_blend": ("stacked", "gnn_ot"),
+                         "stacked_gnn_no_ot_blend": ("stacked", "gnn_no_ot")}.items():
+        fold_pred[name] = 0.5 * (fold_pred[a] + fold_pred[b])
+        res[name] = mae(y_te, fold_pred[name].to_numpy()) if fold_pred[name].notna().all() else np.nan
+
+
+def _reuse_gnn(previous: pd.DataFrame, fold_pred: pd.DataFrame, res: dict, y_te: np.ndarray) -> None:
+    """Copy one fold's GNN predictions from an earlier run on the same folds (``--gnn-from``)."""
+    prev = previous.sort_values(["formula", "value"])
+    order = fold_pred.sort_values(["formula", "value"]).index
+    for name in ("gnn_no_ot", "gnn_ot"):
+        for col in (name, f"{name}_std"):
+            fold_pred.loc[order, col] = prev[col].to_numpy()
+        res[name] = mae(y_te, fold_pred[name].to_numpy())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,10 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--pretrain-epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cache", type=Path, default=CACHE_DIR, help="where pretrained encoders are cached (outside the repo)")
+    p.add_argument("--cache", type=Path, default=Path("/tmp/matshift-cache"), help="where pretrained encoders are cached (outside the repo)")
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data/cv"))
+    p.add_argument("--skip-gnn", action="store_true", help="baselines and stacked model only (GNN rows left empty)")
+    p.add_argument("--gnn-from", type=Path, default=None,
+                   help="reuse the GNN predictions of an earlier run's --out on the same folds (skips GNN training)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
@@ -258,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     for prop in args.property or PROPERTIES:
         result[prop] = run_property(prop, n_folds=folds, n_members=members, n_encoders=encoders, seed=args.seed,
                                     train_cfg=cfg, pretrain_epochs=pre, out=args.out, cache=args.cache, device=device,
-                                    rf_trees=trees)
+                                    rf_trees=trees, gnn_from=args.gnn_from, skip_gnn=args.skip_gnn)
     print(json.dumps(result))
 
 

@@ -22,6 +22,7 @@ import torch
 
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
 from models.gnn import save_model
+from models.stacked import StackConfig, StackedModel
 from models.training import (
     DataParallelHook,
     EntryTable,
@@ -50,6 +51,8 @@ class FitResult:
     metrics: dict[str, float]
     selection: pd.DataFrame
     seconds: float
+    stacked: StackedModel | None = None
+    blend_weight: float = 0.0
 
 
 def fit_property(
@@ -68,9 +71,25 @@ def fit_property(
     seed: int = 0,
     device: str = "auto",
     parallel: DataParallelHook | None = None,
+    stack_config: StackConfig | None = None,
+    blend_weight: float = 0.0,
+    extra_fidelities: tuple[str, ...] = (),
 ) -> FitResult:
+    """Fit everything for one property; see the module docstring.
+
+    ``stack_config``: when given, also fit the multi-fidelity :class:`models.stacked.StackedModel`
+    on the training part. ``blend_weight`` (0..1, needs ``stack_config``): weight of the stacked
+    model in the served prediction ``w * stacked + (1 - w) * gnn_ot`` (fixed beforehand from the
+    CV benchmark, never fitted on the selection part); 0 serves the GNN alone.
+    ``extra_fidelities``: columns of ``dft`` (e.g. HSE or GLLB-SC gaps) whose per-formula value
+    (most stable polymorph where known) the stacked model also takes; absent columns are skipped.
+    """
     import time
 
+    if not 0.0 <= blend_weight <= 1.0:
+        raise ValueError(f"blend_weight must be in [0, 1], got {blend_weight}")
+    if blend_weight > 0 and stack_config is None:
+        raise ValueError("blend_weight > 0 needs a stack_config (the stacked model it blends in)")
     t0 = time.perf_counter()
     dev = determine_device(device)
     torch.manual_seed(seed)
@@ -112,14 +131,24 @@ def fit_property(
         "gnn_ot": preds["gnn_ot"].experiment,
         "gnn_ot_std": preds["gnn_ot"].experiment_std,
     })
-    metrics = {f"mae_{m}": mae(y_sel, selection[m].to_numpy())
-               for m in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot")}
+    scored = ["raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot"]
+    stacked = None
+    if stack_config is not None:
+        extra = {c: reference_per_formula(dft, value=c, rank=rank) for c in extra_fidelities if c in dft}
+        stacked = StackedModel(replace(stack_config, clamp_min=clamp, seed=seed), dft_reference=ref,
+                               extra_reference=extra).fit(
+            descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+        selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
+        selection["served"] = blend_weight * selection["stacked"] + (1 - blend_weight) * selection["gnn_ot"]
+        scored += ["stacked", "served"]
+    metrics = {f"mae_{m}": mae(y_sel, selection[m].to_numpy()) for m in scored}
     covered = ~np.isnan(d_sel)
     if covered.any():
         metrics["mae_raw_dft_covered"] = mae(y_sel[covered], d_sel[covered])
     metrics["dft_coverage"] = float(covered.mean())
     return FitResult(members=fitted["gnn_ot"], members_no_ot=fitted["gnn_no_ot"], linear=linear, forest=forest,
-                     dft_reference=ref, metrics=metrics, selection=selection, seconds=time.perf_counter() - t0)
+                     dft_reference=ref, metrics=metrics, selection=selection, seconds=time.perf_counter() - t0,
+                     stacked=stacked, blend_weight=blend_weight if stacked is not None else 0.0)
 
 
 def _history_frame(result: FitResult) -> pd.DataFrame:
@@ -142,6 +171,10 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
         names.append(name)
     meta = {"property": property_name, "members": names, "clamp_min": clamp_min, "metrics": result.metrics,
             "config": config}
+    if result.stacked is not None:
+        # served prediction: blend_weight * stacked + (1 - blend_weight) * GNN ensemble (models.serving)
+        joblib.dump(result.stacked, directory / "stacked.joblib")
+        meta["stacked"] = {"file": "stacked.joblib", "blend_weight": result.blend_weight}
     (directory / "ensemble.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     (directory / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
     (directory / "baselines.json").write_text(json.dumps(

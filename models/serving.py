@@ -4,7 +4,10 @@ The MLflow ``pyfunc`` wrapper lives in :mod:`models.pyfunc`, so serving does not
 
 Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, the DFT value
 of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction`` and
-``uncertainty`` (the ensemble's standard deviation), one row per input row. Descriptors for
+``uncertainty`` (the ensemble's standard deviation), one row per input row. When the train
+stage saved a multi-fidelity stacked model (``ensemble.json`` key ``stacked``), the prediction
+is ``w * stacked + (1 - w) * ensemble`` with the saved weight ``w``; the uncertainty stays the
+GNN ensemble's spread. Descriptors for
 formulas are looked up in the table saved with the model; a formula not in it gets its
 descriptors computed (:func:`featurizers.composition.composition_descriptors`) when the
 model's columns are ones matshift computes, and an error naming the formula otherwise.
@@ -40,6 +43,13 @@ class EnsemblePredictor:
         desc_path = directory / "descriptors.parquet"
         self.descriptors = pd.read_parquet(desc_path) if desc_path.exists() else None
         self.clamp_min = self.meta.get("clamp_min")
+        stacked = self.meta.get("stacked")
+        self.stacked, self.blend_weight = None, 0.0
+        if stacked:
+            import joblib
+
+            self.stacked = joblib.load(directory / stacked["file"])
+            self.blend_weight = float(stacked["blend_weight"])
 
     def _descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
         if self.descriptors is None:
@@ -81,6 +91,7 @@ class EnsemblePredictor:
         dft = frame["dft_value"].astype(float).to_numpy() if "dft_value" in frame else np.full(len(frame), np.nan)
         ref = pd.Series(dft, index=formulas)
         ref = ref[~ref.index.duplicated()].dropna()
+        desc = self._descriptors_for(formulas)
         rows = pd.DataFrame({"formula": formulas, "value": np.nan})
         by_id = None
         if graphs is not None and self.uses_graphs:
@@ -89,8 +100,12 @@ class EnsemblePredictor:
             rows["material_id"] = [f"row-{i}" if g is not None else None for i, g in enumerate(graphs)]
             by_id = {f"row-{i}": g for i, g in enumerate(graphs) if g is not None}
         table = EntryTable.build(
-            experiment=rows, descriptors=self._descriptors_for(formulas), dft_reference=ref, graphs=by_id,
+            experiment=rows, descriptors=desc, dft_reference=ref, graphs=by_id,
         )
         table.dft_input = dft.astype(np.float64)
         pred = predict_ensemble(self.models, table, clamp_min=self.clamp_min)
-        return pd.DataFrame({"prediction": pred.experiment, "uncertainty": pred.experiment_std})
+        value = pred.experiment
+        if self.stacked is not None and self.blend_weight > 0:
+            stacked = self.stacked.predict(desc, formulas, dft_value=dft)
+            value = self.blend_weight * stacked + (1 - self.blend_weight) * value
+        return pd.DataFrame({"prediction": value, "uncertainty": pred.experiment_std})

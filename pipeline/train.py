@@ -82,6 +82,35 @@ class OptimParams:
 
 
 @dataclass(frozen=True)
+class StackParams:
+    """The multi-fidelity stacked model (``models.stacked``) and its weight in the served blend.
+
+    ``blend_weight`` is fixed from the CV benchmark (benchmarks/cv_experiment_results.md), not
+    fitted here: the served prediction is ``w * stacked + (1 - w) * gnn_ot``.
+    """
+
+    enabled: bool = True
+    blend_weight: float = 1.0
+    # other DFT fidelities in data/raw/dft.parquet, given to the stacked model where known
+    extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
+    bags: int = 5
+    surrogate_trees: int = 300
+    surrogate_leaves: int = 63
+    trees: int = 800
+    leaves: int = 31
+    lr: float = 0.03
+    min_child_samples: int = 10
+    objective: str = "regression"
+    n_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.blend_weight <= 1.0:
+            raise ValueError(f"stack.blend_weight must be in [0, 1], got {self.blend_weight}")
+        if self.blend_weight > 0 and not self.enabled:
+            raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
+
+
+@dataclass(frozen=True)
 class TrainParams:
     """The ``train`` section of params.yaml."""
 
@@ -100,6 +129,7 @@ class TrainParams:
     device: str = "auto"
     model: ModelParams = field(default_factory=ModelParams)
     optim: OptimParams = field(default_factory=OptimParams)
+    stack: StackParams = field(default_factory=StackParams)
 
     def __post_init__(self) -> None:
         if self.members < 1:
@@ -178,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         train_config=_train_config(cfg, prop), members=cfg.members, encoders=cfg.encoders,
         pretrain_epochs=cfg.optim.pretrain_epochs, pretrain_batch_size=cfg.optim.pretrain_batch_size,
         selection_fraction=cfg.selection_fraction, rf_trees=cfg.rf_trees, seed=cfg.seed, device=cfg.device,
+        stack_config=_stack_config(cfg), blend_weight=cfg.stack.blend_weight,
+        extra_fidelities=tuple(c for c in cfg.stack.extra_fidelities if c != DFT_COLUMN[prop]),
     )
     out = cfg.out_dir / prop
     with atomic_dir(out) as tmp:
@@ -198,6 +230,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_config(cfg: TrainParams):
+    if not cfg.stack.enabled:
+        return None
+    from models.stacked import StackConfig
+
+    st = cfg.stack
+    return StackConfig(bags=st.bags, surrogate_trees=st.surrogate_trees, surrogate_leaves=st.surrogate_leaves, trees=st.trees,
+                       leaves=st.leaves, lr=st.lr, min_child_samples=st.min_child_samples, objective=st.objective,
+                       n_jobs=st.n_jobs, seed=cfg.seed)
+
+
 def _train_config(cfg: TrainParams, prop: str):
     from models.training import ModelConfig, TrainConfig
 
@@ -210,4 +253,4 @@ def _train_config(cfg: TrainParams, prop: str):
     )
 
 
-__all__ = ["TrainParams", "add_arguments", "load_inputs", "run"]
+__all__ = ["StackParams", "TrainParams", "add_arguments", "load_inputs", "run"]

@@ -48,6 +48,7 @@ def _params(root, **extra):
         "  members: 2", "  encoders: 1", "  rf_trees: 10",
         "  model: {comp_hidden: 8, comp_layers: 1, emb_dim: 8, head_hidden: 8, use_graphs: false}",
         "  optim: {epochs: 2, pretrain_epochs: 1, batch_size: 8, dft_batch_size: 8}",
+        "  stack: {surrogate_trees: 20, trees: 20, n_jobs: 1, blend_weight: 0.5}",
     ]
     lines += [f"  {k}: {v}" for k, v in extra.items()]
     path = root / "params.yaml"
@@ -66,7 +67,9 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     meta = json.loads((out / "ensemble.json").read_text())
     assert meta["members"] == ["member_0", "member_1"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) >= {"mae_raw_dft", "mae_linear_dft", "mae_rf_descriptors", "mae_gnn_no_ot", "mae_gnn_ot"}
+    assert set(metrics) >= {"mae_raw_dft", "mae_linear_dft", "mae_rf_descriptors", "mae_gnn_no_ot", "mae_gnn_ot",
+                            "mae_stacked", "mae_served"}
+    assert meta["stacked"] == {"file": "stacked.joblib", "blend_weight": 0.5}
     # the linear calibration recovers the planted relation exactly (noise-free data)
     lin = json.loads((out / "baselines.json").read_text())["linear_dft"]
     assert lin["a"] == pytest.approx(1.2) and lin["b"] == pytest.approx(0.4)
@@ -77,6 +80,17 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     pred = model.predict(pd.DataFrame({"formula": ["NaCl", "GaN"], "dft_value": [5.0, np.nan]}))
     assert list(pred.columns) == ["prediction", "uncertainty"] and len(pred) == 2
     assert (pred["prediction"] >= 0).all()
+    # the served value is the fixed blend of the stacked model and the GNN ensemble
+    from models.serving import EnsemblePredictor
+
+    served = EnsemblePredictor(out)
+    frame = pd.DataFrame({"formula": ["NaCl", "GaN"], "dft_value": [5.0, np.nan]})
+    both = served.predict(frame)["prediction"].to_numpy()
+    assert both == pytest.approx(pred["prediction"].to_numpy())
+    stacked = served.stacked.predict(served.descriptors, ["NaCl", "GaN"], dft_value=np.array([5.0, np.nan]))
+    served.blend_weight = 0.0
+    gnn = served.predict(frame)["prediction"].to_numpy()
+    assert both == pytest.approx(0.5 * stacked + 0.5 * gnn)
     run = client.search_runs(client.get_experiment_by_name("matshift").experiment_id)[0]
     assert run.data.params["optim.epochs"] == "2"
     assert "gnn_ot.m0.val_mae" in run.data.metrics

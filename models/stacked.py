@@ -1,0 +1,251 @@
+"""Multi-fidelity stacking: a DFT surrogate feeds a gradient-boosted model of the measurements.
+
+Why: only a minority of measured formulas have a DFT entry (about 16% of the band gaps, 68%
+of the enthalpies), so a model that uses the DFT value only where it is known wastes the
+~48k DFT labels for everything else. :class:`DFTSurrogate` learns the DFT property from
+composition descriptors on the DFT labels alone (no measurement is involved, so it can be
+shared by cross-validation folds) and predicts it for every formula. :class:`StackedModel`
+then fits gradient boosting (LightGBM) on the descriptors plus four multi-fidelity columns:
+the surrogate's estimate, the known DFT value (NaN where none: LightGBM routes missing
+values), a has-DFT flag and the best DFT estimate (known value, else surrogate).
+
+Fitted elemental correction: DFT errors against experiment are largely additive per element
+(the idea behind fitted elemental-phase reference energies for formation enthalpies), which
+trees approximate poorly. So a ridge regression on element fractions first fits the
+measurement minus the best DFT estimate on the training rows; the boosters then learn what
+is left (``y - corrected``, with ``corrected`` also given as a feature) and the corrected
+estimate is added back. Elements unseen in training contribute nothing to the correction.
+
+The surrogate is *cross-fitted*: for a formula in the DFT training set the feature is the
+prediction of the surrogate fitted on the other folds, so a covered formula's feature is an
+out-of-sample estimate exactly like an uncovered formula's (otherwise the feature would be a
+near copy of the known value on covered rows and the model would learn a wrong trust in it).
+
+Both classes follow the scikit-learn shape (options in ``__init__``, ``fit`` returns ``self``,
+fitted state ends in ``_``) and take frames keyed by ``formula``; bad input raises
+``ValueError`` with a message, never a silent NaN prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["DFTSurrogate", "StackConfig", "StackedModel", "descriptor_matrix"]
+
+
+def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
+    """Numeric descriptor rows for ``formulas`` (float32), in the order given; raises on unknown formulas or NaN."""
+    d = descriptors.drop_duplicates("formula").set_index("formula")
+    cols = list(columns) if columns is not None else list(d.select_dtypes(include="number").columns)
+    missing = sorted(set(formulas) - set(d.index))
+    if missing:
+        raise ValueError(f"no descriptors for {len(missing)} formulas, e.g. {missing[0]!r}")
+    x = d.loc[list(formulas), cols].to_numpy(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("descriptors hold NaN or inf")
+    return x
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Options of the stacked model (chosen on seed-1 folds, see benchmarks/cv_experiment_results.md).
+
+    ``surrogate_*`` configure the DFT surrogate, the rest the model of the measurements.
+    ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
+    boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
+    ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
+    boosters fit the measurement directly).
+    """
+
+    surrogate_trees: int = 300
+    surrogate_leaves: int = 63
+    surrogate_lr: float = 0.05
+    surrogate_folds: int = 5
+    trees: int = 800
+    leaves: int = 31
+    lr: float = 0.03
+    min_child_samples: int = 10
+    colsample: float = 0.5
+    subsample: float = 0.8
+    objective: str = "regression"
+    bags: int = 5
+    correction_alpha: float | None = 10.0
+    clamp_min: float | None = None
+    seed: int = 0
+    n_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StackConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.surrogate_folds < 2:
+            raise ValueError(f"StackConfig.surrogate_folds must be >= 2, got {self.surrogate_folds}")
+        for name in ("colsample", "subsample", "lr", "surrogate_lr"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"StackConfig.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.correction_alpha is not None and self.correction_alpha <= 0:
+            raise ValueError(f"StackConfig.correction_alpha must be > 0 or None, got {self.correction_alpha}")
+        if self.objective not in ("regression", "regression_l1", "huber"):
+            raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
+
+
+def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, objective: str = "regression",
+             min_child_samples: int = 20):
+    import lightgbm as lgb
+
+    return lgb.LGBMRegressor(
+        objective=objective, n_estimators=trees, num_leaves=leaves, learning_rate=lr, subsample=config.subsample,
+        subsample_freq=1, colsample_bytree=config.colsample, min_child_samples=min_child_samples,
+        random_state=seed, n_jobs=config.n_jobs, verbose=-1,
+    )
+
+
+class DFTSurrogate:
+    """Composition model of the DFT property, trained on DFT labels only (cross-fitted).
+
+    Args:
+        config: :class:`StackConfig` (its ``surrogate_*``, ``colsample``, ``subsample``, ``seed``, ``n_jobs``).
+
+    """
+
+    def __init__(self, config: StackConfig | None = None):
+        self.config = config or StackConfig()
+
+    def fit(self, descriptors: pd.DataFrame, dft_reference: pd.Series) -> DFTSurrogate:
+        """``dft_reference``: one DFT value per formula (index = formula), e.g. from ``reference_per_formula``."""
+        c = self.config
+        ref = dft_reference.dropna()
+        ref = ref[~ref.index.duplicated()]
+        if len(ref) < 2 * c.surrogate_folds:
+            raise ValueError(f"DFTSurrogate: need >= {2 * c.surrogate_folds} DFT formulas, got {len(ref)}")
+        self.columns_ = list(descriptors.drop(columns="formula").select_dtypes(include="number").columns)
+        x = descriptor_matrix(descriptors, ref.index, self.columns_)
+        y = ref.to_numpy(float)
+        fold = np.random.default_rng(c.seed).integers(0, c.surrogate_folds, len(y))
+        oof = np.empty(len(y))
+        for k in range(c.surrogate_folds):
+            m = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr, seed=c.seed + k)
+            m.fit(x[fold != k], y[fold != k])
+            oof[fold == k] = m.predict(x[fold == k])
+        self.out_of_fold_ = pd.Series(oof, index=ref.index)
+        self.model_ = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
+                               seed=c.seed).fit(x, y)
+        self.mae_ = float(np.mean(np.abs(oof - y)))
+        return self
+
+    def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
+        """Surrogate DFT value per formula: out-of-fold for DFT training formulas, full model otherwise."""
+        formulas = list(formulas)
+        out = np.array(pd.Series(formulas).map(self.out_of_fold_), dtype=float)  # a writable copy
+        new = np.isnan(out)
+        if new.any():
+            out[new] = self.model_.predict(descriptor_matrix(descriptors, [f for f, n in zip(formulas, new, strict=True) if n],
+                                                             self.columns_))
+        return out
+
+
+class StackedModel:
+    """Gradient boosting on descriptors + DFT surrogate + known DFT value + has-DFT flag.
+
+    Args:
+        config: :class:`StackConfig`.
+        dft_reference: one DFT value per formula (index = formula); formulas absent have no DFT entry.
+        surrogate: a fitted :class:`DFTSurrogate` to reuse (CV folds share it: it saw no
+            measurement); fitted on ``dft_reference`` in :meth:`fit` when None.
+        extra_reference: other known DFT values per formula (name -> Series indexed by formula,
+            e.g. HSE or GLLB-SC band gaps known for a few thousand entries), appended as
+            columns (NaN where unknown; always looked up by formula).
+
+    """
+
+    MF_COLUMNS = ("surrogate", "dft_value", "has_dft", "dft_best")
+
+    def __init__(self, config: StackConfig | None = None, *, dft_reference: pd.Series,
+                 surrogate: DFTSurrogate | None = None, extra_reference: dict[str, pd.Series] | None = None):
+        self.config = config or StackConfig()
+        self.dft_reference = dft_reference[~dft_reference.index.duplicated()]
+        self.surrogate = surrogate
+        self.extra_reference = {k: v.dropna()[~v.dropna().index.duplicated()] for k, v in (extra_reference or {}).items()}
+
+    def features(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
+        """Descriptor columns, :attr:`MF_COLUMNS` (NaN in ``dft_value`` where none is known), then the extra references.
+
+        ``dft_value``: per-row DFT values to use instead of the training-time lookup (serving
+        passes the caller's, NaN where unknown); None looks formulas up in ``dft_reference``.
+        """
+        formulas = list(formulas)
+        x = descriptor_matrix(descriptors, formulas, self.surrogate.columns_)
+        sur = self.surrogate.predict(descriptors, formulas)
+        if dft_value is None:
+            known = pd.Series(formulas).map(self.dft_reference).to_numpy(float)
+        else:
+            known = np.asarray(dft_value, float)
+            if known.shape != (len(formulas),):
+                raise ValueError(f"StackedModel: {len(formulas)} formulas but dft_value of shape {known.shape}")
+        has = ~np.isnan(known)
+        best = np.where(has, known, sur)
+        extra = [np.array(pd.Series(formulas).map(ref), dtype=float) for ref in self.extra_reference.values()]
+        return np.column_stack([x, sur, known, has.astype(float), best, *extra]).astype(np.float32)
+
+    def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], y: np.ndarray) -> StackedModel:
+        c = self.config
+        y = np.asarray(y, float)
+        if len(y) != len(formulas):
+            raise ValueError(f"StackedModel: {len(formulas)} formulas but {len(y)} targets")
+        if len(y) < 20 or not np.isfinite(y).all():
+            raise ValueError(f"StackedModel: need >= 20 finite targets, got {len(y)} ({int((~np.isfinite(y)).sum())} non-finite)")
+        if self.surrogate is None:
+            self.surrogate = DFTSurrogate(c).fit(descriptors, self.dft_reference)
+        x = self.features(descriptors, formulas)
+        base = self._fit_correction(list(formulas), x, y)
+        x = np.column_stack([x, base]).astype(np.float32)
+        self.models_ = [_booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, objective=c.objective,
+                                 min_child_samples=c.min_child_samples).fit(x, y - base) for b in range(c.bags)]
+        return self
+
+    def _fractions(self, formulas: list[str]) -> np.ndarray:
+        from featurizers.chemistry import element_fractions
+
+        col = {e: i for i, e in enumerate(self.elements_)}
+        out = np.zeros((len(formulas), len(col)))
+        for r, f in enumerate(formulas):
+            for e, v in element_fractions(f).items():
+                if e in col:
+                    out[r, col[e]] = v
+        return out
+
+    def _fit_correction(self, formulas: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Fit the ridge correction of the best DFT estimate; return the corrected estimate per row."""
+        best = x[:, self._best_column].astype(float)
+        if self.config.correction_alpha is None:
+            self.elements_, self.correction_ = [], None
+            return np.zeros(len(y))
+        from sklearn.linear_model import Ridge
+
+        from featurizers.chemistry import element_fractions
+
+        self.elements_ = sorted({e for f in formulas for e in element_fractions(f)})
+        self.correction_ = Ridge(alpha=self.config.correction_alpha).fit(self._fractions(formulas), y - best)
+        return best + self.correction_.predict(self._fractions(formulas))
+
+    def _corrected(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
+        if self.correction_ is None:
+            return np.zeros(len(x))
+        return x[:, self._best_column].astype(float) + self.correction_.predict(self._fractions(formulas))
+
+    @property
+    def _best_column(self) -> int:
+        return -1 - len(self.extra_reference)
+
+    def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
+        """Predicted measurement per formula (see :meth:`features` for ``dft_value``)."""
+        formulas = list(formulas)
+        x = self.features(descriptors, formulas, dft_value)
+        base = self._corrected(formulas, x)
+        x = np.column_stack([x, base]).astype(np.float32)
+        out = base + np.mean([m.predict(x) for m in self.models_], axis=0)
+        return out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)

@@ -1,0 +1,119 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.baselines import mae
+from models.stacked import DFTSurrogate, StackConfig, StackedModel
+
+FAST = StackConfig(surrogate_trees=150, surrogate_leaves=15, surrogate_lr=0.1, trees=300, leaves=7, lr=0.05,
+                   min_child_samples=5, n_jobs=1, bags=2,
+                   correction_alpha=None)
+
+
+def _world(seed: int = 0):
+    """DFT value d = 2a + sin(3b) known for 800 'DFT' formulas; measurement y = 1.5 d + 0.5 (+ noise)."""
+    rng = np.random.default_rng(seed)
+    n = 1100
+    formulas = [f"X{i}" for i in range(n)]
+    desc = pd.DataFrame({"formula": formulas, "a": rng.uniform(-1, 1, n), "b": rng.uniform(-1, 1, n),
+                         "c": rng.normal(size=n)})
+    d = 2 * desc["a"].to_numpy() + np.sin(3 * desc["b"].to_numpy())
+    y = 1.5 * d + 0.5 + rng.normal(0, 0.02, n)
+    ref = pd.Series(d[:800], index=formulas[:800])  # formulas 800.. have no DFT entry
+    return formulas, desc, d, y, ref
+
+
+def test_surrogate_is_cross_fitted_and_predicts_unseen_formulas():
+    formulas, desc, d, _, ref = _world()
+    sur = DFTSurrogate(FAST).fit(desc, ref)
+    # DFT training formulas get their out-of-fold estimate (not a copy of the label) ...
+    on_train = sur.predict(desc, formulas[:800])
+    assert np.array_equal(on_train, sur.out_of_fold_.loc[formulas[:800]].to_numpy())
+    assert not np.allclose(on_train, d[:800], atol=1e-3)
+    assert mae(d[:800], on_train) == pytest.approx(sur.mae_)
+    # ... and new formulas the full model's: both close to the planted function
+    assert sur.mae_ < 0.25 * np.mean(np.abs(d - d.mean()))
+    assert mae(d[800:], sur.predict(desc, formulas[800:])) < 0.25 * np.mean(np.abs(d - d.mean()))
+
+
+def test_stacked_model_uses_the_dft_surrogate_where_no_dft_value_is_known():
+    formulas, desc, _, y, ref = _world()
+    # few measurements (the realistic regime): 60 for training, all test formulas without DFT entries
+    train = list(range(740, 800)) + list(range(800, 860))
+    test = list(range(900, 1100))
+    f_tr, f_te = [formulas[i] for i in train], [formulas[i] for i in test]
+    stacked = StackedModel(FAST, dft_reference=ref).fit(desc, f_tr, y[train])
+    err = mae(y[test], stacked.predict(desc, f_te))
+    # the same booster on the descriptors alone (no DFT information) is clearly worse
+    import lightgbm as lgb
+
+    plain = lgb.LGBMRegressor(n_estimators=300, num_leaves=7, learning_rate=0.05, min_child_samples=5, n_jobs=1,
+                              verbose=-1).fit(desc.set_index("formula").loc[f_tr].to_numpy(), y[train])
+    err_plain = mae(y[test], plain.predict(desc.set_index("formula").loc[f_te].to_numpy()))
+    assert err < 0.75 * err_plain
+    assert err < 0.35  # spread of y is ~1.7
+
+
+def test_stacked_model_takes_caller_dft_values_and_clamps():
+    formulas, desc, d, y, ref = _world(1)
+    model = StackedModel(FAST, dft_reference=ref).fit(desc, formulas[:300], y[:300])
+    x_lookup = model.features(desc, formulas[:3])
+    assert np.array_equal(x_lookup[:, -3], d[:3].astype(np.float32))  # known DFT value column
+    assert x_lookup[:, -2].tolist() == [1.0, 1.0, 1.0]  # has-DFT flag
+    x_none = model.features(desc, formulas[:3], dft_value=np.full(3, np.nan))
+    assert np.isnan(x_none[:, -3]).all() and x_none[:, -2].tolist() == [0.0, 0.0, 0.0]
+    assert np.array_equal(x_none[:, -1], x_none[:, -4])  # best estimate falls back to the surrogate
+    # other fidelities are looked up by formula (NaN where unknown) and appended
+    extra = StackedModel(FAST, dft_reference=ref, surrogate=model.surrogate,
+                         extra_reference={"hse": pd.Series([7.0], index=[formulas[1]])})
+    x_extra = extra.features(desc, formulas[:3])
+    assert x_extra.shape[1] == x_lookup.shape[1] + 1
+    assert np.isnan(x_extra[[0, 2], -1]).all() and x_extra[1, -1] == 7.0
+    clamped = StackedModel(FAST.__class__(**{**FAST.__dict__, "clamp_min": 0.0}), dft_reference=ref,
+                           surrogate=model.surrogate).fit(desc, formulas[:300], y[:300])
+    assert clamped.predict(desc, formulas[300:500]).min() >= 0.0
+    assert model.predict(desc, formulas[300:500]).min() < 0.0  # the planted targets go negative
+
+
+def test_stacked_model_rejects_bad_input():
+    formulas, desc, _, y, ref = _world()
+    model = StackedModel(FAST, dft_reference=ref)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.fit(desc, formulas[:100], np.where(np.arange(100) == 3, np.nan, y[:100]))
+    model.fit(desc, formulas[:100], y[:100])
+    with pytest.raises(ValueError, match=r"no descriptors for 1 formulas, e\.g\. 'Nope'"):
+        model.predict(desc, ["Nope"])
+    with pytest.raises(ValueError, match="dft_value of shape"):
+        model.predict(desc, formulas[:3], dft_value=np.zeros(2))
+    with pytest.raises(ValueError, match="objective"):
+        StackConfig(objective="poisson")
+    with pytest.raises(ValueError, match="need >= 10 DFT formulas"):
+        DFTSurrogate(FAST).fit(desc, ref.iloc[:5])
+
+
+def test_elemental_correction_learns_additive_per_element_errors():
+    """Measurement = DFT + a fixed shift per element (weighted by fraction): the ridge correction recovers it."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(3)
+    metals = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ba", "Zn", "Cd", "Al", "Ga", "In", "Ti", "Zr", "Fe", "Co", "Ni", "Cu"]
+    anions = ["O", "S", "Se", "F", "Cl", "Br", "N", "P"]
+    formulas = sorted({f"{m}{a}{n}" if n > 1 else f"{m}{a}" for m in metals for a in anions for n in (1, 2, 3)})
+    from featurizers.chemistry import element_fractions, reduced_formula
+
+    formulas = sorted({reduced_formula(f) for f in formulas})
+    shift = {e: rng.normal(0, 0.3) for e in metals + anions}
+    n = len(formulas)
+    desc = pd.DataFrame({"formula": formulas, "a": rng.normal(size=n), "b": rng.normal(size=n)})
+    dft = rng.uniform(-3, 0, n)
+    y = dft + np.array([sum(v * shift[e] for e, v in element_fractions(f).items()) for f in formulas])
+    ref = pd.Series(dft, index=formulas)  # every formula has a DFT value here
+    idx = rng.permutation(n)
+    tr, te = idx[: int(0.7 * n)], idx[int(0.7 * n):]
+    f_tr, f_te = [formulas[i] for i in tr], [formulas[i] for i in te]
+    with_corr = StackedModel(replace(FAST, correction_alpha=0.01), dft_reference=ref).fit(desc, f_tr, y[tr])
+    without = StackedModel(FAST, dft_reference=ref, surrogate=with_corr.surrogate).fit(desc, f_tr, y[tr])
+    err_with = mae(y[te], with_corr.predict(desc, f_te))
+    err_without = mae(y[te], without.predict(desc, f_te))
+    assert err_with < 0.5 * err_without
+    assert err_with < 0.03  # the planted shifts are ~0.3 eV/atom
