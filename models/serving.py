@@ -104,8 +104,12 @@ class EnsemblePredictor:
         )
         table.dft_input = dft.astype(np.float64)
         pred = predict_ensemble(self.models, table, clamp_min=self.clamp_min)
-        value = pred.experiment
+        value, spread = pred.experiment, pred.experiment_std
         if self.stacked is not None and self.blend_weight > 0:
-            stacked = self.stacked.predict(desc, formulas, dft_value=dft)
-            value = self.blend_weight * stacked + (1 - self.blend_weight) * value
-        return pd.DataFrame({"prediction": value, "uncertainty": pred.experiment_std})
+            # uncertainty of the blend: the two ensembles' spreads (GNN members, stacked bags)
+            # combined as if independent
+            w = self.blend_weight
+            stacked, stacked_spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
+            value = w * stacked + (1 - w) * value
+            spread = np.sqrt((w * stacked_spread) ** 2 + ((1 - w) * spread) ** 2)
+        return pd.DataFrame({"prediction": value, "uncertainty": spread})

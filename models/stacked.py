@@ -243,9 +243,16 @@ class StackedModel:
 
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
         """Predicted measurement per formula (see :meth:`features` for ``dft_value``)."""
+        return self.predict_with_spread(descriptors, formulas, dft_value)[0]
+
+    def predict_with_spread(self, descriptors: pd.DataFrame, formulas: Sequence[str],
+                            dft_value: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Prediction and the standard deviation over the bagged boosters (0 with one bag)."""
         formulas = list(formulas)
         x = self.features(descriptors, formulas, dft_value)
         base = self._corrected(formulas, x)
         x = np.column_stack([x, base]).astype(np.float32)
-        out = base + np.mean([m.predict(x) for m in self.models_], axis=0)
-        return out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)
+        residuals = np.stack([m.predict(x) for m in self.models_])
+        out = base + residuals.mean(axis=0)
+        out = out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)
+        return out, residuals.std(axis=0)

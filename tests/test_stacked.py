@@ -117,3 +117,23 @@ def test_elemental_correction_learns_additive_per_element_errors():
     err_without = mae(y[te], without.predict(desc, f_te))
     assert err_with < 0.5 * err_without
     assert err_with < 0.03  # the planted shifts are ~0.3 eV/atom
+
+
+def test_spread_over_bags_and_prediction_agree():
+    import numpy as np
+    import pandas as pd
+
+    from models.stacked import StackConfig, StackedModel
+
+    rng = np.random.default_rng(0)
+    formulas = [f"Na{i}Cl" if i > 1 else "NaCl" for i in range(1, 61)]
+    desc = pd.DataFrame({"formula": formulas, **{f"d{k}": rng.normal(size=60) for k in range(4)}})
+    y = desc["d0"].to_numpy() * 2 + rng.normal(scale=0.1, size=60)
+    ref = pd.Series(y[::2] - 0.5, index=formulas[::2])
+    cfg = StackConfig(bags=3, trees=30, surrogate_trees=20, n_jobs=1)
+    model = StackedModel(cfg, dft_reference=ref).fit(desc, formulas, y)
+    value, spread = model.predict_with_spread(desc, formulas)
+    np.testing.assert_array_equal(value, model.predict(desc, formulas))
+    assert spread.shape == (60,) and (spread >= 0).all() and spread.max() > 0  # bags differ by their seeds
+    one = StackedModel(StackConfig(bags=1, trees=30, surrogate_trees=20, n_jobs=1), dft_reference=ref).fit(desc, formulas, y)
+    assert (one.predict_with_spread(desc, formulas)[1] == 0).all()
