@@ -44,7 +44,6 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
     import featurizers
     import models
     import pipeline
-    from models.pyfunc import MatshiftPyfunc
     from models.serving import EnsemblePredictor
 
     ensure_store(tracking_uri)
@@ -64,7 +63,8 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
         predictor = EnsemblePredictor(model_dir)
         signature = infer_signature(example, predictor.predict(example))
         mlflow.pyfunc.log_model(
-            name="model", python_model=MatshiftPyfunc(), artifacts={"model_dir": str(model_dir)},
+            # model from code: MLflow stores models/pyfunc_code.py, not a pickled object
+            name="model", python_model=str(Path(models.__file__).parent / "pyfunc_code.py"), artifacts={"model_dir": str(model_dir)},
             signature=signature, input_example=example, registered_model_name=registered_name,
             # ship the project's packages with the model so it loads outside this checkout
             code_paths=[str(Path(p).parent) for p in (models.__file__, featurizers.__file__, pipeline.__file__)],
