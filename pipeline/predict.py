@@ -164,7 +164,7 @@ def format_table(frame: pd.DataFrame) -> str:
 
 
 def _printable(text: str) -> str:
-    """An input with a newline or control character would break the table: show it escaped."""
+    """Escape an input with a newline or control character, which would break the table."""
     return text if text.isprintable() else repr(text)[1:-1]
 
 

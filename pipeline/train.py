@@ -218,6 +218,13 @@ def run(args: argparse.Namespace) -> int:
     # the one place the environment is read: MLflow's standard variable overrides params
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", cfg.tracking_uri)
     inputs = load_inputs(cfg, prop)
+    if not args.no_mlflow:  # fail in seconds, before minutes of training, when the store is unusable
+        from models.tracking import TrackingError, ensure_store
+
+        try:
+            ensure_store(tracking_uri)
+        except TrackingError as exc:
+            raise MatshiftError(str(exc)) from exc
     from models import fit
 
     t0 = time.perf_counter()
