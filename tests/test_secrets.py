@@ -38,8 +38,11 @@ def test_no_written_byte_contains_the_canary(run):
     names = {p.relative_to(run.root).parts[0] for p in files}
     assert {"raw_mp", "features_mp", "aligned", "models", "mlflow.db", "mlruns"} <= names
     assert len(files) > 40
-    leaked = [str(p) for p in files if CANARY.encode() in p.read_bytes()]
-    assert leaked == []
+    assert _leaks(run.root) == []
+
+
+def _leaks(root: Path) -> list[str]:
+    return [str(p) for p in sorted(root.rglob("*")) if p.is_file() and CANARY.encode() in p.read_bytes()]
 
 
 def test_no_log_line_contains_the_canary(run):
@@ -94,7 +97,12 @@ def test_dvc_lock_and_params_hold_no_key():
 
 
 def test_the_scan_would_see_a_leak(run, tmp_path):
-    """Guard against a vacuous scan: the same reader finds the canary when it is there."""
-    probe = tmp_path / "probe.bin"
-    probe.write_bytes(b"\x00prefix" + CANARY.encode() + b"suffix")
-    assert CANARY.encode() in probe.read_bytes()
+    """Guard against a vacuous scan: the same scan flags a copy of the outputs with the key planted in one file."""
+    import shutil
+
+    copy = tmp_path / "models"
+    shutil.copytree(run.root / "models", copy)
+    assert _leaks(copy) == []
+    target = copy / "band_gap" / "metrics.json"
+    target.write_text(target.read_text().replace("{", '{"note": "' + CANARY + '", ', 1))
+    assert _leaks(copy) == [str(target)]
