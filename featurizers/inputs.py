@@ -12,12 +12,12 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from pymatgen.core import Structure
-from pymatgen.io.cif import CifParser
+from typing import TYPE_CHECKING, Literal
 
 from featurizers.chemistry import FormulaError, parse_formula, reduced_formula
+
+if TYPE_CHECKING:  # pymatgen's CIF reader is imported only when a CIF is read (start-up time)
+    from pymatgen.core import Structure
 
 __all__ = ["InputProblem", "ParsedInput", "parse_cif", "parse_formula_input"]
 
@@ -76,6 +76,8 @@ def parse_cif_text(text: str, *, name: str, max_sites: int = 500) -> ParsedInput
     """Parse CIF text (see :func:`parse_cif`); ``name`` identifies it in messages."""
     if "_cell_length_a" not in text:
         return InputProblem(name, "cif", "not a CIF file (no _cell_length_a entry)")
+    from pymatgen.io.cif import CifParser
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -29,41 +29,62 @@ class ModelNotFoundError(FileNotFoundError):
 
 @dataclass
 class ApplicabilityDomain:
-    """kNN distance in standardised descriptor space, scored as a percentile of training."""
+    """kNN distance in standardised descriptor space, scored as a percentile of training.
+
+    Neighbours are found by brute force (float32 matrix products in blocks): exact, and at a
+    few tens of thousands of training compositions faster to set up than a tree, which also
+    keeps scikit-learn's import (seconds) out of ``matshift predict``'s start-up.
+    """
 
     mean_: np.ndarray
     scale_: np.ndarray
-    reference_: np.ndarray  # sorted leave-one-out kNN distances of training points
-    index_: object
+    reference_: np.ndarray  # sorted leave-one-out kNN distances of (a sample of) training points
+    points_: np.ndarray  # standardised training points, float32
     k: int = 5
 
     @classmethod
     def fit(cls, x: np.ndarray, *, k: int = 5, sample: int = 3000, seed: int = 0) -> ApplicabilityDomain:
-        from sklearn.neighbors import NearestNeighbors
-
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or len(x) < k + 1:
+            raise ValueError(f"applicability domain needs at least {k + 1} training rows, got {len(x)}")
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         scale[scale == 0] = 1.0
-        z = (x - mean) / scale
-        index = NearestNeighbors(n_neighbors=k + 1).fit(z)
+        z = ((x - mean) / scale).astype(np.float32)
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(z), size=min(sample, len(z)), replace=False)
-        dist, _ = index.kneighbors(z[pick])
-        ref = np.sort(dist[:, 1:].mean(axis=1))  # column 0 is the point itself
-        return cls(mean, scale, ref, index, k)
+        # k + 1 nearest of a training point include the point itself (distance 0): drop it
+        ref = np.sort(_knn_distances(z, z[pick], k + 1)[:, 1:].mean(axis=1))
+        return cls(mean, scale, ref, z, k)
+
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        """Mean distance of each row to its ``k`` nearest training points (standardised units)."""
+        z = ((np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
+        return _knn_distances(self.points_, z, self.k).mean(axis=1)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Percentile (0-100) of each row's kNN distance among the training points' own."""
-        z = (x - self.mean_) / self.scale_
-        dist, _ = self.index_.kneighbors(z, n_neighbors=self.k)
-        d = dist.mean(axis=1)
+        d = self.distances(x)
         return 100.0 * np.searchsorted(self.reference_, d, side="right") / len(self.reference_)
+
+
+def _knn_distances(points: np.ndarray, queries: np.ndarray, k: int, *, block: int = 512) -> np.ndarray:
+    """Sorted Euclidean distances [Q, k] from each query to its ``k`` nearest ``points``."""
+    p2 = np.einsum("ij,ij->i", points, points)
+    out = np.empty((len(queries), k), dtype=np.float64)
+    for s in range(0, len(queries), block):
+        q = queries[s : s + block]
+        d2 = p2[None, :] - 2.0 * (q @ points.T) + np.einsum("ij,ij->i", q, q)[:, None]
+        part = np.partition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else d2
+        out[s : s + block] = np.sqrt(np.clip(np.sort(part, axis=1), 0.0, None))
+    return out
 
 
 class Predictor:
     """A trained model ready for :meth:`predict` on :class:`featurizers.inputs.ParsedInput`."""
 
-    def __init__(self, ensemble, *, property: str, dft: pd.DataFrame | None, ad_threshold: float = 95.0):
+    def __init__(self, ensemble, *, property: str, dft: pd.DataFrame | None, ad_threshold: float = 95.0,
+                 features_dir: Path | str | None = None):
         self.ensemble = ensemble
         self.property = property
         self.ad_threshold = ad_threshold
@@ -71,10 +92,14 @@ class Predictor:
         self.columns = [c for c in desc.columns if c != "formula"]
         self.sets = next((s for s in (tuple(DESCRIPTOR_SETS), ("magpie",)) if descriptor_labels(s) == self.columns), None)
         self.ad = ApplicabilityDomain.fit(desc[self.columns].to_numpy(np.float64))
-        self.dft = dft  # formula -> (material_id, dft_value) of the most stable polymorph
+        # formula -> material_id / dft_value of the most stable polymorph, and structure_id of the
+        # most stable polymorph that has a crystal graph (the one training paired with measurements)
+        self.dft = dft
+        self.features_dir = Path(features_dir) if features_dir is not None else None
 
     @classmethod
-    def load(cls, ref: str | Path, *, property: str, raw_dir: Path | str = "data/raw") -> Predictor:
+    def load(cls, ref: str | Path, *, property: str, raw_dir: Path | str = "data/raw",
+             features_dir: Path | str = "data/features") -> Predictor:
         from models.serving import EnsemblePredictor
 
         directory = _resolve(ref)
@@ -82,35 +107,81 @@ class Predictor:
         meta_prop = ensemble.meta.get("property")
         if meta_prop and meta_prop != property:
             raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {property}")
-        return cls(ensemble, property=property, dft=_dft_lookup(Path(raw_dir), property))
+        features_dir = Path(features_dir)
+        return cls(ensemble, property=property, dft=_dft_lookup(Path(raw_dir), property, features_dir),
+                   features_dir=features_dir)
 
     def predict(self, items) -> pd.DataFrame:
         formulas = [i.formula for i in items]
         desc = self._descriptors(formulas)
-        dft_value, structure_used = [], []
+        dft_value, structure_used, structure_ids = [], [], []
         for item in items:
-            mid, val = (None, np.nan)
+            mid, val, sid = None, np.nan, None
             if self.dft is not None and item.formula in self.dft.index:
-                mid, val = self.dft.loc[item.formula, ["material_id", "dft_value"]]
+                mid, val, sid = self.dft.loc[item.formula, ["material_id", "dft_value", "structure_id"]]
+                sid = sid if isinstance(sid, str) else None
             dft_value.append(float(val))
+            structure_ids.append(sid if item.kind == "formula" else None)
             if item.kind == "cif":
                 structure_used.append(f"user CIF ({item.input})")
+            elif sid and sid == mid:
+                structure_used.append(f"{mid} (most stable polymorph)")
+            elif sid:
+                structure_used.append(f"{sid} (most stable polymorph with a structure; DFT value of {mid})")
             else:
-                structure_used.append(f"{mid} (most stable polymorph)" if mid else "none: composition only")
+                structure_used.append(f"{mid} (most stable polymorph; no structure)" if mid else "none: composition only")
+        graphs = self._graphs(items, structure_ids, structure_used) if self.ensemble.uses_graphs else None
         frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
-        out = self.ensemble.predict(frame)
+        out = self.ensemble.predict(frame, graphs=graphs)
         ad = self.ad.score(desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64))
+        has_graph = [g is not None for g in graphs] if graphs is not None else [False] * len(items)
         return pd.DataFrame(
             {
                 "prediction": out["prediction"].to_numpy(),
                 "uncertainty": out["uncertainty"].to_numpy(),
-                "view": ["composition+DFT" if np.isfinite(v) else "composition" for v in dft_value],
+                "view": [("structure" if g else "composition") + ("+DFT" if np.isfinite(v) else "")
+                         for g, v in zip(has_graph, dft_value, strict=True)],
                 "structure_used": structure_used,
                 "dft_value": dft_value,
                 "ad_score": ad,
                 "ad_warning": ad > self.ad_threshold,
             }
         )
+
+    def _graphs(self, items, structure_ids: list[str | None], notes: list[str]) -> list:
+        """Crystal graph per item: a DFT polymorph's from graphs.pt, or the user's CIF featurized."""
+        graphs: list = [None] * len(items)
+        wanted = [s for s in structure_ids if s]
+        path = self.features_dir / "graphs.pt" if self.features_dir is not None else None
+        if wanted and path is not None and path.is_file():
+            from featurizers.crystal_graph import load_graphs
+
+            found = load_graphs(path, ids=wanted)
+            graphs = [found.get(s) if s else None for s in structure_ids]
+        cif_rows = [k for k, item in enumerate(items) if item.kind == "cif"]
+        if cif_rows:
+            featurizer = self._featurizer()
+            for k in cif_rows:
+                if featurizer is None:
+                    notes[k] += "; not featurized (no graph_config.json): composition view"
+                    continue
+                from featurizers.crystal_graph import StructureError
+
+                try:
+                    graphs[k] = featurizer.featurize(items[k].structure, structure_id=items[k].input)
+                except StructureError as exc:
+                    notes[k] += f"; structure not usable ({exc}): composition view"
+        return graphs
+
+    def _featurizer(self):
+        path = self.features_dir / "graph_config.json" if self.features_dir is not None else None
+        if path is None or not path.is_file():
+            return None
+        import json
+
+        from featurizers.crystal_graph import CrystalGraphFeaturizer
+
+        return CrystalGraphFeaturizer.from_config(json.loads(path.read_text(encoding="utf-8")))
 
     def _descriptors(self, formulas: list[str]) -> pd.DataFrame:
         known = self.ensemble.descriptors
@@ -149,7 +220,7 @@ def _resolve(ref: str | Path) -> Path:
     raise ModelNotFoundError(f"no model at {ref}: run `dvc repro` (or `matshift train`) first, or pass --model")
 
 
-def _dft_lookup(raw_dir: Path, prop: str) -> pd.DataFrame | None:
+def _dft_lookup(raw_dir: Path, prop: str, features_dir: Path | None = None) -> pd.DataFrame | None:
     path = raw_dir / "dft.parquet"
     column = {"band_gap": "band_gap_pbe", "formation_enthalpy": "formation_energy_per_atom"}[prop]
     if not path.is_file():
@@ -158,5 +229,14 @@ def _dft_lookup(raw_dir: Path, prop: str) -> pd.DataFrame | None:
     dft = pd.read_parquet(path, columns=columns)
     # the most stable polymorph: lowest formation energy per atom (same order as E_hull for one formula)
     dft = dft[np.isfinite(dft[column])].sort_values(["formation_energy_per_atom", "material_id"], na_position="last")
-    dft = dft.drop_duplicates("formula").rename(columns={column: "dft_value"})
-    return dft.set_index("formula")[["material_id", "dft_value"]]
+    dft = dft.rename(columns={column: "dft_value"})
+    out = dft.drop_duplicates("formula").set_index("formula")[["material_id", "dft_value"]]
+    out["structure_id"] = None
+    index = features_dir / "index.parquet" if features_dir is not None else None
+    if index is not None and index.is_file():
+        # as in training: the most stable polymorph (with a value) that has a crystal graph
+        feats = pd.read_parquet(index, columns=["id", "domain", "has_graph"])
+        with_graph = set(feats.loc[(feats["domain"] == "dft") & feats["has_graph"], "id"])
+        best = dft[dft["material_id"].isin(with_graph)].drop_duplicates("formula").set_index("formula")["material_id"]
+        out["structure_id"] = best.reindex(out.index).astype(object).where(lambda s: s.notna(), None)
+    return out

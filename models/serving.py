@@ -16,7 +16,9 @@ gives it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,16 +64,34 @@ class EnsemblePredictor:
         extra = result.frame
         return pd.concat([self.descriptors, extra[["formula", *cols]]], ignore_index=True)
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+    @property
+    def uses_graphs(self) -> bool:
+        """Whether the members have a crystal-graph encoder (so a structure changes the prediction)."""
+        return any(getattr(m, "crystal", None) is not None for m in self.models)
+
+    def predict(self, frame: pd.DataFrame, graphs: Sequence[Any | None] | None = None) -> pd.DataFrame:
+        """Predictions for ``frame``'s rows; ``graphs`` (one crystal graph or None per row) as in training.
+
+        Training feeds a measurement the graph of its composition's most stable DFT polymorph
+        with a structure; serving must do the same for the prediction to be the model's.
+        Rows without a graph use the composition view. Graphs are ignored by a model
+        trained without the crystal-graph encoder.
+        """
         if "formula" not in frame:
             raise ValueError("input needs a 'formula' column")
         formulas = [reduced_formula(str(f)) for f in frame["formula"]]
         dft = frame["dft_value"].astype(float).to_numpy() if "dft_value" in frame else np.full(len(frame), np.nan)
         ref = pd.Series(dft, index=formulas)
         ref = ref[~ref.index.duplicated()].dropna()
+        rows = pd.DataFrame({"formula": formulas, "value": np.nan})
+        by_id = None
+        if graphs is not None and self.uses_graphs:
+            if len(graphs) != len(frame):
+                raise ValueError(f"graphs: expected one entry per row ({len(frame)}), got {len(graphs)}")
+            rows["material_id"] = [f"row-{i}" if g is not None else None for i, g in enumerate(graphs)]
+            by_id = {f"row-{i}": g for i, g in enumerate(graphs) if g is not None}
         table = EntryTable.build(
-            experiment=pd.DataFrame({"formula": formulas, "value": np.nan}),
-            descriptors=self._descriptors_for(formulas), dft_reference=ref,
+            experiment=rows, descriptors=self._descriptors_for(formulas), dft_reference=ref, graphs=by_id,
         )
         table.dft_input = dft.astype(np.float64)
         pred = predict_ensemble(self.models, table, clamp_min=self.clamp_min)

@@ -32,7 +32,8 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser, importing only ``command``'s module to declare its options (start-up time)."""
     parser = argparse.ArgumentParser(
         prog="matshift",
         description=(
@@ -48,10 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        mod = _import(module)
+        mod = _import(module) if name == command else None
         if mod is not None:
             mod.add_arguments(p)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """Return the sub-command named in ``argv``: the first word that is not a top-level option."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def _import(module: str):
@@ -64,7 +73,8 @@ def _import(module: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

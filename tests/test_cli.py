@@ -15,3 +15,30 @@ def test_help_lists_every_stage(capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage: matshift" in capsys.readouterr().out
+
+
+def test_subcommand_help_imports_only_that_stage(capsys):
+    import subprocess
+    import sys
+
+    # a fresh interpreter: which stage modules does `matshift predict --help` import?
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        "try:\n    main(['-q', 'predict', '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pipeline.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--cif" in out  # predict's own options are declared
+    loaded = out.strip().splitlines()[-1]
+    assert "'pipeline.predict'" in loaded
+    for other in ("pipeline.fetch", "pipeline.featurize", "pipeline.align", "pipeline.train"):
+        assert f"'{other}'" not in loaded, other
+
+
+def test_unknown_option_of_a_stage_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--no-such-option"])
+    assert exc.value.code == 2
+    assert "--no-such-option" in capsys.readouterr().err
