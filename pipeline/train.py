@@ -186,7 +186,8 @@ def load_inputs(cfg: TrainParams, prop: str) -> dict[str, Any]:
     _refuse_non_finite(exp, ["value"], cfg.raw_dir / "experiment.parquet")
     _refuse_non_finite(dft, [DFT_COLUMN[prop]], cfg.raw_dir / "dft.parquet", allow_nan=True)  # NaN = unknown
     _refuse_non_finite(desc, [c for c in desc.columns if c != "formula"], cfg.features_dir / "descriptors.parquet")
-    _refuse_non_finite(aligned, ["calibrated_target", "confidence"], cfg.aligned_dir / prop / "dft.parquet")
+    _refuse_non_finite(aligned, ["calibrated_target", "confidence"], cfg.aligned_dir / prop / "dft.parquet",
+                       allow_nan=True)  # NaN = no calibrated target for that entry
     graphs = None
     if cfg.model.use_graphs:
         path = cfg.features_dir / "graphs.pt"

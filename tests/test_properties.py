@@ -307,13 +307,13 @@ _EMPTY_DIR = None
 
 
 _BUILD_PARSER = __import__("pipeline.cli", fromlist=["build_parser"]).build_parser
-_BUILT: list = []
+_BUILT: dict = {}
 
 
-def _PARSER():  # stands in for pipeline.cli.build_parser
-    if not _BUILT:
-        _BUILT.append(_BUILD_PARSER())
-    return _BUILT[0]
+def _PARSER(*args):  # stands in for pipeline.cli.build_parser
+    if args not in _BUILT:
+        _BUILT[args] = _BUILD_PARSER(*args)
+    return _BUILT[args]
 
 
 @pytest.fixture(autouse=True, scope="module")
