@@ -42,6 +42,8 @@ def parse_formula(formula: str) -> Composition:
         raise FormulaError(f"formula {text[:40]!r}... is longer than {_MAX_LEN} characters")
     if not _ALLOWED.match(text):
         raise FormulaError(f"formula {text!r} contains characters that are not part of a formula")
+    if re.search(r"\d[eE][-+]?\d", text):  # "H1e5" would be 100000 H: formulas never use exponent notation
+        raise FormulaError(f"formula {text!r}: amounts in exponent notation are not accepted")
     text = _expand_hydrate(text)
     unknown = sorted({sym for sym in _SYMBOL.findall(text) if not Element.is_valid_symbol(sym)})
     if unknown:

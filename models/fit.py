@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 import torch
 
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
 from models.gnn import save_model
+from models.integrity import save_forest, write_manifest
 from models.stacked import StackConfig, StackedModel
 from models.training import (
     DataParallelHook,
@@ -161,7 +161,10 @@ def _history_frame(result: FitResult) -> pd.DataFrame:
 
 def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFrame, property_name: str,
                   clamp_min: float | None, config: dict[str, Any]) -> None:
-    """Write the ensemble, baselines, metrics, history and a learning-curve plot into ``directory``."""
+    """Write the ensemble, baselines, metrics, history and a learning-curve plot into ``directory``.
+
+    The last file written is the sha256 manifest (:mod:`models.integrity`) that loaders verify.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     names = []
     for k, m in enumerate(result.members):
@@ -180,7 +183,7 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
     (directory / "baselines.json").write_text(json.dumps(
         {"linear_dft": {"a": float(result.linear.a_), "b": float(result.linear.b_),
                         "fallback": result.linear.fallback_}}, indent=2) + "\n")
-    joblib.dump(result.forest, directory / "rf_descriptors.joblib")
+    save_forest(result.forest, directory)  # skops + JSON, not a pickle (models/integrity.py)
     descriptors.to_parquet(directory / "descriptors.parquet", index=False)
     result.dft_reference.rename("dft_value").rename_axis("formula").reset_index().to_parquet(
         directory / "dft_reference.parquet", index=False)
@@ -188,6 +191,7 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
     hist = _history_frame(result)
     hist.to_csv(directory / "history.csv", index=False)
     _plot_history(hist, directory / "learning_curves.png")
+    write_manifest(directory)  # last: the sha256 of every file above, checked by every loader
 
 
 def _plot_history(hist: pd.DataFrame, path: Path) -> None:

@@ -447,7 +447,10 @@ def load_model(directory: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     if digest != meta["sha256"]:
         raise ModelFileError(f"model weights {weights} do not match the sha256 recorded in {cfg_path}")
     model = cls(**meta["init_args"])
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:  # weights_only: a file that needs to run code to load is refused, never executed
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...; re-raised, chained
+        raise ModelFileError(f"model weights {weights} are not a plain tensor file: {str(exc).splitlines()[0][:200]}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

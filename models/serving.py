@@ -28,6 +28,7 @@ import pandas as pd
 
 from featurizers.chemistry import reduced_formula
 from models.gnn import load_model
+from models.integrity import verify_manifest
 from models.training import EntryTable, predict_ensemble
 
 __all__ = ["EnsemblePredictor"]
@@ -38,6 +39,7 @@ class EnsemblePredictor:
 
     def __init__(self, directory: Path | str):
         directory = Path(directory)
+        verify_manifest(directory)  # refuse a directory whose files changed after training
         self.meta = json.loads((directory / "ensemble.json").read_text(encoding="utf-8"))
         self.models = [load_model(directory / m)[0] for m in self.meta["members"]]
         desc_path = directory / "descriptors.parquet"

@@ -8,31 +8,70 @@ same time can fail with "database is locked".
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ensure_store", "log_run"]
+__all__ = ["TrackingError", "ensure_store", "log_run"]
 
 
-def ensure_store(tracking_uri: str, *, attempts: int = 5) -> None:
-    """Create the tracking store's schema (retrying while another process holds the lock)."""
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or created; the message says what to do."""
+
+
+_FALLBACK = ("unset MLFLOW_TRACKING_URI to use the local store (train.tracking_uri, sqlite:///mlflow.db by "
+             "default), or run `matshift train --no-mlflow`")
+
+
+def _shown(uri: str) -> str:
+    """Return the URI without user:password@ (never put credentials in a message)."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    return uri
+
+
+def _check_reachable(uri: str, timeout: float) -> None:
+    """Fail in seconds when a remote server does not answer (MLflow's own retries take minutes)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise TrackingError(f"MLflow tracking server {_shown(uri)} is unreachable "
+                            f"({exc.strerror or type(exc).__name__}); {_FALLBACK}") from None
+
+
+def ensure_store(tracking_uri: str, *, attempts: int = 5, timeout: float = 5.0) -> None:
+    """Check the tracking store answers and create its schema (retrying while a SQLite lock is held).
+
+    Called before training, so an unreachable store fails in seconds, not after the run.
+    Raises :class:`TrackingError` naming the store (without credentials) and the fallback.
+    """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
+    _check_reachable(tracking_uri, timeout)
     mlflow.set_tracking_uri(tracking_uri)
     for k in range(attempts):
         try:
             mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
             return
-        except MlflowException as exc:
-            if "locked" not in str(exc) or k == attempts - 1:
-                raise
-            time.sleep(1.0 + k)
+        except Exception as exc:  # MLflow, SQLAlchemy and the OS raise many types; re-raised, chained
+            if "locked" in str(exc) and k < attempts - 1:
+                time.sleep(1.0 + k)
+                continue
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"MLflow tracking store {_shown(tracking_uri)} cannot be used ({first}); "
+                                f"{_FALLBACK}") from exc
 
 
 def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any], result, model_dir: Path,
@@ -44,7 +83,6 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
     import featurizers
     import models
     import pipeline
-    from models.pyfunc import MatshiftPyfunc
     from models.serving import EnsemblePredictor
 
     ensure_store(tracking_uri)
@@ -64,7 +102,8 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
         predictor = EnsemblePredictor(model_dir)
         signature = infer_signature(example, predictor.predict(example))
         mlflow.pyfunc.log_model(
-            name="model", python_model=MatshiftPyfunc(), artifacts={"model_dir": str(model_dir)},
+            # model from code: MLflow stores models/pyfunc_code.py, not a pickled object
+            name="model", python_model=str(Path(models.__file__).parent / "pyfunc_code.py"), artifacts={"model_dir": str(model_dir)},
             signature=signature, input_example=example, registered_model_name=registered_name,
             # ship the project's packages with the model so it loads outside this checkout
             code_paths=[str(Path(p).parent) for p in (models.__file__, featurizers.__file__, pipeline.__file__)],

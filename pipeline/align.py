@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
 def _read(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
-    except (FileNotFoundError, OSError) as exc:
-        raise MissingInputError(f"cannot read {path}: {exc}; run the upstream stage first") from exc
+    except (OSError, ValueError) as exc:  # missing, or truncated/corrupt (pyarrow's ArrowInvalid is a ValueError)
+        raise MissingInputError(f"cannot read {path}: {exc}; run the upstream stage first (dvc repro)") from exc
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise MatshiftError(f"{path} lacks column(s) {', '.join(missing)} (see docs/ARCHITECTURE.md)")
@@ -170,10 +170,16 @@ def load_domains(cfg: AlignConfig, prop: str):
         raise MatshiftError(f"{cfg.features_dir / 'descriptors.parquet'} repeats formula "
                             f"{desc.loc[desc['formula'].duplicated(), 'formula'].iloc[0]!r}")
     desc_cols = [c for c in desc.columns if c != "formula"]
+    bad = ~np.isfinite(desc[desc_cols].to_numpy(np.float64)).all(axis=1)
+    if bad.any():  # the featurize contract: no NaN; a descriptor NaN would silently poison every cost
+        raise MatshiftError(f"{cfg.features_dir / 'descriptors.parquet'} holds non-finite descriptors for "
+                            f"{int(bad.sum())} formula(s), e.g. {desc.loc[bad, 'formula'].iloc[0]!r}; "
+                            "rerun the featurize stage (dvc repro)")
     counts: dict[str, int] = {}
     dft = dft.assign(dft_value=pd.to_numeric(dft[PROPERTY_COLUMN[prop]], errors="coerce"))
     counts["dft_without_value"] = int(dft["dft_value"].isna().sum())
-    dft = dft[dft["dft_value"].notna()]
+    counts["dft_non_finite"] = int(np.isinf(dft["dft_value"]).sum())
+    dft = dft[np.isfinite(dft["dft_value"])]
     exp = exp[exp["property"] == prop]
     counts["experiment_non_finite"] = int((~np.isfinite(exp["value"].astype(float))).sum())
     exp = exp[np.isfinite(exp["value"].astype(float))]

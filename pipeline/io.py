@@ -2,12 +2,15 @@
 
 A stage killed half-way must leave either the old file or the new one, never a truncated
 file: everything is written to a temporary file in the destination directory and moved
-into place with :func:`os.replace` (atomic on POSIX within one file system).
+into place with :func:`os.replace` (atomic on POSIX within one file system). A temporary
+left by a killed run (``.<name>.<pid>.*.tmp``, hidden) is removed by the next write of the
+same output once its process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -32,7 +35,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     os.close(fd)
@@ -76,8 +80,12 @@ def write_csv(path: Path | str, frame: pd.DataFrame) -> Path:
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Build a whole output directory beside ``path`` and swap it in on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         yield tmp
         old = None
@@ -91,6 +99,34 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _tmp_prefix(path: Path) -> str:
+    # the writer's pid is in the name, so a later run can tell a dead run's leftovers from a live one's
+    return f".{path.name}.{os.getpid()}."
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete temporaries beside ``path`` left by a run that was killed (SIGKILL skips every cleanup)."""
+    head = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(head)}*.tmp"):
+        pid = tmp.name[len(head):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _json_default(obj: Any) -> Any:

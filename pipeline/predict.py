@@ -66,6 +66,8 @@ def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputPro
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError as exc:
         raise MatshiftError(f"input file {path} does not exist") from exc
+    except OSError as exc:  # a directory, no permission: a message, not a traceback
+        raise MatshiftError(f"input file {path} cannot be read: {exc.strerror or exc}") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise MatshiftError(f"input file {path} is not a readable CSV: {exc}") from exc
     columns = {c.strip().lower(): c for c in frame.columns}
@@ -134,7 +136,7 @@ def predict_items(items: Sequence[ParsedInput | InputProblem], predictor, *, pro
             rows.append({"input": item.input, "unit": UNITS[property], "error": item.reason})
             continue
         res = next(it)
-        rows.append({"input": item.input, "formula": item.formula, "unit": UNITS[property], **res})
+        rows.append({"input": item.input, "formula": item.formula, "unit": UNITS[property], **res, "error": None})
     frame = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in frame:
@@ -148,8 +150,9 @@ def format_table(frame: pd.DataFrame) -> str:
     lines.append(header)
     lines.append("-" * len(header))
     for row in frame.to_dict("records"):
-        if row.get("error"):
-            lines.append(f"{str(row['input'])[:24]:<24} {'—':>12} {'':>6} {'':<11} {'':>5}  ERROR: {row['error']}")
+        shown = _printable(str(row["input"]))[:24]
+        if isinstance(row.get("error"), str):  # valid rows hold None (NaN once mixed in a frame)
+            lines.append(f"{shown:<24} {'—':>12} {'':>6} {'':<11} {'':>5}  ERROR: {row['error']}")
             continue
         pred = f"{row['prediction']:.3f} {row['unit']}"
         unc = f"{row['uncertainty']:.2f}" if _finite(row.get("uncertainty")) else ""
@@ -157,8 +160,13 @@ def format_table(frame: pd.DataFrame) -> str:
         note = str(row.get("structure_used") or "")
         if row.get("ad_warning"):
             note += "  WARNING: outside the training domain"
-        lines.append(f"{str(row['input'])[:24]:<24} {pred:>12} {unc:>6} {row['view']!s:<11} {ad:>5}  {note}")
+        lines.append(f"{shown:<24} {pred:>12} {unc:>6} {row['view']!s:<11} {ad:>5}  {note}")
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """Escape an input with a newline or control character, which would break the table."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _finite(value) -> bool:

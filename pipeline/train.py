@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import flatten, load_section, to_dict
-from pipeline.errors import MissingInputError
+from pipeline.errors import MatshiftError, MissingInputError
 from pipeline.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _read(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
-    except (FileNotFoundError, OSError) as exc:
+    except (OSError, ValueError) as exc:  # missing, or truncated/corrupt (pyarrow's ArrowInvalid is a ValueError)
         raise MissingInputError(f"cannot read {path}: {exc}; run the upstream stage first (dvc repro)") from exc
     missing = [c for c in columns if c not in frame]
     if missing:
         raise MissingInputError(f"{path} lacks column(s) {', '.join(missing)} (see docs/ARCHITECTURE.md)")
     return frame
+
+
+def _refuse_non_finite(frame: pd.DataFrame, columns: list[str], path: Path, *, allow_nan: bool = False) -> None:
+    """Upstream stages never write NaN/inf where a number is required: such a file is not used silently."""
+    import numpy as np
+
+    for col in columns:
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float)
+        bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
+        if bad.any():
+            row = frame.loc[bad].iloc[0]
+            key = row.get("formula", row.name)
+            raise MatshiftError(f"{path}: column {col!r} holds {int(bad.sum())} non-finite value(s) (e.g. {key!r}: "
+                                f"{values[bad][0]}); rerun the upstream stage (dvc repro)")
+
+
+def check_alignment(aligned_dir: Path) -> dict[str, Any]:
+    """Read ``align.json``; an alignment that did not converge is refused unless align allowed it.
+
+    The align stage itself refuses to write an unconverged plan unless ``align.allow_unconverged``
+    is true, and records that choice in ``align.json`` (``params.allow_unconverged``); train
+    checks again so that a hand-made or stale alignment is never used silently.
+    """
+    path = aligned_dir / "align.json"
+    try:
+        diag = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise MissingInputError(f"{path} is missing; run `matshift align` (dvc repro) first") from exc
+    except (OSError, ValueError) as exc:
+        raise MissingInputError(f"cannot read {path}: {exc}; rerun `matshift align` (dvc repro)") from exc
+    if not isinstance(diag, dict) or not isinstance(diag.get("converged"), bool):
+        raise MissingInputError(f"{path} has no 'converged' flag; rerun `matshift align` (dvc repro)")
+    if not diag["converged"]:
+        if (diag.get("params") or {}).get("allow_unconverged") is not True:
+            raise MatshiftError(f"{path}: the alignment did not converge ({diag.get('iterations')} iterations) and "
+                                "align.allow_unconverged is not set; fix the alignment (align.max_iter, align.reg) "
+                                "rather than training on it")
+        log.warning("%s: training on an alignment that did NOT converge (align.allow_unconverged: true)", path)
+    return diag
 
 
 def load_inputs(cfg: TrainParams, prop: str) -> dict[str, Any]:
@@ -172,7 +211,13 @@ def load_inputs(cfg: TrainParams, prop: str) -> dict[str, Any]:
     exp = _read(cfg.raw_dir / "experiment.parquet", ["exp_id", "formula", "property", "value"])
     desc = _read(cfg.features_dir / "descriptors.parquet", ["formula"])
     aligned = _read(cfg.aligned_dir / prop / "dft.parquet", ["material_id", "calibrated_target", "confidence"])
+    check_alignment(cfg.aligned_dir / prop)
     exp = exp[exp["property"] == prop].reset_index(drop=True)
+    _refuse_non_finite(exp, ["value"], cfg.raw_dir / "experiment.parquet")
+    _refuse_non_finite(dft, [DFT_COLUMN[prop]], cfg.raw_dir / "dft.parquet", allow_nan=True)  # NaN = unknown
+    _refuse_non_finite(desc, [c for c in desc.columns if c != "formula"], cfg.features_dir / "descriptors.parquet")
+    _refuse_non_finite(aligned, ["calibrated_target", "confidence"], cfg.aligned_dir / prop / "dft.parquet",
+                       allow_nan=True)  # NaN = no calibrated target for that entry
     graphs = None
     if cfg.model.use_graphs:
         path = cfg.features_dir / "graphs.pt"
@@ -182,7 +227,11 @@ def load_inputs(cfg: TrainParams, prop: str) -> dict[str, Any]:
             raise MissingInputError("model.use_graphs needs featurizers.crystal_graph (the featurize stage)") from exc
         if not path.exists():
             raise MissingInputError(f"{path} is missing; run the featurize stage or set train.model.use_graphs: false")
-        graphs = load_graphs(path)
+        try:
+            graphs = load_graphs(path)
+        except Exception as exc:  # torch raises many types for a truncated/corrupt file (re-raised, chained)
+            raise MissingInputError(f"cannot read {path} ({type(exc).__name__}: {str(exc)[:200]}); rerun the "
+                                    "featurize stage (dvc repro) or set train.model.use_graphs: false") from exc
     if exp.empty:
         raise MissingInputError(f"{cfg.raw_dir / 'experiment.parquet'} holds no {prop} measurements")
     dft = dft.rename(columns={DFT_COLUMN[prop]: "dft_value"}).dropna(subset=["dft_value"])
@@ -200,6 +249,13 @@ def run(args: argparse.Namespace) -> int:
     # the one place the environment is read: MLflow's standard variable overrides params
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", cfg.tracking_uri)
     inputs = load_inputs(cfg, prop)
+    if not args.no_mlflow:  # fail in seconds, before minutes of training, when the store is unusable
+        from models.tracking import TrackingError, ensure_store
+
+        try:
+            ensure_store(tracking_uri)
+        except TrackingError as exc:
+            raise MatshiftError(str(exc)) from exc
     from models import fit
 
     t0 = time.perf_counter()
@@ -253,4 +309,4 @@ def _train_config(cfg: TrainParams, prop: str):
     )
 
 
-__all__ = ["StackParams", "TrainParams", "add_arguments", "load_inputs", "run"]
+__all__ = ["StackParams", "TrainParams", "add_arguments", "check_alignment", "load_inputs", "run"]

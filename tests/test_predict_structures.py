@@ -71,6 +71,7 @@ def trained(tmp_path_factory):
                                                      calibrated_target=np.nan, confidence=np.nan)
     (root / "data/aligned/band_gap").mkdir(parents=True)
     aligned.to_parquet(root / "data/aligned/band_gap/dft.parquet")
+    (root / "data/aligned/band_gap/align.json").write_text(json.dumps({"converged": True, "params": {}}))
     d = root / "data"
     params = root / "params.yaml"
     params.write_text("\n".join([
