@@ -22,7 +22,7 @@ import torch
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
 from models.gnn import save_model
 from models.integrity import save_forest, write_manifest
-from models.stacked import StackConfig, StackedModel
+from models.stacked import StackConfig, StackedModel, save_stacked
 from models.training import (
     DataParallelHook,
     EntryTable,
@@ -176,8 +176,8 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
             "config": config}
     if result.stacked is not None:
         # served prediction: blend_weight * stacked + (1 - blend_weight) * GNN ensemble (models.serving)
-        joblib.dump(result.stacked, directory / "stacked.joblib")
-        meta["stacked"] = {"file": "stacked.joblib", "blend_weight": result.blend_weight}
+        save_stacked(result.stacked, directory / "stacked")  # JSON + LightGBM text files, no pickle
+        meta["stacked"] = {"dir": "stacked", "blend_weight": result.blend_weight}
     (directory / "ensemble.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     (directory / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
     (directory / "baselines.json").write_text(json.dumps(

@@ -48,9 +48,9 @@ class EnsemblePredictor:
         stacked = self.meta.get("stacked")
         self.stacked, self.blend_weight = None, 0.0
         if stacked:
-            import joblib
+            from models.stacked import load_stacked
 
-            self.stacked = joblib.load(directory / stacked["file"])
+            self.stacked = load_stacked(directory / stacked["dir"])
             self.blend_weight = float(stacked["blend_weight"])
 
     def _descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:

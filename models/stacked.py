@@ -28,8 +28,10 @@ fitted state ends in ``_``) and take frames keyed by ``formula``; bad input rais
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -256,3 +258,92 @@ class StackedModel:
         out = base + residuals.mean(axis=0)
         out = out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)
         return out, residuals.std(axis=0)
+
+
+# ----------------------------------------------------------------------------- storage (no pickle)
+
+STACK_FORMAT = "matshift-stacked/1"
+
+
+class _LinearMap:
+    """The fitted ridge correction as plain numbers (``predict`` = ``x @ coef + intercept``)."""
+
+    def __init__(self, coef: np.ndarray, intercept: float):
+        self.coef_ = np.asarray(coef, dtype=float)
+        self.intercept_ = float(intercept)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=float) @ self.coef_ + self.intercept_
+
+
+def _series(s: pd.Series) -> dict[str, list]:
+    return {"index": [str(i) for i in s.index], "values": [float(v) for v in s.to_numpy(dtype=float)]}
+
+
+def _unseries(d: dict[str, list]) -> pd.Series:
+    return pd.Series(np.asarray(d["values"], dtype=float), index=list(d["index"]), dtype=float)
+
+
+def save_stacked(model: StackedModel, directory: Path) -> None:
+    """Write ``model`` as JSON (numbers, formulas, config) plus LightGBM text model files.
+
+    Nothing in it is a pickle: :func:`load_stacked` rebuilds the model from data only, so
+    loading a model file cannot run code (the threat :mod:`models.integrity` also guards).
+    """
+    from dataclasses import asdict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    boosters = []
+    for k, m in enumerate(model.models_):
+        name = f"booster_{k}.txt"
+        (directory / name).write_text(_booster_text(m), encoding="utf-8")
+        boosters.append(name)
+    sur = model.surrogate
+    (directory / "surrogate.txt").write_text(_booster_text(sur.model_), encoding="utf-8")
+    correction = None
+    if model.correction_ is not None:
+        correction = {"coef": [float(v) for v in np.ravel(model.correction_.coef_)],
+                      "intercept": float(np.ravel([model.correction_.intercept_])[0])}
+    state = {
+        "format": STACK_FORMAT,
+        "config": asdict(model.config),
+        "dft_reference": _series(model.dft_reference),
+        "extra_reference": {k: _series(v) for k, v in model.extra_reference.items()},
+        "elements": list(model.elements_),
+        "correction": correction,
+        "boosters": boosters,
+        "surrogate": {"config": asdict(sur.config), "columns": list(sur.columns_), "mae": sur.mae_,
+                      "out_of_fold": _series(sur.out_of_fold_), "booster": "surrogate.txt"},
+    }
+    (directory / "stacked.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+
+
+def load_stacked(directory: Path) -> StackedModel:
+    """Rebuild a :func:`save_stacked` model (JSON + LightGBM text files; no pickle)."""
+    import lightgbm
+
+    state = json.loads((directory / "stacked.json").read_text(encoding="utf-8"))
+    if state.get("format") != STACK_FORMAT:
+        raise ValueError(f"{directory / 'stacked.json'} is not a {STACK_FORMAT} file")
+
+    def booster(name: str):
+        return lightgbm.Booster(model_str=(directory / name).read_text(encoding="utf-8"))
+
+    s = state["surrogate"]
+    sur = DFTSurrogate(StackConfig(**s["config"]))
+    sur.columns_, sur.mae_ = list(s["columns"]), float(s["mae"])
+    sur.out_of_fold_ = _unseries(s["out_of_fold"])
+    sur.model_ = booster(s["booster"])
+    model = StackedModel(StackConfig(**state["config"]), dft_reference=_unseries(state["dft_reference"]),
+                         surrogate=sur,
+                         extra_reference={k: _unseries(v) for k, v in state["extra_reference"].items()})
+    model.elements_ = list(state["elements"])
+    corr = state["correction"]
+    model.correction_ = None if corr is None else _LinearMap(np.asarray(corr["coef"]), corr["intercept"])
+    model.models_ = [booster(name) for name in state["boosters"]]
+    return model
+
+
+def _booster_text(m) -> str:
+    booster = m.booster_ if hasattr(m, "booster_") else m
+    return booster.model_to_string()

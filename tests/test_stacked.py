@@ -137,3 +137,33 @@ def test_spread_over_bags_and_prediction_agree():
     assert spread.shape == (60,) and (spread >= 0).all() and spread.max() > 0  # bags differ by their seeds
     one = StackedModel(StackConfig(bags=1, trees=30, surrogate_trees=20, n_jobs=1), dft_reference=ref).fit(desc, formulas, y)
     assert (one.predict_with_spread(desc, formulas)[1] == 0).all()
+
+
+def test_save_and_load_without_pickle_give_the_same_predictions(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from models.stacked import StackConfig, StackedModel, load_stacked, save_stacked
+
+    rng = np.random.default_rng(1)
+    formulas = [f"Na{i}Cl" if i > 1 else "NaCl" for i in range(1, 61)]
+    desc = pd.DataFrame({"formula": formulas, **{f"d{k}": rng.normal(size=60) for k in range(4)}})
+    y = desc["d1"].to_numpy() + rng.normal(scale=0.1, size=60)
+    ref = pd.Series(y[::3] + 0.3, index=formulas[::3])
+    extra = {"band_gap_hse": pd.Series(y[::5], index=formulas[::5])}
+    model = StackedModel(StackConfig(bags=2, trees=25, surrogate_trees=15, n_jobs=1, clamp_min=0.0),
+                         dft_reference=ref, extra_reference=extra).fit(desc, formulas, y)
+    save_stacked(model, tmp_path / "stacked")
+    files = sorted(p.name for p in (tmp_path / "stacked").iterdir())
+    assert files == ["booster_0.txt", "booster_1.txt", "stacked.json", "surrogate.txt"]
+    for p in (tmp_path / "stacked").iterdir():
+        assert not p.read_bytes().startswith(b"\x80")  # no pickle protocol header anywhere
+    loaded = load_stacked(tmp_path / "stacked")
+    new = [f"K{i}Br" for i in range(1, 6)]  # formulas the surrogate never saw
+    new_desc = pd.DataFrame({"formula": new, **{f"d{k}": rng.normal(size=5) for k in range(4)}})
+    both = pd.concat([desc, new_desc], ignore_index=True)
+    for fs in (formulas, new):
+        a, sa = model.predict_with_spread(both, fs)
+        b, sb = loaded.predict_with_spread(both, fs)
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sb, sa, rtol=1e-12, atol=1e-12)

@@ -70,7 +70,7 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"mae_raw_dft", "mae_linear_dft", "mae_rf_descriptors", "mae_gnn_no_ot", "mae_gnn_ot",
                             "mae_stacked", "mae_served"}
-    assert meta["stacked"] == {"file": "stacked.joblib", "blend_weight": 0.5}
+    assert meta["stacked"] == {"dir": "stacked", "blend_weight": 0.5}
     # the linear calibration recovers the planted relation exactly (noise-free data)
     lin = json.loads((out / "baselines.json").read_text())["linear_dft"]
     assert lin["a"] == pytest.approx(1.2) and lin["b"] == pytest.approx(0.4)
