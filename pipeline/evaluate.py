@@ -268,8 +268,10 @@ def evaluate_property(cfg: EvaluateParams, align_cfg, train_cfg, prop: str, *, q
         dense_limit=align_cfg.dense_limit, knn=align_cfg.knn)
 
     def progress(k: int, n: int, row: dict) -> None:
-        log.info("%s fold %d/%d %s/%s (%d test rows, shift %.3f) in %.0f s: MAE gnn_ot %.4f, gnn_no_ot %s, rf %.4f",
-                 prop, k + 1, n, row["protocol"], row["fold"], row["n_test"], row["shift_ot"], row["seconds"],
+        parts = {k.replace("_seconds", "").replace("seconds_", ""): round(v, 1) for k, v in row.items()
+                 if "seconds" in k and k != "seconds"}
+        log.info("%s fold %d/%d %s/%s (%d test rows, shift %.3f) in %.0f s %s: MAE gnn_ot %.4f, gnn_no_ot %s, rf %.4f",
+                 prop, k + 1, n, row["protocol"], row["fold"], row["n_test"], row["shift_ot"], row["seconds"], parts,
                  row.get("mae_gnn_ot", math.nan), round(row.get("mae_gnn_no_ot", math.nan), 4),
                  row["mae_rf_descriptors"])
 
