@@ -100,5 +100,5 @@ def test_missing_inputs_name_the_file(tmp_path):
     args = argparse.Namespace(params=_params(tmp_path), property="band_gap", quick=True)
     from pipeline.errors import MatshiftError
 
-    with pytest.raises(MatshiftError, match="dft.parquet"):
+    with pytest.raises(MatshiftError, match=r"dft\.parquet"):
         stage.run(args)
