@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align": ("pipeline.align", "unbalanced OT from DFT to experiment into data/aligned/<property>/"),
     "train": ("pipeline.train", "train the GNN and baselines, log to MLflow"),
     "evaluate": ("pipeline.evaluate", "leak-free out-of-distribution evaluation into metrics/ and plots/"),
+    "report": ("pipeline.report", "regenerate the README results table from metrics/*.json"),
     "predict": ("pipeline.predict", "predict measured properties for formulas or CIF files"),
     "doctor": ("pipeline.doctor", "check the environment, the data mirror, fetched data and models"),
 }

@@ -1,0 +1,364 @@
+"""Leak-free evaluation: every model and ablation refitted per fold, scored per protocol.
+
+:func:`evaluate_folds` takes the whole problem (DFT entries and measurements as
+:class:`models.penalties.Domain` objects, a base :class:`models.training.EntryTable`, the
+descriptor table) and a list of :class:`models.splits.Fold` over the measurements. In each
+fold, everything that learns from measurements sees the fold's *training* part only:
+
+* the alignment (:func:`models.transport.align` between all DFT entries and the training
+  measurements, with the align stage's parameters; its descriptor standardisation is pooled
+  over exactly those two sides) and so the calibrated targets and their confidence;
+* the GNN's validation split, early stopping and model selection
+  (:func:`models.training.train_model` with ``train_rows`` = DFT rows + training
+  measurements; the test measurements' values are also blanked to NaN in the fold's table);
+* the baselines (linear calibration, descriptor random forest: fitted on training rows);
+* the applicability-domain reference and the scaler of the shift distance.
+
+The DFT-only pretraining of the composition encoder (and the descriptor scaler it fits) uses
+no measurement (:func:`models.training.pretrain_members` trains on DFT rows only), so it is
+computed once per property by the caller and shared by every fold: ``pretrained``.
+
+Models per fold (names used in metrics and plots):
+
+``raw_dft``, ``linear_dft``, ``rf_descriptors``: baselines; ``gnn_no_ot``: the GNN without
+OT terms; ``gnn_ot``: the OT-aligned GNN (calibrated targets + minibatch UOT); ablations
+``gnn_ot_balanced`` (balanced OT instead of unbalanced), ``gnn_ot_no_penalties`` (cost
+without the mass/symmetry terms, no hard block, no energy additivity) and
+``gnn_ot_no_calibrated`` (calibrated-target weight 0, minibatch OT kept).
+
+This module never reads files: the stage (``pipeline/evaluate.py``) does.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from models.baselines import DescriptorForest, LinearCalibration, RawDFT
+from models.penalties import CostWeights, Domain
+from models.predictor import ApplicabilityDomain
+from models.splits import Fold
+from models.training import EntryTable, TrainConfig, predict_ensemble, train_model
+from models.transport import SolverOptions, align
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BASELINES",
+    "GNN_VARIANTS",
+    "AlignSettings",
+    "EvaluationResult",
+    "GnnVariant",
+    "evaluate_folds",
+    "regression_metrics",
+    "shift_distance",
+    "subset_domain",
+    "summarise",
+    "training_targets",
+]
+
+BASELINES = ("raw_dft", "linear_dft", "rf_descriptors")
+
+
+@dataclass(frozen=True)
+class GnnVariant:
+    """One GNN model of the comparison: which alignment feeds it and which loss terms it uses.
+
+    ``alignment`` names an entry of :meth:`AlignSettings.variants` (None: no calibrated targets).
+    """
+
+    name: str
+    use_ot: bool
+    alignment: str | None
+    w_calibrated: float | None = None  # None: the train config's weight
+
+
+GNN_VARIANTS: dict[str, GnnVariant] = {
+    v.name: v
+    for v in (
+        GnnVariant("gnn_no_ot", use_ot=False, alignment=None),
+        GnnVariant("gnn_ot", use_ot=True, alignment="unbalanced"),
+        GnnVariant("gnn_ot_balanced", use_ot=True, alignment="balanced"),
+        GnnVariant("gnn_ot_no_penalties", use_ot=True, alignment="no_penalties"),
+        GnnVariant("gnn_ot_no_calibrated", use_ot=True, alignment=None, w_calibrated=0.0),
+    )
+}
+# models that use no optimal transport at all (the comparison of issue 6's must-show)
+NON_OT_MODELS = ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot")
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """The align stage's parameters, as :func:`models.transport.align` arguments."""
+
+    method: str
+    weights: CostWeights
+    options: SolverOptions
+    energy_additivity: bool
+    additivity_iters: int = 5
+    additivity_ridge: float = 1e-4
+    dense_limit: int = 4_000_000
+    knn: int = 64
+
+    def variants(self) -> dict[str, AlignSettings]:
+        """Return the stage's alignment and the two ablated ones (balanced; no conservation penalties)."""
+        no_pen = CostWeights(descriptor=self.weights.descriptor, value=self.weights.value, mass=0.0, symmetry=0.0,
+                             hard_block=False)
+        return {
+            "unbalanced": self,
+            "balanced": replace(self, method="balanced"),
+            "no_penalties": replace(self, weights=no_pen, energy_additivity=False),
+        }
+
+
+@dataclass
+class EvaluationResult:
+    """Per test row and model predictions (long over folds), and one row per fold."""
+
+    predictions: pd.DataFrame
+    folds: pd.DataFrame
+    seconds: float = 0.0
+    models: list[str] = field(default_factory=list)
+
+
+def subset_domain(domain: Domain, rows: np.ndarray) -> Domain:
+    """Return rows ``rows`` of ``domain`` (all arrays sliced alike; masses back to uniform 1/n)."""
+    rows = np.asarray(rows)
+    return Domain(
+        features=domain.features[rows], values=np.asarray(domain.values)[rows], formulas=np.asarray(domain.formulas)[rows],
+        ids=np.asarray(domain.ids)[rows],
+        fractions=None if domain.fractions is None else sp.csr_matrix(domain.fractions)[rows],
+        elements=domain.elements,
+        crystal_system=None if domain.crystal_system is None else np.asarray(domain.crystal_system)[rows],
+    )
+
+
+def training_targets(fold: Fold) -> np.ndarray:
+    """Return the measurements an alignment of ``fold`` may see: its training part only.
+
+    A separate function so the leakage test can swap in a leaky version and show that the
+    test detects it.
+    """
+    return fold.train
+
+
+def calibrated_targets(source: Domain, target: Domain, rows: np.ndarray, settings: AlignSettings
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Calibrated targets and confidence of every source entry from OT onto ``target[rows]``."""
+    sub = subset_domain(target, rows)
+    res = align(source, sub, method=settings.method, weights=settings.weights, options=settings.options,
+                energy_additivity=settings.energy_additivity, additivity_iters=settings.additivity_iters,
+                additivity_ridge=settings.additivity_ridge, dense_limit=settings.dense_limit, knn=settings.knn)
+    fallback = np.asarray(source.values, float) + res.source_offset
+    targets, confidence = res.calibrated_targets(sub.values, fallback=fallback)
+    diag = {"mass_moved_fraction": res.mass_moved / float(res.a.sum()), "converged": float(res.converged),
+            "seconds": res.seconds}
+    return targets, confidence, diag
+
+
+def shift_distance(x_train: np.ndarray, x_test: np.ndarray, *, sample: int = 500, seed: int = 0) -> float:
+    r"""Exact OT distance (:func:`ot.emd2`) between training and test point clouds.
+
+    Descriptors are standardised with the training rows' mean and std (constant columns
+    ignored); the cost is the squared Euclidean distance divided by the dimension, so the
+    value is a mean squared per-feature z-score difference (0 for identical distributions,
+    about 2 for independent standard normals). Each side is subsampled (seeded) to ``sample``
+    points so the LP stays small.
+    """
+    import ot
+
+    x_train, x_test = np.asarray(x_train, float), np.asarray(x_test, float)
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise ValueError("shift_distance: both sides need at least one row")
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    keep = std > 0
+    rng = np.random.default_rng(seed)
+    a = x_train[rng.choice(len(x_train), size=min(sample, len(x_train)), replace=False)]
+    b = x_test[rng.choice(len(x_test), size=min(sample, len(x_test)), replace=False)]
+    za, zb = (a[:, keep] - mean[keep]) / std[keep], (b[:, keep] - mean[keep]) / std[keep]
+    cost = ot.dist(za, zb) / max(int(keep.sum()), 1)
+    return float(ot.emd2(np.full(len(za), 1 / len(za)), np.full(len(zb), 1 / len(zb)), cost, numItermax=1_000_000))
+
+
+def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and R^2 (1 - SSE/SST; NaN when the targets are constant)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"regression_metrics: need equal non-empty shapes, got {y.shape} and {p.shape}")
+    if not (np.isfinite(y).all() and np.isfinite(p).all()):
+        raise ValueError("regression_metrics: non-finite values")
+    err = p - y
+    sst = float(np.sum((y - y.mean()) ** 2))
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
+            "r2": float(1 - np.sum(err**2) / sst) if sst > 0 else float("nan")}
+
+
+def evaluate_folds(
+    *,
+    source: Domain,
+    target: Domain,
+    table: EntryTable,
+    descriptors: pd.DataFrame,
+    dft_reference: np.ndarray,
+    folds: Sequence[Fold],
+    train_config: TrainConfig,
+    align_settings: AlignSettings,
+    pretrained: Sequence[dict[str, torch.Tensor]],
+    variants: Sequence[str] = tuple(GNN_VARIANTS),
+    members: int = 1,
+    rf_trees: int = 100,
+    shift_sample: int = 500,
+    ad_k: int = 5,
+    ad_threshold: float = 95.0,
+    seed: int = 0,
+    device: torch.device | None = None,
+    transported_mass: np.ndarray | None = None,
+    on_fold: Callable[[int, int, dict], None] | None = None,
+) -> EvaluationResult:
+    """Fit and score every model on every fold (see the module docstring for what each sees).
+
+    ``table`` holds the DFT entries (rows ``0 .. source.size - 1``, in ``source`` order) then
+    the measurements (in ``target`` order); its calibrated targets are replaced per fold.
+    ``dft_reference`` [n_target] is the DFT value of each measurement's composition (NaN
+    where none is known). ``transported_mass`` [n_target], optional, is only copied into the
+    predictions for the mass-against-error plot; it never reaches a model.
+    """
+    t0 = time.perf_counter()
+    n_dft = source.size
+    if len(table) != n_dft + target.size:
+        raise ValueError(f"table has {len(table)} rows, expected {n_dft} DFT + {target.size} measurements")
+    unknown = [v for v in variants if v not in GNN_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown model variant {unknown[0]!r} (valid: {', '.join(GNN_VARIANTS)})")
+    if not pretrained:
+        raise ValueError("evaluate_folds needs at least one pretrained encoder state")
+    y_all = np.asarray(target.values, float)
+    formulas = np.asarray(target.formulas)
+    desc = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
+    x_exp = desc.loc[formulas].to_numpy(float)
+    dft_formulas = np.unique(np.asarray(source.formulas))
+    settings = align_settings.variants()
+    needed = sorted({GNN_VARIANTS[v].alignment for v in variants} - {None})
+    pred_frames, fold_rows = [], []
+    for k, fold in enumerate(folds):
+        tf = time.perf_counter()
+        tr, te = np.asarray(fold.train), np.asarray(fold.test)
+        if len(tr) == 0 or len(te) == 0:
+            raise ValueError(f"fold {fold.protocol}/{fold.name} has an empty side")
+        y_tr, y_te = y_all[tr], y_all[te]
+        d_tr, d_te = dft_reference[tr], dft_reference[te]
+        out = pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "exp_id": np.asarray(target.ids)[te],
+                            "formula": formulas[te], "value": y_te, "dft_value": d_te})
+        out["raw_dft"] = RawDFT().fit(d_tr, y_tr).predict(d_te)
+        clamp = train_config.clamp_min
+        out["linear_dft"] = (LinearCalibration(clamp_min=clamp).fit(d_tr, y_tr).predict(d_te)
+                             if np.isfinite(d_tr).sum() >= 2 else float(np.mean(y_tr)))
+        t_rf = time.perf_counter()
+        out["rf_descriptors"] = DescriptorForest(n_estimators=rf_trees, seed=seed).fit(
+            descriptors, formulas[tr].tolist(), y_tr).predict(descriptors, formulas[te].tolist())
+        info: dict[str, float] = {"rf_seconds": time.perf_counter() - t_rf}
+
+        # the fold's table: test values blanked, calibrated targets from the fold's own alignment
+        fold_table = copy.copy(table)
+        fold_table.y_exp = table.y_exp.copy()
+        fold_table.y_exp[n_dft + te] = np.nan
+        align_rows = training_targets(fold)
+        calibrated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in needed:
+            t_cal, conf, diag = calibrated_targets(source, target, align_rows, settings[name])
+            calibrated[name] = (t_cal, conf)
+            info[f"mass_moved_fraction_{name}"] = diag["mass_moved_fraction"]
+            info[f"align_seconds_{name}"] = diag["seconds"]
+        train_rows = np.concatenate([np.arange(n_dft), n_dft + tr])
+        test_rows = n_dft + te
+        for name in variants:
+            v = GNN_VARIANTS[name]
+            cal = np.full(len(table), np.nan)
+            conf = np.full(len(table), np.nan)
+            if v.alignment is not None:
+                cal[:n_dft], conf[:n_dft] = calibrated[v.alignment]
+            fold_table.calibrated, fold_table.confidence = cal, conf
+            t_gnn = time.perf_counter()
+            cfg = replace(train_config, use_ot=v.use_ot,
+                          w_calibrated=train_config.w_calibrated if v.w_calibrated is None else v.w_calibrated)
+            fitted = [train_model(fold_table, cfg, seed=seed + 1000 * k + m, train_rows=train_rows, device=device,
+                                  init_state=copy.deepcopy(pretrained[m % len(pretrained)])).model
+                      for m in range(members)]
+            pred = predict_ensemble(fitted, fold_table, test_rows, device=device, clamp_min=clamp)
+            out[name] = pred.experiment
+            info[f"train_seconds_{name}"] = time.perf_counter() - t_gnn
+
+        # applicability domain, as models/predictor.py scores it, against this fold's training data:
+        # ad_score: reference = every composition the fold's model was trained on (DFT + training
+        # measurements), like the predictor's table; ad_score_measured: training measurements only.
+        t_ad = time.perf_counter()
+        ref_all = np.union1d(dft_formulas, np.unique(formulas[tr]))
+        ad_all = ApplicabilityDomain.fit(desc.loc[ref_all].to_numpy(float), k=ad_k, seed=seed)
+        ad_meas = ApplicabilityDomain.fit(desc.loc[np.unique(formulas[tr])].to_numpy(float), k=ad_k, seed=seed)
+        out["ad_score"] = ad_all.score(x_exp[te])
+        out["ad_score_measured"] = ad_meas.score(x_exp[te])
+        out["ad_flag"] = out["ad_score"] > ad_threshold
+        out["ad_flag_measured"] = out["ad_score_measured"] > ad_threshold
+        info["ad_seconds"] = time.perf_counter() - t_ad
+        out["transported_mass"] = np.nan if transported_mass is None else np.asarray(transported_mass)[te]
+        shift = shift_distance(x_exp[tr], x_exp[te], sample=shift_sample, seed=seed)
+        row = {"protocol": fold.protocol, "fold": fold.name, "n_train": len(tr), "n_test": len(te),
+               "shift_ot": shift, **info}
+        for m in (*BASELINES, *variants):
+            row[f"mae_{m}"] = regression_metrics(y_te, out[m].to_numpy())["mae"]
+        row["seconds"] = time.perf_counter() - tf
+        fold_rows.append(row)
+        pred_frames.append(out)
+        if on_fold is not None:
+            on_fold(k, len(folds), row)
+    return EvaluationResult(predictions=pd.concat(pred_frames, ignore_index=True), folds=pd.DataFrame(fold_rows),
+                            seconds=time.perf_counter() - t0, models=[*BASELINES, *variants])
+
+
+def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_model: str = "gnn_ot") -> dict:
+    """Metrics per protocol (pooled over its test rows) and the pooled out-of-distribution summary.
+
+    A protocol's test rows are pooled over its folds before computing MAE, RMSE and R^2, so a
+    protocol's figure weighs every test measurement once. The OOD summary pools the rows of
+    ``ood_protocols``; ``gain_vs_best_non_ot`` is ``1 - MAE(gnn_ot) / min MAE(non-OT models)``.
+    """
+    p, f = result.predictions, result.folds
+    models = result.models
+    out: dict = {"protocols": {}}
+    for proto, g in p.groupby("protocol", sort=False):
+        ff = f[f["protocol"] == proto]
+        entry: dict = {"n_folds": len(ff), "n_test_rows": len(g), "shift_ot_mean": float(ff["shift_ot"].mean())}
+        for m in models:
+            entry[m] = regression_metrics(g["value"].to_numpy(), g[m].to_numpy())
+        if ad_model in g:
+            entry["ad"] = _ad_summary(g, ad_model)
+        out["protocols"][proto] = entry
+    ood = p[p["protocol"].isin(ood_protocols)]
+    if len(ood):
+        pooled = {m: regression_metrics(ood["value"].to_numpy(), ood[m].to_numpy())["mae"] for m in models}
+        non_ot = {m: v for m, v in pooled.items() if m in NON_OT_MODELS}
+        best = min(non_ot, key=non_ot.get)
+        summary = {"protocols": list(ood_protocols), "n_test_rows": len(ood), "mae": pooled, "best_non_ot_model": best}
+        if "gnn_ot" in pooled:
+            summary["gain_vs_best_non_ot"] = 1.0 - pooled["gnn_ot"] / non_ot[best]
+        out["pooled_ood"] = summary
+    return out
+
+
+def _ad_summary(g: pd.DataFrame, model: str) -> dict:
+    err = (g[model] - g["value"]).abs()
+    res: dict = {"model": model}
+    for suffix, col in (("", "ad_flag"), ("_measured", "ad_flag_measured")):
+        flag = g[col].to_numpy(bool)
+        res[f"n_flagged{suffix}"] = int(flag.sum())
+        res[f"mae_in_domain{suffix}"] = float(err[~flag].mean()) if (~flag).any() else None
+        res[f"mae_flagged{suffix}"] = float(err[flag].mean()) if flag.any() else None
+    return res

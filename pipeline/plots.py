@@ -1,0 +1,79 @@
+"""PNG figures of the evaluate stage (the CSVs beside them are the DVC plots' data).
+
+* ``parity.png``: measured against predicted, one panel per model, all protocols' test rows.
+* ``error_vs_shift.png``: per fold, MAE against the OT shift between training and test.
+* ``mass_vs_error.png``: the align stage's transported mass of each measurement (relative to
+  its marginal; low = treated as an outlier) against the OT model's absolute error.
+* ``ad_error.png``: absolute error against the applicability-domain score.
+
+Reads nothing; writes only into the directory it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequence[str], unit: str, prop: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(models)
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.1 * rows), squeeze=False)
+    lo = float(min(preds["value"].min(), *(preds[m].min() for m in models)))
+    hi = float(max(preds["value"].max(), *(preds[m].max() for m in models)))
+    for ax, m in zip(axes.flat, models, strict=False):
+        ax.scatter(preds["value"], preds[m], s=3, alpha=0.3)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.7)
+        mae = float(np.mean(np.abs(preds[m] - preds["value"])))
+        ax.set_title(f"{m}\nMAE {mae:.3f} {unit}", fontsize=8)
+        ax.set_xlabel(f"measured ({unit})", fontsize=7)
+        ax.set_ylabel(f"predicted ({unit})", fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{prop}: parity over all protocols' test rows", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "parity.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m in [m for m in ("gnn_ot", "gnn_no_ot", "rf_descriptors", "linear_dft") if f"mae_{m}" in folds]:
+        ax.scatter(folds["shift_ot"], folds[f"mae_{m}"], label=m, s=18)
+    for _, r in folds.iterrows():
+        ax.annotate(f"{r['protocol'][:4]}:{r['fold']}", (r["shift_ot"], r.get("mae_gnn_ot", np.nan)), fontsize=5)
+    ax.set_xlabel("OT shift, training -> test measurements (standardised descriptors)")
+    ax.set_ylabel(f"fold MAE ({unit})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "error_vs_shift.png", dpi=100)
+    plt.close(fig)
+
+    if "gnn_ot" in preds and preds["transported_mass"].notna().any():
+        g = preds.dropna(subset=["transported_mass"])
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.scatter(g["transported_mass"], (g["gnn_ot"] - g["value"]).abs(), s=3, alpha=0.3)
+        ax.set_xlabel("transported mass / marginal (align stage, all measurements)")
+        ax.set_ylabel(f"|error| of gnn_ot ({unit})")
+        fig.tight_layout()
+        fig.savefig(out / "mass_vs_error.png", dpi=100)
+        plt.close(fig)
+
+    if "gnn_ot" in preds:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.scatter(preds["ad_score"], (preds["gnn_ot"] - preds["value"]).abs(), s=3, alpha=0.3)
+        ax.set_xlabel("applicability-domain score (percentile of training kNN distance)")
+        ax.set_ylabel(f"|error| of gnn_ot ({unit})")
+        fig.tight_layout()
+        fig.savefig(out / "ad_error.png", dpi=100)
+        plt.close(fig)
+
+
+__all__ = ["draw"]

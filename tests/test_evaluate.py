@@ -1,0 +1,170 @@
+"""The evaluate stage's library: leak-freedom, metrics, shift distance and the summary."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models import evaluation as ev
+from models.penalties import CostWeights, Domain, fraction_matrix
+from models.splits import Fold, grouped_kfold
+from models.training import EntryTable, ModelConfig, TrainConfig, pretrain_members, reference_per_formula
+from models.transport import SolverOptions
+
+FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "SiO2", "Al2O3", "TiO2",
+            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "NaF", "KBr", "LiCl", "CaS", "MgS", "ZnSe"]
+CFG = TrainConfig(epochs=3, batch_size=8, dft_batch_size=8, patience=3, val_fraction=0.2, w_calibrated=1.0,
+                  freeze_encoder=True, clamp_min=0.0,
+                  model=ModelConfig(comp_hidden=8, comp_layers=1, emb_dim=8, head_hidden=8, use_graphs=False))
+
+
+def _domain(frame, prefix, features):
+    fr, elements = fraction_matrix(list(frame["formula"]))
+    return Domain(features=features.loc[frame["formula"]].to_numpy(float), values=frame["value"].to_numpy(float),
+                  formulas=frame["formula"].to_numpy(), ids=np.array([f"{prefix}{i}" for i in range(len(frame))]),
+                  fractions=fr, elements=elements, crystal_system=np.array([""] * len(frame)))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """24 formulas, 2 DFT polymorphs and 2 measurements each (measured = 1.2 * DFT + 0.4 + noise)."""
+    rng = np.random.default_rng(0)
+    gap = {f: float(rng.uniform(0.5, 5)) for f in FORMULAS}
+    desc = pd.DataFrame(rng.normal(size=(len(FORMULAS), 3)), columns=["d0", "d1", "d2"]).assign(formula=FORMULAS)
+    feats = desc.set_index("formula")
+    dft = pd.DataFrame({"formula": [f for f in FORMULAS for _ in range(2)]})
+    dft["value"] = dft["formula"].map(gap) + rng.normal(0, 0.1, len(dft))
+    dft["material_id"] = [f"mp-{i}" for i in range(len(dft))]
+    exp = pd.DataFrame({"formula": [f for f in FORMULAS for _ in range(2)]})
+    exp["value"] = 1.2 * exp["formula"].map(gap) + 0.4 + rng.normal(0, 0.05, len(exp))
+    source, target = _domain(dft, "mp-", feats), _domain(exp, "x:", feats)
+    ref = reference_per_formula(dft.rename(columns={"value": "dft_value"}), value="dft_value")
+    table = EntryTable.build(dft=dft.rename(columns={"value": "dft_value"}), experiment=exp, descriptors=desc,
+                             dft_reference=ref)
+    pretrained = pretrain_members(table, CFG, n_members=1, epochs=1, batch_size=8, seed=0)
+    return {"source": source, "target": target, "table": table, "desc": desc, "exp": exp,
+            "ref": exp["formula"].map(ref).to_numpy(float), "pretrained": pretrained}
+
+
+SETTINGS = ev.AlignSettings(method="unbalanced", weights=CostWeights(), options=SolverOptions(reg=0.05),
+                            energy_additivity=False)
+
+
+def _run(problem, fold, *, target=None, table=None, variants=("gnn_ot",)):
+    return ev.evaluate_folds(
+        source=problem["source"], target=target or problem["target"], table=table or problem["table"],
+        descriptors=problem["desc"], dft_reference=problem["ref"], folds=[fold], train_config=CFG,
+        align_settings=SETTINGS, pretrained=problem["pretrained"], variants=variants, rf_trees=5,
+        shift_sample=50, ad_k=3, seed=0,
+    )
+
+
+def _perturbed(problem, test_rows):
+    """The same problem with the test measurements' values changed (everywhere they appear)."""
+    import copy
+
+    target = problem["target"]
+    values = target.values.copy()
+    values[test_rows] = values[test_rows] + 3.0
+    new_target = Domain(features=target.features, values=values, formulas=target.formulas, ids=target.ids,
+                        fractions=target.fractions, elements=target.elements, crystal_system=target.crystal_system)
+    table = copy.copy(problem["table"])
+    table.y_exp = table.y_exp.copy()
+    table.y_exp[problem["source"].size + test_rows] += 3.0
+    return new_target, table
+
+
+def test_test_fold_targets_do_not_change_any_prediction(problem, monkeypatch):
+    fold = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=4, seed=0)[0]
+    models = [*ev.BASELINES, "gnn_ot", "gnn_no_ot"]
+    base = _run(problem, fold, variants=("gnn_ot", "gnn_no_ot")).predictions
+    target, table = _perturbed(problem, fold.test)
+    moved = _run(problem, fold, target=target, table=table, variants=("gnn_ot", "gnn_no_ot")).predictions
+    np.testing.assert_array_equal(moved["value"], base["value"] + 3.0)  # the perturbation did reach the test rows
+    for m in models:
+        np.testing.assert_array_equal(moved[m].to_numpy(), base[m].to_numpy(), err_msg=m)
+
+    # the test can fail: an alignment that also sees the test measurements leaks them into
+    # the calibrated targets, and the OT model's predictions move
+    monkeypatch.setattr(ev, "training_targets", lambda f: np.concatenate([f.train, f.test]))
+    leaky = _run(problem, fold, variants=("gnn_ot",)).predictions
+    leaky_moved = _run(problem, fold, target=target, table=table, variants=("gnn_ot",)).predictions
+    assert np.abs(leaky_moved["gnn_ot"].to_numpy() - leaky["gnn_ot"].to_numpy()).max() > 1e-3
+
+
+def test_fold_outputs_cover_every_model_and_test_row(problem):
+    fold = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=4, seed=1)[1]
+    res = _run(problem, fold, variants=tuple(ev.GNN_VARIANTS))
+    p = res.predictions
+    assert len(p) == len(fold.test)
+    assert list(p["exp_id"]) == list(problem["target"].ids[fold.test])
+    for m in res.models:
+        assert np.isfinite(p[m]).all(), m
+    row = res.folds.iloc[0]
+    assert row["n_test"] == len(fold.test)
+    assert row["mae_gnn_ot"] == pytest.approx(np.mean(np.abs(p["gnn_ot"] - p["value"])))
+    assert 0 <= row["mass_moved_fraction_unbalanced"] <= 1
+    assert ((p["ad_score"] >= 0) & (p["ad_score"] <= 100)).all()
+
+
+def test_unknown_variant_is_rejected(problem):
+    fold = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=4, seed=0)[0]
+    with pytest.raises(ValueError, match="unknown model variant 'gnn_magic'"):
+        _run(problem, fold, variants=("gnn_magic",))
+
+
+def test_regression_metrics_by_hand():
+    m = ev.regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
+    assert m["mae"] == pytest.approx(1 / 3)
+    assert m["rmse"] == pytest.approx(np.sqrt(1 / 3))
+    assert m["r2"] == pytest.approx(0.5)  # SSE 1, SST 2
+    with pytest.raises(ValueError, match="non-finite"):
+        ev.regression_metrics(np.array([1.0]), np.array([np.nan]))
+
+
+def test_shift_distance_zero_for_same_cloud_and_squared_z_shift():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)) * [1.0, 2.0, 4.0]
+    assert ev.shift_distance(x, x, sample=40) == pytest.approx(0.0, abs=1e-12)
+    # translating by one training std in every feature moves each point by z = 1 per dimension
+    std = x.std(axis=0)
+    assert ev.shift_distance(x, x + std, sample=40) == pytest.approx(1.0, rel=1e-9)
+    with pytest.raises(ValueError, match="at least one row"):
+        ev.shift_distance(x, x[:0])
+
+
+def test_summary_pools_protocols_and_computes_gain():
+    preds = pd.DataFrame({
+        "protocol": ["loco", "loco", "family_out", "grouped_cv"], "fold": ["a", "a", "b", "0"],
+        "value": [1.0, 2.0, 3.0, 4.0],
+        "raw_dft": [2.0, 3.0, 4.0, 5.0], "linear_dft": [1.5, 2.5, 3.5, 4.0], "rf_descriptors": [1.2, 2.2, 3.2, 4.0],
+        "gnn_no_ot": [1.3, 2.3, 3.3, 4.0], "gnn_ot": [1.1, 2.1, 3.1, 4.0],
+        "ad_flag": [False, True, False, False], "ad_flag_measured": [False, False, False, True],
+    })
+    folds = pd.DataFrame({"protocol": ["loco", "family_out", "grouped_cv"], "fold": ["a", "b", "0"],
+                          "shift_ot": [1.0, 2.0, 0.5]})
+    res = ev.EvaluationResult(predictions=preds, folds=folds,
+                              models=["raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot"])
+    s = ev.summarise(res, ood_protocols=["loco", "family_out"])
+    ood = s["pooled_ood"]
+    assert ood["n_test_rows"] == 3
+    assert ood["best_non_ot_model"] == "rf_descriptors"
+    assert ood["mae"]["gnn_ot"] == pytest.approx(0.1)
+    assert ood["gain_vs_best_non_ot"] == pytest.approx(1 - 0.1 / 0.2)
+    assert s["protocols"]["loco"]["ad"]["n_flagged"] == 1
+    assert s["protocols"]["loco"]["ad"]["mae_flagged"] == pytest.approx(0.1)
+    assert s["protocols"]["grouped_cv"]["gnn_ot"]["mae"] == pytest.approx(0.0)
+    assert s["protocols"]["family_out"]["shift_ot_mean"] == pytest.approx(2.0)
+
+
+def test_subset_domain_keeps_rows_aligned(problem):
+    rows = np.array([3, 0, 5])
+    sub = ev.subset_domain(problem["target"], rows)
+    assert list(sub.ids) == list(problem["target"].ids[rows])
+    assert sub.fractions.shape == (3, problem["target"].fractions.shape[1])
+    np.testing.assert_allclose(sub.features, problem["target"].features[rows])
+
+
+def test_fold_with_empty_side_is_rejected(problem):
+    fold = Fold("x", "empty", np.arange(10), np.zeros(0, dtype=int))
+    with pytest.raises(ValueError, match="fold x/empty has an empty side"):
+        _run(problem, fold)

@@ -1,0 +1,104 @@
+"""End-to-end `matshift evaluate --quick` on tiny files written by the contracts in docs/ARCHITECTURE.md."""
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import evaluate as stage
+
+FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "SiO2", "Al2O3", "TiO2",
+            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "NaF", "KBr"]
+SYSTEMS = ["cubic", "hexagonal"]
+
+
+def _inputs(root):
+    rng = np.random.default_rng(0)
+    gaps = {f: float(rng.uniform(0.5, 5)) for f in FORMULAS}
+    dft = pd.DataFrame({"material_id": [f"mp-{i}" for i in range(len(FORMULAS))], "formula": FORMULAS,
+                        "band_gap_pbe": [gaps[f] for f in FORMULAS],
+                        "formation_energy_per_atom": rng.uniform(-3, 0, len(FORMULAS))})
+    exp_f = [f for f in FORMULAS for _ in range(2)]
+    exp = pd.DataFrame({"exp_id": [f"x:{i}" for i in range(len(exp_f))], "formula": exp_f, "property": "band_gap",
+                        "value": [1.2 * gaps[f] + 0.4 for f in exp_f]})
+    desc = pd.DataFrame(rng.normal(size=(len(FORMULAS), 3)), columns=["d0", "d1", "d2"]).assign(formula=FORMULAS)
+    # the first 12 formulas' DFT entries have a known crystal system (two systems, alternating)
+    systems = [SYSTEMS[i % 2] if i < 12 else "" for i in range(len(FORMULAS))]
+    index = pd.concat([
+        pd.DataFrame({"id": dft["material_id"], "domain": "dft", "formula": FORMULAS, "has_graph": False,
+                      "spacegroup": 0, "crystal_system": systems}),
+        pd.DataFrame({"id": exp["exp_id"], "domain": "experiment", "formula": exp_f, "has_graph": False,
+                      "spacegroup": 0, "crystal_system": ""}),
+    ])
+    for d in ("raw", "features", "aligned/band_gap"):
+        (root / d).mkdir(parents=True)
+    dft.to_parquet(root / "raw/dft.parquet")
+    exp.to_parquet(root / "raw/experiment.parquet")
+    desc.to_parquet(root / "features/descriptors.parquet")
+    index.to_parquet(root / "features/index.parquet")
+    exp[["exp_id"]].assign(transported_mass=1.0 / len(exp)).to_parquet(root / "aligned/band_gap/experiment.parquet")
+
+
+def _params(root):
+    text = f"""
+align: {{reg: 0.05}}
+train:
+  model: {{comp_hidden: 8, comp_layers: 1, emb_dim: 8, head_hidden: 8, use_graphs: false}}
+  optim: {{batch_size: 8, dft_batch_size: 8, pretrain_batch_size: 16}}
+evaluate:
+  raw_dir: {root}/raw
+  features_dir: {root}/features
+  aligned_dir: {root}/aligned
+  metrics_dir: {root}/metrics
+  plots_dir: {root}/plots
+  ad_k: 3
+  quick:
+    protocols: [grouped_cv, crystal_system_out]
+    models: [gnn_no_ot, gnn_ot]
+    n_folds: 2
+    epochs: 2
+    patience: 2
+    pretrain_epochs: 1
+    rf_trees: 5
+    shift_sample: 20
+"""
+    path = root / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_quick_evaluation_writes_metrics_and_plots(tmp_path):
+    _inputs(tmp_path)
+    args = argparse.Namespace(params=_params(tmp_path), property="band_gap", quick=True)
+    assert stage.run(args) == 0
+    m = json.loads((tmp_path / "metrics/band_gap.json").read_text())
+    assert m["budget"] == "quick" and m["n_measurements"] == 40 and m["n_formulas"] == 20
+    assert set(m["protocols"]) == {"grouped_cv", "crystal_system_out"}
+    # crystal systems come from the formula's DFT polymorph: 12 formulas x 2 measurements, two systems
+    cs = m["protocols"]["crystal_system_out"]
+    assert cs["n_folds"] == 2 and cs["n_test_rows"] == 24
+    assert m["protocols"]["grouped_cv"]["n_test_rows"] == 40
+    for model in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot"):
+        assert m["protocols"]["grouped_cv"][model]["mae"] >= 0
+    assert m["pooled_ood"]["protocols"] == ["crystal_system_out"]
+    assert m["pooled_ood"]["best_non_ot_model"] in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot")
+    preds = pd.read_csv(tmp_path / "plots/band_gap/predictions.csv")
+    folds = pd.read_csv(tmp_path / "plots/band_gap/folds.csv")
+    assert len(preds) == len(folds) == 64
+    # every measured formula is tested exactly once by grouped CV
+    assert sorted(folds.loc[folds["protocol"] == "grouped_cv", "exp_id"]) == sorted(f"x:{i}" for i in range(40))
+    mae = np.mean(np.abs(preds.loc[preds["protocol"] == "grouped_cv", "gnn_ot"] - preds.loc[preds["protocol"] == "grouped_cv", "value"]))
+    assert m["protocols"]["grouped_cv"]["gnn_ot"]["mae"] == pytest.approx(mae, rel=1e-4)
+    assert preds["transported_mass"].to_numpy() == pytest.approx(np.ones(64))  # relative to the 1/n marginal
+    for name in ("parity.png", "error_vs_shift.png", "error_vs_shift.csv", "mass_vs_error.csv"):
+        assert (tmp_path / "plots/band_gap" / name).is_file()
+
+
+def test_missing_inputs_name_the_file(tmp_path):
+    args = argparse.Namespace(params=_params(tmp_path), property="band_gap", quick=True)
+    from pipeline.errors import MatshiftError
+
+    with pytest.raises(MatshiftError, match=r"dft\.parquet"):
+        stage.run(args)
