@@ -167,8 +167,10 @@ def calibrated_targets(source: Domain, target: Domain, rows: np.ndarray, setting
 def shift_distance(x_train: np.ndarray, x_test: np.ndarray, *, sample: int = 500, seed: int = 0) -> float:
     r"""Exact OT distance (:func:`ot.emd2`) between training and test point clouds.
 
-    Descriptors are standardised with the training rows' mean and std (constant columns
-    ignored); the cost is the squared Euclidean distance divided by the dimension, so the
+    Descriptors are standardised with the training rows' mean and std, the std floored at a
+    tenth of the std over both sides together: a column (nearly) constant in the training
+    part but varying in the test part (an element seen only in the held-out crystal system)
+    would otherwise give z-scores of 1e8; columns constant on both sides are ignored. The cost is the squared Euclidean distance divided by the dimension, so the
     value is a mean squared per-feature z-score difference (0 for identical distributions,
     about 2 for independent standard normals). Each side is subsampled (seeded) to ``sample``
     points so the LP stays small.
@@ -178,8 +180,10 @@ def shift_distance(x_train: np.ndarray, x_test: np.ndarray, *, sample: int = 500
     x_train, x_test = np.asarray(x_train, float), np.asarray(x_test, float)
     if len(x_train) == 0 or len(x_test) == 0:
         raise ValueError("shift_distance: both sides need at least one row")
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-    keep = std > 0
+    mean = x_train.mean(axis=0)
+    pooled = np.concatenate([x_train, x_test]).std(axis=0)
+    std = np.maximum(x_train.std(axis=0), 0.1 * pooled)
+    keep = pooled > 0
     rng = np.random.default_rng(seed)
     a = x_train[rng.choice(len(x_train), size=min(sample, len(x_train)), replace=False)]
     b = x_test[rng.choice(len(x_test), size=min(sample, len(x_test)), replace=False)]

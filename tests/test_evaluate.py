@@ -121,6 +121,14 @@ def test_regression_metrics_by_hand():
         ev.regression_metrics(np.array([1.0]), np.array([np.nan]))
 
 
+def test_shift_distance_stays_finite_for_a_column_constant_in_training():
+    rng = np.random.default_rng(5)
+    train = np.column_stack([rng.normal(size=200), np.full(200, 0.3) + 1e-12 * rng.normal(size=200)])
+    test = np.column_stack([rng.normal(size=50), rng.uniform(0.0, 1.0, size=50)])
+    d = ev.shift_distance(train, test, sample=100)
+    assert np.isfinite(d) and d < 1e3  # ~270 (a real shift: values never seen in training); ~1e22 with the raw std
+
+
 def test_shift_distance_zero_for_same_cloud_and_squared_z_shift():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3)) * [1.0, 2.0, 4.0]
