@@ -53,6 +53,8 @@ class FitResult:
     seconds: float
     stacked: StackedModel | None = None
     blend_weight: float = 0.0
+    # reduced formulas of the training measurements: the applicability domain's reference set
+    measured_formulas: list[str] | None = None
 
 
 def fit_property(
@@ -148,7 +150,8 @@ def fit_property(
     metrics["dft_coverage"] = float(covered.mean())
     return FitResult(members=fitted["gnn_ot"], members_no_ot=fitted["gnn_no_ot"], linear=linear, forest=forest,
                      dft_reference=ref, metrics=metrics, selection=selection, seconds=time.perf_counter() - t0,
-                     stacked=stacked, blend_weight=blend_weight if stacked is not None else 0.0)
+                     stacked=stacked, blend_weight=blend_weight if stacked is not None else 0.0,
+                     measured_formulas=sorted(set(tr["formula"])))
 
 
 def _history_frame(result: FitResult) -> pd.DataFrame:
@@ -188,6 +191,8 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
     result.dft_reference.rename("dft_value").rename_axis("formula").reset_index().to_parquet(
         directory / "dft_reference.parquet", index=False)
     result.selection.to_csv(directory / "selection_predictions.csv", index=False)
+    if result.measured_formulas is not None:
+        (directory / "measured_formulas.json").write_text(json.dumps(result.measured_formulas) + "\n")
     hist = _history_frame(result)
     hist.to_csv(directory / "history.csv", index=False)
     _plot_history(hist, directory / "learning_curves.png")

@@ -45,6 +45,8 @@ class EnsemblePredictor:
         desc_path = directory / "descriptors.parquet"
         self.descriptors = pd.read_parquet(desc_path) if desc_path.exists() else None
         self.clamp_min = self.meta.get("clamp_min")
+        measured = directory / "measured_formulas.json"
+        self.measured_formulas = json.loads(measured.read_text(encoding="utf-8")) if measured.is_file() else None
         stacked = self.meta.get("stacked")
         self.stacked, self.blend_weight = None, 0.0
         if stacked:

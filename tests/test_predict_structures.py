@@ -123,3 +123,12 @@ def test_a_cif_is_featurized_and_changes_the_prediction(trained):
     # the rock-salt CIF is the training polymorph: same graph, same prediction as the formula
     assert out.loc[1, "prediction"] == pytest.approx(out.loc[2, "prediction"], rel=1e-6)
     assert out.loc[0, "prediction"] != pytest.approx(out.loc[1, "prediction"], rel=1e-6)
+
+
+def test_applicability_domain_reference_is_the_training_measurements(trained):
+    root, predictor = trained
+    measured = json.loads((root / "data/models/band_gap/measured_formulas.json").read_text())
+    sel = set(pd.read_csv(root / "data/models/band_gap/selection_predictions.csv")["formula"])
+    assert measured and not set(measured) & sel  # the selection part is not a training measurement
+    assert predictor.ad_reference == "training measurements"
+    assert len(predictor.ad.points_) == len(measured)
