@@ -24,7 +24,16 @@ Models per fold (names used in metrics and plots):
 OT terms; ``gnn_ot``: the OT-aligned GNN (calibrated targets + minibatch UOT); ablations
 ``gnn_ot_balanced`` (balanced OT instead of unbalanced), ``gnn_ot_no_penalties`` (cost
 without the mass/symmetry terms, no hard block, no energy additivity) and
-``gnn_ot_no_calibrated`` (calibrated-target weight 0, minibatch OT kept).
+``gnn_ot_no_calibrated`` (calibrated-target weight 0, minibatch OT kept); ``stacked``: the
+multi-fidelity stacked model of :mod:`models.stacked` without OT, ``stacked_ot``: the same with
+the fold's unbalanced alignment as features (its calibration shifts extended to every
+composition by :class:`models.shift_field.ShiftField`: the train stage's served model).
+
+Calibration of DFT values (issue 10's comparison), on the test rows whose formula has a DFT
+entry: ``calib_ot_knn`` adds the fold alignment's shift field to the formula's own DFT value
+(barycentric projection extended by nearest neighbours); ``calib_neural`` applies the
+conditional neural OT map of :mod:`models.icnn` fitted on the fold's training measurements;
+raw DFT and ``linear_dft`` are the references on the same rows.
 
 This module never reads files: the stage (``pipeline/evaluate.py``) does.
 """
@@ -45,6 +54,7 @@ import torch
 from models.baselines import DescriptorForest, LinearCalibration, RawDFT
 from models.penalties import CostWeights, Domain
 from models.predictor import ApplicabilityDomain
+from models.shift_field import ShiftField
 from models.splits import Fold
 from models.training import EntryTable, TrainConfig, predict_ensemble, train_model
 from models.transport import SolverOptions, align
@@ -53,10 +63,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BASELINES",
+    "CALIBRATIONS",
     "GNN_VARIANTS",
+    "OT_MODELS",
+    "STACKED_MODELS",
     "AlignSettings",
     "EvaluationResult",
     "GnnVariant",
+    "StackInputs",
     "evaluate_folds",
     "regression_metrics",
     "shift_distance",
@@ -66,6 +80,8 @@ __all__ = [
 ]
 
 BASELINES = ("raw_dft", "linear_dft", "rf_descriptors")
+STACKED_MODELS = ("stacked", "stacked_ot")
+CALIBRATIONS = ("calib_ot_knn", "calib_neural")
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,21 @@ GNN_VARIANTS: dict[str, GnnVariant] = {
     )
 }
 # models that use no optimal transport at all (the comparison of issue 6's must-show)
-NON_OT_MODELS = ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot")
+NON_OT_MODELS = ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "stacked")
+OT_MODELS = ("stacked_ot", "gnn_ot")  # the headline OT model is the first present (the served one)
+
+
+@dataclass
+class StackInputs:
+    """What the stacked models need besides the fold: config, per-formula DFT references, fitted surrogate.
+
+    The surrogate learned DFT values only (no measurement), so the folds share it.
+    """
+
+    config: object  # models.stacked.StackConfig
+    dft_reference: pd.Series
+    surrogate: object  # models.stacked.DFTSurrogate, fitted
+    extra_reference: dict[str, pd.Series] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +157,7 @@ class EvaluationResult:
     folds: pd.DataFrame
     seconds: float = 0.0
     models: list[str] = field(default_factory=list)
+    calibrations: list[str] = field(default_factory=list)
 
 
 def subset_domain(domain: Domain, rows: np.ndarray) -> Domain:
@@ -226,6 +257,8 @@ def evaluate_folds(
     device: torch.device | None = None,
     transported_mass: np.ndarray | None = None,
     on_fold: Callable[[int, int, dict], None] | None = None,
+    stack: StackInputs | None = None,
+    neural: object | None = None,
 ) -> EvaluationResult:
     """Fit and score every model on every fold (see the module docstring for what each sees).
 
@@ -233,24 +266,32 @@ def evaluate_folds(
     the measurements (in ``target`` order); its calibrated targets are replaced per fold.
     ``dft_reference`` [n_target] is the DFT value of each measurement's composition (NaN
     where none is known). ``transported_mass`` [n_target], optional, is only copied into the
-    predictions for the mass-against-error plot; it never reaches a model.
+    predictions for the mass-against-error plot; it never reaches a model. ``stack`` is needed
+    for the stacked models; ``neural`` (a :class:`models.icnn.NeuralAlignConfig`) adds the
+    neural-map calibration (None: not fitted).
     """
     t0 = time.perf_counter()
     n_dft = source.size
     if len(table) != n_dft + target.size:
         raise ValueError(f"table has {len(table)} rows, expected {n_dft} DFT + {target.size} measurements")
-    unknown = [v for v in variants if v not in GNN_VARIANTS]
+    unknown = [v for v in variants if v not in GNN_VARIANTS and v not in STACKED_MODELS]
     if unknown:
-        raise ValueError(f"unknown model variant {unknown[0]!r} (valid: {', '.join(GNN_VARIANTS)})")
-    if not pretrained:
+        raise ValueError(f"unknown model variant {unknown[0]!r} (valid: {', '.join([*GNN_VARIANTS, *STACKED_MODELS])})")
+    gnn_variants = [v for v in variants if v in GNN_VARIANTS]
+    stacked_models = [v for v in variants if v in STACKED_MODELS]
+    if gnn_variants and not pretrained:
         raise ValueError("evaluate_folds needs at least one pretrained encoder state")
+    if stacked_models and stack is None:
+        raise ValueError(f"model {stacked_models[0]!r} needs the stack inputs")
     y_all = np.asarray(target.values, float)
     formulas = np.asarray(target.formulas)
     desc = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
     x_exp = desc.loc[formulas].to_numpy(float)
     dft_formulas = np.unique(np.asarray(source.formulas))
     settings = align_settings.variants()
-    needed = sorted({GNN_VARIANTS[v].alignment for v in variants} - {None})
+    # the stage's own (unbalanced) alignment also feeds stacked_ot and the shift-field calibration
+    needed = sorted({GNN_VARIANTS[v].alignment for v in gnn_variants} - {None} | {"unbalanced"})
+    calibrations = ["calib_ot_knn", *(["calib_neural"] if neural is not None else [])]
     pred_frames, fold_rows = [], []
     for k, fold in enumerate(folds):
         tf = time.perf_counter()
@@ -283,7 +324,33 @@ def evaluate_folds(
             info[f"align_seconds_{name}"] = diag["seconds"]
         train_rows = np.concatenate([np.arange(n_dft), n_dft + tr])
         test_rows = n_dft + te
-        for name in variants:
+        covered = np.isfinite(d_te)
+        src_formulas = np.asarray(source.formulas)
+        shift_field = ShiftField.fit(src_formulas, np.asarray(source.values, float), *calibrated["unbalanced"],
+                                     descriptors)
+        out["calib_ot_knn"] = np.nan
+        out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(descriptors, formulas[te][covered])
+        if neural is not None and covered.any():
+            from models.icnn import fit_calibration_map
+
+            t_nn = time.perf_counter()
+            cal_map = fit_calibration_map(
+                np.asarray(source.values, float), source.features, src_formulas, y_tr, target.features[tr],
+                formulas[tr], config=neural)
+            out["calib_neural"] = np.nan
+            out.loc[covered, "calib_neural"] = cal_map.calibrate(d_te[covered], target.features[te][covered])[0]
+            info["neural_seconds"] = time.perf_counter() - t_nn
+        if stacked_models:
+            from models.stacked import StackedModel
+
+            for name in stacked_models:
+                t_st = time.perf_counter()
+                model = StackedModel(stack.config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
+                                     extra_reference=stack.extra_reference,
+                                     shift_field=shift_field if name == "stacked_ot" else None)
+                out[name] = model.fit(descriptors, formulas[tr].tolist(), y_tr).predict(descriptors, formulas[te].tolist())
+                info[f"train_seconds_{name}"] = time.perf_counter() - t_st
+        for name in gnn_variants:
             v = GNN_VARIANTS[name]
             cal = np.full(len(table), np.nan)
             conf = np.full(len(table), np.nan)
@@ -318,24 +385,36 @@ def evaluate_folds(
                "shift_ot": shift, **info}
         for m in (*BASELINES, *variants):
             row[f"mae_{m}"] = regression_metrics(y_te, out[m].to_numpy())["mae"]
+        row["n_test_with_dft"] = int(covered.sum())
+        for m in ("raw_dft", "linear_dft", *calibrations):
+            row[f"calibration_mae_{m}"] = (regression_metrics(y_te[covered], out.loc[covered, m].to_numpy())["mae"]
+                                          if covered.any() else float("nan"))
         row["seconds"] = time.perf_counter() - tf
         fold_rows.append(row)
         pred_frames.append(out)
         if on_fold is not None:
             on_fold(k, len(folds), row)
     return EvaluationResult(predictions=pd.concat(pred_frames, ignore_index=True), folds=pd.DataFrame(fold_rows),
-                            seconds=time.perf_counter() - t0, models=[*BASELINES, *variants])
+                            seconds=time.perf_counter() - t0, models=[*BASELINES, *variants],
+                            calibrations=calibrations)
 
 
-def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_model: str = "gnn_ot") -> dict:
+def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_model: str | None = None) -> dict:
     """Metrics per protocol (pooled over its test rows) and the pooled out-of-distribution summary.
 
     A protocol's test rows are pooled over its folds before computing MAE, RMSE and R^2, so a
     protocol's figure weighs every test measurement once. The OOD summary pools the rows of
-    ``ood_protocols``; ``gain_vs_best_non_ot`` is ``1 - MAE(gnn_ot) / min MAE(non-OT models)``.
+    ``ood_protocols``; ``ot_model`` is the headline OT model (the first of :data:`OT_MODELS`
+    evaluated: the served one) and ``gain_vs_best_non_ot`` is ``1 - MAE(ot_model) / min MAE(non-OT
+    models)``; ``gains`` gives that ratio for every OT model. ``calibration`` (per protocol and
+    pooled) scores the DFT calibrations on the test rows with a DFT value. The applicability
+    domain is scored on ``ad_model`` (default: the headline OT model).
     """
     p, f = result.predictions, result.folds
     models = result.models
+    ot_models = [m for m in OT_MODELS if m in models]
+    ad_model = ad_model or (ot_models[0] if ot_models else models[-1])
+    calib = ["raw_dft", "linear_dft", *result.calibrations]
     out: dict = {"protocols": {}}
     for proto, g in p.groupby("protocol", sort=False):
         ff = f[f["protocol"] == proto]
@@ -344,6 +423,7 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
             entry[m] = regression_metrics(g["value"].to_numpy(), g[m].to_numpy())
         if ad_model in g:
             entry["ad"] = _ad_summary(g, ad_model)
+        entry["calibration"] = _calibration_summary(g, calib)
         out["protocols"][proto] = entry
     ood = p[p["protocol"].isin(ood_protocols)]
     if len(ood):
@@ -351,10 +431,25 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
         non_ot = {m: v for m, v in pooled.items() if m in NON_OT_MODELS}
         best = min(non_ot, key=non_ot.get)
         summary = {"protocols": list(ood_protocols), "n_test_rows": len(ood), "mae": pooled, "best_non_ot_model": best}
-        if "gnn_ot" in pooled:
-            summary["gain_vs_best_non_ot"] = 1.0 - pooled["gnn_ot"] / non_ot[best]
+        if ot_models:
+            summary["ot_model"] = ot_models[0]
+            summary["gain_vs_best_non_ot"] = 1.0 - pooled[ot_models[0]] / non_ot[best]
+            summary["gains"] = {m: 1.0 - pooled[m] / non_ot[best] for m in ot_models}
+        summary["calibration"] = _calibration_summary(ood, calib)
+        if ad_model in ood:
+            summary["ad"] = _ad_summary(ood, ad_model)
         out["pooled_ood"] = summary
     return out
+
+
+def _calibration_summary(g: pd.DataFrame, columns: Sequence[str]) -> dict:
+    covered = g["dft_value"].notna().to_numpy() if "dft_value" in g else np.zeros(len(g), bool)
+    res: dict = {"n_rows": int(covered.sum())}
+    if covered.any():
+        for m in columns:
+            if m in g:
+                res[m] = regression_metrics(g.loc[covered, "value"].to_numpy(), g.loc[covered, m].to_numpy())
+    return res
 
 
 def _ad_summary(g: pd.DataFrame, model: str) -> dict:

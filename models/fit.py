@@ -76,6 +76,7 @@ def fit_property(
     stack_config: StackConfig | None = None,
     blend_weight: float = 0.0,
     extra_fidelities: tuple[str, ...] = (),
+    ot_features: bool = True,
 ) -> FitResult:
     """Fit everything for one property; see the module docstring.
 
@@ -85,6 +86,10 @@ def fit_property(
     CV benchmark, never fitted on the selection part); 0 serves the GNN alone.
     ``extra_fidelities``: columns of ``dft`` (e.g. HSE or GLLB-SC gaps) whose per-formula value
     (most stable polymorph where known) the stacked model also takes; absent columns are skipped.
+    ``ot_features``: the served stacked model takes the align stage's calibration shifts
+    (``dft`` columns ``calibrated_target``, ``confidence``) extended to every composition by
+    :class:`models.shift_field.ShiftField`; the stacked model without them is fitted beside it
+    (same surrogate) and scored on the selection part as the no-OT comparison.
     """
     import time
 
@@ -137,12 +142,24 @@ def fit_property(
     stacked = None
     if stack_config is not None:
         extra = {c: reference_per_formula(dft, value=c, rank=rank) for c in extra_fidelities if c in dft}
-        stacked = StackedModel(replace(stack_config, clamp_min=clamp, seed=seed), dft_reference=ref,
-                               extra_reference=extra).fit(
+        stack_cfg = replace(stack_config, clamp_min=clamp, seed=seed)
+        stacked = StackedModel(stack_cfg, dft_reference=ref, extra_reference=extra).fit(
             descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
         selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
-        selection["served"] = blend_weight * selection["stacked"] + (1 - blend_weight) * selection["gnn_ot"]
-        scored += ["stacked", "served"]
+        scored.append("stacked")
+        if ot_features and {"calibrated_target", "confidence"} <= set(dft.columns):
+            from models.shift_field import ShiftField
+
+            field = ShiftField.fit(dft["formula"].to_numpy(str), dft["dft_value"].to_numpy(float),
+                                   dft["calibrated_target"].to_numpy(float), dft["confidence"].to_numpy(float),
+                                   descriptors)
+            stacked = StackedModel(stack_cfg, dft_reference=ref, extra_reference=extra, surrogate=stacked.surrogate,
+                                   shift_field=field).fit(descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+            selection["stacked_ot"] = stacked.predict(descriptors, sel["formula"].tolist())
+            scored.append("stacked_ot")
+        served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
+        selection["served"] = blend_weight * served + (1 - blend_weight) * selection["gnn_ot"]
+        scored.append("served")
     metrics = {f"mae_{m}": mae(y_sel, selection[m].to_numpy()) for m in scored}
     covered = ~np.isnan(d_sel)
     if covered.any():

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.shift_field import ShiftField
+
 __all__ = ["DFTSurrogate", "StackConfig", "StackedModel", "descriptor_matrix"]
 
 
@@ -60,7 +62,8 @@ class StackConfig:
     ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
     boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
     ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
-    boosters fit the measurement directly).
+    boosters fit the measurement directly). ``ot_in_correction``: with a shift field, its OT
+    shift is also a linear term of that correction (besides being a booster feature).
     """
 
     surrogate_trees: int = 300
@@ -76,6 +79,7 @@ class StackConfig:
     objective: str = "regression"
     bags: int = 5
     correction_alpha: float | None = 10.0
+    ot_in_correction: bool = True
     clamp_min: float | None = None
     seed: int = 0
     n_jobs: int = 2
@@ -161,20 +165,30 @@ class StackedModel:
         extra_reference: other known DFT values per formula (name -> Series indexed by formula,
             e.g. HSE or GLLB-SC band gaps known for a few thousand entries), appended as
             columns (NaN where unknown; always looked up by formula).
+        shift_field: the OT alignment's calibration shifts extended to every composition
+            (:class:`models.shift_field.ShiftField`, fitted on the training measurements only).
+            When given, two columns are appended (the neighbours' shift and the best DFT
+            estimate plus that shift) and the shift enters the fitted correction as a linear
+            term; None: the model uses no optimal transport.
 
     """
 
     MF_COLUMNS = ("surrogate", "dft_value", "has_dft", "dft_best")
 
     def __init__(self, config: StackConfig | None = None, *, dft_reference: pd.Series,
-                 surrogate: DFTSurrogate | None = None, extra_reference: dict[str, pd.Series] | None = None):
+                 surrogate: DFTSurrogate | None = None, extra_reference: dict[str, pd.Series] | None = None,
+                 shift_field: ShiftField | None = None):
         self.config = config or StackConfig()
+        self.shift_field = shift_field
         self.dft_reference = dft_reference[~dft_reference.index.duplicated()]
         self.surrogate = surrogate
         self.extra_reference = {k: v.dropna()[~v.dropna().index.duplicated()] for k, v in (extra_reference or {}).items()}
 
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
-        """Descriptor columns, :attr:`MF_COLUMNS` (NaN in ``dft_value`` where none is known), then the extra references.
+        """Descriptor columns, :attr:`MF_COLUMNS`, the extra references, then the OT columns.
+
+        ``MF_COLUMNS`` hold NaN in ``dft_value`` where none is known; the OT columns (the
+        neighbours' shift and the best estimate plus it) are there only with a shift field.
 
         ``dft_value``: per-row DFT values to use instead of the training-time lookup (serving
         passes the caller's, NaN where unknown); None looks formulas up in ``dft_reference``.
@@ -191,6 +205,9 @@ class StackedModel:
         has = ~np.isnan(known)
         best = np.where(has, known, sur)
         extra = [np.array(pd.Series(formulas).map(ref), dtype=float) for ref in self.extra_reference.values()]
+        if self.shift_field is not None:
+            shift = self.shift_field.predict(descriptors, formulas)
+            extra += [shift, best + shift]
         return np.column_stack([x, sur, known, has.astype(float), best, *extra]).astype(np.float32)
 
     def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], y: np.ndarray) -> StackedModel:
@@ -209,7 +226,8 @@ class StackedModel:
                                  min_child_samples=c.min_child_samples).fit(x, y - base) for b in range(c.bags)]
         return self
 
-    def _fractions(self, formulas: list[str]) -> np.ndarray:
+    def _fractions(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
+        """Design of the fitted correction: element fractions (+ the OT shift column with a shift field)."""
         from featurizers.chemistry import element_fractions
 
         col = {e: i for i, e in enumerate(self.elements_)}
@@ -218,6 +236,8 @@ class StackedModel:
             for e, v in element_fractions(f).items():
                 if e in col:
                     out[r, col[e]] = v
+        if self.shift_field is not None and self.config.ot_in_correction:
+            out = np.column_stack([out, x[:, self._best_column + len(self.extra_reference) + 1]])
         return out
 
     def _fit_correction(self, formulas: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -231,17 +251,18 @@ class StackedModel:
         from featurizers.chemistry import element_fractions
 
         self.elements_ = sorted({e for f in formulas for e in element_fractions(f)})
-        self.correction_ = Ridge(alpha=self.config.correction_alpha).fit(self._fractions(formulas), y - best)
-        return best + self.correction_.predict(self._fractions(formulas))
+        design = self._fractions(formulas, x)
+        self.correction_ = Ridge(alpha=self.config.correction_alpha).fit(design, y - best)
+        return best + self.correction_.predict(design)
 
     def _corrected(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
         if self.correction_ is None:
             return np.zeros(len(x))
-        return x[:, self._best_column].astype(float) + self.correction_.predict(self._fractions(formulas))
+        return x[:, self._best_column].astype(float) + self.correction_.predict(self._fractions(formulas, x))
 
     @property
     def _best_column(self) -> int:
-        return -1 - len(self.extra_reference)
+        return len(self.surrogate.columns_) + len(self.MF_COLUMNS) - 1
 
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
         """Predicted measurement per formula (see :meth:`features` for ``dft_value``)."""
@@ -304,6 +325,8 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
     if model.correction_ is not None:
         correction = {"coef": [float(v) for v in np.ravel(model.correction_.coef_)],
                       "intercept": float(np.ravel([model.correction_.intercept_])[0])}
+    if model.shift_field is not None:
+        model.shift_field.save(directory / "shift_field")
     state = {
         "format": STACK_FORMAT,
         "config": asdict(model.config),
@@ -312,6 +335,7 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
         "elements": list(model.elements_),
         "correction": correction,
         "boosters": boosters,
+        "shift_field": None if model.shift_field is None else "shift_field",
         "surrogate": {"config": asdict(sur.config), "columns": list(sur.columns_), "mae": sur.mae_,
                       "out_of_fold": _series(sur.out_of_fold_), "booster": "surrogate.txt"},
     }
@@ -336,7 +360,8 @@ def load_stacked(directory: Path) -> StackedModel:
     sur.model_ = booster(s["booster"])
     model = StackedModel(StackConfig(**state["config"]), dft_reference=_unseries(state["dft_reference"]),
                          surrogate=sur,
-                         extra_reference={k: _unseries(v) for k, v in state["extra_reference"].items()})
+                         extra_reference={k: _unseries(v) for k, v in state["extra_reference"].items()},
+                         shift_field=ShiftField.load(directory / state["shift_field"]) if state.get("shift_field") else None)
     model.elements_ = list(state["elements"])
     corr = state["correction"]
     model.correction_ = None if corr is None else _LinearMap(np.asarray(corr["coef"]), corr["intercept"])

@@ -58,7 +58,7 @@ class EvalSettings:
     """
 
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
-    models: list[str] = field(default_factory=lambda: ["gnn_no_ot", "gnn_ot", "gnn_ot_balanced",
+    models: list[str] = field(default_factory=lambda: ["stacked", "stacked_ot", "gnn_no_ot", "gnn_ot", "gnn_ot_balanced",
                                                        "gnn_ot_no_penalties", "gnn_ot_no_calibrated"])
     n_folds: int = 5
     loco_clusters: int = 5
@@ -73,16 +73,20 @@ class EvalSettings:
     use_graphs: bool = False
     rf_trees: int = 100
     shift_sample: int = 500
+    stack_bags: int = 0  # boosters per stacked model and fold; 0 = train.stack.bags
+    neural_iterations: int = 0  # outer steps of the per-fold neural OT map (calib_neural); 0 = not fitted
 
     def __post_init__(self) -> None:
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad:
             raise ValueError(f"unknown protocol {bad[0]!r} (valid: {', '.join(PROTOCOLS)})")
-        from models.evaluation import GNN_VARIANTS
+        from models.evaluation import GNN_VARIANTS, STACKED_MODELS
 
-        bad = [m for m in self.models if m not in GNN_VARIANTS]
+        bad = [m for m in self.models if m not in GNN_VARIANTS and m not in STACKED_MODELS]
         if bad:
-            raise ValueError(f"unknown model {bad[0]!r} (valid: {', '.join(GNN_VARIANTS)})")
+            raise ValueError(f"unknown model {bad[0]!r} (valid: {', '.join([*STACKED_MODELS, *GNN_VARIANTS])})")
+        if self.stack_bags < 0 or self.neural_iterations < 0:
+            raise ValueError("stack_bags and neural_iterations must be >= 0")
         if min(self.n_folds, self.loco_clusters) < 2:
             raise ValueError("n_folds and loco_clusters must be >= 2")
         if not 0 < self.top_fraction < 1:
@@ -228,12 +232,58 @@ def make_folds(settings: EvalSettings, exp: pd.DataFrame, descriptors: pd.DataFr
     return folds
 
 
+def make_align_settings(align_cfg, prop: str):
+    """Return the align stage's parameters (an ``AlignConfig``) as ``AlignSettings`` for ``prop``."""
+    from models.evaluation import AlignSettings
+    from models.penalties import CostWeights
+    from models.transport import SolverOptions
+
+    return AlignSettings(
+        method=align_cfg.method, weights=CostWeights(**to_dict(align_cfg.cost)),
+        options=SolverOptions(reg=align_cfg.reg, reg_m=align_cfg.reg_m, tol=align_cfg.tol, max_iter=align_cfg.max_iter,
+                              emd_limit=align_cfg.dense_limit, partial_mass=align_cfg.partial_mass,
+                              aot_price=align_cfg.aot_price, n_components=align_cfg.n_components, seed=align_cfg.seed),
+        energy_additivity=align_cfg.energy_additivity and prop == "formation_enthalpy",
+        additivity_iters=align_cfg.additivity_iters, additivity_ridge=align_cfg.additivity_ridge,
+        dense_limit=align_cfg.dense_limit, knn=align_cfg.knn)
+
+
+def stack_inputs(cfg: EvaluateParams, train_cfg, prop: str, descriptors: pd.DataFrame, *, bags: int = 0):
+    """Build the stacked models' shared inputs: per-formula DFT references of *all* DFT entries, the surrogate.
+
+    Both come from DFT labels only (no measurement), so every fold may share them; the stack
+    configuration is the train stage's (``train.stack``), with ``bags`` boosters when > 0.
+    """
+    from models.evaluation import StackInputs
+    from models.stacked import DFTSurrogate
+    from models.training import reference_per_formula
+    from pipeline.train import CLAMP_MIN, DFT_COLUMN, _stack_config
+
+    col = DFT_COLUMN[prop]
+    extra_cols = [c for c in train_cfg.stack.extra_fidelities if c != col]
+    path = cfg.raw_dir / "dft.parquet"
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    dft = pd.read_parquet(path, columns=["material_id", "formula", col, "formation_energy_per_atom",
+                                         *[c for c in extra_cols if c in have]])
+    dft = dft.rename(columns={"formation_energy_per_atom": "stability"}) if col != "formation_energy_per_atom" else \
+        dft.assign(stability=dft[col])
+    dft = dft[dft["formula"].isin(set(descriptors["formula"]))]
+    ref = reference_per_formula(dft.assign(dft_value=dft[col]).dropna(subset=["dft_value"]), value="dft_value",
+                                rank="stability")
+    extra = {c: reference_per_formula(dft, value=c, rank="stability") for c in extra_cols if c in dft}
+    config = replace(_stack_config(train_cfg), clamp_min=CLAMP_MIN[prop])
+    if bags:
+        config = replace(config, bags=bags)
+    return StackInputs(config=config, dft_reference=ref, surrogate=DFTSurrogate(config).fit(descriptors, ref),
+                       extra_reference=extra)
+
+
 def evaluate_property(cfg: EvaluateParams, align_cfg, train_cfg, prop: str, *, quick: bool = False) -> dict:
     """Run every protocol for ``prop`` and write ``metrics/<prop>.json`` and ``plots/<prop>/``."""
-    from models.evaluation import AlignSettings, evaluate_folds, summarise
-    from models.penalties import CostWeights
+    from models.evaluation import evaluate_folds, summarise
     from models.training import determine_device, pretrain_members
-    from models.transport import SolverOptions
     from pipeline.train import CLAMP_MIN, _train_config
 
     t0 = time.perf_counter()
@@ -253,19 +303,27 @@ def evaluate_property(cfg: EvaluateParams, align_cfg, train_cfg, prop: str, *, q
 
     tp0 = time.perf_counter()
     # DFT-only pretraining (no measurement): computed once, shared by every fold
+    gnn_models = [m for m in settings.models if m.startswith("gnn_")]
     pretrained = pretrain_members(problem["table"], tcfg, n_members=settings.encoders,
                                   epochs=max(settings.pretrain_epochs, 1), batch_size=tp.optim.pretrain_batch_size,
-                                  seed=cfg.seed, device=device)
+                                  seed=cfg.seed, device=device) if gnn_models else []
     pretrain_s = time.perf_counter() - tp0
-    log.info("%s: %d DFT-pretrained encoder(s) in %.0f s", prop, settings.encoders, pretrain_s)
-    align_settings = AlignSettings(
-        method=align_cfg.method, weights=CostWeights(**to_dict(align_cfg.cost)),
-        options=SolverOptions(reg=align_cfg.reg, reg_m=align_cfg.reg_m, tol=align_cfg.tol, max_iter=align_cfg.max_iter,
-                              emd_limit=align_cfg.dense_limit, partial_mass=align_cfg.partial_mass,
-                              aot_price=align_cfg.aot_price, n_components=align_cfg.n_components, seed=align_cfg.seed),
-        energy_additivity=align_cfg.energy_additivity and prop == "formation_enthalpy",
-        additivity_iters=align_cfg.additivity_iters, additivity_ridge=align_cfg.additivity_ridge,
-        dense_limit=align_cfg.dense_limit, knn=align_cfg.knn)
+    log.info("%s: %d DFT-pretrained encoder(s) in %.0f s", prop, len(pretrained), pretrain_s)
+    stack = None
+    if any(m.startswith("stacked") for m in settings.models):
+        if not train_cfg.stack.enabled:
+            raise MatshiftError("evaluate.*.models lists a stacked model but train.stack.enabled is false")
+        t_sur = time.perf_counter()
+        stack = stack_inputs(cfg, train_cfg, prop, problem["descriptors"], bags=settings.stack_bags)
+        log.info("%s: DFT surrogate of the stacked models (DFT labels only; out-of-fold MAE %.4f on %d formulas) in %.0f s",
+                 prop, stack.surrogate.mae_, len(stack.dft_reference), time.perf_counter() - t_sur)
+    neural = None
+    if settings.neural_iterations:
+        from pipeline.align import _neural_options
+
+        neural = _neural_options(align_cfg, prop)
+        neural = replace(neural, dual=replace(neural.dual, iterations=settings.neural_iterations))
+    align_settings = make_align_settings(align_cfg, prop)
 
     def progress(k: int, n: int, row: dict) -> None:
         parts = {k.replace("_seconds", "").replace("seconds_", ""): round(v, 1) for k, v in row.items()
@@ -281,7 +339,7 @@ def evaluate_property(cfg: EvaluateParams, align_cfg, train_cfg, prop: str, *, q
         folds=folds, train_config=tcfg, align_settings=align_settings, pretrained=pretrained,
         variants=settings.models, members=settings.members, rf_trees=settings.rf_trees,
         shift_sample=settings.shift_sample, ad_k=cfg.ad_k, ad_threshold=cfg.ad_threshold, seed=cfg.seed,
-        device=device, transported_mass=problem["transported_mass"], on_fold=progress,
+        device=device, transported_mass=problem["transported_mass"], on_fold=progress, stack=stack, neural=neural,
     )
     summary = summarise(result, ood_protocols=[p for p in OOD_PROTOCOLS if p in settings.protocols])
     metrics = {
@@ -319,4 +377,5 @@ def _write(cfg: EvaluateParams, prop: str, metrics: dict, result, folds, exp: pd
     write_text(metrics_path, json.dumps(_finite(metrics), indent=2, allow_nan=False, default=_json_default) + "\n")
 
 
-__all__ = ["EvalSettings", "EvaluateParams", "add_arguments", "evaluate_property", "load_problem", "make_folds", "run"]
+__all__ = ["EvalSettings", "EvaluateParams", "add_arguments", "evaluate_property", "load_problem", "make_align_settings",
+           "make_folds", "run", "stack_inputs"]

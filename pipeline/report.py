@@ -25,11 +25,19 @@ MODEL_LABELS = {
     "raw_dft": "raw DFT",
     "linear_dft": "linear calibration of DFT",
     "rf_descriptors": "descriptor random forest",
+    "stacked": "stacked model without OT",
+    "stacked_ot": "**stacked model with OT features (served)**",
     "gnn_no_ot": "GNN without OT terms",
     "gnn_ot": "**GNN with OT (unbalanced)**",
     "gnn_ot_balanced": "ablation: balanced OT",
     "gnn_ot_no_penalties": "ablation: no conservation penalties",
     "gnn_ot_no_calibrated": "ablation: no calibrated targets",
+}
+CALIBRATION_LABELS = {
+    "raw_dft": "raw DFT",
+    "linear_dft": "linear calibration",
+    "calib_ot_knn": "OT barycentric projection + 5-NN shift",
+    "calib_neural": "neural OT map (ICNN)",
 }
 PROTOCOL_LABELS = {
     "grouped_cv": "grouped CV",
@@ -104,14 +112,26 @@ def render(metrics: dict[str, dict]) -> str:
         head.append("| *OT shift train→test* | " + " | ".join(shift) + (" | |" if ood else " |"))
         parts += head
         if ood and "gain_vs_best_non_ot" in ood:
-            parts += ["", f"Pooled OOD ({', '.join(PROTOCOL_LABELS[p] for p in ood['protocols'])}): "
-                      f"GNN with OT {_fmt(ood['mae']['gnn_ot'])} vs best model without OT "
-                      f"({MODEL_LABELS[ood['best_non_ot_model']]}) {_fmt(ood['mae'][ood['best_non_ot_model']])}: "
-                      f"{100 * ood['gain_vs_best_non_ot']:+.1f}% (the issue asks for +15%)."]
+            best = ood["best_non_ot_model"]
+            gains = ood.get("gains", {ood.get("ot_model", "gnn_ot"): ood["gain_vs_best_non_ot"]})
+            text = "; ".join(f"{MODEL_LABELS[k].strip('*')} {_fmt(ood['mae'][k])} ({100 * g:+.1f}%)" for k, g in gains.items())
+            parts += ["", f"Pooled OOD ({', '.join(PROTOCOL_LABELS[p] for p in ood['protocols'])}), against the best "
+                      f"model without OT ({MODEL_LABELS[best]}, {_fmt(ood['mae'][best])}): {text}. "
+                      "Positive = lower MAE than that model (the issue asks for +15%)."]
+        cal_rows = [(p, m["protocols"][p]["calibration"]) for p in protos
+                    if m["protocols"][p].get("calibration", {}).get("n_rows")]
+        if cal_rows:
+            names = [k for k in CALIBRATION_LABELS if any(k in c for _, c in cal_rows)]
+            parts += ["", "Calibration of a held-out formula's own DFT value (test rows with a DFT entry), MAE:", "",
+                      "| calibration | " + " | ".join(f"{PROTOCOL_LABELS[p]} ({c['n_rows']})" for p, c in cal_rows) + " |",
+                      "|---" * (len(cal_rows) + 1) + "|"]
+            for k in names:
+                parts.append(f"| {CALIBRATION_LABELS[k]} | "
+                             + " | ".join(_fmt(c.get(k, {}).get("mae")) for _, c in cal_rows) + " |")
         ad_rows = [(p, m["protocols"][p]["ad"]) for p in protos if "ad" in m["protocols"][p]]
         if ad_rows:
             parts += ["", f"Applicability domain (flag: kNN score above {m.get('ad_threshold', 95):g}, as `matshift predict`), "
-                      "MAE of the GNN with OT, in-domain / flagged (rows flagged):", "",
+                      f"MAE of the {MODEL_LABELS[ad_rows[0][1]['model']].strip('*')}, in-domain / flagged (rows flagged):", "",
                       "| reference | " + " | ".join(PROTOCOL_LABELS[p] for p, _ in ad_rows) + " |",
                       "|---" * (len(ad_rows) + 1) + "|"]
             for suffix, label in (("", "DFT + training compositions (as predict)"), ("_measured", "training measurements only")):

@@ -91,6 +91,8 @@ class StackParams:
 
     enabled: bool = True
     blend_weight: float = 1.0
+    # the served stacked model takes the align stage's calibration shifts (models/shift_field.py)
+    ot_features: bool = True
     # other DFT fidelities in data/raw/dft.parquet, given to the stacked model where known
     extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
     bags: int = 5
@@ -266,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         selection_fraction=cfg.selection_fraction, rf_trees=cfg.rf_trees, seed=cfg.seed, device=cfg.device,
         stack_config=_stack_config(cfg), blend_weight=cfg.stack.blend_weight,
         extra_fidelities=tuple(c for c in cfg.stack.extra_fidelities if c != DFT_COLUMN[prop]),
+        ot_features=cfg.stack.ot_features,
     )
     out = cfg.out_dir / prop
     with atomic_dir(out) as tmp:

@@ -6,7 +6,9 @@ import pytest
 
 from models import evaluation as ev
 from models.penalties import CostWeights, Domain, fraction_matrix
+from models.icnn import DualConfig, NeuralAlignConfig
 from models.splits import Fold, grouped_kfold
+from models.stacked import DFTSurrogate, StackConfig
 from models.training import EntryTable, ModelConfig, TrainConfig, pretrain_members, reference_per_formula
 from models.transport import SolverOptions
 
@@ -41,20 +43,27 @@ def problem():
     table = EntryTable.build(dft=dft.rename(columns={"value": "dft_value"}), experiment=exp, descriptors=desc,
                              dft_reference=ref)
     pretrained = pretrain_members(table, CFG, n_members=1, epochs=1, batch_size=8, seed=0)
+    stack_cfg = StackConfig(bags=2, trees=30, leaves=4, surrogate_trees=20, surrogate_leaves=4, n_jobs=1,
+                            min_child_samples=3, correction_alpha=1.0)
+    stack = ev.StackInputs(config=stack_cfg, dft_reference=ref, surrogate=DFTSurrogate(stack_cfg).fit(desc, ref))
     return {"source": source, "target": target, "table": table, "desc": desc, "exp": exp,
-            "ref": exp["formula"].map(ref).to_numpy(float), "pretrained": pretrained}
+            "ref": exp["formula"].map(ref).to_numpy(float), "pretrained": pretrained, "stack": stack}
 
 
 SETTINGS = ev.AlignSettings(method="unbalanced", weights=CostWeights(), options=SolverOptions(reg=0.05),
                             energy_additivity=False)
 
 
-def _run(problem, fold, *, target=None, table=None, variants=("gnn_ot",)):
+NEURAL = NeuralAlignConfig(pca_components=2, dual=DualConfig(hidden=(8,), cond_hidden=8, iterations=30,
+                                                            inner_steps=2, batch_size=32))
+
+
+def _run(problem, fold, *, target=None, table=None, variants=("gnn_ot",), neural=None):
     return ev.evaluate_folds(
         source=problem["source"], target=target or problem["target"], table=table or problem["table"],
         descriptors=problem["desc"], dft_reference=problem["ref"], folds=[fold], train_config=CFG,
         align_settings=SETTINGS, pretrained=problem["pretrained"], variants=variants, rf_trees=5,
-        shift_sample=50, ad_k=3, seed=0,
+        shift_sample=50, ad_k=3, seed=0, stack=problem["stack"], neural=neural,
     )
 
 
@@ -75,10 +84,11 @@ def _perturbed(problem, test_rows):
 
 def test_test_fold_targets_do_not_change_any_prediction(problem, monkeypatch):
     fold = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=4, seed=0)[0]
-    models = [*ev.BASELINES, "gnn_ot", "gnn_no_ot"]
-    base = _run(problem, fold, variants=("gnn_ot", "gnn_no_ot")).predictions
+    variants = ("gnn_ot", "gnn_no_ot", "stacked", "stacked_ot")
+    models = [*ev.BASELINES, *variants, *ev.CALIBRATIONS]
+    base = _run(problem, fold, variants=variants, neural=NEURAL).predictions
     target, table = _perturbed(problem, fold.test)
-    moved = _run(problem, fold, target=target, table=table, variants=("gnn_ot", "gnn_no_ot")).predictions
+    moved = _run(problem, fold, target=target, table=table, variants=variants, neural=NEURAL).predictions
     np.testing.assert_array_equal(moved["value"], base["value"] + 3.0)  # the perturbation did reach the test rows
     for m in models:
         # equal up to summation order (the forest averages its trees in parallel: 1 ulp apart);
@@ -88,9 +98,10 @@ def test_test_fold_targets_do_not_change_any_prediction(problem, monkeypatch):
     # the test can fail: an alignment that also sees the test measurements leaks them into
     # the calibrated targets, and the OT model's predictions move
     monkeypatch.setattr(ev, "training_targets", lambda f: np.concatenate([f.train, f.test]))
-    leaky = _run(problem, fold, variants=("gnn_ot",)).predictions
-    leaky_moved = _run(problem, fold, target=target, table=table, variants=("gnn_ot",)).predictions
-    assert np.abs(leaky_moved["gnn_ot"].to_numpy() - leaky["gnn_ot"].to_numpy()).max() > 1e-3
+    leaky = _run(problem, fold, variants=("gnn_ot", "stacked_ot")).predictions
+    leaky_moved = _run(problem, fold, target=target, table=table, variants=("gnn_ot", "stacked_ot")).predictions
+    for m in ("gnn_ot", "stacked_ot", "calib_ot_knn"):
+        assert np.abs(leaky_moved[m].to_numpy() - leaky[m].to_numpy()).max() > 1e-3, m
 
 
 def test_fold_outputs_cover_every_model_and_test_row(problem):

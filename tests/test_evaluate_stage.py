@@ -47,6 +47,7 @@ align: {{reg: 0.05}}
 train:
   model: {{comp_hidden: 8, comp_layers: 1, emb_dim: 8, head_hidden: 8, use_graphs: false}}
   optim: {{batch_size: 8, dft_batch_size: 8, pretrain_batch_size: 16}}
+  stack: {{bags: 1, surrogate_trees: 10, surrogate_leaves: 4, trees: 20, leaves: 4, min_child_samples: 3, n_jobs: 1}}
 evaluate:
   raw_dir: {root}/raw
   features_dir: {root}/features
@@ -56,7 +57,8 @@ evaluate:
   ad_k: 3
   quick:
     protocols: [grouped_cv, crystal_system_out]
-    models: [gnn_no_ot, gnn_ot]
+    models: [stacked, stacked_ot, gnn_no_ot, gnn_ot]
+    neural_iterations: 20
     n_folds: 2
     epochs: 2
     patience: 2
@@ -80,10 +82,17 @@ def test_quick_evaluation_writes_metrics_and_plots(tmp_path):
     cs = m["protocols"]["crystal_system_out"]
     assert cs["n_folds"] == 2 and cs["n_test_rows"] == 24
     assert m["protocols"]["grouped_cv"]["n_test_rows"] == 40
-    for model in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot"):
+    for model in ("raw_dft", "linear_dft", "rf_descriptors", "stacked", "stacked_ot", "gnn_no_ot", "gnn_ot"):
         assert m["protocols"]["grouped_cv"][model]["mae"] >= 0
-    assert m["pooled_ood"]["protocols"] == ["crystal_system_out"]
-    assert m["pooled_ood"]["best_non_ot_model"] in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot")
+    ood = m["pooled_ood"]
+    assert ood["protocols"] == ["crystal_system_out"]
+    assert ood["best_non_ot_model"] in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "stacked")
+    # the headline OT model is the served one (stacked_ot); every OT model's gain is reported
+    assert ood["ot_model"] == "stacked_ot" and set(ood["gains"]) == {"stacked_ot", "gnn_ot"}
+    assert ood["gain_vs_best_non_ot"] == pytest.approx(1 - ood["mae"]["stacked_ot"] / ood["mae"][ood["best_non_ot_model"]])
+    # DFT calibrations (issue 10) on the rows with a DFT value: every test row here has one
+    cal = m["protocols"]["grouped_cv"]["calibration"]
+    assert cal["n_rows"] == 40 and {"raw_dft", "linear_dft", "calib_ot_knn", "calib_neural"} <= set(cal)
     preds = pd.read_csv(tmp_path / "plots/band_gap/predictions.csv")
     folds = pd.read_csv(tmp_path / "plots/band_gap/folds.csv")
     assert len(preds) == len(folds) == 64

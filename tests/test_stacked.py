@@ -167,3 +167,31 @@ def test_save_and_load_without_pickle_give_the_same_predictions(tmp_path):
         b, sb = loaded.predict_with_spread(both, fs)
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(sb, sa, rtol=1e-12, atol=1e-12)
+
+
+def test_shift_field_adds_two_ot_columns_and_survives_save_load(tmp_path):
+    from models.shift_field import ShiftField
+    from models.stacked import load_stacked, save_stacked
+
+    rng = np.random.default_rng(2)
+    formulas = [f"Na{i}Cl" if i > 1 else "NaCl" for i in range(1, 81)]
+    desc = pd.DataFrame({"formula": formulas, **{f"d{k}": rng.normal(size=80) for k in range(4)}})
+    shift = 0.5 * desc["d0"].to_numpy()
+    dft_value = desc["d1"].to_numpy()
+    y = dft_value + shift + rng.normal(scale=0.05, size=80)
+    ref = pd.Series(dft_value, index=formulas)
+    # aligned entries: the first 60 formulas (their calibrated target = their measurement)
+    field = ShiftField.fit(formulas[:60], dft_value[:60], y[:60], np.ones(60), desc, k=3)
+    cfg = StackConfig(bags=2, trees=40, surrogate_trees=15, n_jobs=1, correction_alpha=1.0)
+    plain = StackedModel(cfg, dft_reference=ref).fit(desc, formulas[:60], y[:60])
+    with_ot = StackedModel(cfg, dft_reference=ref, surrogate=plain.surrogate, shift_field=field).fit(
+        desc, formulas[:60], y[:60])
+    x_plain, x_ot = plain.features(desc, formulas), with_ot.features(desc, formulas)
+    assert x_ot.shape[1] == x_plain.shape[1] + 2
+    np.testing.assert_array_equal(x_ot[:, :-2], x_plain)
+    np.testing.assert_allclose(x_ot[:, -2], field.predict(desc, formulas), rtol=1e-6)
+    np.testing.assert_allclose(x_ot[:, -1], x_ot[:, -2] + x_plain[:, -1], rtol=1e-5, atol=1e-6)
+    save_stacked(with_ot, tmp_path / "stacked")
+    loaded = load_stacked(tmp_path / "stacked")
+    assert loaded.shift_field is not None
+    np.testing.assert_allclose(loaded.predict(desc, formulas), with_ot.predict(desc, formulas), rtol=1e-12, atol=1e-12)
