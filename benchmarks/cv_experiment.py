@@ -212,7 +212,7 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
         # the OT-aligned stacked model: the align stage's alignment refitted on this fold's training
         # measurements, its calibration shifts extended to every composition by nearest neighbours
         t_ot = time.perf_counter()
-        field = _fold_shift_field(ot_problem, np.flatnonzero(exp["fold"].to_numpy() != k), desc)
+        field = _fold_shift_field(ot_problem, np.flatnonzero(exp["fold"].to_numpy() != k), desc, stack_cfg.ot_neighbours)
         stacked_ot = StackedModel(stack_cfg, dft_reference=ref, surrogate=surrogate, extra_reference=extra_refs,
                                   shift_field=field).fit(desc, tr["formula"], tr["value"].to_numpy())
         fold_pred["stacked_ot"] = stacked_ot.predict(desc, te["formula"])
@@ -282,13 +282,13 @@ def _ot_problem(prop: str, exp: pd.DataFrame) -> dict:
     return {"source": source, "target": target, "settings": make_align_settings(cfg, prop)}
 
 
-def _fold_shift_field(problem: dict, train_rows: np.ndarray, desc: pd.DataFrame):
+def _fold_shift_field(problem: dict, train_rows: np.ndarray, desc: pd.DataFrame, k: int):
     from models.evaluation import calibrated_targets
     from models.shift_field import ShiftField
 
     src = problem["source"]
     cal, conf, _ = calibrated_targets(src, problem["target"], train_rows, problem["settings"])
-    return ShiftField.fit(src.formulas, src.values, cal, conf, desc)
+    return ShiftField.fit(src.formulas, src.values, cal, conf, desc, k=k)
 
 
 def _blends(fold_pred: pd.DataFrame, res: dict, y_te: np.ndarray) -> None:

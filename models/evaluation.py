@@ -327,7 +327,7 @@ def evaluate_folds(
         covered = np.isfinite(d_te)
         src_formulas = np.asarray(source.formulas)
         shift_field = ShiftField.fit(src_formulas, np.asarray(source.values, float), *calibrated["unbalanced"],
-                                     descriptors)
+                                     descriptors, k=stack.config.ot_neighbours if stack is not None else 5)
         out["calib_ot_knn"] = np.nan
         out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(descriptors, formulas[te][covered])
         if neural is not None and covered.any():

@@ -150,9 +150,14 @@ def fit_property(
         if ot_features and {"calibrated_target", "confidence"} <= set(dft.columns):
             from models.shift_field import ShiftField
 
-            field = ShiftField.fit(dft["formula"].to_numpy(str), dft["dft_value"].to_numpy(float),
-                                   dft["calibrated_target"].to_numpy(float), dft["confidence"].to_numpy(float),
-                                   descriptors)
+            try:
+                field = ShiftField.fit(dft["formula"].to_numpy(str), dft["dft_value"].to_numpy(float),
+                                       dft["calibrated_target"].to_numpy(float), dft["confidence"].to_numpy(float),
+                                       descriptors, k=stack_cfg.ot_neighbours)
+            except ValueError as exc:
+                raise ValueError(f"OT features of the stacked model: {exc} (too little overlap between the align "
+                                 "stage's DFT entries and the measurements; set train.stack.ot_features: false "
+                                 "to train without them)") from exc
             stacked = StackedModel(stack_cfg, dft_reference=ref, extra_reference=extra, surrogate=stacked.surrogate,
                                    shift_field=field).fit(descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
             selection["stacked_ot"] = stacked.predict(descriptors, sel["formula"].tolist())

@@ -64,6 +64,7 @@ class StackConfig:
     ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
     boosters fit the measurement directly). ``ot_in_correction``: with a shift field, its OT
     shift is also a linear term of that correction (besides being a booster feature).
+    ``ot_neighbours``: aligned formulas averaged by the shift field the callers build for it.
     """
 
     surrogate_trees: int = 300
@@ -79,13 +80,15 @@ class StackConfig:
     objective: str = "regression"
     bags: int = 5
     correction_alpha: float | None = 10.0
-    ot_in_correction: bool = True
+    ot_in_correction: bool = False
+    ot_neighbours: int = 5
     clamp_min: float | None = None
     seed: int = 0
     n_jobs: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags"):
+        for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags",
+                     "ot_neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StackConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.surrogate_folds < 2:

@@ -367,7 +367,7 @@ def _write(cfg: EvaluateParams, prop: str, metrics: dict, result, folds, exp: pd
         preds.to_csv(tmp / "predictions.csv", index=False, float_format="%.5g")
         result.folds.to_csv(tmp / "error_vs_shift.csv", index=False, float_format="%.5g")
         mass = preds[["protocol", "fold", "exp_id", "formula", "transported_mass"]].copy()
-        for m in ("gnn_ot", "gnn_no_ot"):
+        for m in ("stacked_ot", "stacked", "gnn_ot", "gnn_no_ot"):
             if m in preds:
                 mass[f"abs_error_{m}"] = (preds[m] - preds["value"]).abs()
         mass.dropna(subset=["transported_mass"]).to_csv(tmp / "mass_vs_error.csv", index=False, float_format="%.5g")

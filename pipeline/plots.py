@@ -5,6 +5,11 @@
 * ``mass_vs_error.png``: the align stage's transported mass of each measurement (relative to
   its marginal; low = treated as an outlier) against the OT model's absolute error.
 * ``ad_error.png``: absolute error against the applicability-domain score.
+* ``calibration.png``: calibrated DFT values (linear, OT + nearest neighbours, neural OT map)
+  against the measurement, on the test rows with a DFT value.
+
+The "OT model" of the single-model figures is the served one (``stacked_ot``) when it was
+evaluated, else ``gnn_ot``.
 
 Reads nothing; writes only into the directory it is given.
 """
@@ -45,10 +50,12 @@ def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequenc
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for m in [m for m in ("gnn_ot", "gnn_no_ot", "rf_descriptors", "linear_dft") if f"mae_{m}" in folds]:
+    ot_model = next((m for m in ("stacked_ot", "gnn_ot") if m in preds), None)
+    for m in [m for m in ("stacked_ot", "stacked", "gnn_ot", "gnn_no_ot", "rf_descriptors", "linear_dft")
+              if f"mae_{m}" in folds]:
         ax.scatter(folds["shift_ot"], folds[f"mae_{m}"], label=m, s=18)
     for _, r in folds.iterrows():
-        ax.annotate(f"{r['protocol'][:4]}:{r['fold']}", (r["shift_ot"], r.get("mae_gnn_ot", np.nan)), fontsize=5)
+        ax.annotate(f"{r['protocol'][:4]}:{r['fold']}", (r["shift_ot"], r.get(f"mae_{ot_model}", np.nan)), fontsize=5)
     ax.set_xlabel("OT shift, training -> test measurements (standardised descriptors)")
     ax.set_ylabel(f"fold MAE ({unit})")
     ax.legend(fontsize=7)
@@ -56,23 +63,40 @@ def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequenc
     fig.savefig(out / "error_vs_shift.png", dpi=100)
     plt.close(fig)
 
-    if "gnn_ot" in preds and preds["transported_mass"].notna().any():
+    if ot_model is not None and preds["transported_mass"].notna().any():
         g = preds.dropna(subset=["transported_mass"])
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.scatter(g["transported_mass"], (g["gnn_ot"] - g["value"]).abs(), s=3, alpha=0.3)
+        ax.scatter(g["transported_mass"], (g[ot_model] - g["value"]).abs(), s=3, alpha=0.3)
         ax.set_xlabel("transported mass / marginal (align stage, all measurements)")
-        ax.set_ylabel(f"|error| of gnn_ot ({unit})")
+        ax.set_ylabel(f"|error| of {ot_model} ({unit})")
         fig.tight_layout()
         fig.savefig(out / "mass_vs_error.png", dpi=100)
         plt.close(fig)
 
-    if "gnn_ot" in preds:
+    if ot_model is not None:
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.scatter(preds["ad_score"], (preds["gnn_ot"] - preds["value"]).abs(), s=3, alpha=0.3)
+        ax.scatter(preds["ad_score"], (preds[ot_model] - preds["value"]).abs(), s=3, alpha=0.3)
         ax.set_xlabel("applicability-domain score (percentile of training kNN distance)")
-        ax.set_ylabel(f"|error| of gnn_ot ({unit})")
+        ax.set_ylabel(f"|error| of {ot_model} ({unit})")
         fig.tight_layout()
         fig.savefig(out / "ad_error.png", dpi=100)
+        plt.close(fig)
+
+    calib = [m for m in ("linear_dft", "calib_ot_knn", "calib_neural") if m in preds]
+    covered = preds["dft_value"].notna() if "dft_value" in preds else pd.Series(False, index=preds.index)
+    if len(calib) > 1 and covered.any():
+        g = preds[covered]
+        fig, axes = plt.subplots(1, len(calib), figsize=(3.2 * len(calib), 3.2), squeeze=False)
+        lo, hi = float(g["value"].min()), float(g["value"].max())
+        for ax, m in zip(axes.flat, calib, strict=True):
+            ax.scatter(g["value"], g[m], s=3, alpha=0.3)
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.7)
+            ax.set_title(f"{m}\nMAE {float(np.mean(np.abs(g[m] - g['value']))):.3f} {unit}", fontsize=8)
+            ax.set_xlabel(f"measured ({unit})", fontsize=7)
+        axes.flat[0].set_ylabel(f"calibrated DFT value ({unit})", fontsize=7)
+        fig.suptitle(f"{prop}: calibration of held-out formulas' own DFT values ({len(g)} rows)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "calibration.png", dpi=100)
         plt.close(fig)
 
 

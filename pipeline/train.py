@@ -93,6 +93,8 @@ class StackParams:
     blend_weight: float = 1.0
     # the served stacked model takes the align stage's calibration shifts (models/shift_field.py)
     ot_features: bool = True
+    ot_neighbours: int = 5
+    ot_in_correction: bool = False
     # other DFT fidelities in data/raw/dft.parquet, given to the stacked model where known
     extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
     bags: int = 5
@@ -297,7 +299,8 @@ def _stack_config(cfg: TrainParams):
     st = cfg.stack
     return StackConfig(bags=st.bags, surrogate_trees=st.surrogate_trees, surrogate_leaves=st.surrogate_leaves, trees=st.trees,
                        leaves=st.leaves, lr=st.lr, min_child_samples=st.min_child_samples, objective=st.objective,
-                       n_jobs=st.n_jobs, seed=cfg.seed)
+                       n_jobs=st.n_jobs, seed=cfg.seed, ot_neighbours=st.ot_neighbours,
+                       ot_in_correction=st.ot_in_correction)
 
 
 def _train_config(cfg: TrainParams, prop: str):

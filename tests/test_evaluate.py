@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from models import evaluation as ev
-from models.penalties import CostWeights, Domain, fraction_matrix
 from models.icnn import DualConfig, NeuralAlignConfig
+from models.penalties import CostWeights, Domain, fraction_matrix
 from models.splits import Fold, grouped_kfold
 from models.stacked import DFTSurrogate, StackConfig
 from models.training import EntryTable, ModelConfig, TrainConfig, pretrain_members, reference_per_formula

@@ -101,7 +101,7 @@ def test_quick_evaluation_writes_metrics_and_plots(tmp_path):
     mae = np.mean(np.abs(preds.loc[preds["protocol"] == "grouped_cv", "gnn_ot"] - preds.loc[preds["protocol"] == "grouped_cv", "value"]))
     assert m["protocols"]["grouped_cv"]["gnn_ot"]["mae"] == pytest.approx(mae, rel=1e-4)
     assert preds["transported_mass"].to_numpy() == pytest.approx(np.ones(64))  # relative to the 1/n marginal
-    for name in ("parity.png", "error_vs_shift.png", "error_vs_shift.csv", "mass_vs_error.csv"):
+    for name in ("parity.png", "error_vs_shift.png", "error_vs_shift.csv", "mass_vs_error.csv", "calibration.png"):
         assert (tmp_path / "plots/band_gap" / name).is_file()
 
 

@@ -35,7 +35,7 @@ def test_field_recovers_a_smooth_shift_and_leaves_the_own_formula_out():
 
 
 def test_unaligned_entries_are_left_out_and_confidence_weights_polymorphs():
-    formulas, desc, entries, dft, _ = _world()
+    _, desc, entries, dft, _ = _world()
     calibrated = dft + 1.0
     confidence = np.ones(entries.size)
     calibrated[1::2] = dft[1::2] + 5.0  # second polymorph of every formula disagrees ...
@@ -53,7 +53,7 @@ def test_save_load_round_trip_and_bad_input(tmp_path):
     field = ShiftField.fit(entries, dft, dft + a, np.ones(entries.size), desc)
     back = ShiftField.load(field.save(tmp_path / "field"))
     np.testing.assert_array_equal(back.predict(desc, formulas), field.predict(desc, formulas))
-    with pytest.raises(ValueError, match="no descriptors for 1 formulas, e.g. 'Unobtainium'"):
+    with pytest.raises(ValueError, match=r"no descriptors for 1 formulas, e\.g\. 'Unobtainium'"):
         field.predict(desc, ["Unobtainium"])
     with pytest.raises(ValueError, match="need more than k=5 aligned formulas"):
         ShiftField.fit(entries[:6], dft[:6], dft[:6], np.ones(6), desc)

@@ -69,7 +69,7 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     assert meta["members"] == ["member_0", "member_1"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"mae_raw_dft", "mae_linear_dft", "mae_rf_descriptors", "mae_gnn_no_ot", "mae_gnn_ot",
-                            "mae_stacked", "mae_served"}
+                            "mae_stacked", "mae_stacked_ot", "mae_served"}
     assert meta["stacked"] == {"dir": "stacked", "blend_weight": 0.5}
     # the linear calibration recovers the planted relation exactly (noise-free data)
     lin = json.loads((out / "baselines.json").read_text())["linear_dft"]
@@ -85,6 +85,8 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     from models.serving import EnsemblePredictor
 
     served = EnsemblePredictor(out)
+    # the served stacked model carries the OT shift field (align stage's calibrated targets, leave-own-formula-out)
+    assert served.stacked.shift_field is not None and (out / "stacked/shift_field/points.npy").is_file()
     frame = pd.DataFrame({"formula": ["NaCl", "GaN"], "dft_value": [5.0, np.nan]})
     both = served.predict(frame)["prediction"].to_numpy()
     assert both == pytest.approx(pred["prediction"].to_numpy())
