@@ -143,7 +143,12 @@ class Predictor:
                 structure_used.append(f"{sid} (most stable polymorph with a structure; DFT value of {mid})")
             else:
                 structure_used.append(f"{mid} (most stable polymorph; no structure)" if mid else "none: composition only")
-        graphs = self._graphs(items, structure_ids, structure_used) if self.ensemble.uses_graphs else None
+        uses_graphs = self.ensemble.uses_graphs
+        graphs = self._graphs(items, structure_ids, structure_used) if uses_graphs else None
+        if not uses_graphs:
+            for k, item in enumerate(items):
+                if item.kind == "cif":
+                    structure_used[k] += "; composition view (the served model uses composition and DFT value only)"
         frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
         out = self.ensemble.predict(frame, graphs=graphs)
         features = desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)

@@ -6,8 +6,11 @@ Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, t
 of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction`` and
 ``uncertainty`` (the ensemble's standard deviation), one row per input row. When the train
 stage saved a multi-fidelity stacked model (``ensemble.json`` key ``stacked``), the prediction
-is ``w * stacked + (1 - w) * ensemble`` with the saved weight ``w``; the uncertainty stays the
-GNN ensemble's spread. Descriptors for
+is ``w * stacked + (1 - w) * ensemble`` with the saved weight ``w`` and the uncertainty
+combines both ensembles' spreads (GNN members, stacked bags). With ``w = 1`` (the default) the
+GNN members take no part in the served value, so they are loaded only on demand and
+``torch``/PyTorch Geometric are never imported: the first prediction takes about a second
+instead of several. Descriptors for
 formulas are looked up in the table saved with the model; a formula not in it gets its
 descriptors computed (:func:`featurizers.composition.composition_descriptors`) when the
 model's columns are ones matshift computes, and an error naming the formula otherwise.
@@ -27,9 +30,7 @@ import numpy as np
 import pandas as pd
 
 from featurizers.chemistry import reduced_formula
-from models.gnn import load_model
 from models.integrity import verify_manifest
-from models.training import EntryTable, predict_ensemble
 
 __all__ = ["EnsemblePredictor"]
 
@@ -41,7 +42,8 @@ class EnsemblePredictor:
         directory = Path(directory)
         verify_manifest(directory)  # refuse a directory whose files changed after training
         self.meta = json.loads((directory / "ensemble.json").read_text(encoding="utf-8"))
-        self.models = [load_model(directory / m)[0] for m in self.meta["members"]]
+        self.directory = directory
+        self._models: list | None = None
         desc_path = directory / "descriptors.parquet"
         self.descriptors = pd.read_parquet(desc_path) if desc_path.exists() else None
         self.clamp_min = self.meta.get("clamp_min")
@@ -77,9 +79,23 @@ class EnsemblePredictor:
         return pd.concat([self.descriptors, extra[["formula", *cols]]], ignore_index=True)
 
     @property
+    def models(self) -> list:
+        """The GNN ensemble members (loaded, with torch, on first use)."""
+        if self._models is None:
+            from models.gnn import load_model
+
+            self._models = [load_model(self.directory / m)[0] for m in self.meta["members"]]
+        return self._models
+
+    @property
+    def gnn_weight(self) -> float:
+        """Weight of the GNN ensemble in the served value (0 when the stacked model is served alone)."""
+        return 1.0 - self.blend_weight if self.stacked is not None else 1.0
+
+    @property
     def uses_graphs(self) -> bool:
-        """Whether the members have a crystal-graph encoder (so a structure changes the prediction)."""
-        return any(getattr(m, "crystal", None) is not None for m in self.models)
+        """Whether a structure changes the served prediction (GNN members with a crystal-graph encoder, weight > 0)."""
+        return self.gnn_weight > 0 and any(getattr(m, "crystal", None) is not None for m in self.models)
 
     def predict(self, frame: pd.DataFrame, graphs: Sequence[Any | None] | None = None) -> pd.DataFrame:
         """Predictions for ``frame``'s rows; ``graphs`` (one crystal graph or None per row) as in training.
@@ -96,6 +112,11 @@ class EnsemblePredictor:
         ref = pd.Series(dft, index=formulas)
         ref = ref[~ref.index.duplicated()].dropna()
         desc = self._descriptors_for(formulas)
+        if self.gnn_weight == 0:  # the stacked model alone: no GNN, no torch
+            value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
+            return pd.DataFrame({"prediction": value, "uncertainty": spread})
+        from models.training import EntryTable, predict_ensemble
+
         rows = pd.DataFrame({"formula": formulas, "value": np.nan})
         by_id = None
         if graphs is not None and self.uses_graphs:

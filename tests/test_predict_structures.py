@@ -81,8 +81,8 @@ def trained(tmp_path_factory):
         "  members: 2", "  encoders: 1", "  rf_trees: 10", "  selection_fraction: 0.3",
         "  model: {comp_hidden: 8, comp_layers: 1, emb_dim: 8, head_hidden: 8, use_graphs: true, graph_hidden: 8, graph_layers: 1}",
         "  optim: {epochs: 3, pretrain_epochs: 1, batch_size: 4, dft_batch_size: 4}",
-        # half GNN, half stacked model: the served value exercises both paths
-        "  stack: {blend_weight: 0.5, bags: 1, surrogate_trees: 20, trees: 20}",
+        # half GNN, half stacked model: the served value exercises both paths (no alignment here: no OT features)
+        "  stack: {blend_weight: 0.5, bags: 1, surrogate_trees: 20, trees: 20, ot_features: false}",
     ]) + "\n")
     assert train_stage.run(argparse.Namespace(params=params, property="band_gap", no_mlflow=True)) == 0
     predictor = Predictor.load(d / "models/band_gap", property="band_gap", raw_dir=d / "raw", features_dir=d / "features")

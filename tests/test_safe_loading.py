@@ -114,8 +114,9 @@ def test_gnn_weights_with_a_planted_pickle_never_run(model_dir):
     write_manifest(model_dir)
     with pytest.raises(ModelFileError, match=r"weights\.pt are not a plain tensor file"):
         load_model(member)
+    # the served stacked model needs no GNN member, so members load (and are refused) on first use
     with pytest.raises(ModelFileError):
-        EnsemblePredictor(model_dir)
+        EnsemblePredictor(model_dir).models  # noqa: B018
     assert not MARKER.exists()
 
 
@@ -168,3 +169,25 @@ def test_mlflow_model_is_code_not_pickle_and_checks_hashes(trained, tmp_path, mo
     with pytest.raises(Exception, match="does not match the sha256") as exc:
         mlflow.pyfunc.load_model(str(local))
     assert isinstance(exc.value, IntegrityError) or "IntegrityError" in repr(exc.value) or "sha256" in str(exc.value)
+
+
+def test_stacked_only_model_serves_without_torch(model_dir):
+    """The default served model (stacked, blend weight 1) predicts without importing torch or PyG."""
+    import os
+    import subprocess
+    import sys
+
+    assert json.loads((model_dir / "ensemble.json").read_text())["stacked"]["blend_weight"] == 1.0
+    code = (
+        "import sys, pandas as pd\n"
+        "from models.serving import EnsemblePredictor\n"
+        f"e = EnsemblePredictor({str(model_dir)!r})\n"
+        "out = e.predict(pd.DataFrame({'formula': ['NaCl', 'GaAs'], 'dft_value': [5.0, float('nan')]}))\n"
+        "assert out['prediction'].notna().all() and (out['uncertainty'] >= 0).all()\n"
+        "print(sorted(m for m in ('torch', 'torch_geometric') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
