@@ -128,11 +128,13 @@ class Predictor:
         formulas = [i.formula for i in items]
         desc = self._descriptors(formulas)
         dft_value, structure_used, structure_ids = [], [], []
+        uses_graphs = self.ensemble.uses_graphs
         for item in items:
             mid, val, sid = None, np.nan, None
             if self.dft is not None and item.formula in self.dft.index:
                 mid, val, sid = self.dft.loc[item.formula, ["material_id", "dft_value", "structure_id"]]
-                sid = sid if isinstance(sid, str) else None
+                # a structure is looked up only when the served model uses crystal graphs
+                sid = sid if isinstance(sid, str) and uses_graphs else None
             dft_value.append(float(val))
             structure_ids.append(sid if item.kind == "formula" else None)
             if item.kind == "cif":
@@ -141,9 +143,10 @@ class Predictor:
                 structure_used.append(f"{mid} (most stable polymorph)")
             elif sid:
                 structure_used.append(f"{sid} (most stable polymorph with a structure; DFT value of {mid})")
+            elif mid and not uses_graphs:
+                structure_used.append(f"{mid} (most stable polymorph: its DFT value)")
             else:
                 structure_used.append(f"{mid} (most stable polymorph; no structure)" if mid else "none: composition only")
-        uses_graphs = self.ensemble.uses_graphs
         graphs = self._graphs(items, structure_ids, structure_used) if uses_graphs else None
         if not uses_graphs:
             for k, item in enumerate(items):
