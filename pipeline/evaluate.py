@@ -265,10 +265,10 @@ def stack_inputs(cfg: EvaluateParams, train_cfg, prop: str, descriptors: pd.Data
     import pyarrow.parquet as pq
 
     have = set(pq.read_schema(path).names)
-    dft = pd.read_parquet(path, columns=["material_id", "formula", col, "formation_energy_per_atom",
-                                         *[c for c in extra_cols if c in have]])
-    dft = dft.rename(columns={"formation_energy_per_atom": "stability"}) if col != "formation_energy_per_atom" else \
-        dft.assign(stability=dft[col])
+    columns = ["material_id", "formula", col, "formation_energy_per_atom", *[c for c in extra_cols if c in have]]
+    dft = pd.read_parquet(path, columns=list(dict.fromkeys(columns)))
+    # polymorphs ranked by formation energy per atom (for enthalpies: the property itself), as load_problem does
+    dft = dft.assign(stability=dft["formation_energy_per_atom"])
     dft = dft[dft["formula"].isin(set(descriptors["formula"]))]
     ref = reference_per_formula(dft.assign(dft_value=dft[col]).dropna(subset=["dft_value"]), value="dft_value",
                                 rank="stability")
