@@ -252,7 +252,8 @@ def stack_inputs(cfg: EvaluateParams, train_cfg, prop: str, descriptors: pd.Data
     """Build the stacked models' shared inputs: per-formula DFT references of *all* DFT entries, the surrogate.
 
     Both come from DFT labels only (no measurement), so every fold may share them; the stack
-    configuration is the train stage's (``train.stack``), with ``bags`` boosters when > 0.
+    configuration is the train stage's (``train.stack``), with ``bags`` boosters when > 0 and
+    ``evaluate.threads`` LightGBM threads.
     """
     from models.evaluation import StackInputs
     from models.stacked import DFTSurrogate
@@ -273,7 +274,9 @@ def stack_inputs(cfg: EvaluateParams, train_cfg, prop: str, descriptors: pd.Data
     ref = reference_per_formula(dft.assign(dft_value=dft[col]).dropna(subset=["dft_value"]), value="dft_value",
                                 rank="stability")
     extra = {c: reference_per_formula(dft, value=c, rank="stability") for c in extra_cols if c in dft}
-    config = replace(_stack_config(train_cfg), clamp_min=CLAMP_MIN[prop])
+    # LightGBM gets the stage's thread budget: two properties evaluated side by side with the train
+    # stage's 2 threads each oversubscribe 2 cores, and OpenMP's spinning then stalls both for minutes
+    config = replace(_stack_config(train_cfg), clamp_min=CLAMP_MIN[prop], n_jobs=cfg.threads)
     if bags:
         config = replace(config, bags=bags)
     return StackInputs(config=config, dft_reference=ref, surrogate=DFTSurrogate(config).fit(descriptors, ref),

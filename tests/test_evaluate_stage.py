@@ -128,4 +128,5 @@ def test_stack_inputs_take_every_dft_formula_and_the_train_stack_settings(tmp_pa
     dft = pd.read_parquet(tmp_path / "raw/dft.parquet").set_index("formula")[column]
     pd.testing.assert_series_equal(st.dft_reference.sort_index(), dft.sort_index().astype(float), check_names=False)
     assert st.config.bags == 1 and st.config.clamp_min == clamp and st.config.trees == 20
+    assert st.config.n_jobs == cfg.threads  # not the train stage's: properties run side by side
     assert len(st.surrogate.out_of_fold_) == len(FORMULAS)
