@@ -141,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(cfg.threads)
     metrics = evaluate_property(cfg, align_cfg, train_cfg, args.property, quick=args.quick)
     ood = metrics.get("pooled_ood", {})
-    log.info("%s: evaluated in %.0f s; pooled OOD MAE %s; gain of gnn_ot vs best non-OT (%s): %s", args.property,
+    log.info("%s: evaluated in %.0f s; pooled OOD MAE %s; gain of %s vs best non-OT (%s): %s", args.property,
              metrics["seconds"], json.dumps({k: round(v, 4) for k, v in ood.get("mae", {}).items()}),
-             ood.get("best_non_ot_model"), ood.get("gain_vs_best_non_ot"))
+             ood.get("ot_model"), ood.get("best_non_ot_model"), ood.get("gain_vs_best_non_ot"))
     return 0
 
 

@@ -134,7 +134,7 @@ def render(metrics: dict[str, dict]) -> str:
                       f"MAE of the {MODEL_LABELS[ad_rows[0][1]['model']].strip('*')}, in-domain / flagged (rows flagged):", "",
                       "| reference | " + " | ".join(PROTOCOL_LABELS[p] for p, _ in ad_rows) + " |",
                       "|---" * (len(ad_rows) + 1) + "|"]
-            for suffix, label in (("", "DFT + training compositions (as predict)"), ("_measured", "training measurements only")):
+            for suffix, label in (("", "DFT + training compositions"), ("_measured", "training measurements (as predict)")):
                 cells = [f"{_fmt(a[f'mae_in_domain{suffix}'])} / {_fmt(a[f'mae_flagged{suffix}'])} ({a[f'n_flagged{suffix}']})"
                          for _, a in ad_rows]
                 parts.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -36,8 +36,8 @@ def test_render_has_every_model_protocol_and_the_gain():
     assert "(descriptor random forest, 0.400): GNN with OT (unbalanced) 0.300 (+25.0%)." in text
     assert "| calibration | grouped CV (40) |" in text
     assert "| OT barycentric projection + 5-NN shift | 0.550 |" in text and "| linear calibration |" not in text
-    assert "| DFT + training compositions (as predict) | 0.300 / 0.900 (3) | 0.300 / 0.900 (3) |" in text
-    assert "| training measurements only | 0.280 / – (5) |" in text
+    assert "| DFT + training compositions | 0.300 / 0.900 (3) | 0.300 / 0.900 (3) |" in text
+    assert "| training measurements (as predict) | 0.280 / – (5) |" in text
 
 
 def test_replace_block_keeps_everything_outside_the_markers():
