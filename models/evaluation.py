@@ -326,8 +326,11 @@ def evaluate_folds(
         test_rows = n_dft + te
         covered = np.isfinite(d_te)
         src_formulas = np.asarray(source.formulas)
-        shift_field = ShiftField.fit(src_formulas, np.asarray(source.values, float), *calibrated["unbalanced"],
-                                     descriptors, k=stack.config.ot_neighbours if stack is not None else 5)
+        try:
+            shift_field = ShiftField.fit(src_formulas, np.asarray(source.values, float), *calibrated["unbalanced"],
+                                         descriptors, k=stack.config.ot_neighbours if stack is not None else 5)
+        except ValueError as exc:
+            raise ValueError(f"fold {fold.protocol}/{fold.name}: {exc}") from exc
         out["calib_ot_knn"] = np.nan
         out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(descriptors, formulas[te][covered])
         if neural is not None and covered.any():
