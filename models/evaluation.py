@@ -287,7 +287,8 @@ def evaluate_folds(
     formulas = np.asarray(target.formulas)
     desc = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
     x_exp = desc.loc[formulas].to_numpy(float)
-    dft_formulas = np.unique(np.asarray(source.formulas))
+    src_formulas = np.asarray(source.formulas)
+    dft_formulas = np.unique(src_formulas)
     settings = align_settings.variants()
     # the stage's own (unbalanced) alignment also feeds stacked_ot and the shift-field calibration
     needed = sorted({GNN_VARIANTS[v].alignment for v in gnn_variants} - {None} | {"unbalanced"})
@@ -325,7 +326,6 @@ def evaluate_folds(
         train_rows = np.concatenate([np.arange(n_dft), n_dft + tr])
         test_rows = n_dft + te
         covered = np.isfinite(d_te)
-        src_formulas = np.asarray(source.formulas)
         try:
             shift_field = ShiftField.fit(src_formulas, np.asarray(source.values, float), *calibrated["unbalanced"],
                                          descriptors, k=stack.config.ot_neighbours if stack is not None else 5)

@@ -171,8 +171,8 @@ class StackedModel:
         shift_field: the OT alignment's calibration shifts extended to every composition
             (:class:`models.shift_field.ShiftField`, fitted on the training measurements only).
             When given, two columns are appended (the neighbours' shift and the best DFT
-            estimate plus that shift) and the shift enters the fitted correction as a linear
-            term; None: the model uses no optimal transport.
+            estimate plus that shift), and with ``config.ot_in_correction`` the shift is also a
+            linear term of the fitted correction; None: the model uses no optimal transport.
 
     """
 
@@ -240,7 +240,7 @@ class StackedModel:
                 if e in col:
                     out[r, col[e]] = v
         if self.shift_field is not None and self.config.ot_in_correction:
-            out = np.column_stack([out, x[:, self._best_column + len(self.extra_reference) + 1]])
+            out = np.column_stack([out, x[:, self._shift_column]])
         return out
 
     def _fit_correction(self, formulas: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -266,6 +266,11 @@ class StackedModel:
     @property
     def _best_column(self) -> int:
         return len(self.surrogate.columns_) + len(self.MF_COLUMNS) - 1
+
+    @property
+    def _shift_column(self) -> int:
+        """Column of the OT shift in :meth:`features` (after the extra references; needs a shift field)."""
+        return self._best_column + len(self.extra_reference) + 1
 
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
         """Predicted measurement per formula (see :meth:`features` for ``dft_value``)."""
