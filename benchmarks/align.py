@@ -58,7 +58,7 @@ def make_problem(n: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
 
 
 def _dense_objective(P: np.ndarray, M: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    from models.sinkhorn import _gkl
+    from models.transport.sinkhorn import _gkl
 
     pos = P > 0
     q = np.outer(a, b)
@@ -141,8 +141,13 @@ def worker(spec: dict) -> dict:
         out = {"seconds": t2 - t0, "seconds_solve": t2 - t1, "objective": _dense_objective(P, M, a, b),
                "mass": float(P.sum())}
     else:
-        from models.pairsearch import radius_pairs, radius_pairs_pruned
-        from models.sinkhorn import ivf_support, sparse_sinkhorn, truncation_bound
+        from models.transport import (
+            ivf_support,
+            radius_pairs,
+            radius_pairs_pruned,
+            sparse_sinkhorn,
+            truncation_bound,
+        )
 
         search = spec.get("search", "radius")
         if search in ("radius", "pruned"):

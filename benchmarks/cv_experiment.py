@@ -37,18 +37,23 @@ import pandas as pd
 import torch
 
 from featurizers.chemistry import element_fractions
-from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
-from models.stacked import DFTSurrogate, StackConfig, StackedModel
-from models.training import (
+from models.learners import (
+    DescriptorForest,
+    DFTSurrogate,
     EntryTable,
+    LinearCalibration,
     ModelConfig,
+    RawDFT,
+    StackConfig,
+    StackedModel,
     TrainConfig,
     determine_device,
+    mae,
     predict_ensemble,
     pretrain_members,
-    reference_per_formula,
     train_model,
 )
+from models.properties import reference_per_formula
 
 log = logging.getLogger("cv_experiment")
 DATA = Path("data")
@@ -284,7 +289,7 @@ def _ot_problem(prop: str, exp: pd.DataFrame) -> dict:
 
 def _fold_shift_field(problem: dict, train_rows: np.ndarray, desc: pd.DataFrame, k: int):
     from models.evaluation import calibrated_targets
-    from models.shift_field import ShiftField
+    from models.learners import ShiftField
 
     src = problem["source"]
     cal, conf, _ = calibrated_targets(src, problem["target"], train_rows, problem["settings"])

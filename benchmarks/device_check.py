@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from models.training import EntryTable, ModelConfig, TrainConfig, determine_device, predict, train_model
+from models.learners import EntryTable, ModelConfig, TrainConfig, determine_device, predict, train_model
 
 FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "Si", "SiO2", "Al2O3", "TiO2",
             "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "C"]

@@ -38,7 +38,7 @@ import numpy as np
 def gaussian(args: argparse.Namespace) -> dict:
     import torch
 
-    from models.icnn import DualConfig, fit_dual
+    from models.transport import DualConfig, fit_dual
     from tests.test_icnn import gaussian_problem
 
     torch.set_num_threads(args.threads)
@@ -93,9 +93,15 @@ def mirror(args: argparse.Namespace) -> dict:
     from scipy.spatial import cKDTree
     from sklearn.model_selection import GroupKFold
 
-    from models.icnn import fit_calibration_map
-    from models.penalties import CostWeights, Domain, joint_embedding, standardise
-    from models.transport import SolverOptions, align
+    from models.transport import (
+        CostWeights,
+        Domain,
+        SolverOptions,
+        align,
+        fit_calibration_map,
+        joint_embedding,
+        standardise,
+    )
     from pipeline.align import AlignConfig, _neural_options, load_domains
     from pipeline.config import load_section, to_dict
 

@@ -1,4 +1,58 @@
-"""Optimal-transport alignment, GNN encoders and heads, training loop and baselines.
+"""The matshift library: optimal transport, networks, learners, evaluation and serving.
+
+Layers (checked by import-linter, see pyproject.toml), lowest first:
+
+* :mod:`models._io` (atomic writes, hashes, the model-file format; re-exported here) and
+  :mod:`models.properties` (the property registry and the polymorph rule);
+* :mod:`models.transport` (optimal transport) and :mod:`models.nets` (neural networks),
+  independent of each other;
+* :mod:`models.learners` (training, baselines, the stacked model, fitting a property);
+* :mod:`models.evaluation` (leak-free protocols) and :mod:`models.serving` (predictors,
+  MLflow packaging), independent of each other.
 
 Library code: takes arguments, never reads params.yaml, environment variables or globals.
 """
+
+from models._io import (
+    MANIFEST,
+    IntegrityError,
+    ModelFormatError,
+    OutputError,
+    atomic_dir,
+    atomic_path,
+    finite,
+    json_default,
+    read_header,
+    sha256_bytes,
+    sha256_file,
+    verify_manifest,
+    write_csv,
+    write_header,
+    write_json,
+    write_manifest,
+    write_parquet,
+    write_text,
+    write_with,
+)
+
+__all__ = [
+    "MANIFEST",
+    "IntegrityError",
+    "ModelFormatError",
+    "OutputError",
+    "atomic_dir",
+    "atomic_path",
+    "finite",
+    "json_default",
+    "read_header",
+    "sha256_bytes",
+    "sha256_file",
+    "verify_manifest",
+    "write_csv",
+    "write_header",
+    "write_json",
+    "write_manifest",
+    "write_parquet",
+    "write_text",
+    "write_with",
+]

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from models import atomic_dir, json_default
 from pipeline.config import DEFAULT_PARAMS, check_engine, load_section, to_dict
 from pipeline.errors import MatshiftError, MissingInputError
-from pipeline.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
 
 def load_domains(cfg: AlignConfig, prop: str):
     """Source and target :class:`models.penalties.Domain` for ``prop``, plus bookkeeping counts."""
-    from models.penalties import Domain, fraction_matrix
+    from models.transport import Domain, fraction_matrix
 
     dft = _read(cfg.raw_dir / "dft.parquet", ["material_id", "formula", PROPERTY_COLUMN[prop]])
     exp = _read(cfg.raw_dir / "experiment.parquet", ["exp_id", "formula", "property", "value"])
@@ -213,8 +213,7 @@ def load_domains(cfg: AlignConfig, prop: str):
 
 def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
     """Run the alignment for ``prop`` and write ``out`` atomically; returns the diagnostics."""
-    from models.penalties import CostWeights
-    from models.transport import AlignmentError, SolverOptions, align, transport_distance
+    from models.transport import AlignmentError, CostWeights, SolverOptions, align, transport_distance
 
     t0 = time.perf_counter()
     source, target, counts = load_domains(cfg, prop)
@@ -228,7 +227,7 @@ def align_property(cfg: AlignConfig, prop: str, out: Path) -> dict:
     with ExitStack() as stack:
         solve, distance = align, transport_distance
         if cfg.split_blocks:
-            from models.blocks import align_blocks, transport_distance_blocks
+            from models.transport import align_blocks, transport_distance_blocks
             from pipeline.engine import open_engine
 
             engine = stack.enter_context(open_engine(cfg.engine, n_workers=cfg.n_workers or os.cpu_count() or 1,
@@ -335,7 +334,7 @@ def outlier_table(res, source, target) -> pd.DataFrame:
     energy-additivity corrections), ``residual`` = value - calibrated_dft, and
     ``no_counterpart`` (no same-formula DFT entry and no mass: such rows are listed last).
     """
-    from models.sinkhorn import block_support
+    from models.transport import block_support
 
     plan = res.plan.tocsc()
     m = target.size
@@ -386,8 +385,7 @@ def _distances(distance, res, cfg: AlignConfig, source, target, weights) -> tupl
 
     On raw values (no value calibration inside the distance: it measures the shift that is left).
     """
-    from models.penalties import Domain
-    from models.transport import SolverOptions
+    from models.transport import Domain, SolverOptions
 
     targets, _ = res.calibrated_targets(target.values, fallback=source.values + res.source_offset)
     dist_opts = SolverOptions(reg=cfg.reg, reg_m=cfg.reg_m, tol=cfg.tol, max_iter=cfg.max_iter)
@@ -404,7 +402,7 @@ NEURAL_MAP_DIR = "neural_map"
 
 
 def _neural_options(cfg: AlignConfig, prop: str):
-    from models.icnn import DualConfig, NeuralAlignConfig
+    from models.transport import DualConfig, NeuralAlignConfig
 
     n = cfg.neural
     dual = DualConfig(hidden=tuple(n.hidden), cond_hidden=n.cond_hidden, activation=n.activation,
@@ -424,9 +422,8 @@ def _descriptor_columns(cfg: AlignConfig) -> list[str]:
 def _write_json(path: Path, obj) -> None:
     import json
 
-    from pipeline.io import _json_default
 
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False, default=json_default)
     path.write_text(text + "\n", encoding="utf-8")
 
 

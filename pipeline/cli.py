@@ -13,9 +13,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from models import OutputError
 from pipeline.config import ConfigError
 from pipeline.errors import MatshiftError
-from pipeline.io import OutputError
 
 # name -> (module, one-line help). Each module exposes add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {

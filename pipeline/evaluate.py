@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models import atomic_dir, json_default, write_text
 from pipeline.config import DEFAULT_PARAMS, load_section, to_dict
 from pipeline.errors import MatshiftError, MissingInputError
-from pipeline.io import _json_default, atomic_dir, write_text
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
 def load_problem(cfg: EvaluateParams, align_cfg, settings: EvalSettings, prop: str) -> dict:
     """Domains, entry table, descriptors and per-measurement attributes for ``prop``."""
     from models.evaluation import subset_domain
-    from models.training import EntryTable, reference_per_formula
+    from models.learners import EntryTable
+    from models.properties import reference_per_formula
     from pipeline.align import load_domains
 
     acfg = replace(align_cfg, raw_dir=cfg.raw_dir, features_dir=cfg.features_dir)
@@ -210,7 +211,7 @@ def load_problem(cfg: EvaluateParams, align_cfg, settings: EvalSettings, prop: s
 
 def make_folds(settings: EvalSettings, exp: pd.DataFrame, descriptors: pd.DataFrame, seed: int) -> list:
     """Build the seeded folds of every protocol in ``settings.protocols`` (row positions into ``exp``)."""
-    from models import splits
+    from models.evaluation import splits
 
     formulas = exp["formula"].tolist()
     folds = []
@@ -235,8 +236,7 @@ def make_folds(settings: EvalSettings, exp: pd.DataFrame, descriptors: pd.DataFr
 def make_align_settings(align_cfg, prop: str):
     """Return the align stage's parameters (an ``AlignConfig``) as ``AlignSettings`` for ``prop``."""
     from models.evaluation import AlignSettings
-    from models.penalties import CostWeights
-    from models.transport import SolverOptions
+    from models.transport import CostWeights, SolverOptions
 
     return AlignSettings(
         method=align_cfg.method, weights=CostWeights(**to_dict(align_cfg.cost)),
@@ -256,8 +256,8 @@ def stack_inputs(cfg: EvaluateParams, train_cfg, prop: str, descriptors: pd.Data
     ``evaluate.threads`` LightGBM threads.
     """
     from models.evaluation import StackInputs
-    from models.stacked import DFTSurrogate
-    from models.training import reference_per_formula
+    from models.learners import DFTSurrogate
+    from models.properties import reference_per_formula
     from pipeline.train import CLAMP_MIN, DFT_COLUMN, _stack_config
 
     col = DFT_COLUMN[prop]
@@ -286,7 +286,7 @@ def stack_inputs(cfg: EvaluateParams, train_cfg, prop: str, descriptors: pd.Data
 def evaluate_property(cfg: EvaluateParams, align_cfg, train_cfg, prop: str, *, quick: bool = False) -> dict:
     """Run every protocol for ``prop`` and write ``metrics/<prop>.json`` and ``plots/<prop>/``."""
     from models.evaluation import evaluate_folds, summarise
-    from models.training import determine_device, pretrain_members
+    from models.learners import determine_device, pretrain_members
     from pipeline.train import CLAMP_MIN, _train_config
 
     t0 = time.perf_counter()
@@ -377,7 +377,7 @@ def _write(cfg: EvaluateParams, prop: str, metrics: dict, result, folds, exp: pd
         from pipeline import plots
 
         plots.draw(tmp, preds, result.folds, models=result.models, unit=UNITS[prop], prop=prop)
-    write_text(metrics_path, json.dumps(_finite(metrics), indent=2, allow_nan=False, default=_json_default) + "\n")
+    write_text(metrics_path, json.dumps(_finite(metrics), indent=2, allow_nan=False, default=json_default) + "\n")
 
 
 __all__ = ["EvalSettings", "EvaluateParams", "add_arguments", "evaluate_property", "load_problem", "make_align_settings",

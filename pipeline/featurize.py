@@ -19,9 +19,9 @@ from typing import Literal
 
 import pandas as pd
 
+from models import atomic_dir, write_json, write_parquet
 from pipeline.config import check_engine, load_section
 from pipeline.errors import MissingInputError
-from pipeline.io import atomic_dir, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 

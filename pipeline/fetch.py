@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models import write_json, write_parquet
 from pipeline.config import load_section, to_dict
 from pipeline.errors import MatshiftError
-from pipeline.io import write_json, write_parquet
 
 if TYPE_CHECKING:  # the sources pull in pymatgen and pandas: imported when the stage runs
     from pipeline.sources import Source

@@ -117,7 +117,7 @@ def predict(
 
 def load_predictor(model: str | Path | None, *, property: str):
     """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor."""
-    from models.predictor import ModelNotFoundError, Predictor
+    from models.serving import ModelNotFoundError, Predictor
 
     ref = model if model is not None else Path("data/models") / property
     try:
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, property=args.property)
     frame = predict_items(items, predictor, property=args.property)
     if args.output is not None:
-        from pipeline.io import write_csv, write_text
+        from models import write_csv, write_text
 
         suffix = args.output.suffix.lower()
         if suffix == ".json":

@@ -13,8 +13,8 @@ import json
 import logging
 from pathlib import Path
 
+from models import write_text
 from pipeline.errors import MatshiftError, MissingInputError
-from pipeline.io import write_text
 
 log = logging.getLogger(__name__)
 

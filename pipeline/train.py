@@ -32,9 +32,9 @@ from typing import Any
 
 import pandas as pd
 
+from models import atomic_dir
 from pipeline.config import flatten, load_section, to_dict
 from pipeline.errors import MatshiftError, MissingInputError
-from pipeline.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -254,16 +254,16 @@ def run(args: argparse.Namespace) -> int:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", cfg.tracking_uri)
     inputs = load_inputs(cfg, prop)
     if not args.no_mlflow:  # fail in seconds, before minutes of training, when the store is unusable
-        from models.tracking import TrackingError, ensure_store
+        from models.serving import TrackingError, ensure_store
 
         try:
             ensure_store(tracking_uri)
         except TrackingError as exc:
             raise MatshiftError(str(exc)) from exc
-    from models import fit
+    from models.learners import fit_property, write_outputs
 
     t0 = time.perf_counter()
-    result = fit.fit_property(
+    result = fit_property(
         dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"], graphs=inputs["graphs"],
         train_config=_train_config(cfg, prop), members=cfg.members, encoders=cfg.encoders,
         pretrain_epochs=cfg.optim.pretrain_epochs, pretrain_batch_size=cfg.optim.pretrain_batch_size,
@@ -274,14 +274,14 @@ def run(args: argparse.Namespace) -> int:
     )
     out = cfg.out_dir / prop
     with atomic_dir(out) as tmp:
-        fit.write_outputs(result, tmp, descriptors=inputs["descriptors"], property_name=prop,
+        write_outputs(result, tmp, descriptors=inputs["descriptors"], property_name=prop,
                           clamp_min=CLAMP_MIN[prop], config=to_dict(cfg))
     log.info("%s: trained in %.0f s; selection MAE %s", prop, time.perf_counter() - t0,
              json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
     if not args.no_mlflow:
-        from models import tracking
+        from models.serving import log_run
 
-        tracking.log_run(
+        log_run(
             tracking_uri=tracking_uri, experiment=cfg.experiment, run_name=f"train-{prop}",
             params={"property": prop, **flatten(cfg)}, result=result, model_dir=out,
             registered_name=f"matshift-{prop}" if cfg.register else None,
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
 def _stack_config(cfg: TrainParams):
     if not cfg.stack.enabled:
         return None
-    from models.stacked import StackConfig
+    from models.learners import StackConfig
 
     st = cfg.stack
     return StackConfig(bags=st.bags, surrogate_trees=st.surrogate_trees, surrogate_leaves=st.surrogate_leaves, trees=st.trees,
@@ -304,7 +304,7 @@ def _stack_config(cfg: TrainParams):
 
 
 def _train_config(cfg: TrainParams, prop: str):
-    from models.training import ModelConfig, TrainConfig
+    from models.learners import ModelConfig, TrainConfig
 
     o = cfg.optim
     return TrainConfig(

@@ -36,9 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def train_ddp(args: argparse.Namespace) -> int:
-    from models import fit
-    from models.distributed import init_from_env, is_writer, shutdown
-    from pipeline.io import atomic_dir
+    from models import atomic_dir
+    from models.learners import fit_property, init_from_env, is_writer, shutdown, write_outputs
     from pipeline.train import CLAMP_MIN, TrainParams, _train_config, load_inputs
 
     cfg = load_section(TrainParams, "train", args.params)
@@ -48,7 +47,7 @@ def train_ddp(args: argparse.Namespace) -> int:
         writer = is_writer(parallel)
         inputs = load_inputs(cfg, prop)
         t0 = time.perf_counter()
-        result = fit.fit_property(
+        result = fit_property(
             dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"],
             graphs=inputs["graphs"], train_config=_train_config(cfg, prop), members=cfg.members,
             encoders=cfg.encoders, pretrain_epochs=cfg.optim.pretrain_epochs,
@@ -59,16 +58,16 @@ def train_ddp(args: argparse.Namespace) -> int:
             return 0
         out = cfg.out_dir / prop
         with atomic_dir(out) as tmp:
-            fit.write_outputs(result, tmp, descriptors=inputs["descriptors"], property_name=prop,
+            write_outputs(result, tmp, descriptors=inputs["descriptors"], property_name=prop,
                               clamp_min=CLAMP_MIN[prop], config={**to_dict(cfg), "ddp_world_size": parallel.world})
         log.info("%s: trained on %d rank(s) in %.0f s; selection MAE %s", prop, parallel.world,
                  time.perf_counter() - t0, json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
         if not args.no_mlflow:
-            from models import tracking
+            from models.serving import log_run
             from pipeline.config import flatten
 
             tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", cfg.tracking_uri)
-            tracking.log_run(
+            log_run(
                 tracking_uri=tracking_uri, experiment=cfg.experiment, run_name=f"train-{prop}-ddp{parallel.world}",
                 params={"property": prop, "ddp_world_size": parallel.world, **flatten(cfg)}, result=result,
                 model_dir=out, registered_name=f"matshift-{prop}" if cfg.register else None,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from models.predictor import ApplicabilityDomain
+from models.learners import ApplicabilityDomain
 
 
 @pytest.fixture(scope="module")

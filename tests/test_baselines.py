@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
+from models.learners import DescriptorForest, LinearCalibration, RawDFT, mae
 
 
 def test_linear_calibration_recovers_planted_line():

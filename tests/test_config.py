@@ -65,7 +65,7 @@ def test_missing_and_invalid_files(tmp_path):
 def test_atomic_outputs_get_normal_permissions(tmp_path):
     import os
 
-    from pipeline.io import write_json
+    from models import write_json
 
     path = write_json(tmp_path / "x.json", {"a": 1})
     umask = os.umask(0)

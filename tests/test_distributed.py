@@ -18,8 +18,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models.distributed import DataParallel, init_from_env, is_writer
-from models.training import EntryTable, ModelConfig, TrainConfig, predict, train_model
+from models.learners import (
+    DataParallel,
+    EntryTable,
+    ModelConfig,
+    TrainConfig,
+    init_from_env,
+    is_writer,
+    predict,
+    train_model,
+)
 
 SMALL = ModelConfig(comp_hidden=16, comp_layers=1, emb_dim=8, head_hidden=16)
 FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "Si", "SiO2", "Al2O3", "TiO2",

@@ -18,9 +18,15 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.blocks import align_blocks, solve_blocks, support_components
-from models.penalties import Domain
-from models.transport import AlignmentError, SolverOptions, align
+from models.transport import (
+    AlignmentError,
+    Domain,
+    SolverOptions,
+    align,
+    align_blocks,
+    solve_blocks,
+    support_components,
+)
 from pipeline import align as align_stage
 from pipeline.align import AlignConfig
 from pipeline.config import ConfigError, from_mapping

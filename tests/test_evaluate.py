@@ -4,13 +4,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import evaluation as ev
-from models.icnn import DualConfig, NeuralAlignConfig
-from models.penalties import CostWeights, Domain, fraction_matrix
-from models.splits import Fold, grouped_kfold
-from models.stacked import DFTSurrogate, StackConfig
-from models.training import EntryTable, ModelConfig, TrainConfig, pretrain_members, reference_per_formula
-from models.transport import SolverOptions
+from models.evaluation import Fold, grouped_kfold
+from models.evaluation import folds as ev
+from models.learners import DFTSurrogate, EntryTable, ModelConfig, StackConfig, TrainConfig, pretrain_members
+from models.properties import reference_per_formula
+from models.transport import (
+    CostWeights,
+    Domain,
+    DualConfig,
+    NeuralAlignConfig,
+    SolverOptions,
+    fraction_matrix,
+)
 
 FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "SiO2", "Al2O3", "TiO2",
             "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "NaF", "KBr", "LiCl", "CaS", "MgS", "ZnSe"]

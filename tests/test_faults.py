@@ -268,13 +268,13 @@ def test_stage_killed_mid_write_leaves_the_previous_output_and_reruns(aligned_ro
 
 
 def test_killed_single_file_write_keeps_the_old_file(tmp_path):
-    """pipeline.io.write_* (used by fetch and featurize): the same guarantee for one file."""
+    """models._io.write_* (used by fetch and featurize): the same guarantee for one file."""
     target = tmp_path / "table.parquet"
     pd.DataFrame({"a": [1, 2, 3]}).to_parquet(target)
     old = target.read_bytes()
     code = (
         "import sys, time\n"
-        "from pipeline.io import write_with\n"
+        "from models import write_with\n"
         "def slow(p):\n"
         "    p.write_bytes(b'PAR1 half a file')\n"
         "    open(sys.argv[2], 'w').write(str(p))\n"
@@ -294,7 +294,7 @@ def test_killed_single_file_write_keeps_the_old_file(tmp_path):
         proc.wait(timeout=30)
     assert target.read_bytes() == old
     assert Path(marker.read_text()).exists()
-    from pipeline.io import write_parquet
+    from models import write_parquet
 
     write_parquet(target, pd.DataFrame({"a": [4]}))
     assert pd.read_parquet(target)["a"].tolist() == [4]
@@ -326,7 +326,7 @@ def test_read_only_output_directory_is_a_message(aligned_root, capsys):
 
 
 def test_predict_output_to_unwritable_path(tmp_path, capsys):
-    from pipeline.io import OutputError, write_csv
+    from models import OutputError, write_csv
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -350,7 +350,7 @@ def test_unreachable_tracking_server_fails_fast_before_training(train_root, caps
 
 
 def test_unusable_tracking_store_is_a_message(tmp_path):
-    from models.tracking import TrackingError, ensure_store
+    from models.serving import TrackingError, ensure_store
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from models.gnn import CompositionEncoder, ModelFileError, MultiFidelityNet, load_model, save_model
-from models.training import EntryTable
+from models.learners import EntryTable
+from models.nets import CompositionEncoder, ModelFileError, MultiFidelityNet, load_model, save_model
 
 
 def _flat(z_rows, w_rows):

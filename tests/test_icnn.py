@@ -11,19 +11,22 @@ import pytest
 import torch
 from scipy.linalg import sqrtm
 
-from models.icnn import (
+from models.transport import (
     ICNN,
+    AlignmentError,
     CalibrationMap,
+    CostWeights,
+    Domain,
     DualConfig,
     MapFileError,
     NeuralAlignConfig,
+    SolverOptions,
+    align,
     fit_calibration_map,
     fit_dual,
     load_map,
     save_map,
 )
-from models.penalties import CostWeights, Domain
-from models.transport import AlignmentError, SolverOptions, align
 
 torch.set_num_threads(1)
 
@@ -252,7 +255,7 @@ def test_align_neural_formulation_calibrates_every_source_entry():
 
 
 def test_align_stage_writes_and_reuses_the_neural_map(tmp_path):
-    from models.icnn import CalibrationMap as Cal
+    from models.transport import CalibrationMap as Cal
     from pipeline import align as stage
     from tests.test_align_stage import _inputs, _params
 
@@ -303,7 +306,8 @@ class _FakeEnsemble:
 
 def test_predictor_calibrates_dft_values_with_the_saved_map(calibration, tmp_path):
     from featurizers.inputs import ParsedInput
-    from models.predictor import ModelNotFoundError, Predictor, _calibration_map
+    from models.serving import ModelNotFoundError, Predictor
+    from models.serving.predictor import _calibration_map
 
     cal, (formulas, desc, dft, meas, _) = calibration
     table = pd.DataFrame(desc, columns=[f"d{i}" for i in range(5)])

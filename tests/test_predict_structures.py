@@ -16,7 +16,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from featurizers.inputs import ParsedInput
-from models.predictor import Predictor
+from models.serving import Predictor
 from pipeline import train as train_stage
 from pipeline.featurize import FeaturizeConfig, featurize
 

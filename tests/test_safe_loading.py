@@ -18,15 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from models.gnn import ModelFileError, load_model
-from models.integrity import (
-    MANIFEST,
-    IntegrityError,
-    load_forest,
-    sha256_file,
-    verify_manifest,
-    write_manifest,
-)
+from models import MANIFEST, IntegrityError, sha256_file, verify_manifest, write_manifest
+from models.learners import load_forest
+from models.nets import ModelFileError, load_model
 from models.serving import EnsemblePredictor
 from tests.tiny_pipeline import tiny_run
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.shift_field import ShiftField
+from models.learners import ShiftField
 
 
 def _world(n: int = 60, seed: int = 0):

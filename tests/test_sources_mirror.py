@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from models import sha256_file
 from pipeline.cli import main
 from pipeline.errors import MatshiftError, SourceChangedError
-from pipeline.sources import get_source, sha256_file
+from pipeline.sources import get_source
 from pipeline.sources.merge import merge_tables
 from pipeline.sources.mirror import ORIGINS, PINS_PATH, MirrorSource, read_matminer_csv
 from pipeline.sources.records import parse_structure

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from featurizers.chemistry import reduced_formula
-from models.splits import (
+from models.evaluation import (
     chemical_family,
     crystal_system_folds,
     family_folds,

@@ -2,8 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.baselines import mae
-from models.stacked import DFTSurrogate, StackConfig, StackedModel
+from models.learners import DFTSurrogate, StackConfig, StackedModel, mae
 
 FAST = StackConfig(surrogate_trees=150, surrogate_leaves=15, surrogate_lr=0.1, trees=300, leaves=7, lr=0.05,
                    min_child_samples=5, n_jobs=1, bags=2,
@@ -123,7 +122,7 @@ def test_spread_over_bags_and_prediction_agree():
     import numpy as np
     import pandas as pd
 
-    from models.stacked import StackConfig, StackedModel
+    from models.learners import StackConfig, StackedModel
 
     rng = np.random.default_rng(0)
     formulas = [f"Na{i}Cl" if i > 1 else "NaCl" for i in range(1, 61)]
@@ -143,7 +142,7 @@ def test_save_and_load_without_pickle_give_the_same_predictions(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from models.stacked import StackConfig, StackedModel, load_stacked, save_stacked
+    from models.learners import StackConfig, StackedModel, load_stacked, save_stacked
 
     rng = np.random.default_rng(1)
     formulas = [f"Na{i}Cl" if i > 1 else "NaCl" for i in range(1, 61)]
@@ -170,8 +169,7 @@ def test_save_and_load_without_pickle_give_the_same_predictions(tmp_path):
 
 
 def test_shift_field_adds_two_ot_columns_and_survives_save_load(tmp_path):
-    from models.shift_field import ShiftField
-    from models.stacked import load_stacked, save_stacked
+    from models.learners import ShiftField, load_stacked, save_stacked
 
     rng = np.random.default_rng(2)
     formulas = [f"Na{i}Cl" if i > 1 else "NaCl" for i in range(1, 81)]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.training import (
+from models.learners import (
     EntryTable,
     ModelConfig,
     TrainConfig,
@@ -164,7 +164,7 @@ def test_entries_with_crystal_graphs_use_the_crystal_encoder():
 
 
 def test_pretraining_uses_dft_rows_only():
-    from models.training import pretrain_members
+    from models.learners import pretrain_members
 
     table = _synthetic()
     cfg = TrainConfig(epochs=1, model=SMALL)
@@ -176,7 +176,7 @@ def test_pretraining_uses_dft_rows_only():
 
 
 def test_reference_per_formula_prefers_lowest_energy_polymorph():
-    from models.training import reference_per_formula
+    from models.properties import reference_per_formula
 
     frame = pd.DataFrame({"formula": ["TiO2", "TiO2", "ZnO", "ZnO"], "dft_value": [1.8, 2.1, 0.7, 0.9],
                           "e_above_hull": [0.05, 0.0, np.nan, np.nan]})
@@ -185,7 +185,7 @@ def test_reference_per_formula_prefers_lowest_energy_polymorph():
 
 
 def test_freeze_encoder_trains_heads_only():
-    from models.training import pretrain_members
+    from models.learners import pretrain_members
 
     table = _synthetic()
     cfg = TrainConfig(epochs=3, batch_size=16, dft_batch_size=16, model=SMALL, freeze_encoder=True)

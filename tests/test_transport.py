@@ -8,9 +8,18 @@ import numpy as np
 import ot
 import pytest
 
-from models.penalties import CostWeights, Domain, fraction_matrix
-from models.sinkhorn import dense_support, sparse_sinkhorn, unbalanced_objective
-from models.transport import FORMULATIONS, AlignmentError, SolverOptions, align
+from models.transport import (
+    FORMULATIONS,
+    AlignmentError,
+    CostWeights,
+    Domain,
+    SolverOptions,
+    align,
+    dense_support,
+    fraction_matrix,
+    sparse_sinkhorn,
+    unbalanced_objective,
+)
 
 
 def _cloud(rng, n, m, d=4, shift=0.3):

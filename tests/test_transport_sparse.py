@@ -6,8 +6,11 @@ import numpy as np
 import ot
 import pytest
 
-from models.penalties import CostWeights, Domain
-from models.sinkhorn import (
+from models.transport import (
+    CostWeights,
+    Domain,
+    SolverOptions,
+    align,
     block_support,
     dense_support,
     ivf_support,
@@ -16,7 +19,6 @@ from models.sinkhorn import (
     sparse_sinkhorn,
     truncation_bound,
 )
-from models.transport import SolverOptions, align
 
 
 def _clusters(n, m, k=6, d=8, seed=0):
@@ -102,7 +104,7 @@ def test_radius_support_keeps_pairs_near_row_or_column_minimum():
 
 @pytest.mark.parametrize(("width", "block_entries"), [(2.0, 400), (0.0, 1 << 19), (25.0, 50)])
 def test_radius_pairs_equal_brute_force_with_exact_distances(width, block_entries):
-    from models.pairsearch import radius_pairs
+    from models.transport import radius_pairs
 
     x, y = _clusters(300, 70, seed=12)
     D = ot.dist(x, y)  # float64 brute force
@@ -121,7 +123,7 @@ def test_radius_pairs_equal_brute_force_with_exact_distances(width, block_entrie
 
 
 def test_radius_pairs_keeps_a_far_target_through_its_column_minimum():
-    from models.pairsearch import radius_pairs
+    from models.transport import radius_pairs
 
     x = np.array([[0.0], [1.0], [2.0]])
     y = np.array([[0.1], [10.0]])  # target 1 is far from every source: only its column rule keeps it
@@ -132,7 +134,7 @@ def test_radius_pairs_keeps_a_far_target_through_its_column_minimum():
 
 
 def test_radius_pairs_rejects_bad_input():
-    from models.pairsearch import radius_pairs
+    from models.transport import radius_pairs
 
     x, y = np.zeros((3, 2)), np.zeros((4, 3))
     with pytest.raises(ValueError, match="same number of columns"):
@@ -146,7 +148,7 @@ def test_radius_pairs_rejects_bad_input():
 
 
 def test_auto_overrelaxation_reaches_the_same_optimum_in_fewer_iterations():
-    from models.pairsearch import radius_pairs
+    from models.transport import radius_pairs
 
     x, y = _clusters(800, 200, k=8, d=6, seed=13)
     scale = float(ot.dist(x, y).mean())
@@ -167,7 +169,7 @@ def test_auto_overrelaxation_reaches_the_same_optimum_in_fewer_iterations():
 
 @pytest.mark.parametrize(("clustered", "width"), [(True, 4.0), (False, 1.0)])
 def test_cell_pruned_search_finds_exactly_the_full_scan_pairs(clustered, width):
-    from models.pairsearch import radius_pairs, radius_pairs_pruned
+    from models.transport import radius_pairs, radius_pairs_pruned
 
     if clustered:
         x, y = _clusters(1500, 300, k=12, d=5, seed=14)

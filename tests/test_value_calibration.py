@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.penalties import CostWeights, Domain, fit_value_calibration
-from models.transport import SolverOptions, align
+from models.transport import CostWeights, Domain, SolverOptions, align, fit_value_calibration
 
 
 def _pairs(n_formulas: int, seed: int, *, slope: float = 1.5, intercept: float = 0.5, noise: float = 0.05):

@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from models import sha256_bytes
 from pipeline.errors import MatshiftError
-from pipeline.sources import DftRow, ExpRow, Source, SourceTable, sha256_bytes
+from pipeline.sources.base import DftRow, ExpRow, Source, SourceTable
 from pipeline.sources.records import truncate
 
 #: matminer dataset -> (kind, {column: contract label}), in merge order.

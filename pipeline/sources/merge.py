@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.sources import DftRow, SourceTable
+from pipeline.sources.base import DftRow, SourceTable
 from pipeline.sources.records import (
     DFT_LABELS,
     ParsedStructure,

@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from models import sha256_file, write_json
 from pipeline.errors import MatshiftError, SourceChangedError
-from pipeline.io import write_json
-from pipeline.sources import DftRow, ExpRow, Source, SourceTable, sha256_file
+from pipeline.sources.base import DftRow, ExpRow, Source, SourceTable
 from pipeline.sources.records import Rejection, truncate
 
 PINS_PATH = Path(__file__).with_name("mirror_sha256.json")

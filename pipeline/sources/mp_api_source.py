@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from models import sha256_bytes
 from pipeline.errors import MatshiftError
-from pipeline.sources import DftRow, Source, SourceTable, sha256_bytes
+from pipeline.sources.base import DftRow, Source, SourceTable
 from pipeline.sources.records import truncate
 
 FIELDS = ["material_id", "formula_pretty", "structure", "band_gap", "formation_energy_per_atom", "energy_above_hull"]

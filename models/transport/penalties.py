@@ -319,7 +319,7 @@ def fit_value_calibration(
     measurements). Fewer than ``min_pairs`` pairs, or DFT values without spread, give the
     identity map.
     """
-    from models.sinkhorn import block_support
+    from models.transport.support import block_support
 
     r, c = block_support(np.asarray(source.formulas), np.asarray(target.formulas))
     if r.size < min_pairs:
@@ -346,3 +346,21 @@ def fit_value_calibration(
         w = base * np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-300))
     return ValueCalibration(slope=float(coef[1]), intercept=float(coef[0]), n_pairs=int(r.size),
                             n_measurements=int(np.unique(c).size), residual_scale=scale)
+
+
+__all__ = [
+    "IDENTITY_CALIBRATION",
+    "VALUE_CALIBRATIONS",
+    "CostWeights",
+    "Domain",
+    "ElementCorrections",
+    "Standardised",
+    "ValueCalibration",
+    "fit_element_corrections",
+    "fit_value_calibration",
+    "fraction_l1",
+    "fraction_matrix",
+    "joint_embedding",
+    "pair_costs",
+    "standardise",
+]

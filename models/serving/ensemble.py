@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from featurizers.chemistry import reduced_formula
-from models.integrity import verify_manifest
+from models._io import verify_manifest
 
 __all__ = ["EnsemblePredictor"]
 
@@ -52,7 +52,7 @@ class EnsemblePredictor:
         stacked = self.meta.get("stacked")
         self.stacked, self.blend_weight = None, 0.0
         if stacked:
-            from models.stacked import load_stacked
+            from models.learners import load_stacked
 
             self.stacked = load_stacked(directory / stacked["dir"])
             self.blend_weight = float(stacked["blend_weight"])
@@ -82,7 +82,7 @@ class EnsemblePredictor:
     def models(self) -> list:
         """The GNN ensemble members (loaded, with torch, on first use)."""
         if self._models is None:
-            from models.gnn import load_model
+            from models.nets import load_model
 
             self._models = [load_model(self.directory / m)[0] for m in self.meta["members"]]
         return self._models
@@ -115,7 +115,7 @@ class EnsemblePredictor:
         if self.gnn_weight == 0:  # the stacked model alone: no GNN, no torch
             value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
             return pd.DataFrame({"prediction": value, "uncertainty": spread})
-        from models.training import EntryTable, predict_ensemble
+        from models.learners import EntryTable, predict_ensemble
 
         rows = pd.DataFrame({"formula": formulas, "value": np.nan})
         by_id = None

@@ -150,6 +150,36 @@ def radius_pairs(
 
 
 
+def kmeans_cells(points, n_cells: int, iters: int, seed: int, sample: int = 16384, chunk: int = 16384):
+    """Lloyd k-means in torch (float32) fitted on a sample; returns centroids and all labels.
+
+    Fitting on at most ``sample`` points and assigning in chunks keeps time and memory
+    linear in the number of points.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    n = points.shape[0]
+    fit = points[torch.randperm(n, generator=gen)[: max(sample, n_cells)]]
+    cent = fit[torch.randperm(fit.shape[0], generator=gen)[:n_cells]].clone()
+
+    def assign(p):
+        labels = []
+        c2 = (cent * cent).sum(1)[None, :]
+        for s in range(0, p.shape[0], chunk):
+            q = p[s : s + chunk]
+            labels.append(((q * q).sum(1, keepdim=True) + c2 - 2.0 * q @ cent.T).argmin(1))
+        return torch.cat(labels)
+
+    for _ in range(iters):
+        lab = assign(fit)
+        sums = torch.zeros_like(cent).index_add_(0, lab, fit)
+        cnt = torch.bincount(lab, minlength=cent.shape[0]).to(fit.dtype)
+        nonempty = cnt > 0
+        cent[nonempty] = sums[nonempty] / cnt[nonempty, None]
+    return cent, assign(points)
+
+
 def _cells(points: np.ndarray, cell_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k-means cells of ``points``: labels, float64 centroids of the actual members, radii.
 
@@ -158,11 +188,9 @@ def _cells(points: np.ndarray, cell_size: int, seed: int) -> tuple[np.ndarray, n
     """
     import torch
 
-    from models.sinkhorn import _kmeans
-
     n = points.shape[0]
     k = max(1, n // max(cell_size, 1))
-    _, lab = _kmeans(torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), k, iters=8, seed=seed)
+    _, lab = kmeans_cells(torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), k, iters=8, seed=seed)
     lab = lab.numpy().astype(np.int64)
     _, lab = np.unique(lab, return_inverse=True)  # drop empty cells
     k = int(lab.max()) + 1
@@ -302,4 +330,4 @@ def _pruned(x: np.ndarray, y: np.ndarray, width: float, cell_size: int, seed: in
     order = np.argsort(key, kind="stable")
     return PairSearch(rows=r[order], cols=cc[order], sqdist=v[order], row_min=row_min, col_min=col_min,
                       width=float(width))
-__all__ = ["PairSearch", "radius_pairs", "radius_pairs_pruned"]
+__all__ = ["PairSearch", "kmeans_cells", "radius_pairs", "radius_pairs_pruned"]

@@ -38,18 +38,11 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from models.penalties import CostWeights, Domain
-from models.sinkhorn import unbalanced_objective
-from models.transport import (
-    AlignmentError,
-    AlignmentResult,
-    Problem,
-    Solution,
-    SolverOptions,
-    _lookup_costs,
-    align,
-    resolve,
-)
+from models.transport.alignment import AlignmentResult, align
+from models.transport.formulations import _lookup_costs, resolve
+from models.transport.penalties import CostWeights, Domain
+from models.transport.problem import AlignmentError, Problem, Solution, SolverOptions
+from models.transport.sinkhorn import unbalanced_objective
 
 SPLIT_METHODS: tuple[str, ...] = ("unbalanced",)
 

@@ -19,22 +19,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.baselines import DescriptorForest, LinearCalibration, RawDFT, mae
-from models.gnn import save_model
-from models.integrity import save_forest, write_manifest
-from models.stacked import StackConfig, StackedModel, save_stacked
-from models.training import (
+from models._io import write_manifest
+from models.learners.baselines import DescriptorForest, LinearCalibration, RawDFT, mae, save_forest
+from models.learners.config import TrainConfig
+from models.learners.stacked import StackConfig, StackedModel, save_stacked
+from models.learners.table import EntryTable, grouped_split
+from models.learners.training import (
     DataParallelHook,
-    EntryTable,
-    TrainConfig,
     TrainResult,
     determine_device,
-    grouped_split,
     predict_ensemble,
     pretrain_members,
-    reference_per_formula,
     train_model,
 )
+from models.nets import save_model
+from models.properties import reference_per_formula
 
 __all__ = ["FitResult", "fit_property", "write_outputs"]
 
@@ -148,7 +147,7 @@ def fit_property(
         selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
         scored.append("stacked")
         if ot_features and {"calibrated_target", "confidence"} <= set(dft.columns):
-            from models.shift_field import ShiftField
+            from models.learners.shift_field import ShiftField
 
             try:
                 field = ShiftField.fit(dft["formula"].to_numpy(str), dft["dft_value"].to_numpy(float),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow.pyfunc
 import pandas as pd
 
-from models.serving import EnsemblePredictor
+from models.serving.ensemble import EnsemblePredictor
 
 __all__ = ["MatshiftPyfunc"]
 

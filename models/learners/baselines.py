@@ -5,22 +5,34 @@ r"""Baselines every matshift model is compared against, on the same rows and fol
   that have a DFT value; rows without one get the training mean.
 * :class:`DescriptorForest`: composition-only random forest (scikit-learn) on descriptor
   columns (e.g. Magpie) of a frame keyed by formula.
-* The GNN without OT terms is :class:`models.training.TrainConfig` with ``use_ot=False``.
+* The GNN without OT terms is :class:`models.learners.TrainConfig` with ``use_ot=False``.
 
 All follow the scikit-learn shape: options in ``__init__``, ``fit`` returns ``self``, fitted
 state ends in ``_``. Rows without a DFT value are predicted with a fallback that is
 explicit (``fallback_`` = training mean), never a silent NaN.
+
+The descriptor random forest is not pickled (:func:`save_forest` / :func:`load_forest`): its
+scikit-learn estimator is written with ``skops.io`` (a format that can only rebuild an
+allow-list of types and never executes code from the file) and its wrapper settings as JSON.
+The only type loaded beyond skops' default allow-list is scikit-learn's tree node storage,
+which cannot run code but indexes without bounds checks, so it is loaded only after the
+file's hash matched the model directory's manifest (:func:`models._io.verify_manifest`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 
-__all__ = ["DescriptorForest", "LinearCalibration", "RawDFT", "mae"]
+from models._io import MANIFEST, IntegrityError, sha256_file, verify_manifest, write_json, write_with
+
+__all__ = ["DescriptorForest", "LinearCalibration", "RawDFT", "load_forest", "mae", "save_forest"]
 
 
 def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -110,3 +122,56 @@ class DescriptorForest:
 
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
         return self.forest_.predict(self._matrix(descriptors[["formula", *self.columns_]], formulas))
+
+
+# ----------------------------------------------------------------------------- storage (no pickle)
+
+
+FOREST_ESTIMATOR = "rf_descriptors.skops"
+FOREST_META = "rf_descriptors.json"
+# reviewed: sklearn's Tree holds node arrays only (no code); trusted once the hash matched
+_FOREST_TRUSTED = ["sklearn.tree._tree.Tree"]
+
+
+def save_forest(forest, directory: Path | str) -> None:
+    """Write a fitted :class:`DescriptorForest` as skops + JSON (no pickle)."""
+    import skops.io as sio
+
+    directory = Path(directory)
+    settings: dict[str, Any] = {
+        "class": "DescriptorForest",
+        "columns": list(forest.columns_),
+        "options": {"n_estimators": forest.n_estimators, "min_samples_leaf": forest.min_samples_leaf,
+                    "max_features": forest.max_features, "n_jobs": forest.n_jobs, "seed": forest.seed},
+    }
+    write_with(directory / FOREST_ESTIMATOR, lambda p: sio.dump(forest.forest_, p))
+    write_json(directory / FOREST_META, settings)
+
+
+def load_forest(directory: Path | str, *, digests: dict[str, str] | None = None):
+    """Rebuild the descriptor forest saved by :func:`save_forest`, checking its hashes first.
+
+    ``digests`` is the result of :func:`verify_manifest` when the caller verified the
+    directory already; otherwise the manifest is verified here.
+    """
+    import skops.io as sio  # skops only when a stored forest is read or written
+
+    directory = Path(directory)
+    digests = verify_manifest(directory) if digests is None else digests
+    for name in (FOREST_ESTIMATOR, FOREST_META):
+        if name not in digests:
+            raise IntegrityError(f"{directory / name} is not listed in {MANIFEST}; refusing to load it")
+        if sha256_file(directory / name) != digests[name]:
+            raise IntegrityError(f"model file {directory / name} does not match the sha256 recorded in {MANIFEST}")
+    settings = json.loads((directory / FOREST_META).read_text(encoding="utf-8"))
+    try:
+        estimator = sio.load(directory / FOREST_ESTIMATOR, trusted=_FOREST_TRUSTED)
+    except Exception as exc:  # skops raises many types for a bad file (re-raised, chained)
+        raise IntegrityError(f"cannot load {directory / FOREST_ESTIMATOR}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(estimator, RandomForestRegressor):
+        raise IntegrityError(f"{directory / FOREST_ESTIMATOR} holds a {type(estimator).__name__}, "
+                             "not a RandomForestRegressor")
+    forest = DescriptorForest(**settings["options"])
+    forest.columns_ = list(settings["columns"])
+    forest.forest_ = estimator
+    return forest

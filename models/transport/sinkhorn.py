@@ -47,8 +47,8 @@ import numpy as np
 import scipy.sparse as sp
 
 _ABSORB_AT = 30.0
-_AUTO_GATE = 0.05  # omega='auto': largest log-scaling change at which the rate is read
 
+_AUTO_GATE = 0.05  # omega='auto': largest log-scaling change at which the rate is read
 
 @dataclass(frozen=True)
 class SparseSinkhornResult:
@@ -76,7 +76,6 @@ class SparseSinkhornResult:
 
     def to_coo(self, shape: tuple[int, int]) -> sp.coo_matrix:
         return sp.coo_matrix((self.plan, (self.rows, self.cols)), shape=shape)
-
 
 def unbalanced_objective(
     plan: np.ndarray,
@@ -106,11 +105,9 @@ def unbalanced_objective(
         value += reg_m * (_gkl(r, a) + _gkl(c, b))
     return value
 
-
 def _gkl(p: np.ndarray, q: np.ndarray) -> float:
     pos = p > 0
     return float(np.sum(p[pos] * np.log(p[pos] / q[pos])) - p.sum() + q.sum())
-
 
 def sparse_sinkhorn(
     a: np.ndarray,
@@ -322,7 +319,6 @@ def sparse_sinkhorn(
         omega=float(om),
     )
 
-
 def _young_omega(errs: list[float]) -> float | None:
     """Optimal over-relaxation from the errors of plain iterations, or None if not estimable.
 
@@ -335,14 +331,12 @@ def _young_omega(errs: list[float]) -> float | None:
     theta = min((tail[-1] / tail[0]) ** (1.0 / (len(tail) - 1)), 0.9975)
     return min(2.0 / (1.0 + math.sqrt(1.0 - theta)), 1.95)
 
-
 def _components(rows: np.ndarray, cols: np.ndarray, n: int, m: int) -> np.ndarray:
     """Connected-component label of every source (first n) and target (last m) point."""
     from scipy.sparse.csgraph import connected_components
 
     graph = sp.coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols + n)), shape=(n + m, n + m))
     return connected_components(graph, directed=False)[1]
-
 
 def _ti_shift(f, g, log_a, log_b, row_has, col_has, comp, rho) -> tuple[np.ndarray, np.ndarray]:
     """Dual-optimal translation per connected block of the support (closed form).
@@ -361,7 +355,6 @@ def _ti_shift(f, g, log_a, log_b, row_has, col_has, comp, rho) -> tuple[np.ndarr
     t[~np.isfinite(t)] = 0.0
     return np.where(row_has, t[cs], 0.0), np.where(col_has, t[ct], 0.0)
 
-
 def _group_lse(x: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
     mx = np.full(k, -np.inf)
     np.maximum.at(mx, group, x)
@@ -369,227 +362,9 @@ def _group_lse(x: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return safe + np.log(np.bincount(group, weights=np.exp(x - safe[group]), minlength=k))
 
-
 def _lse(x: np.ndarray) -> float:
     mx = float(np.max(x))
     return mx + math.log(float(np.sum(np.exp(x - mx))))
-
-
-def dense_support(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs of an n x m problem, row-major."""
-    rows = np.repeat(np.arange(n, dtype=np.int64), m)
-    cols = np.tile(np.arange(m, dtype=np.int64), n)
-    return rows, cols
-
-
-def block_support(source_groups: np.ndarray, target_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j) with equal group labels (e.g. reduced formulas): the hard-block support."""
-    source_groups = np.asarray(source_groups)
-    target_groups = np.asarray(target_groups)
-    labels, s_code = np.unique(source_groups, return_inverse=True)
-    if labels.size == 0 or target_groups.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    t_pos = np.clip(np.searchsorted(labels, target_groups), 0, labels.size - 1)
-    t_code = np.where(labels[t_pos] == target_groups, t_pos, -1)
-    t_order = np.argsort(t_code, kind="stable")
-    t_sorted = t_code[t_order]
-    starts = np.searchsorted(t_sorted, np.arange(labels.size), side="left")
-    ends = np.searchsorted(t_sorted, np.arange(labels.size), side="right")
-    s_counts = (ends - starts)[s_code]
-    rows_out = np.repeat(np.arange(source_groups.size, dtype=np.int64), s_counts)
-    # source i pairs with t_order[starts[code_i] : ends[code_i]]
-    offsets = np.repeat(starts[s_code], s_counts) + _ragged_arange(s_counts)
-    cols_out = t_order[offsets].astype(np.int64)
-    return rows_out, cols_out
-
-
-def _ragged_arange(counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(c) for c in counts."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(counts)
-    idx = np.arange(total, dtype=np.int64)
-    return idx - np.repeat(ends - counts, counts)
-
-
-def knn_support(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    k_source: int,
-    k_target: int,
-    chunk: int = 4096,
-    threads: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Union of the k nearest targets of every source and the k nearest sources of every target.
-
-    Returns ``rows, cols, kth`` where ``kth`` (n,) is each source's squared distance to its
-    ``k_source``-th nearest target (used for the truncation bound). Brute force in chunks with
-    torch (float32 distances for the search only; callers recompute float64 costs on the pairs).
-    """
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-    n, m = xt.shape[0], yt.shape[0]
-    r1, c1, kth = _brute_knn(xt, yt, min(k_source, m), chunk)
-    c2, r2, _ = _brute_knn(yt, xt, min(k_target, n), chunk)  # contiguous rows: faster than topk on d.T
-    key = np.unique(np.concatenate([r1, r2]) * m + np.concatenate([c1, c2]))
-    return key // m, key % m, kth
-
-
-def _brute_knn(q, base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    import torch
-
-    b2 = (base * base).sum(1)
-    rows, cols, kth = [], [], np.empty(q.shape[0])
-    for s in range(0, q.shape[0], chunk):
-        qc = q[s : s + chunk]
-        d = (qc * qc).sum(1)[:, None] + b2[None, :] - 2.0 * (qc @ base.T)
-        vals, idx = torch.topk(d, k, dim=1, largest=False)
-        rows.append(np.repeat(np.arange(s, s + qc.shape[0], dtype=np.int64), k))
-        cols.append(idx.reshape(-1).numpy().astype(np.int64))
-        kth[s : s + qc.shape[0]] = vals[:, -1].clamp_min(0).numpy()
-    return np.concatenate(rows), np.concatenate(cols), kth
-
-
-def radius_support(
-    x: np.ndarray, y: np.ndarray, *, width: float, chunk: int = 4096
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs within ``width`` of their row's or their column's nearest squared distance.
-
-    Keeps ``(i, j)`` when ``|x_i - y_j|^2 <= min_j' |x_i - y_j'|^2 + width`` or the same with
-    the column minimum: with ``width = tau * eps`` (in squared-distance units) these are the
-    pairs whose kernel is within ``e^-tau`` of the best one of their row or column — the
-    entries that are non-negligible at that eps. Returns ``rows, cols, floor`` with
-    ``floor[i] = rowmin_i + width``, a lower bound of every excluded pair's squared distance
-    in row i (for :func:`truncation_bound`). A thin wrapper of
-    :func:`models.pairsearch.radius_pairs` (exact, float64, one pass), which also returns the
-    distances of the pairs; at most ``chunk`` rows per distance block.
-    """
-    from models.pairsearch import radius_pairs
-
-    found = radius_pairs(x, y, width=width, block_entries=min(max(1, chunk) * max(1, np.shape(y)[0]), 1 << 19))
-    return found.rows, found.cols, found.floor
-
-
-def _kmeans(points, n_cells: int, iters: int, seed: int, sample: int = 16384, chunk: int = 16384):
-    """Lloyd k-means in torch (float32) fitted on a sample; returns centroids and all labels.
-
-    Fitting on at most ``sample`` points and assigning in chunks keeps time and memory
-    linear in the number of points.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    n = points.shape[0]
-    fit = points[torch.randperm(n, generator=gen)[: max(sample, n_cells)]]
-    cent = fit[torch.randperm(fit.shape[0], generator=gen)[:n_cells]].clone()
-
-    def assign(p):
-        labels = []
-        c2 = (cent * cent).sum(1)[None, :]
-        for s in range(0, p.shape[0], chunk):
-            q = p[s : s + chunk]
-            labels.append(((q * q).sum(1, keepdim=True) + c2 - 2.0 * q @ cent.T).argmin(1))
-        return torch.cat(labels)
-
-    for _ in range(iters):
-        lab = assign(fit)
-        sums = torch.zeros_like(cent).index_add_(0, lab, fit)
-        cnt = torch.bincount(lab, minlength=cent.shape[0]).to(fit.dtype)
-        nonempty = cnt > 0
-        cent[nonempty] = sums[nonempty] / cnt[nonempty, None]
-    return cent, assign(points)
-
-
-def _cell_knn(queries, base, k: int, cell_size: int, n_probe: int, seed: int):
-    """Approximate k nearest ``base`` points of every query (inverted-file search).
-
-    ``base`` is split into k-means cells of about ``cell_size`` points; every query scans
-    the ``n_probe`` cells with the nearest centroids and keeps its k nearest candidates there.
-    Returns (query index, base index, squared distance) triples and each query's k-th distance.
-    """
-    import torch
-
-    nb = base.shape[0]
-    n_cells = max(1, min(nb, nb // max(cell_size, 1)))
-    cent, lab = _kmeans(base, n_cells, iters=8, seed=seed)
-    probe = min(n_probe, n_cells)
-    q2 = (queries * queries).sum(1)
-    dq = q2[:, None] + (cent * cent).sum(1)[None, :] - 2.0 * queries @ cent.T
-    near = torch.topk(dq, probe, dim=1, largest=False).indices  # (nq, probe)
-    order = torch.argsort(lab)
-    counts = torch.bincount(lab, minlength=n_cells)
-    starts = torch.cumsum(counts, 0) - counts
-    b2 = (base * base).sum(1)
-    # group (query, probed cell) pairs by cell
-    q_idx = torch.arange(queries.shape[0]).repeat_interleave(probe)
-    c_idx = near.reshape(-1)
-    perm = torch.argsort(c_idx)
-    q_idx, c_idx = q_idx[perm], c_idx[perm]
-    c_counts = torch.bincount(c_idx, minlength=n_cells)
-    c_starts = torch.cumsum(c_counts, 0) - c_counts
-    cand_q, cand_b, cand_d = [], [], []
-    for c in range(n_cells):
-        if c_counts[c] == 0 or counts[c] == 0:
-            continue
-        qs = q_idx[c_starts[c] : c_starts[c] + c_counts[c]]
-        bs = order[starts[c] : starts[c] + counts[c]]
-        d = q2[qs, None] + b2[None, bs] - 2.0 * queries[qs] @ base[bs].T
-        kk = min(k, bs.numel())
-        v, i = torch.topk(d, kk, dim=1, largest=False)
-        cand_q.append(qs.repeat_interleave(kk))
-        cand_b.append(bs[i.reshape(-1)])
-        cand_d.append(v.reshape(-1))
-    cq = torch.cat(cand_q)
-    cb = torch.cat(cand_b)
-    cd = torch.cat(cand_d).clamp_min(0)
-    # per query: keep the k best over its probed cells (sort by query, then distance)
-    key = torch.argsort(cd)
-    cq, cb, cd = cq[key], cb[key], cd[key]
-    key = torch.argsort(cq, stable=True)
-    cq, cb, cd = cq[key], cb[key], cd[key]
-    qc = torch.bincount(cq, minlength=queries.shape[0])
-    qstart = torch.cumsum(qc, 0) - qc
-    rank = torch.arange(cq.numel()) - qstart[cq]
-    keep = rank < k
-    kth = torch.zeros(queries.shape[0])
-    last = torch.minimum(qc, torch.full_like(qc, k)) - 1
-    has = qc > 0
-    kth[has] = cd[(qstart + last)[has]]
-    return cq[keep].numpy(), cb[keep].numpy(), kth.numpy().astype(np.float64)
-
-
-def ivf_support(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    k_source: int,
-    k_target: int,
-    cell_size: int = 128,
-    n_probe: int = 4,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Approximate :func:`knn_support` for large problems (inverted-file cell search).
-
-    Same outputs as :func:`knn_support`; the k-th distances are over the probed cells, so
-    they are upper bounds of the true ones and :func:`truncation_bound` becomes approximate.
-    Cost ~ (n + m) * n_probe * cell_size distance evaluations instead of n * m.
-    """
-    import torch
-
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-    r1, c1, kth = _cell_knn(xt, yt, k_source, cell_size, n_probe, seed)
-    c2, r2, _ = _cell_knn(yt, xt, k_target, cell_size, n_probe, seed + 1)
-    m = y.shape[0]
-    key = np.unique(np.concatenate([r1, r2]).astype(np.int64) * m + np.concatenate([c1, c2]).astype(np.int64))
-    return key // m, key % m, kth
-
 
 def truncation_bound(
     res: SparseSinkhornResult, a: np.ndarray, b: np.ndarray, kth_cost: np.ndarray, reg: float
@@ -609,3 +384,6 @@ def truncation_bound(
     log_rows = np.log(a[ok]) + (res.f[ok] - kth_cost[ok]) / reg + log_gsum
     total = float(res.plan.sum())
     return float(math.exp(_lse(log_rows)) / total) if total > 0 else 0.0
+
+
+__all__ = ["SparseSinkhornResult", "sparse_sinkhorn", "truncation_bound", "unbalanced_objective"]

@@ -51,13 +51,19 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from models.baselines import DescriptorForest, LinearCalibration, RawDFT
-from models.penalties import CostWeights, Domain
-from models.predictor import ApplicabilityDomain
-from models.shift_field import ShiftField
-from models.splits import Fold
-from models.training import EntryTable, TrainConfig, predict_ensemble, train_model
-from models.transport import SolverOptions, align
+from models.evaluation.splits import Fold
+from models.learners import (
+    ApplicabilityDomain,
+    DescriptorForest,
+    EntryTable,
+    LinearCalibration,
+    RawDFT,
+    ShiftField,
+    TrainConfig,
+    predict_ensemble,
+    train_model,
+)
+from models.transport import CostWeights, Domain, SolverOptions, align
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +71,14 @@ __all__ = [
     "BASELINES",
     "CALIBRATIONS",
     "GNN_VARIANTS",
+    "NON_OT_MODELS",
     "OT_MODELS",
     "STACKED_MODELS",
     "AlignSettings",
     "EvaluationResult",
     "GnnVariant",
     "StackInputs",
+    "calibrated_targets",
     "evaluate_folds",
     "regression_metrics",
     "shift_distance",
@@ -334,7 +342,7 @@ def evaluate_folds(
         out["calib_ot_knn"] = np.nan
         out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(descriptors, formulas[te][covered])
         if neural is not None and covered.any():
-            from models.icnn import fit_calibration_map
+            from models.transport import fit_calibration_map
 
             t_nn = time.perf_counter()
             cal_map = fit_calibration_map(
@@ -344,7 +352,7 @@ def evaluate_folds(
             out.loc[covered, "calib_neural"] = cal_map.calibrate(d_te[covered], target.features[te][covered])[0]
             info["neural_seconds"] = time.perf_counter() - t_nn
         if stacked_models:
-            from models.stacked import StackedModel
+            from models.learners import StackedModel
 
             for name in stacked_models:
                 t_st = time.perf_counter()

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import CGConv, global_mean_pool
 from torch_geometric.utils import to_dense_batch
 
-from pipeline.io import write_text, write_with
+from models._io import write_text, write_with
 
 __all__ = [
     "MODEL_FORMAT_VERSION",

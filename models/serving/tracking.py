@@ -16,9 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
+from models.serving.ensemble import EnsemblePredictor
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TrackingError", "ensure_store", "log_run"]
+
+# the checkout (or site-packages) that holds the models/ and featurizers/ packages
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TrackingError(RuntimeError):
@@ -80,10 +85,6 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
     import mlflow
     from mlflow.models import infer_signature
 
-    import featurizers
-    import models
-    import pipeline
-    from models.serving import EnsemblePredictor
 
     ensure_store(tracking_uri)
     mlflow.set_experiment(experiment)
@@ -102,11 +103,13 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
         predictor = EnsemblePredictor(model_dir)
         signature = infer_signature(example, predictor.predict(example))
         mlflow.pyfunc.log_model(
-            # model from code: MLflow stores models/pyfunc_code.py, not a pickled object
-            name="model", python_model=str(Path(models.__file__).parent / "pyfunc_code.py"), artifacts={"model_dir": str(model_dir)},
+            # model from code: MLflow stores models/serving/pyfunc_code.py, not a pickled object
+            name="model", python_model=str(Path(__file__).with_name("pyfunc_code.py")),
+            artifacts={"model_dir": str(model_dir)},
             signature=signature, input_example=example, registered_model_name=registered_name,
             # ship the project's packages with the model so it loads outside this checkout
-            code_paths=[str(Path(p).parent) for p in (models.__file__, featurizers.__file__, pipeline.__file__)],
+            # (models/ and featurizers/: serving needs nothing of pipeline/)
+            code_paths=[str(_PACKAGE_ROOT / name) for name in ("models", "featurizers")],
         )
         log.info("MLflow run %s logged to %s%s", run.info.run_id, tracking_uri,
                  f", registered as {registered_name}" if registered_name else "")

@@ -7,6 +7,6 @@ the registered model unpickles nothing; the ensemble files it wraps are read by
 
 from mlflow.models import set_model
 
-from models.pyfunc import MatshiftPyfunc
+from models.serving.pyfunc import MatshiftPyfunc
 
 set_model(MatshiftPyfunc())

@@ -26,42 +26,20 @@ import copy
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
-import pandas as pd
 import torch
-from pymatgen.core import Element
 from torch import Tensor
-from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
-from featurizers.chemistry import element_fractions
-from models.gnn import MultiFidelityNet
-from pipeline.io import write_with
-
-__all__ = [
-    "EnsembleResult",
-    "EntryTable",
-    "ModelConfig",
-    "Prediction",
-    "TrainConfig",
-    "TrainResult",
-    "determine_device",
-    "encode_compositions",
-    "grouped_split",
-    "predict",
-    "predict_ensemble",
-    "pretrain_members",
-    "reference_per_formula",
-    "seed_everything",
-    "train_ensemble",
-    "train_model",
-    "unbalanced_sinkhorn",
-    "uot_embedding_loss",
-]
+from models._io import write_with
+from models.learners.config import TrainConfig
+from models.learners.losses import uot_embedding_loss
+from models.learners.table import EntryTable, grouped_split
+from models.nets import MultiFidelityNet
 
 
 class DataParallelHook(Protocol):
@@ -71,302 +49,17 @@ class DataParallelHook(Protocol):
 
     def sync_gradients(self, model: torch.nn.Module) -> None: ...
 
-
 def determine_device(preferred: str = "auto") -> torch.device:
     """Choose the device once, at the entry point: ``"auto"`` takes CUDA when present, else CPU."""
     if preferred == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(preferred)
 
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) generators."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def encode_compositions(formulas: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Encode formulas as padded element arrays: atomic numbers ``Z`` [N, M] (0 = padding) and fractions ``W`` [N, M]."""
-    cache: dict[str, list[tuple[int, float]]] = {}
-    rows = []
-    for f in formulas:
-        if f not in cache:
-            fr = element_fractions(f)
-            cache[f] = sorted((Element(el).Z, x) for el, x in fr.items())
-        rows.append(cache[f])
-    m = max((len(r) for r in rows), default=1)
-    z = np.zeros((len(rows), m), dtype=np.int64)
-    w = np.zeros((len(rows), m), dtype=np.float32)
-    for i, r in enumerate(rows):
-        for j, (zz, ww) in enumerate(r):
-            z[i, j], w[i, j] = zz, ww
-    return z, w
-
-
-@dataclass
-class EntryTable:
-    """Entries of both domains as aligned arrays (one row per DFT entry or measurement).
-
-    ``is_experiment`` marks measurements. Labels are NaN where unknown: ``y_dft`` (DFT
-    label, DFT rows), ``y_exp`` (measured value, experimental rows), ``calibrated`` (OT-calibrated
-    target of DFT rows, with ``confidence`` in [0, 1]). ``dft_input`` is the known DFT value
-    of the row's composition fed to the experimental head (NaN when none is known).
-    ``descriptors`` [N, D] optional composition descriptors (raw; the trainer standardises them
-    on the training rows).
-    """
-
-    formulas: list[str]
-    is_experiment: np.ndarray
-    y_dft: np.ndarray
-    y_exp: np.ndarray
-    calibrated: np.ndarray
-    confidence: np.ndarray
-    dft_input: np.ndarray
-    descriptors: np.ndarray | None = None
-    graphs: list[Data | None] | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.formulas)
-        for name in ("is_experiment", "y_dft", "y_exp", "calibrated", "confidence", "dft_input"):
-            arr = np.asarray(getattr(self, name))
-            if arr.shape != (n,):
-                raise ValueError(f"EntryTable.{name}: expected shape ({n},), got {arr.shape}")
-            setattr(self, name, arr.astype(bool if name == "is_experiment" else np.float64))
-        if self.descriptors is not None:
-            self.descriptors = np.asarray(self.descriptors, dtype=np.float32)
-            if self.descriptors.shape[0] != n or not np.isfinite(self.descriptors).all():
-                raise ValueError("EntryTable.descriptors: need one finite row per entry")
-        if self.graphs is not None and len(self.graphs) != n:
-            raise ValueError(f"EntryTable.graphs: expected {n} entries (None where no structure), got {len(self.graphs)}")
-        bad = np.isnan(self.confidence) & ~np.isnan(self.calibrated)
-        if bad.any():
-            raise ValueError(f"EntryTable: calibrated target without confidence at row {int(np.argmax(bad))}")
-        self._z, self._w = encode_compositions(self.formulas)
-
-    def __len__(self) -> int:
-        return len(self.formulas)
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        dft: pd.DataFrame | None = None,
-        experiment: pd.DataFrame | None = None,
-        descriptors: pd.DataFrame | None = None,
-        dft_reference: pd.Series | None = None,
-        graphs: dict[str, Data] | None = None,
-    ) -> EntryTable:
-        """Assemble from frames keyed by reduced formula.
-
-        ``dft``: ``formula``, ``dft_value`` and optionally ``calibrated_target``, ``confidence``
-        (the align stage's ``data/aligned/<property>/dft.parquet``). ``experiment``: ``formula``
-        and ``value`` (NaN for rows to predict). ``descriptors``: ``formula`` + numeric columns.
-        ``dft_reference``: known DFT value per formula (index = formula) for the experimental head.
-        ``graphs``: crystal graphs by ``material_id`` (``featurizers.crystal_graph.load_graphs``);
-        a row uses the graph of its ``material_id`` column (DFT rows, and measurements given a
-        matched structure), and its composition alone otherwise.
-        """
-        frames = []
-        if dft is not None:
-            frames.append(pd.DataFrame({
-                "formula": dft["formula"].astype(str),
-                "is_experiment": False,
-                "y_dft": dft["dft_value"].astype(float),
-                "y_exp": np.nan,
-                "calibrated": dft["calibrated_target"].astype(float) if "calibrated_target" in dft else np.nan,
-                "confidence": dft["confidence"].astype(float) if "confidence" in dft else np.nan,
-                "material_id": dft["material_id"].astype(str) if "material_id" in dft else None,
-            }))
-        if experiment is not None:
-            frames.append(pd.DataFrame({
-                "formula": experiment["formula"].astype(str),
-                "is_experiment": True,
-                "y_dft": np.nan,
-                "y_exp": experiment["value"].astype(float),
-                "calibrated": np.nan,
-                "confidence": np.nan,
-                "material_id": experiment.get("material_id"),
-            }))
-        if not frames:
-            raise ValueError("EntryTable.build: give at least one of dft, experiment")
-        t = pd.concat(frames, ignore_index=True)
-        t.loc[t["calibrated"].isna(), "confidence"] = np.nan
-        ref = dft_reference if dft_reference is not None else pd.Series(dtype=float)
-        t["dft_input"] = t["formula"].map(ref).astype(float)
-        desc = None
-        if descriptors is not None:
-            d = descriptors.drop_duplicates("formula").set_index("formula")
-            d = d.select_dtypes(include="number")
-            missing = sorted(set(t["formula"]) - set(d.index))
-            if missing:
-                raise ValueError(f"descriptors missing for {len(missing)} formulas, e.g. {missing[0]!r}")
-            desc = d.loc[t["formula"]].to_numpy(dtype=np.float32)
-        return cls(
-            formulas=t["formula"].tolist(),
-            is_experiment=t["is_experiment"].to_numpy(),
-            y_dft=t["y_dft"].to_numpy(),
-            y_exp=t["y_exp"].to_numpy(),
-            calibrated=t["calibrated"].to_numpy(),
-            confidence=t["confidence"].to_numpy(),
-            dft_input=t["dft_input"].to_numpy(),
-            descriptors=desc,
-            graphs=None if graphs is None else [graphs.get(m) if isinstance(m, str) else None for m in t["material_id"]],
-        )
-
-    def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, Tensor | int]:
-        """Model inputs for rows ``idx`` (flat PyG-style composition nodes)."""
-        z = torch.from_numpy(self._z[idx])
-        w = torch.from_numpy(self._w[idx])
-        mask = z > 0
-        batch = torch.arange(len(idx)).unsqueeze(1).expand_as(z)[mask]
-        out: dict[str, Tensor | int] = {
-            "z": z[mask].to(device),
-            "weight": w[mask].to(device),
-            "batch": batch.to(device),
-            "num_entries": len(idx),
-            "dft_value": torch.from_numpy(self.dft_input[idx]).float().to(device),
-        }
-        if self.descriptors is not None:
-            out["descriptors"] = torch.from_numpy(self.descriptors[idx]).to(device)
-        if self.graphs is not None:
-            pos = [k for k, i in enumerate(idx) if self.graphs[i] is not None]
-            if pos:
-                out["graph"] = Batch.from_data_list([self.graphs[idx[k]] for k in pos]).to(device)
-                out["graph_rows"] = torch.tensor(pos, dtype=torch.long, device=device)
-        return out
-
-    def graph_dims(self) -> tuple[int, int]:
-        """(node feature width, edge feature width) of the table's crystal graphs, (0, 0) without."""
-        for g in self.graphs or []:
-            if g is not None:
-                return int(g.x.shape[1]), int(g.edge_attr.shape[1])
-        return 0, 0
-
-
-def grouped_split(groups: Sequence[str], *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices into (train, validation) so that no group is on both sides."""
-    groups = np.asarray(groups)
-    uniq = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    n_val = max(1, round(fraction * len(uniq))) if fraction > 0 and len(uniq) > 1 else 0
-    val_groups = set(rng.permutation(uniq)[:n_val].tolist())
-    is_val = np.array([g in val_groups for g in groups], dtype=bool)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
-# ----------------------------------------------------------------------------- OT loss
-
-
-def unbalanced_sinkhorn(cost: Tensor, a: Tensor, b: Tensor, *, reg: float, reg_m: float, n_iter: int = 100) -> Tensor:
-    r"""Plan of entropic unbalanced OT with KL-relaxed marginals, computed in the log domain.
-
-    Solves :math:`\min_P \langle P, C\rangle + \varepsilon\,KL(P\|ab^\top)
-    + \rho\,KL(P1\|a) + \rho\,KL(P^\top 1\|b)` by Sinkhorn iterations on log-potentials,
-    :math:`\log u = \phi(\log a - \mathrm{LSE}_j(\log K_{ij} + \log v_j))` with
-    :math:`\phi = \rho/(\rho+\varepsilon)` and :math:`\log K = -C/\varepsilon + \log a \oplus \log b`
-    (the same problem as POT's ``ot.unbalanced.sinkhorn_unbalanced(reg_type="kl")``).
-    Differentiable in ``cost`` (autograd through the iterations).
-    """
-    log_k = -cost / reg + torch.log(a).unsqueeze(1) + torch.log(b).unsqueeze(0)
-    fi = reg_m / (reg_m + reg)
-    log_u = torch.zeros_like(a)
-    log_v = torch.zeros_like(b)
-    log_a, log_b = torch.log(a), torch.log(b)
-    for _ in range(n_iter):
-        log_u = fi * (log_a - torch.logsumexp(log_k + log_v.unsqueeze(0), dim=1))
-        log_v = fi * (log_b - torch.logsumexp(log_k + log_u.unsqueeze(1), dim=0))
-    return torch.exp(log_u.unsqueeze(1) + log_k + log_v.unsqueeze(0))
-
-
-def uot_embedding_loss(x: Tensor, y: Tensor, *, reg: float = 0.1, reg_m: float = 1.0, n_iter: int = 50) -> Tensor:
-    r"""Unbalanced OT cost :math:`\langle P, C\rangle` between two point clouds (uniform weights).
-
-    The squared Euclidean cost is divided by its (gradient-stopped) mean so ``reg`` is
-    relative to the typical cost whatever the embedding scale. Computed in float64.
-    """
-    x64, y64 = x.double(), y.double()
-    cost = torch.cdist(x64, y64).pow(2)
-    cost = cost / cost.detach().mean().clamp_min(1e-12)
-    a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64, device=x.device)
-    b = torch.full((y.shape[0],), 1.0 / y.shape[0], dtype=torch.float64, device=x.device)
-    plan = unbalanced_sinkhorn(cost, a, b, reg=reg, reg_m=reg_m, n_iter=n_iter)
-    return (plan * cost).sum().to(x.dtype)
-
-
-# ----------------------------------------------------------------------------- config & results
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Keyword arguments of :class:`models.gnn.MultiFidelityNet` (descriptor width is set from the data)."""
-
-    comp_hidden: int = 64
-    comp_layers: int = 3
-    comp_heads: int = 1
-    emb_dim: int = 64
-    head_hidden: int = 64
-    head_depth: int = 2
-    dropout: float = 0.0
-    use_descriptors: bool = True
-    use_graphs: bool = True
-    graph_hidden: int = 64
-    graph_layers: int = 3
-
-    def __post_init__(self) -> None:
-        if min(self.comp_hidden, self.comp_layers, self.comp_heads, self.emb_dim, self.head_hidden, self.head_depth) < 1:
-            raise ValueError("model sizes must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings; ``use_ot=False`` gives the GNN-without-OT baseline.
-
-    ``freeze_encoder`` keeps a pretrained composition encoder fixed while fine-tuning (its
-    embeddings are computed once), so fine-tuning costs only the heads: the cheap mode for
-    CV on two cores.
-    """
-
-    epochs: int = 60
-    pretrain_epochs: int = 0
-    batch_size: int = 128
-    dft_batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    patience: int = 12
-    val_fraction: float = 0.15
-    w_dft: float = 0.5
-    w_exp: float = 1.0
-    w_calibrated: float = 0.3
-    w_ot: float = 0.05
-    use_ot: bool = True
-    ot_reg: float = 0.1
-    ot_reg_m: float = 1.0
-    ot_iters: int = 30
-    loss: Literal["l1", "huber"] = "l1"
-    clamp_min: float | None = None
-    freeze_encoder: bool = False
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.pretrain_epochs < 0:
-            raise ValueError("epochs must be >= 1 and pretrain_epochs >= 0")
-        if self.batch_size < 2 or self.dft_batch_size < 2:
-            raise ValueError("batch sizes must be >= 2")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if min(self.lr, self.ot_reg, self.ot_reg_m) <= 0:
-            raise ValueError("lr, ot_reg and ot_reg_m must be > 0")
-        if min(self.w_dft, self.w_exp, self.w_calibrated, self.w_ot, self.weight_decay) < 0:
-            raise ValueError("loss weights and weight_decay must be >= 0")
-        if self.patience < 1:
-            raise ValueError("patience must be >= 1")
-
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -381,7 +74,6 @@ class EpochRecord:
     loss_ot: float
     val_mae: float
 
-
 @dataclass
 class TrainResult:
     """A trained member: the best model (by validation MAE), its history and split."""
@@ -395,7 +87,6 @@ class TrainResult:
     train_rows: np.ndarray
     val_rows: np.ndarray
 
-
 @dataclass
 class Prediction:
     """Predictions for N entries: DFT head, experimental head, and ensemble spread (0 for one model)."""
@@ -404,7 +95,6 @@ class Prediction:
     experiment: np.ndarray
     experiment_std: np.ndarray
 
-
 @dataclass
 class EnsembleResult:
     members: list[TrainResult]
@@ -412,15 +102,10 @@ class EnsembleResult:
     def predict(self, table: EntryTable, rows: np.ndarray | None = None, *, device: torch.device | None = None) -> Prediction:
         return predict_ensemble([m.model for m in self.members], table, rows, device=device)
 
-
-# ----------------------------------------------------------------------------- training
-
-
 def _elementwise(kind: str, pred: Tensor, target: Tensor) -> Tensor:
     if kind == "huber":
         return torch.nn.functional.huber_loss(pred, target, reduction="none", delta=0.5)
     return (pred - target).abs()
-
 
 def build_model(config: TrainConfig, table: EntryTable) -> MultiFidelityNet:
     m = config.model
@@ -433,7 +118,6 @@ def build_model(config: TrainConfig, table: EntryTable) -> MultiFidelityNet:
     )
     return model
 
-
 def _fit_scaler(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray) -> None:
     if model.descriptor is None or table.descriptors is None:
         return
@@ -441,7 +125,6 @@ def _fit_scaler(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray) ->
     mean = torch.from_numpy(d.mean(axis=0))
     std = torch.from_numpy(d.std(axis=0)).clamp_min(1e-6)
     model.set_descriptor_scaler(mean, std)
-
 
 @torch.no_grad()
 def predict(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray | None = None, *, device: torch.device | None = None,
@@ -461,7 +144,6 @@ def predict(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray | None 
         d, e = np.maximum(d, clamp_min), np.maximum(e, clamp_min)
     return Prediction(dft=d.astype(np.float64), experiment=e.astype(np.float64), experiment_std=np.zeros(len(e)))
 
-
 def predict_ensemble(models: Sequence[MultiFidelityNet], table: EntryTable, rows: np.ndarray | None = None, *,
                      device: torch.device | None = None, clamp_min: float | None = None) -> Prediction:
     """Mean prediction of the members and their standard deviation as uncertainty."""
@@ -472,7 +154,6 @@ def predict_ensemble(models: Sequence[MultiFidelityNet], table: EntryTable, rows
         experiment_std=e.std(axis=0) if len(preds) > 1 else np.zeros(e.shape[1]),
     )
 
-
 def _val_mae(model: MultiFidelityNet, table: EntryTable, val_rows: np.ndarray, device: torch.device,
              clamp_min: float | None) -> float:
     if len(val_rows) == 0:
@@ -482,7 +163,6 @@ def _val_mae(model: MultiFidelityNet, table: EntryTable, val_rows: np.ndarray, d
         sel = table.is_experiment[val_rows]
         return float(np.mean(np.abs(p.experiment[sel] - table.y_exp[val_rows][sel])))
     return float(np.mean(np.abs(p.dft - table.y_dft[val_rows])))
-
 
 def train_model(
     table: EntryTable,
@@ -652,7 +332,6 @@ def train_model(
                        best_val_mae=float(state["best_val"]), stopped_early=stopped, seed=seed,
                        train_rows=np.setdiff1d(rows, val_rows), val_rows=val_rows)
 
-
 @torch.no_grad()
 def _composition_embeddings(model: MultiFidelityNet, table: EntryTable, device: torch.device,
                             batch_size: int = 2048) -> Tensor:
@@ -664,10 +343,8 @@ def _composition_embeddings(model: MultiFidelityNet, table: EntryTable, device: 
         parts.append(model.composition(b["z"], b["weight"], b["batch"], num_graphs=b["num_entries"]))
     return torch.cat(parts)
 
-
 def _steps(n: int, bs: int) -> int:
     return max(1, math.ceil(n / bs))
-
 
 def _save_checkpoint(path: Path, model, opt, sched, gen, state) -> None:
     payload = {
@@ -677,7 +354,6 @@ def _save_checkpoint(path: Path, model, opt, sched, gen, state) -> None:
         "best_epoch": state["best_epoch"], "bad": state["bad"], "best_state": state["best_state"],
     }
     write_with(path, lambda p: torch.save(payload, p))
-
 
 def train_ensemble(
     table: EntryTable,
@@ -701,7 +377,6 @@ def train_ensemble(
         members.append(train_model(table, config, seed=seed + k, train_rows=train_rows, device=device,
                                    init_state=init, progress=progress))
     return EnsembleResult(members=members)
-
 
 def pretrain_members(
     table: EntryTable,
@@ -729,17 +404,18 @@ def pretrain_members(
     ]
 
 
-def reference_per_formula(frame: pd.DataFrame, *, value: str, rank: str | None = None) -> pd.Series:
-    """One DFT value per reduced formula, for the experimental head's DFT input.
-
-    The polymorph with the lowest ``rank`` (e.g. energy above hull or formation energy) where
-    it is known, the median over polymorphs otherwise. Index: formula.
-    """
-    f = frame.dropna(subset=[value])
-    parts = []
-    if rank is not None and rank in f:
-        ranked = f.dropna(subset=[rank]).sort_values([rank, value]).drop_duplicates("formula")
-        parts.append(ranked.set_index("formula")[value])
-        f = f[~f["formula"].isin(ranked["formula"])]
-    parts.append(f.groupby("formula")[value].median())
-    return pd.concat(parts).astype(float)
+__all__ = [
+    "DataParallelHook",
+    "EnsembleResult",
+    "EpochRecord",
+    "Prediction",
+    "TrainResult",
+    "build_model",
+    "determine_device",
+    "predict",
+    "predict_ensemble",
+    "pretrain_members",
+    "seed_everything",
+    "train_ensemble",
+    "train_model",
+]

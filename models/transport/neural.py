@@ -54,16 +54,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pipeline.io import write_text, write_with
+from models._io import write_text, write_with
 
 __all__ = [
     "ACTIVATIONS",
     "ICNN",
+    "CalibrationMap",
     "DualConfig",
     "MapFileError",
+    "NeuralAlignConfig",
     "NeuralTransportMap",
+    "config_dict",
+    "fit_calibration_map",
     "fit_dual",
     "load_map",
+    "neural_formulation",
     "save_map",
 ]
 
@@ -666,7 +671,7 @@ def neural_formulation(problem: Any, opts: Any) -> Any:
     The min-max training runs a fixed number of steps and has no stopping criterion:
     ``converged`` means that it ended with finite losses (a diverged run raises instead).
     """
-    from models.transport import AlignmentError, Solution
+    from models.transport.problem import AlignmentError, Solution
 
     if problem.source is None or problem.target is None:
         raise AlignmentError("the neural formulation needs the domains on the problem")

@@ -36,9 +36,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.shift_field import ShiftField
+from models.learners.shift_field import ShiftField
 
-__all__ = ["DFTSurrogate", "StackConfig", "StackedModel", "descriptor_matrix"]
+__all__ = [
+    "DFTSurrogate",
+    "StackConfig",
+    "StackedModel",
+    "descriptor_matrix",
+    "load_stacked",
+    "save_stacked",
+]
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:

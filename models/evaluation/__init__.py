@@ -1,0 +1,61 @@
+"""Evaluation (TODO doc)."""
+
+from __future__ import annotations
+
+from models.evaluation.folds import (
+    BASELINES,
+    CALIBRATIONS,
+    GNN_VARIANTS,
+    NON_OT_MODELS,
+    OT_MODELS,
+    STACKED_MODELS,
+    AlignSettings,
+    EvaluationResult,
+    GnnVariant,
+    StackInputs,
+    calibrated_targets,
+    evaluate_folds,
+    regression_metrics,
+    shift_distance,
+    subset_domain,
+    summarise,
+    training_targets,
+)
+from models.evaluation.splits import (
+    FAMILIES,
+    Fold,
+    chemical_family,
+    crystal_system_folds,
+    family_folds,
+    grouped_kfold,
+    loco_folds,
+    range_extrapolation,
+)
+
+__all__ = [
+    "BASELINES",
+    "CALIBRATIONS",
+    "FAMILIES",
+    "GNN_VARIANTS",
+    "NON_OT_MODELS",
+    "OT_MODELS",
+    "STACKED_MODELS",
+    "AlignSettings",
+    "EvaluationResult",
+    "Fold",
+    "GnnVariant",
+    "StackInputs",
+    "calibrated_targets",
+    "chemical_family",
+    "crystal_system_folds",
+    "evaluate_folds",
+    "family_folds",
+    "grouped_kfold",
+    "loco_folds",
+    "range_extrapolation",
+    "regression_metrics",
+    "shift_distance",
+    "subset_domain",
+    "summarise",
+    "training_targets",
+]

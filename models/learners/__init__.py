@@ -1,0 +1,103 @@
+"""Learners (TODO doc)."""
+
+from __future__ import annotations
+
+from models._io import lazy_exports
+from models.learners.applicability import (
+    ApplicabilityDomain,
+)
+from models.learners.config import (
+    ModelConfig,
+    TrainConfig,
+)
+from models.learners.shift_field import (
+    ShiftField,
+)
+from models.learners.stacked import (
+    DFTSurrogate,
+    StackConfig,
+    StackedModel,
+    descriptor_matrix,
+    load_stacked,
+    save_stacked,
+)
+
+# torch and scikit-learn are imported on first use: serving the stacked model needs neither
+_LAZY = {
+    "DataParallel": "distributed",
+    "DataParallelHook": "training",
+    "DescriptorForest": "baselines",
+    "EnsembleResult": "training",
+    "EntryTable": "table",
+    "EpochRecord": "training",
+    "FitResult": "fit",
+    "LinearCalibration": "baselines",
+    "Prediction": "training",
+    "RawDFT": "baselines",
+    "TrainResult": "training",
+    "build_model": "training",
+    "determine_device": "training",
+    "encode_compositions": "table",
+    "fit_property": "fit",
+    "grouped_split": "table",
+    "init_from_env": "distributed",
+    "is_writer": "distributed",
+    "load_forest": "baselines",
+    "mae": "baselines",
+    "predict": "training",
+    "predict_ensemble": "training",
+    "pretrain_members": "training",
+    "save_forest": "baselines",
+    "seed_everything": "training",
+    "shutdown": "distributed",
+    "train_ensemble": "training",
+    "train_model": "training",
+    "unbalanced_sinkhorn": "losses",
+    "uot_embedding_loss": "losses",
+    "write_outputs": "fit",
+}
+__getattr__ = lazy_exports(__name__, _LAZY)
+
+__all__ = [
+    "ApplicabilityDomain",
+    "DFTSurrogate",
+    "DataParallel",
+    "DataParallelHook",
+    "DescriptorForest",
+    "EnsembleResult",
+    "EntryTable",
+    "EpochRecord",
+    "FitResult",
+    "LinearCalibration",
+    "ModelConfig",
+    "Prediction",
+    "RawDFT",
+    "ShiftField",
+    "StackConfig",
+    "StackedModel",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "descriptor_matrix",
+    "determine_device",
+    "encode_compositions",
+    "fit_property",
+    "grouped_split",
+    "init_from_env",
+    "is_writer",
+    "load_forest",
+    "load_stacked",
+    "mae",
+    "predict",
+    "predict_ensemble",
+    "pretrain_members",
+    "save_forest",
+    "save_stacked",
+    "seed_everything",
+    "shutdown",
+    "train_ensemble",
+    "train_model",
+    "unbalanced_sinkhorn",
+    "uot_embedding_loss",
+    "write_outputs",
+]
