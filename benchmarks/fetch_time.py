@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.fetch import FetchConfig, fetch
+from pipeline.fetch import fetch
+from pipeline.params import FetchParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def main() -> None:
     runs = 1 if args.quick else args.runs
     seconds, cpu = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        config = FetchConfig(mirror=ROOT.parent / "shared" / "datasets", out_dir=Path(tmp) / "raw", workers=args.workers)
+        config = FetchParams(mirror=ROOT.parent / "shared" / "datasets", out_dir=Path(tmp) / "raw", workers=args.workers)
         for i in range(runs):
             cpu0 = _cpu_seconds()
             start = time.perf_counter()

@@ -31,6 +31,7 @@ from pymatgen.core import Composition, Element
 
 from featurizers.chemistry import FormulaError, parse_formula
 from featurizers.elements import element_embedding
+from featurizers.settings import DESCRIPTOR_SETS
 
 __all__ = [
     "DESCRIPTOR_SETS",
@@ -53,7 +54,6 @@ MAGPIE_FEATURES: tuple[str, ...] = (
 MAGPIE_STATS: tuple[str, ...] = ("minimum", "maximum", "range", "mean", "avg_dev", "mode")
 STOICHIOMETRY_P: tuple[int, ...] = (0, 2, 3, 5, 7, 10)
 ORBITALS: tuple[str, ...] = ("s", "p", "d", "f")
-DESCRIPTOR_SETS: tuple[str, ...] = ("magpie", "stoichiometry", "valence_orbital")
 _MAX_Z = 103  # MagpieData covers H..Lr
 
 

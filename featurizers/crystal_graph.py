@@ -47,7 +47,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from featurizers.elements import EMBEDDINGS, element_embedding, embedding_elements
+from featurizers.elements import element_embedding, embedding_elements
+from featurizers.settings import EMBEDDINGS, GraphSettings
 
 __all__ = [
     "CONFIG_VERSION",
@@ -243,7 +244,7 @@ class CrystalGraphFeaturizer:
 
     Args:
         cutoff: neighbour radius, Å.
-        embedding: element embedding name (:data:`featurizers.elements.EMBEDDINGS`).
+        embedding: element embedding name (:data:`featurizers.settings.EMBEDDINGS`).
         elements: element vocabulary (symbols); default: every element the embedding covers.
         n_gaussians: number K of Gaussian basis functions for distances.
         gaussian_width: :math:`\sigma` in Å; default: the spacing ``cutoff / (K - 1)``.
@@ -257,25 +258,18 @@ class CrystalGraphFeaturizer:
     def __init__(
         self,
         *,
-        cutoff: float = 5.0,
-        embedding: str = "megnet16",
+        cutoff: float = GraphSettings.cutoff,
+        embedding: str = GraphSettings.embedding,
         elements: Sequence[str] | None = None,
-        n_gaussians: int = 40,
-        gaussian_width: float | None = None,
-        symprec: float = 0.01,
-        angle_tolerance: float = 5.0,
+        n_gaussians: int = GraphSettings.n_gaussians,
+        gaussian_width: float | None = GraphSettings.gaussian_width,
+        symprec: float = GraphSettings.symprec,
+        angle_tolerance: float = GraphSettings.angle_tolerance,
         on_error: Literal["raise", "record"] = "record",
     ) -> None:
-        if embedding not in EMBEDDINGS:
-            raise ValueError(f"unknown embedding {embedding!r}; choose one of {sorted(EMBEDDINGS)}")
-        if not (math.isfinite(cutoff) and cutoff > 0):
-            raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
-        if n_gaussians < 2:
-            raise ValueError(f"n_gaussians must be at least 2, got {n_gaussians}")
-        if gaussian_width is not None and not gaussian_width > 0:
-            raise ValueError(f"gaussian_width must be positive, got {gaussian_width}")
-        if not symprec > 0:
-            raise ValueError(f"symprec must be positive, got {symprec}")
+        # the settings' own checks, so that the featurizer and params.yaml accept the same values
+        GraphSettings(cutoff=cutoff, embedding=embedding, n_gaussians=n_gaussians, gaussian_width=gaussian_width,
+                      symprec=symprec, angle_tolerance=angle_tolerance)
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         from pymatgen.core import Element
@@ -305,6 +299,14 @@ class CrystalGraphFeaturizer:
             f"gaussian_width={self.gaussian_width:.4g}, symprec={self.symprec}, "
             f"angle_tolerance={self.angle_tolerance}, on_error={self.on_error!r})"
         )
+
+    @classmethod
+    def from_settings(cls, settings: GraphSettings, *, on_error: Literal["raise", "record"] = "record"
+                      ) -> CrystalGraphFeaturizer:
+        """Build the featurizer ``settings`` describe (the featurize stage's route from params.yaml)."""
+        return cls(cutoff=settings.cutoff, embedding=settings.embedding, n_gaussians=settings.n_gaussians,
+                   gaussian_width=settings.gaussian_width, symprec=settings.symprec,
+                   angle_tolerance=settings.angle_tolerance, on_error=on_error)
 
     @property
     def node_dim(self) -> int:

@@ -22,12 +22,10 @@ from functools import lru_cache
 import numpy as np
 from pymatgen.core import Element
 
+from featurizers.settings import EMBEDDINGS
+
 __all__ = ["EMBEDDINGS", "element_embedding", "embedding_elements"]
 
-EMBEDDINGS: dict[str, str] = {
-    "megnet16": "MEGNet 16-d element embedding (Chen et al., Chem. Mater. 2019), matminer MEGNetElementData",
-    "matscholar200": "Matscholar 200-d element embedding (Tshitoyan et al., Nature 2019), matminer MatscholarElementData",
-}
 _MAX_Z = 118
 
 

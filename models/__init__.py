@@ -15,6 +15,8 @@ Library code: takes arguments, never reads params.yaml, environment variables or
 
 from models._io import (
     MANIFEST,
+    PARAM_DERIVED,
+    PARAM_INLINE,
     IntegrityError,
     ModelFormatError,
     OutputError,
@@ -37,6 +39,8 @@ from models._io import (
 
 __all__ = [
     "MANIFEST",
+    "PARAM_DERIVED",
+    "PARAM_INLINE",
     "IntegrityError",
     "ModelFormatError",
     "OutputError",

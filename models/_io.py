@@ -294,7 +294,14 @@ def verify_manifest(directory: Path | str) -> dict[str, str]:
 
 
 
-# ----------------------------------------------------------------------------- packages
+# ----------------------------------------------------------------------------- configs and packages
+
+#: Field metadata of configuration dataclasses, read by the params loader (pipeline/config.py):
+#: an ``inline`` nested dataclass has its keys at the parent's level of params.yaml; a
+#: ``derived`` field is set by the caller from other facts and is not a params key.
+PARAM_INLINE = {"param": "inline"}
+PARAM_DERIVED = {"param": "derived"}
+
 
 
 def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], Any]:
@@ -316,6 +323,8 @@ def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], Any]:
 
 __all__ = [
     "MANIFEST",
+    "PARAM_DERIVED",
+    "PARAM_INLINE",
     "IntegrityError",
     "ModelFormatError",
     "OutputError",

@@ -1,24 +1,120 @@
-"""TODO docstring."""
+"""The facts every layer shares: which properties matshift predicts, and which polymorph stands for a formula.
+
+**Property registry.** :data:`PROPERTIES` holds one :class:`Property` per measured property:
+its unit, the DFT column of ``data/raw/dft.parquet`` that simulates it, the mirror file its
+measurements come from, the lower clamp of a prediction (a band gap is >= 0) and whether a
+simulation-to-experiment shift is additive over elements (formation enthalpies, Hess's law).
+Stages, the CLI's ``--property`` choices, ``dvc.yaml``'s ``foreach`` list (checked by a
+test) and the library read these facts here and nowhere else.
+
+**Polymorph rule.** A reduced formula can have several DFT entries (polymorphs). Wherever one
+entry must stand for the formula (the DFT value fed to a model, the crystal graph paired
+with a measurement, the crystal system of a measured formula, the DFT value ``matshift
+predict`` looks up), it is chosen by :func:`choose_polymorphs`: the lowest formation energy
+per atom (for one composition this orders polymorphs exactly as the energy above hull does,
+and unlike ``e_above_hull`` it is known for nearly every entry); ties go to the lower property
+value, then to the smaller material id. A formula none of whose entries has a known formation
+energy is represented by its only entry, or, with several, by the median of their values and
+no entry at all (``material_id`` None: no structure, no crystal system). Training, evaluation
+and serving all call this one function, so they cannot pick different polymorphs (a
+train/serve skew).
+
+Imports nothing of the project; never reads files.
+"""
 
 from __future__ import annotations
 
-import pandas as pd
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-def reference_per_formula(frame: pd.DataFrame, *, value: str, rank: str | None = None) -> pd.Series:
-    """One DFT value per reduced formula, for the experimental head's DFT input.
+@dataclass(frozen=True)
+class Property:
+    """A measured property and the facts that go with it."""
 
-    The polymorph with the lowest ``rank`` (e.g. energy above hull or formation energy) where
-    it is known, the median over polymorphs otherwise. Index: formula.
+    name: str  # as in params.yaml, the CLI and data/aligned/<name>/
+    label: str  # for people: "band gap"
+    unit: str  # of measurements, DFT values and predictions
+    dft_column: str  # the column of data/raw/dft.parquet that simulates it
+    measurement_file: str  # the mirror file (under ../shared/datasets) its measurements come from
+    clamp_min: float | None  # predictions are clipped below at this value (None: no bound)
+    additive: bool  # DFT-to-experiment shifts are additive over elements (energy additivity in align)
+
+
+PROPERTIES: dict[str, Property] = {
+    p.name: p
+    for p in (
+        Property(name="band_gap", label="band gap", unit="eV", dft_column="band_gap_pbe",
+                 measurement_file="experiment/expt_gap_zhuo2018.csv", clamp_min=0.0, additive=False),
+        Property(name="formation_enthalpy", label="formation enthalpy", unit="eV/atom",
+                 dft_column="formation_energy_per_atom",
+                 measurement_file="experiment/expt_formation_enthalpy_ssub.csv", clamp_min=None, additive=True),
+    )
+}
+PROPERTY_NAMES: tuple[str, ...] = tuple(PROPERTIES)
+
+#: Column of a DFT frame that ranks polymorphs (the entry's formation energy per atom).
+STABILITY = "stability"
+#: The raw DFT column a reader copies into :data:`STABILITY`.
+STABILITY_SOURCE = "formation_energy_per_atom"
+
+
+def get_property(name: str) -> Property:
+    """Return the registered property ``name``; an unknown name is a ``ValueError`` listing the valid ones."""
+    try:
+        return PROPERTIES[name]
+    except KeyError:
+        raise ValueError(f"unknown property {name!r} (valid: {', '.join(PROPERTY_NAMES)})") from None
+
+
+def choose_polymorphs(frame: pd.DataFrame, *, value: str = "dft_value", eligible: pd.Series | None = None
+                      ) -> pd.DataFrame:
+    """Choose the polymorph that stands for each formula (see the module docstring for the rule).
+
+    ``frame``: one row per DFT entry with ``formula``, ``value`` and optionally ``material_id``
+    and :data:`STABILITY` (without it, polymorphs are ordered by value alone). Only rows with a
+    known ``value`` (and, with ``eligible``, a boolean mask aligned with ``frame``, only rows
+    where it is true: e.g. entries with a crystal graph) compete. Returns one row per formula,
+    indexed by formula, with the chosen entry's columns.
     """
-    f = frame.dropna(subset=[value])
-    parts = []
-    if rank is not None and rank in f:
-        ranked = f.dropna(subset=[rank]).sort_values([rank, value]).drop_duplicates("formula")
-        parts.append(ranked.set_index("formula")[value])
-        f = f[~f["formula"].isin(ranked["formula"])]
-    parts.append(f.groupby("formula")[value].median())
-    return pd.concat(parts).astype(float)
+    import pandas as pd  # pandas only when a rule is applied (the registry is read by the CLI's start-up)
+
+    keep = frame[value].notna()
+    if eligible is not None:
+        keep &= eligible.astype(bool)
+    rows = frame[keep]
+    if STABILITY in rows:
+        known = rows[STABILITY].notna()
+        ranked, unranked = rows[known], rows[~known & ~rows["formula"].isin(rows.loc[known, "formula"])]
+    else:
+        ranked, unranked = rows.iloc[:0], rows
+    keys = [c for c in (STABILITY, value, "material_id") if c in ranked]
+    chosen = ranked.sort_values(keys, kind="mergesort").drop_duplicates("formula")
+    several = unranked["formula"].duplicated(keep=False)
+    median = unranked[several].groupby("formula", sort=True)[value].median().rename(value).reset_index()
+    if "material_id" in frame:
+        median["material_id"] = None
+    parts = [p for p in (chosen, unranked[~several], median) if len(p)]
+    if not parts:
+        return rows.iloc[:0].set_index("formula")
+    return pd.concat(parts, ignore_index=True).set_index("formula")
 
 
-__all__ = ["reference_per_formula"]
+def reference_per_formula(frame: pd.DataFrame, *, value: str = "dft_value") -> pd.Series:
+    """Return one DFT value per reduced formula, the chosen polymorph's (:func:`choose_polymorphs`). Index: formula."""
+    return choose_polymorphs(frame, value=value)[value].astype(float)
+
+
+__all__ = [
+    "PROPERTIES",
+    "PROPERTY_NAMES",
+    "STABILITY",
+    "STABILITY_SOURCE",
+    "Property",
+    "choose_polymorphs",
+    "get_property",
+    "reference_per_formula",
+]

@@ -1,9 +1,20 @@
 """Typed, validated configuration read from ``params.yaml``.
 
-Every stage owns one top-level section of ``params.yaml`` and one frozen dataclass that
-describes it. :func:`load_section` turns the section into that dataclass, checking every
-key and every value against the dataclass's type hints, so a misspelled key or a wrong type
-is an error that names the key (``align.reg: expected float, got 'small'``).
+Every stage owns one top-level section of ``params.yaml``. :func:`load_section` turns the
+section into a frozen dataclass, checking every key and every value against the dataclass's
+type hints, so a misspelled key or a wrong type is an error that names the key
+(``align.reg: expected a number, got 'small'``).
+
+The library's configuration dataclasses are the single source of every setting and its
+default: a stage's dataclass holds only what the stage itself needs (paths, engines,
+tracking) and embeds the library's, never a copy of their fields. Two field markers (in the
+field's ``metadata``, so the library declares them without importing this module) let the
+params file keep its flat, readable layout:
+
+* ``{"param": "inline"}``: a nested dataclass whose keys stand at the parent's level
+  (``align.reg`` fills ``AlignConfig.options.reg``);
+* ``{"param": "derived"}``: set by the stage from other facts (a seed, the property's clamp);
+  such a key in params.yaml is an error, never silently overwritten.
 
 This module never reads environment variables and never holds global state: the path of
 the parameter file is always an argument.
@@ -84,24 +95,61 @@ def load_section(cls: type[T], section: str, path: Path | str = DEFAULT_PARAMS) 
     return from_mapping(cls, raw, where=section)
 
 
+def _marker(f: dataclasses.Field) -> str | None:
+    return f.metadata.get("param") if f.metadata else None
+
+
+def _accepted(cls: type) -> dict[str, dataclasses.Field]:
+    """Params keys ``cls`` accepts at its own level (inline dataclasses' keys included), by name."""
+    hints = get_type_hints(cls)
+    out: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or _marker(f) == "derived":
+            continue
+        if _marker(f) == "inline":
+            out.update(_accepted(hints[f.name]))
+        else:
+            out[f.name] = f
+    return out
+
+
 def from_mapping(cls: type[T], raw: Any, *, where: str) -> T:
     """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and wrong types."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {_describe(raw)}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(_accepted(cls)))
     if unknown:
+        hint = "set by the stage, not in params" if unknown[0] in {f.name for f in dataclasses.fields(cls)} else ""
         raise ConfigError(
-            f"{where}.{unknown[0]}: unknown key (valid keys: {', '.join(sorted(fields))})"
+            f"{where}.{unknown[0]}: unknown key{f' ({hint})' if hint else ''} "
+            f"(valid keys: {', '.join(sorted(_accepted(cls)))})"
         )
+    return _build(cls, raw, where=where)
+
+
+def _build(cls: type[T], raw: Mapping, *, where: str) -> T:
+    hints = get_type_hints(cls)
     values: dict[str, Any] = {}
-    for name, field in fields.items():
-        key = f"{where}.{name}"
-        if name in raw:
-            values[name] = _coerce(hints[name], raw[name], where=key)
+    for field in dataclasses.fields(cls):
+        if not field.init or _marker(field) == "derived":
+            continue
+        if _marker(field) == "inline":
+            sub = hints[field.name]
+            mine = {k: v for k, v in raw.items() if k in _accepted(sub)}
+            if mine:  # the keys given replace those of the parent's default (its default_factory)
+                values[field.name] = _replace(_default(field, sub), _build(sub, mine, where=where), mine, where=where)
+            continue
+        key = f"{where}.{field.name}"
+        if field.name in raw:
+            value = _coerce(hints[field.name], raw[field.name], where=key)
+            sub = _dataclass_of(hints[field.name])
+            if sub is not None and dataclasses.is_dataclass(value) and isinstance(raw[field.name], Mapping):
+                # a nested section's missing keys keep the parent's default for it (its default_factory)
+                base = _default(field, sub)
+                value = _replace(base if base is not None else sub(), value, raw[field.name], where=key)
+            values[field.name] = value
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: required key is missing")
     try:
@@ -111,10 +159,55 @@ def from_mapping(cls: type[T], raw: Any, *, where: str) -> T:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def _dataclass_of(tp: Any) -> type | None:
+    """Return the dataclass ``tp`` is, or holds as ``X | None``; else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _default(field: dataclasses.Field, cls: type) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return cls()
+
+
+def _replace(base: Any, built: Any, given: Mapping, *, where: str) -> Any:
+    """Return ``base`` with the fields (and inline fields, recursively) that ``given`` set taken from ``built``."""
+    hints = get_type_hints(type(base))
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(base):
+        if _marker(f) == "inline":
+            sub_given = {k: v for k, v in given.items() if k in _accepted(hints[f.name])}
+            if sub_given:
+                changes[f.name] = _replace(getattr(base, f.name), getattr(built, f.name), sub_given, where=where)
+        elif f.name in given:
+            changes[f.name] = getattr(built, f.name)
+    try:
+        return dataclasses.replace(base, **changes)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
 def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config object (for logging to MLflow and writing JSON)."""
+    """Plain-data view of a config object (for logging to MLflow and writing JSON), in params.yaml's layout.
+
+    Inline dataclasses are flattened into their parent, as in the params file.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = to_dict(getattr(obj, f.name))
+            if _marker(f) == "inline" and isinstance(value, dict):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,26 +17,16 @@ from pathlib import Path
 import pandas as pd
 
 from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_formula_input
+from models import write_csv, write_text
+from models.properties import PROPERTY_NAMES, get_property
+from models.serving import ModelNotFoundError, Predictor, format_table, predict_items
+from pipeline import readers
+from pipeline.config import load_section
 from pipeline.errors import MatshiftError
+from pipeline.params import DEFAULT_PARAMS, TrainParams
 
 log = logging.getLogger(__name__)
 
-PROPERTIES = ("band_gap", "formation_enthalpy")
-UNITS = {"band_gap": "eV", "formation_enthalpy": "eV/atom"}
-COLUMNS = [
-    "input",
-    "formula",
-    "prediction",
-    "uncertainty",
-    "unit",
-    "view",
-    "structure_used",
-    "dft_value",
-    "calibrated_dft",
-    "ad_score",
-    "ad_warning",
-    "error",
-]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="CSV with a 'formula' column and/or a 'cif' column of CIF file paths (relative to the CSV)",
     )
-    parser.add_argument("--property", choices=PROPERTIES, default="band_gap", help="property (default: %(default)s)")
+    parser.add_argument("--property", choices=PROPERTY_NAMES, default="band_gap", help="property (default: %(default)s)")
     parser.add_argument(
         "--model",
         default=None,
@@ -56,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: data/models/<property>)",
     )
     parser.add_argument("--output", type=Path, help="write the table to this .csv or .json file")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                        help="parameter file whose train section says where the data and models are (default: %(default)s)")
     parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
 
 
@@ -103,7 +93,7 @@ def predict(
 ) -> pd.DataFrame:
     """Predict ``property`` for formulas and CIF paths (strings ending in .cif or Paths).
 
-    Returns one row per input with the columns of :data:`COLUMNS`; invalid inputs have an
+    Returns one row per input with the columns of :data:`~models.serving.COLUMNS`; invalid inputs have an
     ``error`` and no prediction.
     """
     if isinstance(inputs, str):
@@ -112,65 +102,27 @@ def predict(
     cifs = [Path(i) for i in inputs if isinstance(i, Path) or str(i).lower().endswith(".cif")]
     items = collect_inputs(formulas, cifs, max_sites=max_sites)
     predictor = load_predictor(model, property=property)
-    return predict_items(items, predictor, property=property)
+    return predict_items(items, predictor, unit=get_property(property).unit)
 
 
-def load_predictor(model: str | Path | None, *, property: str):
-    """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor."""
-    from models.serving import ModelNotFoundError, Predictor
+def load_predictor(model: str | Path | None, *, property: str, params: Path | None = None):
+    """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor.
 
-    ref = model if model is not None else Path("data/models") / property
+    The DFT table, the crystal graphs and the align stage's neural map are read from the
+    ``train`` section's directories of ``params`` (params.yaml when it exists, else the
+    defaults): the data the served model was trained with.
+    """
+    prop = get_property(property)
+    path = params if params is not None else DEFAULT_PARAMS
+    dirs = load_section(TrainParams, "train", path) if path.is_file() else TrainParams()
+    dft = readers.read_dft(dirs.raw_dir, prop) if (dirs.raw_dir / "dft.parquet").is_file() else None
+    index = readers.read_index(dirs.features_dir) if (dirs.features_dir / "index.parquet").is_file() else None
     try:
-        return Predictor.load(ref, property=property)
+        return Predictor.load(model if model is not None else dirs.out_dir / prop.name, prop=prop, dft=dft,
+                              index=index, features_dir=dirs.features_dir,
+                              neural_map=dirs.aligned_dir / prop.name / "neural_map")
     except ModelNotFoundError as exc:
         raise MatshiftError(str(exc)) from exc
-
-
-def predict_items(items: Sequence[ParsedInput | InputProblem], predictor, *, property: str) -> pd.DataFrame:
-    valid = [i for i in items if isinstance(i, ParsedInput)]
-    results = predictor.predict(valid) if valid else pd.DataFrame()
-    rows = []
-    it = iter(results.to_dict("records"))
-    for item in items:
-        if isinstance(item, InputProblem):
-            rows.append({"input": item.input, "unit": UNITS[property], "error": item.reason})
-            continue
-        res = next(it)
-        rows.append({"input": item.input, "formula": item.formula, "unit": UNITS[property], **res, "error": None})
-    frame = pd.DataFrame(rows)
-    for col in COLUMNS:
-        if col not in frame:
-            frame[col] = None
-    return frame[COLUMNS]
-
-
-def format_table(frame: pd.DataFrame) -> str:
-    lines = []
-    header = f"{'input':<24} {'prediction':>12} {'±':>6} {'view':<11} {'AD':>5}  structure / note"
-    lines.append(header)
-    lines.append("-" * len(header))
-    for row in frame.to_dict("records"):
-        shown = _printable(str(row["input"]))[:24]
-        if isinstance(row.get("error"), str):  # valid rows hold None (NaN once mixed in a frame)
-            lines.append(f"{shown:<24} {'—':>12} {'':>6} {'':<11} {'':>5}  ERROR: {row['error']}")
-            continue
-        pred = f"{row['prediction']:.3f} {row['unit']}"
-        unc = f"{row['uncertainty']:.2f}" if _finite(row.get("uncertainty")) else ""
-        ad = f"{row['ad_score']:.0f}" if _finite(row.get("ad_score")) else ""
-        note = str(row.get("structure_used") or "")
-        if row.get("ad_warning"):
-            note += "  WARNING: outside the training domain"
-        lines.append(f"{shown:<24} {pred:>12} {unc:>6} {row['view']!s:<11} {ad:>5}  {note}")
-    return "\n".join(lines)
-
-
-def _printable(text: str) -> str:
-    """Escape an input with a newline or control character, which would break the table."""
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,11 +135,9 @@ def run(args: argparse.Namespace) -> int:
     for p in problems:
         named = p.input.strip() and repr(p.input.strip()) in p.reason  # formula errors name it already
         print(f"matshift predict: {p.reason if named else f'{p.kind} {p.input!r}: {p.reason}'}", file=sys.stderr)
-    predictor = load_predictor(args.model, property=args.property)
-    frame = predict_items(items, predictor, property=args.property)
+    predictor = load_predictor(args.model, property=args.property, params=args.params)
+    frame = predict_items(items, predictor, unit=get_property(args.property).unit)
     if args.output is not None:
-        from models import write_csv, write_text
-
         suffix = args.output.suffix.lower()
         if suffix == ".json":
             write_text(args.output, frame.to_json(orient="records", indent=2) + "\n")

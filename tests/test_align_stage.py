@@ -137,10 +137,11 @@ def test_stage_names_missing_input(tmp_path):
 
 def test_config_rejects_bad_values(tmp_path):
     from pipeline.config import ConfigError, load_section
+    from pipeline.params import AlignParams
 
     params = _params(tmp_path, reg=-1.0)
     with pytest.raises(ConfigError, match="reg must be > 0"):
-        load_section(stage.AlignConfig, "align", params)
+        load_section(AlignParams, "align", params)
 
 
 def test_stage_lists_a_planted_mis_recorded_measurement_first(tmp_path, capsys):

@@ -28,10 +28,10 @@ from models.transport import (
     support_components,
 )
 from pipeline import align as align_stage
-from pipeline.align import AlignConfig
 from pipeline.config import ConfigError, from_mapping
 from pipeline.engine import EngineError, LocalEngine, open_engine
-from pipeline.featurize import FeaturizeConfig, featurize
+from pipeline.featurize import featurize
+from pipeline.params import AlignParams, FeaturizeParams
 from tests.test_align_stage import _inputs, _params
 from tests.test_featurize_stage import raw_dir  # noqa: F401  (module fixture: mirror structures)
 
@@ -59,17 +59,17 @@ def cluster():
 ])
 def test_featurize_config_rejects_bad_engine_settings(raw, match):
     with pytest.raises(ConfigError, match=match):
-        from_mapping(FeaturizeConfig, raw, where="featurize")
+        from_mapping(FeaturizeParams, raw, where="featurize")
 
 
 def test_align_config_engine_rules():
-    cfg = from_mapping(AlignConfig, {"engine": "dask", "split_blocks": True, "scheduler_address": "tcp://h:8786"},
+    cfg = from_mapping(AlignParams, {"engine": "dask", "split_blocks": True, "scheduler_address": "tcp://h:8786"},
                        where="align")
     assert (cfg.engine, cfg.scheduler_address) == ("dask", "tcp://h:8786")
     with pytest.raises(ConfigError, match="align: engine 'dask' distributes blocks: set split_blocks: true"):
-        from_mapping(AlignConfig, {"engine": "dask"}, where="align")
+        from_mapping(AlignParams, {"engine": "dask"}, where="align")
     with pytest.raises(ConfigError, match="split_blocks solves the 'unbalanced' method only, got method 'mixture'"):
-        from_mapping(AlignConfig, {"split_blocks": True, "method": "mixture"}, where="align")
+        from_mapping(AlignParams, {"split_blocks": True, "method": "mixture"}, where="align")
 
 
 # ----------------------------------------------------------------------------- engines
@@ -99,9 +99,9 @@ def test_unreachable_scheduler_is_a_clear_error():
 
 
 def test_featurize_on_dask_is_byte_identical_to_local(raw_dir, cluster, tmp_path):  # noqa: F811
-    base = FeaturizeConfig(raw_dir=raw_dir, out_dir=tmp_path / "local", n_workers=1, chunk_size=3)
+    base = FeaturizeParams(raw_dir=raw_dir, out_dir=tmp_path / "local", n_workers=1, chunk_size=3)
     featurize(base, progress=False)
-    featurize(FeaturizeConfig(raw_dir=raw_dir, out_dir=tmp_path / "dask", chunk_size=3, engine="dask",
+    featurize(FeaturizeParams(raw_dir=raw_dir, out_dir=tmp_path / "dask", chunk_size=3, engine="dask",
                               scheduler_address=cluster), progress=False)
     for name in FEATURE_FILES:
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes(), name

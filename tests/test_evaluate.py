@@ -4,11 +4,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.evaluation import Fold, grouped_kfold
+from models.evaluation import (
+    BASELINES,
+    CALIBRATIONS,
+    GNN_VARIANTS,
+    EvaluationResult,
+    Fold,
+    grouped_kfold,
+    regression_metrics,
+    summarise,
+)
 from models.evaluation import folds as ev
 from models.learners import DFTSurrogate, EntryTable, ModelConfig, StackConfig, TrainConfig, pretrain_members
 from models.properties import reference_per_formula
 from models.transport import (
+    AlignConfig,
     CostWeights,
     Domain,
     DualConfig,
@@ -55,8 +65,8 @@ def problem():
             "ref": exp["formula"].map(ref).to_numpy(float), "pretrained": pretrained, "stack": stack}
 
 
-SETTINGS = ev.AlignSettings(method="unbalanced", weights=CostWeights(), options=SolverOptions(reg=0.05),
-                            energy_additivity=False)
+SETTINGS = AlignConfig(method="unbalanced", cost=CostWeights(), options=SolverOptions(reg=0.05),
+                       energy_additivity=False)
 
 
 NEURAL = NeuralAlignConfig(pca_components=2, dual=DualConfig(hidden=(8,), cond_hidden=8, iterations=30,
@@ -67,7 +77,7 @@ def _run(problem, fold, *, target=None, table=None, variants=("gnn_ot",), neural
     return ev.evaluate_folds(
         source=problem["source"], target=target or problem["target"], table=table or problem["table"],
         descriptors=problem["desc"], dft_reference=problem["ref"], folds=[fold], train_config=CFG,
-        align_settings=SETTINGS, pretrained=problem["pretrained"], variants=variants, rf_trees=5,
+        align_config=SETTINGS, pretrained=problem["pretrained"], variants=variants, rf_trees=5,
         shift_sample=50, ad_k=3, seed=0, stack=problem["stack"], neural=neural,
     )
 
@@ -90,7 +100,7 @@ def _perturbed(problem, test_rows):
 def test_test_fold_targets_do_not_change_any_prediction(problem, monkeypatch):
     fold = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=4, seed=0)[0]
     variants = ("gnn_ot", "gnn_no_ot", "stacked", "stacked_ot")
-    models = [*ev.BASELINES, *variants, *ev.CALIBRATIONS]
+    models = [*BASELINES, *variants, *CALIBRATIONS]
     base = _run(problem, fold, variants=variants, neural=NEURAL).predictions
     target, table = _perturbed(problem, fold.test)
     moved = _run(problem, fold, target=target, table=table, variants=variants, neural=NEURAL).predictions
@@ -111,7 +121,7 @@ def test_test_fold_targets_do_not_change_any_prediction(problem, monkeypatch):
 
 def test_fold_outputs_cover_every_model_and_test_row(problem):
     fold = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=4, seed=1)[1]
-    res = _run(problem, fold, variants=tuple(ev.GNN_VARIANTS))
+    res = _run(problem, fold, variants=tuple(GNN_VARIANTS))
     p = res.predictions
     assert len(p) == len(fold.test)
     assert list(p["exp_id"]) == list(problem["target"].ids[fold.test])
@@ -131,12 +141,12 @@ def test_unknown_variant_is_rejected(problem):
 
 
 def test_regression_metrics_by_hand():
-    m = ev.regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
+    m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
     assert m["mae"] == pytest.approx(1 / 3)
     assert m["rmse"] == pytest.approx(np.sqrt(1 / 3))
     assert m["r2"] == pytest.approx(0.5)  # SSE 1, SST 2
     with pytest.raises(ValueError, match="non-finite"):
-        ev.regression_metrics(np.array([1.0]), np.array([np.nan]))
+        regression_metrics(np.array([1.0]), np.array([np.nan]))
 
 
 def test_shift_distance_stays_finite_for_a_column_constant_in_training():
@@ -168,9 +178,9 @@ def test_summary_pools_protocols_and_computes_gain():
     })
     folds = pd.DataFrame({"protocol": ["loco", "family_out", "grouped_cv"], "fold": ["a", "b", "0"],
                           "shift_ot": [1.0, 2.0, 0.5]})
-    res = ev.EvaluationResult(predictions=preds, folds=folds,
+    res = EvaluationResult(predictions=preds, folds=folds,
                               models=["raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot"])
-    s = ev.summarise(res, ood_protocols=["loco", "family_out"])
+    s = summarise(res, ood_protocols=["loco", "family_out"])
     ood = s["pooled_ood"]
     assert ood["n_test_rows"] == 3
     assert ood["best_non_ot_model"] == "rf_descriptors"

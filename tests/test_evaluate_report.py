@@ -5,10 +5,11 @@ import json
 
 import pytest
 
+from models.evaluation import render_results
 from pipeline import report
 from pipeline.config import ConfigError, load_section
 from pipeline.errors import MatshiftError, MissingInputError
-from pipeline.evaluate import EvaluateParams
+from pipeline.params import EvaluateParams
 
 
 def _metrics(gain_mae=0.30):
@@ -29,7 +30,7 @@ def _metrics(gain_mae=0.30):
 
 
 def test_render_has_every_model_protocol_and_the_gain():
-    text = report.render({"band_gap": _metrics()})
+    text = render_results({"band_gap": _metrics()})
     assert "| model | grouped CV | LOCO | pooled OOD |" in text
     assert "| descriptor random forest | 0.400 | 0.400 | 0.400 |" in text
     assert "| *OT shift train→test* | 0.50 | 1.25 | |" in text

@@ -116,15 +116,22 @@ def test_missing_inputs_name_the_file(tmp_path):
 @pytest.mark.parametrize("prop, column, clamp", [("band_gap", "band_gap_pbe", 0.0),
                                                  ("formation_enthalpy", "formation_energy_per_atom", None)])
 def test_stack_inputs_take_every_dft_formula_and_the_train_stack_settings(tmp_path, prop, column, clamp):
+    from dataclasses import replace
+
+    from models.evaluation import stack_inputs
+    from models.properties import get_property
+    from pipeline import readers
     from pipeline.config import load_section
-    from pipeline.train import TrainParams
+    from pipeline.params import EvaluateParams, TrainParams
 
     _inputs(tmp_path)
     params = _params(tmp_path)
-    cfg = load_section(stage.EvaluateParams, "evaluate", params)
-    train = load_section(TrainParams, "train", params)
-    desc = pd.read_parquet(tmp_path / "features/descriptors.parquet")
-    st = stage.stack_inputs(cfg, train, prop, desc, bags=1)
+    cfg = load_section(EvaluateParams, "evaluate", params)
+    fit = load_section(TrainParams, "train", params).fit
+    p = get_property(prop)
+    st = stack_inputs(readers.read_dft(tmp_path / "raw", p, extra=fit.extra_fidelities(p)),
+                      readers.read_descriptors(tmp_path / "features"), replace(cfg.quick, stack_bags=1), fit, p,
+                      threads=cfg.threads)
     dft = pd.read_parquet(tmp_path / "raw/dft.parquet").set_index("formula")[column]
     pd.testing.assert_series_equal(st.dft_reference.sort_index(), dft.sort_index().astype(float), check_names=False)
     assert st.config.bags == 1 and st.config.clamp_min == clamp and st.config.trees == 20

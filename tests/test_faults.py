@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from pipeline import align as align_stage
-from pipeline import train as train_stage
+from pipeline import readers
 from pipeline.cli import main
 from pipeline.errors import MatshiftError
 from tests.test_align_stage import _inputs as align_inputs
@@ -160,7 +160,7 @@ def test_align_drops_and_counts_non_finite_values(aligned_root):
         ("raw/experiment.parquet", "value", np.nan, r"experiment\.parquet: column 'value' holds 1 non-finite"),
         ("raw/experiment.parquet", "value", np.inf, r"experiment\.parquet: column 'value' holds 1 non-finite"),
         ("raw/dft.parquet", "band_gap_pbe", np.inf, r"dft\.parquet: column 'band_gap_pbe' holds 1 non-finite"),
-        ("features/descriptors.parquet", "d1", np.nan, r"descriptors\.parquet: column 'd1' holds 1 non-finite"),
+        ("features/descriptors.parquet", "d1", np.nan, r"descriptors\.parquet holds non-finite descriptors for 1 formula"),
         ("aligned/band_gap/dft.parquet", "calibrated_target", np.inf, r"column 'calibrated_target' holds 1"),
     ],
 )
@@ -180,9 +180,9 @@ def test_train_refuses_non_finite_inputs(train_root, capsys, table, column, valu
 def test_train_keeps_unknown_dft_values():
     """NaN in a DFT column means 'not computed' (a legitimate value), not a fault: not refused."""
     frame = pd.DataFrame({"formula": ["NaCl", "KCl"], "band_gap_pbe": [np.nan, 5.0]})
-    train_stage._refuse_non_finite(frame, ["band_gap_pbe"], Path("dft.parquet"), allow_nan=True)
+    readers.refuse_non_finite(frame, ["band_gap_pbe"], Path("dft.parquet"), allow_nan=True)
     with pytest.raises(MatshiftError, match="'NaCl'"):
-        train_stage._refuse_non_finite(frame, ["band_gap_pbe"], Path("dft.parquet"))
+        readers.refuse_non_finite(frame, ["band_gap_pbe"], Path("dft.parquet"))
 
 
 # ---------------------------------------------------------------- an OT solve that does not converge
@@ -200,17 +200,17 @@ def test_unconverged_alignment_is_reported_and_refused_downstream(aligned_root, 
     diag = json.loads((out / "align.json").read_text())
     assert diag["converged"] is False and diag["params"]["allow_unconverged"] is True
     with caplog.at_level("WARNING", logger="pipeline.train"):
-        assert train_stage.check_alignment(out)["converged"] is False
+        assert readers.read_alignment(out)["converged"] is False
     assert "did NOT converge" in caplog.text
 
     # the same unconverged plan without the explicit permission (a stale or hand-made file): refused
     diag["params"]["allow_unconverged"] = False
     (out / "align.json").write_text(json.dumps(diag))
     with pytest.raises(MatshiftError, match=r"did not converge .* align\.allow_unconverged is not set"):
-        train_stage.check_alignment(out)
+        readers.read_alignment(out)
     diag["converged"] = True
     (out / "align.json").write_text(json.dumps(diag))
-    assert train_stage.check_alignment(out)["converged"] is True
+    assert readers.read_alignment(out)["converged"] is True
 
 
 # ---------------------------------------------------------------- killed mid-write
@@ -219,15 +219,16 @@ _KILLABLE = """
 import argparse, sys, time
 from pathlib import Path
 from pipeline import align as stage
+from pipeline import figures
 
-real = stage._plots
+real = figures.draw_alignment
 
-def plots_then_hang(out, *args):
-    real(out, *args)  # every output file is now in the temporary directory
+def plots_then_hang(out, *args, **kwargs):
+    real(out, *args, **kwargs)  # every output file is now in the temporary directory
     Path(sys.argv[2]).write_text(str(out))
     time.sleep(300)
 
-stage._plots = plots_then_hang
+figures.draw_alignment = plots_then_hang
 stage.run(argparse.Namespace(params=Path(sys.argv[1]), property="band_gap"))
 """
 

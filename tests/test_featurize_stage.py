@@ -15,7 +15,7 @@ from featurizers.composition import matminer_descriptors
 from featurizers.crystal_graph import CrystalGraphFeaturizer, load_graphs
 from pipeline import cli
 from pipeline.config import ConfigError, load_section
-from pipeline.featurize import FeaturizeConfig
+from pipeline.params import FeaturizeParams
 
 MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -135,16 +135,17 @@ def test_config_validation(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("featurize:\n  cutoff: -1\n")
     with pytest.raises(ConfigError, match="cutoff must be in"):
-        load_section(FeaturizeConfig, "featurize", params)
+        load_section(FeaturizeParams, "featurize", params)
     params.write_text("featurize:\n  cutof: 5\n")
     with pytest.raises(ConfigError, match=r"featurize\.cutof: unknown key"):
-        load_section(FeaturizeConfig, "featurize", params)
-    assert load_section(FeaturizeConfig, "featurize", Path(__file__).resolve().parents[1] / "params.yaml").cutoff == 5.0
+        load_section(FeaturizeParams, "featurize", params)
+    assert load_section(FeaturizeParams, "featurize", Path(__file__).resolve().parents[1] / "params.yaml").graph.cutoff == 5.0
 
 
-def test_stage_choices_match_the_library():
-    from featurizers import composition, elements
-    from pipeline import featurize
+def test_stage_and_library_share_one_list_of_choices():
+    from featurizers import composition, elements, settings
+    from pipeline import params
 
-    assert featurize.DESCRIPTOR_SETS == composition.DESCRIPTOR_SETS
-    assert tuple(elements.EMBEDDINGS) == featurize.EMBEDDINGS
+    # one source: the featurizers and the params schema read the same objects
+    assert composition.DESCRIPTOR_SETS is settings.DESCRIPTOR_SETS is params.DESCRIPTOR_SETS
+    assert elements.EMBEDDINGS is settings.EMBEDDINGS

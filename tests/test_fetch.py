@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_section
-from pipeline.fetch import FetchConfig
+from pipeline.params import FetchParams
 from pipeline.sources.mirror import ORIGINS
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -118,19 +118,19 @@ def test_rerun_is_a_no_op(fetched, caplog):
 
 
 def test_changed_params_invalidate_the_cache(fetched, tmp_path):
-    from pipeline.fetch import _params_digest, is_up_to_date
+    from pipeline.fetch import is_up_to_date, params_digest
 
-    config = load_section(FetchConfig, "fetch", fetched["params"])
+    config = load_section(FetchParams, "fetch", fetched["params"])
     prints = fetched["manifest"]["input_fingerprints"]
-    assert is_up_to_date(fetched["out"], prints, _params_digest(config))
-    other = FetchConfig(mirror=config.mirror, out_dir=config.out_dir, workers=2, gap_conflict_tol=0.5)
-    assert not is_up_to_date(fetched["out"], prints, _params_digest(other))
+    assert is_up_to_date(fetched["out"], prints, params_digest(config))
+    other = FetchParams(mirror=config.mirror, out_dir=config.out_dir, workers=2, gap_conflict_tol=0.5)
+    assert not is_up_to_date(fetched["out"], prints, params_digest(other))
 
 
 def test_config_validation_names_the_key(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"fetch": {"workers": 0}}))
     with pytest.raises(ConfigError, match="fetch: workers must be >= 1"):
-        load_section(FetchConfig, "fetch", params)
+        load_section(FetchParams, "fetch", params)
     params.write_text(yaml.safe_dump({"fetch": {"sources": ["mirror", "nope"], "out_dir": str(tmp_path / "o")}}))
     assert main(["fetch", "--params", str(params)]) == 1

@@ -282,14 +282,14 @@ def test_align_stage_writes_and_reuses_the_neural_map(tmp_path):
 
 
 def test_neural_params_are_validated(tmp_path):
-    from pipeline import align as stage
     from pipeline.config import ConfigError, load_section
+    from pipeline.params import AlignParams
     from tests.test_align_stage import _params
 
     with pytest.raises(ConfigError, match=r"align.neural.hiden: unknown key"):
-        load_section(stage.AlignConfig, "align", _params(tmp_path, neural={"hiden": [8]}))
-    with pytest.raises(ConfigError, match=r"neural.lr must be > 0"):
-        load_section(stage.AlignConfig, "align", _params(tmp_path, neural={"lr": 0.0}))
+        load_section(AlignParams, "align", _params(tmp_path, neural={"hiden": [8]}))
+    with pytest.raises(ConfigError, match=r"align.neural: lr must be > 0"):
+        load_section(AlignParams, "align", _params(tmp_path, neural={"lr": 0.0}))
 
 
 class _FakeEnsemble:
@@ -299,6 +299,9 @@ class _FakeEnsemble:
         self.descriptors = descriptors
         self.meta = {"property": "band_gap"}
         self.uses_graphs = False
+
+    def descriptors_for(self, formulas) -> pd.DataFrame:
+        return self.descriptors
 
     def predict(self, frame: pd.DataFrame, graphs=None) -> pd.DataFrame:
         return pd.DataFrame({"prediction": np.zeros(len(frame)), "uncertainty": np.zeros(len(frame))})

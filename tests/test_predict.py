@@ -19,6 +19,7 @@ def workdir(tmp_path_factory):
     (root / "data").mkdir()
     (root / "raw").rename(root / "data" / "raw")
     (root / "models").rename(root / "data" / "models")
+    (root / "params.yaml").unlink()  # predict falls back to the train stage's default directories (data/...)
     return root
 
 

@@ -16,9 +16,13 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from featurizers.inputs import ParsedInput
+from featurizers.settings import GraphSettings
+from models.properties import get_property
 from models.serving import Predictor
+from pipeline import readers
 from pipeline import train as train_stage
-from pipeline.featurize import FeaturizeConfig, featurize
+from pipeline.featurize import featurize
+from pipeline.params import FeaturizeParams
 
 
 def _structures() -> dict[str, list[tuple[Structure, float]]]:
@@ -65,8 +69,8 @@ def trained(tmp_path_factory):
     (root / "data/raw").mkdir(parents=True)
     dft.to_parquet(root / "data/raw/dft.parquet")
     exp.to_parquet(root / "data/raw/experiment.parquet")
-    featurize(FeaturizeConfig(raw_dir=root / "data/raw", out_dir=root / "data/features", n_workers=1,
-                              n_gaussians=10), progress=False)
+    featurize(FeaturizeParams(raw_dir=root / "data/raw", out_dir=root / "data/features", n_workers=1,
+                              graph=GraphSettings(n_gaussians=10)), progress=False)
     aligned = dft[["material_id", "formula"]].assign(dft_value=dft["band_gap_pbe"], transported_mass=1.0,
                                                      calibrated_target=np.nan, confidence=np.nan)
     (root / "data/aligned/band_gap").mkdir(parents=True)
@@ -85,7 +89,9 @@ def trained(tmp_path_factory):
         "  stack: {blend_weight: 0.5, bags: 1, surrogate_trees: 20, trees: 20, ot_features: false}",
     ]) + "\n")
     assert train_stage.run(argparse.Namespace(params=params, property="band_gap", no_mlflow=True)) == 0
-    predictor = Predictor.load(d / "models/band_gap", property="band_gap", raw_dir=d / "raw", features_dir=d / "features")
+    prop = get_property("band_gap")
+    predictor = Predictor.load(d / "models/band_gap", prop=prop, dft=readers.read_dft(d / "raw", prop),
+                               index=readers.read_index(d / "features"), features_dir=d / "features")
     return root, predictor
 
 

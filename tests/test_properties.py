@@ -258,7 +258,7 @@ def test_cli_predict_flags_exactly_the_invalid_inputs(tokens):
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property: fake)
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None: fake)
         mp.setattr(cli, "build_parser", _PARSER)  # built once: 1,000 runs of main() stay fast
         try:
             code = main(["predict", "--", *tokens])
@@ -291,7 +291,7 @@ def test_cli_predict_arguments_never_give_a_traceback(argv):
         contextlib.redirect_stderr(err),
     ):
         mp.chdir(_EMPTY_DIR)
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property: _FakePredictor())
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None: _FakePredictor())
         mp.setattr(cli, "build_parser", _PARSER)
         try:
             code = main(["predict", *argv])

@@ -13,7 +13,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from pipeline.errors import MatshiftError
-from pipeline.fetch import FetchConfig, fetch
+from pipeline.fetch import fetch
+from pipeline.params import FetchParams
 from pipeline.sources.matminer_source import MatminerSource
 from pipeline.sources.merge import merge_tables
 from pipeline.sources.mp_api_source import MPApiSource
@@ -128,7 +129,7 @@ def test_mp_api_errors_name_the_problem_and_never_the_key(monkeypatch):
 
 
 def test_fetch_stage_with_mp_api_keeps_the_key_out_of_outputs(tmp_path):
-    config = FetchConfig(sources=["mp_api"], out_dir=tmp_path / "raw", workers=1)
+    config = FetchParams(sources=["mp_api"], out_dir=tmp_path / "raw", workers=1)
     injected = {"mp_api": {"client_factory": lambda key: FakeClient(key, _docs(), [])}}
     result = fetch(config, root=tmp_path, env={"MP_API_KEY": KEY}, injected=injected)
     assert sorted(result.dft["material_id"]) == ["mp-149", "mp-22862"]

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import train as stage
 from pipeline.config import ConfigError
+from pipeline.errors import MissingInputError
 
 FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "Si", "SiO2", "Al2O3", "TiO2",
             "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "C"]
@@ -104,5 +105,5 @@ def test_train_stage_rejects_bad_params_and_missing_inputs(tmp_path):
     with pytest.raises(ConfigError, match="members must be >= 1"):
         stage.run(argparse.Namespace(params=_params(tmp_path, members=0), property="band_gap", no_mlflow=True))
     (tmp_path / "aligned/band_gap/dft.parquet").unlink()
-    with pytest.raises(stage.MissingInputError, match=r"aligned/band_gap/dft\.parquet"):
+    with pytest.raises(MissingInputError, match=r"aligned/band_gap/dft\.parquet"):
         stage.run(argparse.Namespace(params=_params(tmp_path), property="band_gap", no_mlflow=True))

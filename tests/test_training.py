@@ -180,7 +180,7 @@ def test_reference_per_formula_prefers_lowest_energy_polymorph():
 
     frame = pd.DataFrame({"formula": ["TiO2", "TiO2", "ZnO", "ZnO"], "dft_value": [1.8, 2.1, 0.7, 0.9],
                           "e_above_hull": [0.05, 0.0, np.nan, np.nan]})
-    ref = reference_per_formula(frame, value="dft_value", rank="e_above_hull")
+    ref = reference_per_formula(frame.rename(columns={"e_above_hull": "stability"}), value="dft_value")
     assert ref["TiO2"] == pytest.approx(2.1) and ref["ZnO"] == pytest.approx(0.8)
 
 

@@ -51,73 +51,36 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from models.evaluation.config import BASELINES, GNN_VARIANTS, STACKED_MODELS
 from models.evaluation.splits import Fold
+from models.evaluation.summary import EvaluationResult, regression_metrics
 from models.learners import (
     ApplicabilityDomain,
     DescriptorForest,
+    DFTSurrogate,
     EntryTable,
     LinearCalibration,
     RawDFT,
     ShiftField,
+    StackConfig,
+    StackedModel,
     TrainConfig,
     predict_ensemble,
     train_model,
 )
-from models.transport import CostWeights, Domain, SolverOptions, align
+from models.transport import AlignConfig, CostWeights, Domain, NeuralAlignConfig, align
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BASELINES",
-    "CALIBRATIONS",
-    "GNN_VARIANTS",
-    "NON_OT_MODELS",
-    "OT_MODELS",
-    "STACKED_MODELS",
-    "AlignSettings",
-    "EvaluationResult",
-    "GnnVariant",
     "StackInputs",
+    "alignment_variants",
     "calibrated_targets",
     "evaluate_folds",
-    "regression_metrics",
     "shift_distance",
     "subset_domain",
-    "summarise",
     "training_targets",
 ]
-
-BASELINES = ("raw_dft", "linear_dft", "rf_descriptors")
-STACKED_MODELS = ("stacked", "stacked_ot")
-CALIBRATIONS = ("calib_ot_knn", "calib_neural")
-
-
-@dataclass(frozen=True)
-class GnnVariant:
-    """One GNN model of the comparison: which alignment feeds it and which loss terms it uses.
-
-    ``alignment`` names an entry of :meth:`AlignSettings.variants` (None: no calibrated targets).
-    """
-
-    name: str
-    use_ot: bool
-    alignment: str | None
-    w_calibrated: float | None = None  # None: the train config's weight
-
-
-GNN_VARIANTS: dict[str, GnnVariant] = {
-    v.name: v
-    for v in (
-        GnnVariant("gnn_no_ot", use_ot=False, alignment=None),
-        GnnVariant("gnn_ot", use_ot=True, alignment="unbalanced"),
-        GnnVariant("gnn_ot_balanced", use_ot=True, alignment="balanced"),
-        GnnVariant("gnn_ot_no_penalties", use_ot=True, alignment="no_penalties"),
-        GnnVariant("gnn_ot_no_calibrated", use_ot=True, alignment=None, w_calibrated=0.0),
-    )
-}
-# models that use no optimal transport at all (the comparison of issue 6's must-show)
-NON_OT_MODELS = ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "stacked")
-OT_MODELS = ("stacked_ot", "gnn_ot")  # the headline OT model is the first present (the served one)
 
 
 @dataclass
@@ -127,45 +90,21 @@ class StackInputs:
     The surrogate learned DFT values only (no measurement), so the folds share it.
     """
 
-    config: object  # models.stacked.StackConfig
+    config: StackConfig
     dft_reference: pd.Series
-    surrogate: object  # models.stacked.DFTSurrogate, fitted
+    surrogate: DFTSurrogate  # fitted
     extra_reference: dict[str, pd.Series] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class AlignSettings:
-    """The align stage's parameters, as :func:`models.transport.align` arguments."""
-
-    method: str
-    weights: CostWeights
-    options: SolverOptions
-    energy_additivity: bool
-    additivity_iters: int = 5
-    additivity_ridge: float = 1e-4
-    dense_limit: int = 4_000_000
-    knn: int = 64
-
-    def variants(self) -> dict[str, AlignSettings]:
-        """Return the stage's alignment and the two ablated ones (balanced; no conservation penalties)."""
-        no_pen = CostWeights(descriptor=self.weights.descriptor, value=self.weights.value, mass=0.0, symmetry=0.0,
-                             hard_block=False)
-        return {
-            "unbalanced": self,
-            "balanced": replace(self, method="balanced"),
-            "no_penalties": replace(self, weights=no_pen, energy_additivity=False),
-        }
-
-
-@dataclass
-class EvaluationResult:
-    """Per test row and model predictions (long over folds), and one row per fold."""
-
-    predictions: pd.DataFrame
-    folds: pd.DataFrame
-    seconds: float = 0.0
-    models: list[str] = field(default_factory=list)
-    calibrations: list[str] = field(default_factory=list)
+def alignment_variants(config: AlignConfig) -> dict[str, AlignConfig]:
+    """Return the align stage's alignment and the two ablated ones (balanced; no conservation penalties)."""
+    no_pen = CostWeights(descriptor=config.cost.descriptor, value=config.cost.value, mass=0.0, symmetry=0.0,
+                         hard_block=False)
+    return {
+        "unbalanced": config,
+        "balanced": replace(config, method="balanced"),
+        "no_penalties": replace(config, cost=no_pen, energy_additivity=False),
+    }
 
 
 def subset_domain(domain: Domain, rows: np.ndarray) -> Domain:
@@ -189,13 +128,11 @@ def training_targets(fold: Fold) -> np.ndarray:
     return fold.train
 
 
-def calibrated_targets(source: Domain, target: Domain, rows: np.ndarray, settings: AlignSettings
+def calibrated_targets(source: Domain, target: Domain, rows: np.ndarray, config: AlignConfig
                        ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Calibrated targets and confidence of every source entry from OT onto ``target[rows]``."""
     sub = subset_domain(target, rows)
-    res = align(source, sub, method=settings.method, weights=settings.weights, options=settings.options,
-                energy_additivity=settings.energy_additivity, additivity_iters=settings.additivity_iters,
-                additivity_ridge=settings.additivity_ridge, dense_limit=settings.dense_limit, knn=settings.knn)
+    res = align(source, sub, **config.kwargs())
     fallback = np.asarray(source.values, float) + res.source_offset
     targets, confidence = res.calibrated_targets(sub.values, fallback=fallback)
     diag = {"mass_moved_fraction": res.mass_moved / float(res.a.sum()), "converged": float(res.converged),
@@ -231,19 +168,6 @@ def shift_distance(x_train: np.ndarray, x_test: np.ndarray, *, sample: int = 500
     return float(ot.emd2(np.full(len(za), 1 / len(za)), np.full(len(zb), 1 / len(zb)), cost, numItermax=1_000_000))
 
 
-def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE and R^2 (1 - SSE/SST; NaN when the targets are constant)."""
-    y, p = np.asarray(y, float), np.asarray(p, float)
-    if y.shape != p.shape or y.size == 0:
-        raise ValueError(f"regression_metrics: need equal non-empty shapes, got {y.shape} and {p.shape}")
-    if not (np.isfinite(y).all() and np.isfinite(p).all()):
-        raise ValueError("regression_metrics: non-finite values")
-    err = p - y
-    sst = float(np.sum((y - y.mean()) ** 2))
-    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
-            "r2": float(1 - np.sum(err**2) / sst) if sst > 0 else float("nan")}
-
-
 def evaluate_folds(
     *,
     source: Domain,
@@ -253,7 +177,7 @@ def evaluate_folds(
     dft_reference: np.ndarray,
     folds: Sequence[Fold],
     train_config: TrainConfig,
-    align_settings: AlignSettings,
+    align_config: AlignConfig,
     pretrained: Sequence[dict[str, torch.Tensor]],
     variants: Sequence[str] = tuple(GNN_VARIANTS),
     members: int = 1,
@@ -266,7 +190,7 @@ def evaluate_folds(
     transported_mass: np.ndarray | None = None,
     on_fold: Callable[[int, int, dict], None] | None = None,
     stack: StackInputs | None = None,
-    neural: object | None = None,
+    neural: NeuralAlignConfig | None = None,
 ) -> EvaluationResult:
     """Fit and score every model on every fold (see the module docstring for what each sees).
 
@@ -297,7 +221,7 @@ def evaluate_folds(
     x_exp = desc.loc[formulas].to_numpy(float)
     src_formulas = np.asarray(source.formulas)
     dft_formulas = np.unique(src_formulas)
-    settings = align_settings.variants()
+    settings = alignment_variants(align_config)
     # the stage's own (unbalanced) alignment also feeds stacked_ot and the shift-field calibration
     needed = sorted({GNN_VARIANTS[v].alignment for v in gnn_variants} - {None} | {"unbalanced"})
     calibrations = ["calib_ot_knn", *(["calib_neural"] if neural is not None else [])]
@@ -342,7 +266,7 @@ def evaluate_folds(
         out["calib_ot_knn"] = np.nan
         out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(descriptors, formulas[te][covered])
         if neural is not None and covered.any():
-            from models.transport import fit_calibration_map
+            from models.transport import fit_calibration_map  # torch, only when the neural map is fitted
 
             t_nn = time.perf_counter()
             cal_map = fit_calibration_map(
@@ -352,8 +276,6 @@ def evaluate_folds(
             out.loc[covered, "calib_neural"] = cal_map.calibrate(d_te[covered], target.features[te][covered])[0]
             info["neural_seconds"] = time.perf_counter() - t_nn
         if stacked_models:
-            from models.learners import StackedModel
-
             for name in stacked_models:
                 t_st = time.perf_counter()
                 model = StackedModel(stack.config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
@@ -408,67 +330,3 @@ def evaluate_folds(
     return EvaluationResult(predictions=pd.concat(pred_frames, ignore_index=True), folds=pd.DataFrame(fold_rows),
                             seconds=time.perf_counter() - t0, models=[*BASELINES, *variants],
                             calibrations=calibrations)
-
-
-def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_model: str | None = None) -> dict:
-    """Metrics per protocol (pooled over its test rows) and the pooled out-of-distribution summary.
-
-    A protocol's test rows are pooled over its folds before computing MAE, RMSE and R^2, so a
-    protocol's figure weighs every test measurement once. The OOD summary pools the rows of
-    ``ood_protocols``; ``ot_model`` is the headline OT model (the first of :data:`OT_MODELS`
-    evaluated: the served one) and ``gain_vs_best_non_ot`` is ``1 - MAE(ot_model) / min MAE(non-OT
-    models)``; ``gains`` gives that ratio for every OT model. ``calibration`` (per protocol and
-    pooled) scores the DFT calibrations on the test rows with a DFT value. The applicability
-    domain is scored on ``ad_model`` (default: the headline OT model).
-    """
-    p, f = result.predictions, result.folds
-    models = result.models
-    ot_models = [m for m in OT_MODELS if m in models]
-    ad_model = ad_model or (ot_models[0] if ot_models else models[-1])
-    calib = ["raw_dft", "linear_dft", *result.calibrations]
-    out: dict = {"protocols": {}}
-    for proto, g in p.groupby("protocol", sort=False):
-        ff = f[f["protocol"] == proto]
-        entry: dict = {"n_folds": len(ff), "n_test_rows": len(g), "shift_ot_mean": float(ff["shift_ot"].mean())}
-        for m in models:
-            entry[m] = regression_metrics(g["value"].to_numpy(), g[m].to_numpy())
-        if ad_model in g:
-            entry["ad"] = _ad_summary(g, ad_model)
-        entry["calibration"] = _calibration_summary(g, calib)
-        out["protocols"][proto] = entry
-    ood = p[p["protocol"].isin(ood_protocols)]
-    if len(ood):
-        pooled = {m: regression_metrics(ood["value"].to_numpy(), ood[m].to_numpy())["mae"] for m in models}
-        non_ot = {m: v for m, v in pooled.items() if m in NON_OT_MODELS}
-        best = min(non_ot, key=non_ot.get)
-        summary = {"protocols": list(ood_protocols), "n_test_rows": len(ood), "mae": pooled, "best_non_ot_model": best}
-        if ot_models:
-            summary["ot_model"] = ot_models[0]
-            summary["gain_vs_best_non_ot"] = 1.0 - pooled[ot_models[0]] / non_ot[best]
-            summary["gains"] = {m: 1.0 - pooled[m] / non_ot[best] for m in ot_models}
-        summary["calibration"] = _calibration_summary(ood, calib)
-        if ad_model in ood:
-            summary["ad"] = _ad_summary(ood, ad_model)
-        out["pooled_ood"] = summary
-    return out
-
-
-def _calibration_summary(g: pd.DataFrame, columns: Sequence[str]) -> dict:
-    covered = g["dft_value"].notna().to_numpy() if "dft_value" in g else np.zeros(len(g), bool)
-    res: dict = {"n_rows": int(covered.sum())}
-    if covered.any():
-        for m in columns:
-            if m in g:
-                res[m] = regression_metrics(g.loc[covered, "value"].to_numpy(), g.loc[covered, m].to_numpy())
-    return res
-
-
-def _ad_summary(g: pd.DataFrame, model: str) -> dict:
-    err = (g[model] - g["value"]).abs()
-    res: dict = {"model": model}
-    for suffix, col in (("", "ad_flag"), ("_measured", "ad_flag_measured")):
-        flag = g[col].to_numpy(bool)
-        res[f"n_flagged{suffix}"] = int(flag.sum())
-        res[f"mae_in_domain{suffix}"] = float(err[~flag].mean()) if (~flag).any() else None
-        res[f"mae_flagged{suffix}"] = float(err[flag].mean()) if flag.any() else None
-    return res

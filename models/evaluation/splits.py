@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from featurizers.chemistry import parse_formula
+from models.evaluation.config import EvalSettings
 
 __all__ = [
     "FAMILIES",
@@ -29,6 +30,7 @@ __all__ = [
     "family_folds",
     "grouped_kfold",
     "loco_folds",
+    "make_folds",
     "range_extrapolation",
 ]
 
@@ -156,3 +158,29 @@ def range_extrapolation(values: Sequence[float], formulas: Sequence[str], *, top
     threshold = np.quantile(mean, 1 - top_fraction)
     idx = np.arange(len(frame))
     return Fold("range_extrapolation", f"top{round(top_fraction * 100)}pct", idx[mean < threshold], idx[mean >= threshold])
+
+
+def make_folds(settings: EvalSettings, formulas: Sequence[str], values: Sequence[float],
+               crystal_systems: Sequence[str], descriptors: pd.DataFrame, *, seed: int) -> list[Fold]:
+    """Build the seeded folds of every protocol in ``settings.protocols``, over measurement rows (positions).
+
+    ``formulas``, ``values`` and ``crystal_systems`` are per measurement; ``descriptors`` keyed by
+    formula (LOCO clusters them).
+    """
+    formulas = list(formulas)
+    folds: list[Fold] = []
+    for proto in settings.protocols:
+        if proto == "grouped_cv":
+            folds += grouped_kfold(formulas, n_folds=settings.n_folds, seed=seed)
+        elif proto == "loco":
+            desc = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
+            folds += loco_folds(formulas, desc.loc[formulas].to_numpy(float), n_clusters=settings.loco_clusters, seed=seed)
+        elif proto == "family_out":
+            folds += family_folds(formulas)
+        elif proto == "crystal_system_out":
+            folds += crystal_system_folds(formulas, list(crystal_systems))
+        elif proto == "range_extrapolation":
+            folds.append(range_extrapolation(np.asarray(values), formulas, top_fraction=settings.top_fraction))
+    if not folds:
+        raise ValueError("no fold could be made: check evaluate.*.protocols and the data")
+    return folds

@@ -7,7 +7,10 @@ from models.learners.applicability import (
     ApplicabilityDomain,
 )
 from models.learners.config import (
+    FitConfig,
     ModelConfig,
+    StackConfig,
+    StackSettings,
     TrainConfig,
 )
 from models.learners.shift_field import (
@@ -15,7 +18,6 @@ from models.learners.shift_field import (
 )
 from models.learners.stacked import (
     DFTSurrogate,
-    StackConfig,
     StackedModel,
     descriptor_matrix,
     load_stacked,
@@ -67,6 +69,7 @@ __all__ = [
     "EnsembleResult",
     "EntryTable",
     "EpochRecord",
+    "FitConfig",
     "FitResult",
     "LinearCalibration",
     "ModelConfig",
@@ -74,6 +77,7 @@ __all__ = [
     "RawDFT",
     "ShiftField",
     "StackConfig",
+    "StackSettings",
     "StackedModel",
     "TrainConfig",
     "TrainResult",

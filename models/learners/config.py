@@ -1,17 +1,32 @@
-"""TODO docstring."""
+"""Settings of the learners: the single source of every training option and its default.
+
+The train stage validates ``params.yaml``'s ``train`` section straight into
+:class:`FitConfig` (``train.model`` -> :class:`ModelConfig`, ``train.optim`` ->
+:class:`TrainConfig`, ``train.stack`` -> :class:`StackConfig`) and the evaluate stage refits
+per fold with the same objects under a smaller budget, so the two cannot drift apart. Fields
+marked ``derived`` are set from other facts (the property's clamp, the run's seed, the
+model section), never from params.yaml.
+
+Torch-free, so that reading a configuration imports no training code.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
+
+from models._io import PARAM_DERIVED, PARAM_INLINE
+
+if TYPE_CHECKING:
+    from models.properties import Property
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Keyword arguments of :class:`models.gnn.MultiFidelityNet` (descriptor width is set from the data)."""
+    """Keyword arguments of :class:`models.nets.MultiFidelityNet` (descriptor width is set from the data)."""
 
     comp_hidden: int = 64
-    comp_layers: int = 3
+    comp_layers: int = 2
     comp_heads: int = 1
     emb_dim: int = 64
     head_hidden: int = 64
@@ -28,17 +43,23 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; ``use_ot=False`` gives the GNN-without-OT baseline.
+    """Optimisation settings of one GNN (``train.optim`` in params.yaml); ``use_ot=False`` gives the GNN without OT.
 
-    ``freeze_encoder`` keeps a pretrained composition encoder fixed while fine-tuning (its
-    embeddings are computed once), so fine-tuning costs only the heads: the cheap mode for
-    CV on two cores.
+    ``pretrain_epochs`` / ``pretrain_batch_size``: DFT-only pretraining of the composition
+    encoder. :func:`models.learners.fit_property` and the evaluate stage run it once, shared by
+    the members (:func:`models.learners.pretrain_members`); :func:`models.learners.train_model`
+    runs it in-loop only when it is given no pretrained state. ``freeze_encoder`` keeps a
+    pretrained composition encoder fixed while fine-tuning (its embeddings are computed once),
+    so fine-tuning costs only the heads: the cheap mode for CV on two cores. ``use_ot``,
+    ``clamp_min`` (the property's) and ``model`` are set by the caller, not by params.yaml.
     """
 
     epochs: int = 60
     pretrain_epochs: int = 0
+    pretrain_batch_size: int = 256
     batch_size: int = 128
     dft_batch_size: int = 256
     lr: float = 2e-3
@@ -49,19 +70,19 @@ class TrainConfig:
     w_exp: float = 1.0
     w_calibrated: float = 0.3
     w_ot: float = 0.05
-    use_ot: bool = True
+    use_ot: bool = field(default=True, metadata=PARAM_DERIVED)
     ot_reg: float = 0.1
     ot_reg_m: float = 1.0
     ot_iters: int = 30
     loss: Literal["l1", "huber"] = "l1"
-    clamp_min: float | None = None
+    clamp_min: float | None = field(default=None, metadata=PARAM_DERIVED)
     freeze_encoder: bool = False
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=PARAM_DERIVED)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.pretrain_epochs < 0:
             raise ValueError("epochs must be >= 1 and pretrain_epochs >= 0")
-        if self.batch_size < 2 or self.dft_batch_size < 2:
+        if self.batch_size < 2 or self.dft_batch_size < 2 or self.pretrain_batch_size < 2:
             raise ValueError("batch sizes must be >= 2")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -71,6 +92,126 @@ class TrainConfig:
             raise ValueError("loss weights and weight_decay must be >= 0")
         if self.patience < 1:
             raise ValueError("patience must be >= 1")
+        if self.loss not in ("l1", "huber"):
+            raise ValueError(f"loss must be 'l1' or 'huber', got {self.loss!r}")
 
 
-__all__ = ["ModelConfig", "TrainConfig"]
+@dataclass(frozen=True)
+class StackConfig:
+    """Options of the stacked model (chosen on seed-1 folds, see benchmarks/cv_experiment_results.md).
+
+    ``surrogate_*`` configure the DFT surrogate, the rest the model of the measurements.
+    ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
+    boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
+    ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
+    boosters fit the measurement directly). ``ot_in_correction``: with a shift field, its OT
+    shift is also a linear term of that correction (besides being a booster feature).
+    ``ot_neighbours``: aligned formulas averaged by the shift field the callers build for it.
+    """
+
+    surrogate_trees: int = 300
+    surrogate_leaves: int = 63
+    surrogate_lr: float = 0.05
+    surrogate_folds: int = 5
+    trees: int = 800
+    leaves: int = 31
+    lr: float = 0.03
+    min_child_samples: int = 10
+    colsample: float = 0.5
+    subsample: float = 0.8
+    objective: str = "regression"
+    bags: int = 5
+    correction_alpha: float | None = 10.0
+    ot_in_correction: bool = False
+    ot_neighbours: int = 5
+    clamp_min: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
+    seed: int = field(default=0, metadata=PARAM_DERIVED)  # train.seed
+    n_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags",
+                     "ot_neighbours"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StackConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.surrogate_folds < 2:
+            raise ValueError(f"StackConfig.surrogate_folds must be >= 2, got {self.surrogate_folds}")
+        for name in ("colsample", "subsample", "lr", "surrogate_lr"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"StackConfig.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.correction_alpha is not None and self.correction_alpha <= 0:
+            raise ValueError(f"StackConfig.correction_alpha must be > 0 or None, got {self.correction_alpha}")
+        if self.objective not in ("regression", "regression_l1", "huber"):
+            raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """How the stacked model is used (``train.stack``; its :class:`StackConfig` keys stand beside these).
+
+    ``blend_weight`` is fixed from the CV benchmark (benchmarks/cv_experiment_results.md), never
+    fitted: the served prediction is ``w * stacked + (1 - w) * gnn_ot``. ``ot_features``: the
+    served stacked model takes the align stage's calibration shifts (:class:`ShiftField`).
+    ``extra_fidelities``: other DFT fidelities of ``data/raw/dft.parquet`` given to the stacked
+    model where known (the property's own DFT column is skipped).
+    """
+
+    enabled: bool = True
+    blend_weight: float = 1.0
+    ot_features: bool = True
+    extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
+    config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.blend_weight <= 1.0:
+            raise ValueError(f"stack.blend_weight must be in [0, 1], got {self.blend_weight}")
+        if self.blend_weight > 0 and not self.enabled:
+            raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything :func:`models.learners.fit_property` fits for one property (``train`` in params.yaml, less paths).
+
+    ``members`` GNNs per variant (seeds ``seed, seed + 1, ...``) share ``encoders``
+    DFT-pretrained composition encoders round-robin; ``selection_fraction`` of the measured
+    formulas (grouped) are held out to compare every model on the same unseen formulas.
+    """
+
+    seed: int = 0
+    members: int = 4
+    encoders: int = 2
+    selection_fraction: float = 0.2
+    rf_trees: int = 300
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # the train stage's recipe: a DFT-pretrained composition encoder, frozen while the heads fine-tune
+    optim: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, pretrain_epochs=4, dft_batch_size=128,
+                                                                   patience=8, freeze_encoder=True))
+    stack: StackSettings = field(default_factory=StackSettings)
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
+        if not 1 <= self.encoders <= self.members:
+            raise ValueError(f"encoders must be in 1..members, got {self.encoders}")
+        if not 0.0 < self.selection_fraction < 0.5:
+            raise ValueError(f"selection_fraction must be in (0, 0.5), got {self.selection_fraction}")
+        if self.rf_trees < 1:
+            raise ValueError(f"rf_trees must be >= 1, got {self.rf_trees}")
+
+    def train_config(self, prop: Property) -> TrainConfig:
+        """Return the GNN training settings for ``prop``: ``optim`` with ``model`` and the property's clamp."""
+        return replace(self.optim, model=self.model, clamp_min=prop.clamp_min)
+
+    def stack_config(self, prop: Property) -> StackConfig | None:
+        """Return the stacked model's settings for ``prop`` (seed and clamp set), or None when the stack is off."""
+        if not self.stack.enabled:
+            return None
+        return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min)
+
+    def extra_fidelities(self, prop: Property) -> tuple[str, ...]:
+        """Return the other DFT fidelities the stacked model takes for ``prop`` (never its own DFT column)."""
+        return tuple(c for c in self.stack.extra_fidelities if c != prop.dft_column)
+
+
+__all__ = ["FitConfig", "ModelConfig", "StackConfig", "StackSettings", "TrainConfig"]

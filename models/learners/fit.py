@@ -1,7 +1,8 @@
-"""Fit the GNN ensemble (with and without OT terms) and the baselines for one property.
+"""Fit the GNN ensemble (with and without OT terms), the stacked model and the baselines for one property.
 
 :func:`fit_property` takes frames (never paths): DFT entries with ``formula``, ``dft_value``,
-optional ``stability`` (formation energy per atom, to rank polymorphs) or ``e_above_hull`` and the align stage's ``calibrated_target``/``confidence``;
+``stability`` (formation energy per atom: the polymorph rule of :mod:`models.properties`),
+optionally ``material_id`` and the align stage's ``calibrated_target``/``confidence``;
 measurements with ``formula``, ``value``; descriptors keyed by ``formula``. The measured
 formulas are split once (grouped, seeded) into a training and a selection part; all models are
 fitted on the training part and scored on the selection part. :func:`write_outputs` writes
@@ -11,6 +12,7 @@ everything a later ``predict`` needs into a directory.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ import torch
 
 from models._io import write_manifest
 from models.learners.baselines import DescriptorForest, LinearCalibration, RawDFT, mae, save_forest
-from models.learners.config import TrainConfig
-from models.learners.stacked import StackConfig, StackedModel, save_stacked
+from models.learners.config import FitConfig, StackConfig, TrainConfig
+from models.learners.shift_field import ShiftField
+from models.learners.stacked import StackedModel, save_stacked
 from models.learners.table import EntryTable, grouped_split
 from models.learners.training import (
     DataParallelHook,
@@ -33,7 +36,7 @@ from models.learners.training import (
     train_model,
 )
 from models.nets import save_model
-from models.properties import reference_per_formula
+from models.properties import Property, reference_per_formula
 
 __all__ = ["FitResult", "fit_property", "write_outputs"]
 
@@ -56,80 +59,55 @@ class FitResult:
     measured_formulas: list[str] | None = None
 
 
+@dataclass
+class _Split:
+    """The measurements split once: training rows ``tr``, selection rows ``sel``, and their table rows."""
+
+    tr: pd.DataFrame
+    sel: pd.DataFrame
+    table: EntryTable
+    train_rows: np.ndarray
+    sel_rows: np.ndarray
+
+
 def fit_property(
     *,
     dft: pd.DataFrame,
     experiment: pd.DataFrame,
     descriptors: pd.DataFrame,
-    train_config: TrainConfig,
+    config: FitConfig,
+    prop: Property,
     graphs: dict[str, Any] | None = None,
-    members: int = 4,
-    encoders: int = 2,
-    pretrain_epochs: int = 4,
-    pretrain_batch_size: int = 256,
-    selection_fraction: float = 0.2,
-    rf_trees: int = 300,
-    seed: int = 0,
-    device: str = "auto",
     parallel: DataParallelHook | None = None,
-    stack_config: StackConfig | None = None,
-    blend_weight: float = 0.0,
-    extra_fidelities: tuple[str, ...] = (),
-    ot_features: bool = True,
 ) -> FitResult:
-    """Fit everything for one property; see the module docstring.
+    """Fit everything for ``prop`` with ``config``; see the module docstring.
 
-    ``stack_config``: when given, also fit the multi-fidelity :class:`models.stacked.StackedModel`
-    on the training part. ``blend_weight`` (0..1, needs ``stack_config``): weight of the stacked
-    model in the served prediction ``w * stacked + (1 - w) * gnn_ot`` (fixed beforehand from the
-    CV benchmark, never fitted on the selection part); 0 serves the GNN alone.
-    ``extra_fidelities``: columns of ``dft`` (e.g. HSE or GLLB-SC gaps) whose per-formula value
-    (most stable polymorph where known) the stacked model also takes; absent columns are skipped.
-    ``ot_features``: the served stacked model takes the align stage's calibration shifts
-    (``dft`` columns ``calibrated_target``, ``confidence``) extended to every composition by
-    :class:`models.shift_field.ShiftField`; the stacked model without them is fitted beside it
-    (same surrogate) and scored on the selection part as the no-OT comparison.
+    With ``config.stack.enabled`` the multi-fidelity :class:`models.learners.StackedModel` is
+    fitted on the training part too, and served with weight ``config.stack.blend_weight``
+    (``w * stacked + (1 - w) * gnn_ot``, fixed beforehand from the CV benchmark, never fitted on
+    the selection part). With ``config.stack.ot_features`` the served stacked model takes the
+    align stage's calibration shifts (``dft`` columns ``calibrated_target``, ``confidence``)
+    extended to every composition by :class:`models.learners.ShiftField`; the stacked model
+    without them is fitted beside it (same surrogate) as the no-OT comparison. ``parallel``
+    shares each GNN minibatch among data-parallel ranks (:mod:`models.learners.distributed`).
     """
-    import time
-
-    if not 0.0 <= blend_weight <= 1.0:
-        raise ValueError(f"blend_weight must be in [0, 1], got {blend_weight}")
-    if blend_weight > 0 and stack_config is None:
-        raise ValueError("blend_weight > 0 needs a stack_config (the stacked model it blends in)")
     t0 = time.perf_counter()
-    dev = determine_device(device)
-    torch.manual_seed(seed)
-    rank = next((c for c in ("stability", "e_above_hull") if c in dft), None)
-    ref = reference_per_formula(dft, value="dft_value", rank=rank)
-    cols = ["formula", "value", *(["material_id"] if "material_id" in experiment else [])]
-    exp = experiment[cols].reset_index(drop=True)
-    tr_idx, sel_idx = grouped_split(exp["formula"].tolist(), fraction=selection_fraction, seed=seed)
-    tr, sel = exp.iloc[tr_idx], exp.iloc[sel_idx]
-    table = EntryTable.build(dft=dft, experiment=pd.concat([tr, sel]), descriptors=descriptors, dft_reference=ref,
-                             graphs=graphs)
-    n_dft = len(dft)
-    train_rows = np.arange(n_dft + len(tr))
-    sel_rows = np.arange(n_dft + len(tr), len(table))
-    y_sel = sel["value"].to_numpy()
-    clamp = train_config.clamp_min
-
-    # DFT-only pretraining; members share the encoders round-robin and differ in head seeds
-    states = pretrain_members(table, train_config, n_members=min(encoders, members), epochs=pretrain_epochs,
-                              batch_size=pretrain_batch_size, seed=seed, device=dev, parallel=parallel)
-    fitted: dict[str, list[TrainResult]] = {}
-    for name, use_ot in (("gnn_no_ot", False), ("gnn_ot", True)):
-        fitted[name] = [
-            train_model(table, replace(train_config, use_ot=use_ot), seed=seed + k, train_rows=train_rows, device=dev,
-                        init_state=states[k % len(states)], parallel=parallel)
-            for k in range(members)
-        ]
-    preds = {name: predict_ensemble([r.model for r in res], table, sel_rows, device=dev, clamp_min=clamp)
+    dev = determine_device(config.device)
+    torch.manual_seed(config.seed)
+    train_config = config.train_config(prop)
+    ref = reference_per_formula(dft)
+    split = _split(dft, experiment, descriptors, ref, graphs, config)
+    fitted = _fit_gnns(split, train_config, config, dev, parallel)
+    preds = {name: predict_ensemble([r.model for r in res], split.table, split.sel_rows, device=dev,
+                                    clamp_min=prop.clamp_min)
              for name, res in fitted.items()}
+    tr, sel = split.tr, split.sel
     d_tr, d_sel = tr["formula"].map(ref).to_numpy(float), sel["formula"].map(ref).to_numpy(float)
-    linear = LinearCalibration(clamp_min=clamp).fit(d_tr, tr["value"].to_numpy())
-    forest = DescriptorForest(n_estimators=rf_trees, seed=seed).fit(descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+    linear = LinearCalibration(clamp_min=prop.clamp_min).fit(d_tr, tr["value"].to_numpy())
+    forest = DescriptorForest(n_estimators=config.rf_trees, seed=config.seed).fit(
+        descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
     selection = pd.DataFrame({
-        "formula": sel["formula"].to_numpy(), "value": y_sel, "dft_value": d_sel,
+        "formula": sel["formula"].to_numpy(), "value": sel["value"].to_numpy(), "dft_value": d_sel,
         "raw_dft": RawDFT().fit(d_tr, tr["value"]).predict(d_sel),
         "linear_dft": linear.predict(d_sel),
         "rf_descriptors": forest.predict(descriptors, sel["formula"].tolist()),
@@ -137,42 +115,87 @@ def fit_property(
         "gnn_ot": preds["gnn_ot"].experiment,
         "gnn_ot_std": preds["gnn_ot"].experiment_std,
     })
-    scored = ["raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot"]
+    stack_config = config.stack_config(prop)
     stacked = None
     if stack_config is not None:
-        extra = {c: reference_per_formula(dft, value=c, rank=rank) for c in extra_fidelities if c in dft}
-        stack_cfg = replace(stack_config, clamp_min=clamp, seed=seed)
-        stacked = StackedModel(stack_cfg, dft_reference=ref, extra_reference=extra).fit(
-            descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
-        selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
-        scored.append("stacked")
-        if ot_features and {"calibrated_target", "confidence"} <= set(dft.columns):
-            from models.learners.shift_field import ShiftField
-
-            try:
-                field = ShiftField.fit(dft["formula"].to_numpy(str), dft["dft_value"].to_numpy(float),
-                                       dft["calibrated_target"].to_numpy(float), dft["confidence"].to_numpy(float),
-                                       descriptors, k=stack_cfg.ot_neighbours)
-            except ValueError as exc:
-                raise ValueError(f"OT features of the stacked model: {exc} (too little overlap between the align "
-                                 "stage's DFT entries and the measurements; set train.stack.ot_features: false "
-                                 "to train without them)") from exc
-            stacked = StackedModel(stack_cfg, dft_reference=ref, extra_reference=extra, surrogate=stacked.surrogate,
-                                   shift_field=field).fit(descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
-            selection["stacked_ot"] = stacked.predict(descriptors, sel["formula"].tolist())
-            scored.append("stacked_ot")
+        stacked = _fit_stacked(dft, descriptors, ref, split, selection, stack_config,
+                               extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features)
         served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
-        selection["served"] = blend_weight * served + (1 - blend_weight) * selection["gnn_ot"]
-        scored.append("served")
-    metrics = {f"mae_{m}": mae(y_sel, selection[m].to_numpy()) for m in scored}
-    covered = ~np.isnan(d_sel)
-    if covered.any():
-        metrics["mae_raw_dft_covered"] = mae(y_sel[covered], d_sel[covered])
-    metrics["dft_coverage"] = float(covered.mean())
+        w = config.stack.blend_weight
+        selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
     return FitResult(members=fitted["gnn_ot"], members_no_ot=fitted["gnn_no_ot"], linear=linear, forest=forest,
-                     dft_reference=ref, metrics=metrics, selection=selection, seconds=time.perf_counter() - t0,
-                     stacked=stacked, blend_weight=blend_weight if stacked is not None else 0.0,
+                     dft_reference=ref, metrics=_selection_metrics(selection), selection=selection,
+                     seconds=time.perf_counter() - t0, stacked=stacked,
+                     blend_weight=config.stack.blend_weight if stacked is not None else 0.0,
                      measured_formulas=sorted(set(tr["formula"])))
+
+
+def _split(dft: pd.DataFrame, experiment: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series,
+           graphs: dict[str, Any] | None, config: FitConfig) -> _Split:
+    cols = ["formula", "value", *(["material_id"] if "material_id" in experiment else [])]
+    exp = experiment[cols].reset_index(drop=True)
+    tr_idx, sel_idx = grouped_split(exp["formula"].tolist(), fraction=config.selection_fraction, seed=config.seed)
+    tr, sel = exp.iloc[tr_idx], exp.iloc[sel_idx]
+    table = EntryTable.build(dft=dft, experiment=pd.concat([tr, sel]), descriptors=descriptors, dft_reference=ref,
+                             graphs=graphs)
+    n_dft = len(dft)
+    return _Split(tr=tr, sel=sel, table=table, train_rows=np.arange(n_dft + len(tr)),
+                  sel_rows=np.arange(n_dft + len(tr), len(table)))
+
+
+def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, device: torch.device,
+              parallel: DataParallelHook | None) -> dict[str, list[TrainResult]]:
+    """DFT-only pretraining, then ``config.members`` GNNs without and with OT terms (encoders shared round-robin)."""
+    states = None
+    if train_config.pretrain_epochs:
+        states = pretrain_members(split.table, train_config, n_members=min(config.encoders, config.members),
+                                  epochs=train_config.pretrain_epochs, batch_size=train_config.pretrain_batch_size,
+                                  seed=config.seed, device=device, parallel=parallel)
+    return {
+        name: [train_model(split.table, replace(train_config, use_ot=use_ot), seed=config.seed + k,
+                           train_rows=split.train_rows, device=device,
+                           init_state=None if states is None else states[k % len(states)], parallel=parallel)
+               for k in range(config.members)]
+        for name, use_ot in (("gnn_no_ot", False), ("gnn_ot", True))
+    }
+
+
+def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, split: _Split,
+                 selection: pd.DataFrame, stack_config: StackConfig, *, extra_fidelities: tuple[str, ...],
+                 ot_features: bool) -> StackedModel:
+    """Fit the stacked model without OT and, with ``ot_features``, with the shift field (returned: the served one)."""
+    tr, sel = split.tr, split.sel
+    extra = {c: reference_per_formula(dft, value=c) for c in extra_fidelities if c in dft}
+    stacked = StackedModel(stack_config, dft_reference=ref, extra_reference=extra).fit(
+        descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+    selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
+    if not (ot_features and {"calibrated_target", "confidence"} <= set(dft.columns)):
+        return stacked
+    try:
+        field = ShiftField.fit(dft["formula"].to_numpy(str), dft["dft_value"].to_numpy(float),
+                               dft["calibrated_target"].to_numpy(float), dft["confidence"].to_numpy(float),
+                               descriptors, k=stack_config.ot_neighbours)
+    except ValueError as exc:
+        raise ValueError(f"OT features of the stacked model: {exc} (too little overlap between the align "
+                         "stage's DFT entries and the measurements; set train.stack.ot_features: false "
+                         "to train without them)") from exc
+    stacked = StackedModel(stack_config, dft_reference=ref, extra_reference=extra, surrogate=stacked.surrogate,
+                           shift_field=field).fit(descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+    selection["stacked_ot"] = stacked.predict(descriptors, sel["formula"].tolist())
+    return stacked
+
+
+def _selection_metrics(selection: pd.DataFrame) -> dict[str, float]:
+    """MAE of every model on the selection rows, raw DFT on the rows that have a DFT value, and the coverage."""
+    scored = [m for m in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot", "stacked", "stacked_ot",
+                          "served") if m in selection]
+    y, d = selection["value"].to_numpy(), selection["dft_value"].to_numpy()
+    metrics = {f"mae_{m}": mae(y, selection[m].to_numpy()) for m in scored}
+    covered = ~np.isnan(d)
+    if covered.any():
+        metrics["mae_raw_dft_covered"] = mae(y[covered], d[covered])
+    metrics["dft_coverage"] = float(covered.mean())
+    return metrics
 
 
 def _history_frame(result: FitResult) -> pd.DataFrame:
@@ -183,12 +206,14 @@ def _history_frame(result: FitResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFrame, property_name: str,
-                  clamp_min: float | None, config: dict[str, Any]) -> None:
+def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFrame, prop: Property,
+                  config: dict[str, Any]) -> None:
     """Write the ensemble, baselines, metrics, history and a learning-curve plot into ``directory``.
 
-    The last file written is the sha256 manifest (:mod:`models.integrity`) that loaders verify.
+    ``config`` (the stage's settings, plain data) goes into ``ensemble.json``. The last file
+    written is the sha256 manifest (:func:`models._io.write_manifest`) that loaders verify.
     """
+    property_name, clamp_min = prop.name, prop.clamp_min
     directory.mkdir(parents=True, exist_ok=True)
     names = []
     for k, m in enumerate(result.members):

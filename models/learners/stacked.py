@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField
 
 __all__ = [
     "DFTSurrogate",
-    "StackConfig",
     "StackedModel",
     "descriptor_matrix",
     "load_stacked",
@@ -59,54 +58,6 @@ def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], column
     if not np.isfinite(x).all():
         raise ValueError("descriptors hold NaN or inf")
     return x
-
-
-@dataclass(frozen=True)
-class StackConfig:
-    """Options of the stacked model (chosen on seed-1 folds, see benchmarks/cv_experiment_results.md).
-
-    ``surrogate_*`` configure the DFT surrogate, the rest the model of the measurements.
-    ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
-    boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
-    ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
-    boosters fit the measurement directly). ``ot_in_correction``: with a shift field, its OT
-    shift is also a linear term of that correction (besides being a booster feature).
-    ``ot_neighbours``: aligned formulas averaged by the shift field the callers build for it.
-    """
-
-    surrogate_trees: int = 300
-    surrogate_leaves: int = 63
-    surrogate_lr: float = 0.05
-    surrogate_folds: int = 5
-    trees: int = 800
-    leaves: int = 31
-    lr: float = 0.03
-    min_child_samples: int = 10
-    colsample: float = 0.5
-    subsample: float = 0.8
-    objective: str = "regression"
-    bags: int = 5
-    correction_alpha: float | None = 10.0
-    ot_in_correction: bool = False
-    ot_neighbours: int = 5
-    clamp_min: float | None = None
-    seed: int = 0
-    n_jobs: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags",
-                     "ot_neighbours"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"StackConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.surrogate_folds < 2:
-            raise ValueError(f"StackConfig.surrogate_folds must be >= 2, got {self.surrogate_folds}")
-        for name in ("colsample", "subsample", "lr", "surrogate_lr"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"StackConfig.{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.correction_alpha is not None and self.correction_alpha <= 0:
-            raise ValueError(f"StackConfig.correction_alpha must be > 0 or None, got {self.correction_alpha}")
-        if self.objective not in ("regression", "regression_l1", "huber"):
-            raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
 
 
 def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, objective: str = "regression",

@@ -21,8 +21,6 @@ Models here never choose a device, read files they were not given, or read globa
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import CGConv, global_mean_pool
 from torch_geometric.utils import to_dense_batch
 
-from models._io import write_text, write_with
+from models._io import read_header, write_header, write_with
 
 __all__ = [
     "MODEL_FORMAT_VERSION",
@@ -392,14 +390,6 @@ _WEIGHTS = "weights.pt"
 _CONFIG = "model.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_model(model: nn.Module, directory: Path | str, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.json`` (class, init args, sha256 of the weights, ``extra``) and ``weights.pt``."""
     directory = Path(directory)
@@ -407,17 +397,9 @@ def save_model(model: nn.Module, directory: Path | str, *, extra: dict[str, Any]
     if name not in _MODELS or not hasattr(model, "init_args"):
         raise TypeError(f"cannot save {name}: not a registered model with init_args")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    weights = directory / _WEIGHTS
-    write_with(weights, lambda p: torch.save(state, p))
-    meta = {
-        "format_version": MODEL_FORMAT_VERSION,
-        "class": name,
-        "init_args": model.init_args,
-        "weights": _WEIGHTS,
-        "sha256": _sha256(weights),
-        "extra": extra or {},
-    }
-    write_text(directory / _CONFIG, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_with(directory / _WEIGHTS, lambda p: torch.save(state, p))
+    write_header(directory / _CONFIG, format_version=MODEL_FORMAT_VERSION, cls=name, weights=_WEIGHTS,
+                 init_args=model.init_args, extra=extra or {})
     return directory
 
 
@@ -429,23 +411,8 @@ def load_model(directory: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     """
     directory = Path(directory)
     cfg_path = directory / _CONFIG
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelFileError(f"no model config at {cfg_path}") from exc
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"model config {cfg_path} is not valid JSON: {exc}") from exc
-    if meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ModelFileError(f"{cfg_path}: unsupported format_version {meta.get('format_version')!r}")
-    cls = _MODELS.get(meta.get("class", ""))
-    if cls is None:
-        raise ModelFileError(f"{cfg_path}: unknown model class {meta.get('class')!r} (known: {', '.join(_MODELS)})")
-    weights = directory / meta["weights"]
-    if not weights.exists():
-        raise ModelFileError(f"model weights {weights} are missing")
-    digest = _sha256(weights)
-    if digest != meta["sha256"]:
-        raise ModelFileError(f"model weights {weights} do not match the sha256 recorded in {cfg_path}")
+    meta, weights = read_header(cfg_path, format_version=MODEL_FORMAT_VERSION, classes=tuple(_MODELS), error=ModelFileError)
+    cls = _MODELS[meta["class"]]
     model = cls(**meta["init_args"])
     try:  # weights_only: a file that needs to run code to load is refused, never executed
         state = torch.load(weights, map_location="cpu", weights_only=True)

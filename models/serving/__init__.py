@@ -6,9 +6,15 @@ from models._io import lazy_exports
 from models.serving.ensemble import (
     EnsemblePredictor,
 )
+from models.serving.output import (
+    COLUMNS,
+    format_table,
+    predict_items,
+)
 from models.serving.predictor import (
     ModelNotFoundError,
     Predictor,
+    dft_lookup,
 )
 from models.serving.tracking import (
     TrackingError,
@@ -23,11 +29,15 @@ _LAZY = {
 __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
+    "COLUMNS",
     "EnsemblePredictor",
     "MatshiftPyfunc",
     "ModelNotFoundError",
     "Predictor",
     "TrackingError",
+    "dft_lookup",
     "ensure_store",
+    "format_table",
     "log_run",
+    "predict_items",
 ]

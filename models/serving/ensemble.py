@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from featurizers.chemistry import reduced_formula
+from featurizers.settings import DESCRIPTOR_SETS
 from models._io import verify_manifest
 
 __all__ = ["EnsemblePredictor"]
@@ -57,26 +58,30 @@ class EnsemblePredictor:
             self.stacked = load_stacked(directory / stacked["dir"])
             self.blend_weight = float(stacked["blend_weight"])
 
-    def _descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
+    def descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
+        """Return the model's descriptor table, extended (and kept) with any formula of ``formulas`` it lacks.
+
+        A missing formula's descriptors are computed when the model's columns are ones matshift
+        computes; otherwise, or when a formula cannot be featurized, a ``ValueError`` names it.
+        """
         if self.descriptors is None:
             return None
-        known = set(self.descriptors["formula"])
-        missing = sorted(set(formulas) - known)
+        missing = sorted(set(formulas) - set(self.descriptors["formula"]))
         if not missing:
             return self.descriptors
-        from featurizers.composition import DESCRIPTOR_SETS, composition_descriptors, descriptor_labels
+        # pymatgen and matminer only when a formula outside the training table is asked for
+        from featurizers.composition import composition_descriptors, descriptor_labels
 
         cols = [c for c in self.descriptors.columns if c != "formula"]
-        candidates = [tuple(DESCRIPTOR_SETS), ("magpie",)]
-        sets = next((c for c in candidates if descriptor_labels(c) == cols), None)
+        sets = next((c for c in (DESCRIPTOR_SETS, ("magpie",)) if descriptor_labels(c) == cols), None)
         if sets is None:
             raise ValueError(f"no descriptors for formula {missing[0]!r} and the model's descriptor columns are unknown")
         result = composition_descriptors(missing, sets=sets)
         if result.failures:
             bad = result.failures[0]
             raise ValueError(f"no descriptors for formula {bad.formula!r}: {bad.reason}")
-        extra = result.frame
-        return pd.concat([self.descriptors, extra[["formula", *cols]]], ignore_index=True)
+        self.descriptors = pd.concat([self.descriptors, result.frame[["formula", *cols]]], ignore_index=True)
+        return self.descriptors
 
     @property
     def models(self) -> list:
@@ -111,7 +116,7 @@ class EnsemblePredictor:
         dft = frame["dft_value"].astype(float).to_numpy() if "dft_value" in frame else np.full(len(frame), np.nan)
         ref = pd.Series(dft, index=formulas)
         ref = ref[~ref.index.duplicated()].dropna()
-        desc = self._descriptors_for(formulas)
+        desc = self.descriptors_for(formulas)
         if self.gnn_weight == 0:  # the stacked model alone: no GNN, no torch
             value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
             return pd.DataFrame({"prediction": value, "uncertainty": spread})

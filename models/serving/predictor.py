@@ -10,34 +10,43 @@ align stage saved a neural calibration map (``align.method: neural``), the DFT v
 input is also calibrated by that map (``calibrated_dft``), including DFT entries that were
 never part of the alignment.
 
-Never reads params.yaml or environment variables: paths and thresholds are arguments.
+The DFT value of an input is its formula's polymorph by the one rule of
+:func:`models.properties.choose_polymorphs` (the one training used), from the DFT table the
+caller passes (:func:`dft_lookup`). Never reads params.yaml, environment variables or files
+it was not given: tables, paths and thresholds are arguments.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from featurizers.composition import DESCRIPTOR_SETS, composition_descriptors, descriptor_labels
-from models.learners.applicability import ApplicabilityDomain
+from models.learners import ApplicabilityDomain
+from models.properties import Property, choose_polymorphs
+from models.serving.ensemble import EnsemblePredictor
+
+if TYPE_CHECKING:
+    from models.transport import CalibrationMap
 
 
 class ModelNotFoundError(FileNotFoundError):
     """A model reference that does not point at a trained model."""
 
+
 class Predictor:
     """A trained model ready for :meth:`predict` on :class:`featurizers.inputs.ParsedInput`."""
 
-    def __init__(self, ensemble, *, property: str, dft: pd.DataFrame | None, ad_threshold: float = 95.0,
-                 features_dir: Path | str | None = None, calibration=None):
+    def __init__(self, ensemble: EnsemblePredictor, *, property: str, dft: pd.DataFrame | None,
+                 ad_threshold: float = 95.0, features_dir: Path | str | None = None,
+                 calibration: CalibrationMap | None = None):
         self.ensemble = ensemble
         self.property = property
         self.ad_threshold = ad_threshold
         desc = ensemble.descriptors
         self.columns = [c for c in desc.columns if c != "formula"]
-        self.sets = next((s for s in (tuple(DESCRIPTOR_SETS), ("magpie",)) if descriptor_labels(s) == self.columns), None)
         # the AD reference is the training *measurements* when the model lists them: the
         # evaluate stage found that distance to measured compositions picks out inputs with
         # larger errors, distance to DFT + measured compositions does not (README results)
@@ -54,18 +63,24 @@ class Predictor:
         self.calibration = calibration  # models.icnn.CalibrationMap or None
 
     @classmethod
-    def load(cls, ref: str | Path, *, property: str, raw_dir: Path | str = "data/raw",
-             features_dir: Path | str = "data/features", aligned_dir: Path | str = "data/aligned") -> Predictor:
-        from models.serving.ensemble import EnsemblePredictor
+    def load(cls, ref: str | Path, *, prop: Property, dft: pd.DataFrame | None = None,
+             index: pd.DataFrame | None = None, features_dir: Path | str | None = None,
+             neural_map: Path | str | None = None) -> Predictor:
+        """Load the model at ``ref`` (a directory written by ``matshift train``, or ``NAME/VERSION`` in MLflow).
 
-        directory = _resolve(ref)
-        ensemble = EnsemblePredictor(directory)
+        ``dft``: the DFT entries (``material_id``, ``formula``, the property's DFT column,
+        ``stability``) the inputs' DFT values are looked up in, and ``index`` (the featurize
+        stage's, by ``id``) says which have a crystal graph; ``features_dir`` holds
+        ``graphs.pt`` and ``graph_config.json``; ``neural_map`` is the align stage's map
+        directory, used when it exists. Without ``dft`` every input is predicted from its
+        composition alone.
+        """
+        ensemble = EnsemblePredictor(_resolve(ref))
         meta_prop = ensemble.meta.get("property")
-        if meta_prop and meta_prop != property:
-            raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {property}")
-        features_dir = Path(features_dir)
-        calibration = _calibration_map(Path(aligned_dir) / property / "neural_map", ensemble.descriptors)
-        return cls(ensemble, property=property, dft=_dft_lookup(Path(raw_dir), property, features_dir),
+        if meta_prop and meta_prop != prop.name:
+            raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {prop.name}")
+        calibration = _calibration_map(Path(neural_map), ensemble.descriptors) if neural_map is not None else None
+        return cls(ensemble, property=prop.name, dft=None if dft is None else dft_lookup(dft, prop, index),
                    features_dir=features_dir, calibration=calibration)
 
     def predict(self, items) -> pd.DataFrame:
@@ -90,7 +105,9 @@ class Predictor:
             elif mid and not uses_graphs:
                 structure_used.append(f"{mid} (most stable polymorph: its DFT value)")
             else:
-                structure_used.append(f"{mid} (most stable polymorph; no structure)" if mid else "none: composition only")
+                structure_used.append(f"{mid} (most stable polymorph; no structure)" if mid
+                                      else "median DFT value of its polymorphs (formation energies unknown)"
+                                      if np.isfinite(val) else "none: composition only")
         graphs = self._graphs(items, structure_ids, structure_used) if uses_graphs else None
         if not uses_graphs:
             for k, item in enumerate(items):
@@ -155,18 +172,8 @@ class Predictor:
         return CrystalGraphFeaturizer.from_config(json.loads(path.read_text(encoding="utf-8")))
 
     def _descriptors(self, formulas: list[str]) -> pd.DataFrame:
-        known = self.ensemble.descriptors
-        missing = sorted(set(formulas) - set(known["formula"]))
-        if missing:
-            if self.sets is None:
-                raise ValueError("the model's descriptor columns are not ones matshift can compute")
-            result = composition_descriptors(missing, sets=self.sets)
-            if result.failures:
-                f = result.failures[0]
-                raise ValueError(f"no descriptors for formula {f.formula!r}: {f.reason}")
-            known = pd.concat([known, result.frame[["formula", *self.columns]]], ignore_index=True)
-            self.ensemble.descriptors = known
-        return known
+        return self.ensemble.descriptors_for(formulas)
+
 
 def _resolve(ref: str | Path) -> Path:
     path = Path(ref)
@@ -205,26 +212,22 @@ def _calibration_map(directory: Path, descriptors: pd.DataFrame):
                                  "than the model; re-run `dvc repro` so align and train agree")
     return cal
 
-def _dft_lookup(raw_dir: Path, prop: str, features_dir: Path | None = None) -> pd.DataFrame | None:
-    path = raw_dir / "dft.parquet"
-    column = {"band_gap": "band_gap_pbe", "formation_enthalpy": "formation_energy_per_atom"}[prop]
-    if not path.is_file():
-        return None
-    columns = list(dict.fromkeys(["material_id", "formula", column, "formation_energy_per_atom"]))
-    dft = pd.read_parquet(path, columns=columns)
-    # the most stable polymorph: lowest formation energy per atom (same order as E_hull for one formula)
-    dft = dft[np.isfinite(dft[column])].sort_values(["formation_energy_per_atom", "material_id"], na_position="last")
-    dft = dft.rename(columns={column: "dft_value"})
-    out = dft.drop_duplicates("formula").set_index("formula")[["material_id", "dft_value"]]
+def dft_lookup(dft: pd.DataFrame, prop: Property, index: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per formula: ``material_id`` and ``dft_value`` of its polymorph, and ``structure_id`` of its graph's.
+
+    Both by :func:`models.properties.choose_polymorphs`, as in training: the polymorph among
+    all entries with a value, and the polymorph among those with a crystal graph (``index``
+    marks them; without it no structure is looked up).
+    """
+    frame = dft.rename(columns={prop.dft_column: "dft_value"})
+    frame = frame[np.isfinite(frame["dft_value"].to_numpy(float))]
+    out = choose_polymorphs(frame)[["material_id", "dft_value"]].copy()
     out["structure_id"] = None
-    index = features_dir / "index.parquet" if features_dir is not None else None
-    if index is not None and index.is_file():
-        # as in training: the most stable polymorph (with a value) that has a crystal graph
-        feats = pd.read_parquet(index, columns=["id", "domain", "has_graph"])
-        with_graph = set(feats.loc[(feats["domain"] == "dft") & feats["has_graph"], "id"])
-        best = dft[dft["material_id"].isin(with_graph)].drop_duplicates("formula").set_index("formula")["material_id"]
+    if index is not None:
+        with_graph = set(index.index[(index["domain"] == "dft") & index["has_graph"].astype(bool)])
+        best = choose_polymorphs(frame, eligible=frame["material_id"].isin(with_graph))["material_id"]
         out["structure_id"] = best.reindex(out.index).astype(object).where(lambda s: s.notna(), None)
     return out
 
 
-__all__ = ["ModelNotFoundError", "Predictor"]
+__all__ = ["ModelNotFoundError", "Predictor", "dft_lookup"]

@@ -16,6 +16,21 @@ from models.transport.blocks import (
     support_components,
     transport_distance_blocks,
 )
+from models.transport.config import (
+    ACTIVATION_NAMES,
+    METHODS,
+    AlignConfig,
+    DualConfig,
+    NeuralAlignConfig,
+    SolverOptions,
+)
+from models.transport.diagnostics import (
+    OT_DISTANCE_DEFINITION,
+    AlignmentOutputs,
+    alignment_outputs,
+    distances_before_after,
+    outlier_table,
+)
 from models.transport.formulations import (
     FORMULATIONS,
     resolve,
@@ -47,7 +62,6 @@ from models.transport.problem import (
     Formulation,
     Problem,
     Solution,
-    SolverOptions,
 )
 from models.transport.sinkhorn import (
     SparseSinkhornResult,
@@ -57,6 +71,7 @@ from models.transport.sinkhorn import (
 )
 from models.transport.support import (
     block_support,
+    component_labels,
     dense_support,
     ivf_support,
     knn_support,
@@ -67,10 +82,8 @@ from models.transport.support import (
 _LAZY = {
     "ACTIVATIONS": "neural",
     "CalibrationMap": "neural",
-    "DualConfig": "neural",
     "ICNN": "neural",
     "MapFileError": "neural",
-    "NeuralAlignConfig": "neural",
     "NeuralTransportMap": "neural",
     "config_dict": "neural",
     "fit_calibration_map": "neural",
@@ -83,12 +96,17 @@ __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "ACTIVATIONS",
+    "ACTIVATION_NAMES",
     "FORMULATIONS",
     "ICNN",
     "IDENTITY_CALIBRATION",
+    "METHODS",
+    "OT_DISTANCE_DEFINITION",
     "SPLIT_METHODS",
     "VALUE_CALIBRATIONS",
+    "AlignConfig",
     "AlignmentError",
+    "AlignmentOutputs",
     "AlignmentResult",
     "CalibrationMap",
     "CostWeights",
@@ -108,10 +126,13 @@ __all__ = [
     "ValueCalibration",
     "align",
     "align_blocks",
+    "alignment_outputs",
     "block_support",
     "build_support",
+    "component_labels",
     "config_dict",
     "dense_support",
+    "distances_before_after",
     "fit_calibration_map",
     "fit_dual",
     "fit_element_corrections",
@@ -124,6 +145,7 @@ __all__ = [
     "knn_support",
     "load_map",
     "neural_formulation",
+    "outlier_table",
     "pair_costs",
     "radius_pairs",
     "radius_pairs_pruned",

@@ -1,39 +1,13 @@
-r"""Optimal-transport alignment of DFT entries (source) onto measurements (target).
+"""The entry point of optimal transport: :func:`align` (DFT entries onto measurements) and its result.
 
-One entry point, :func:`align`, and one registry, :data:`FORMULATIONS`, mapping a method
-name to a solver that works on the same *sparse problem* (masses ``a``, ``b``; allowed pairs
-``rows, cols``; their costs from :mod:`models.penalties`):
-
-``balanced``
-    :math:`\min_{P 1 = a, P^\top 1 = b} \langle C, P\rangle` — exact LP (POT ``ot.emd``) up
-    to ``emd_limit`` plan entries, entropic log-stabilised Sinkhorn otherwise. Under a hard
-    block the target masses are rescaled per connected block so that each block balances.
-``unbalanced``
-    :math:`\min_P \langle C,P\rangle + \varepsilon KL(P|ab^\top) + \rho KL(P1|a) + \rho KL(P^\top 1|b)`
-    (Chizat et al. 2018), solved by :func:`models.sinkhorn.sparse_sinkhorn` (float64,
-    absorbed log-domain, epsilon-scaling, translation-invariant updates); POT's
-    ``ot.unbalanced.sinkhorn_unbalanced`` is the reference in the tests.
-``partial``
-    exact partial OT with a fixed transported mass ``m = partial_mass * min(|a|, |b|)``
-    (POT ``ot.partial.partial_wasserstein``; Chapel et al. 2020).
-``aot`` (adaptive mass)
-    :math:`\min_{P\ge 0,\ P1 \le a,\ P^\top 1 \le b} \langle C - \lambda, P\rangle`: costs may
-    be negative, the inequality marginals let the problem itself decide how much mass moves —
-    a pair is worth matching only where :math:`C_{ij} < \lambda`. This is the Lagrangian form
-    of optimal partial transport (Caffarelli & McCann 2010, Ann. Math. 171; Figalli 2010,
-    ARMA 195), ``lambda`` the price of a unit of matched mass. It is solved exactly as a
-    balanced LP with one dummy point on each side (Chapel, Alaya & Gasso 2020, NeurIPS):
-    the dummy source holds ``|b|``, the dummy target ``|a|``, all dummy costs are 0.
-``neural``
-    a conditional monotone map DFT value -> measured value, the gradient of an input-convex
-    network trained on the Kantorovich dual (Makkuva et al. 2020), conditioned on the
-    composition descriptors (:mod:`models.icnn`); it calibrates every source entry, also those
-    with no counterpart, and the fitted map is kept on the result to calibrate new entries.
-``mixture``
-    OT between Gaussian mixtures fitted to each domain in the joint (descriptor, value)
-    space (Delon & Desolneux 2020, POT ``ot.gmm.gmm_ot_plan``); the component plan is
-    lifted to points by responsibilities, ``P_ij = sum_kl a_i r_ik / pi_k  W_kl  b_j s_jl / pi'_l``,
-    evaluated on the support only (so it scales with the number of allowed pairs).
+:func:`align` builds the sparse problem (standardised descriptors, cost terms of
+:mod:`models.transport.penalties`, the support: same-formula blocks under the hard block, all
+pairs when small, a kNN graph otherwise), solves it with the formulation ``method`` names
+(:mod:`models.transport.formulations`), optionally alternates with the energy-additivity
+corrections, and returns an :class:`AlignmentResult` (sparse plan, transported masses,
+calibrated targets, diagnostics). :func:`transport_distance` is the objective used as a
+distance between two distributions. A caller with an :class:`~models.transport.AlignConfig`
+passes ``**config.kwargs()``.
 
 The library never reads files or params; the caller passes arrays (evaluation calls it per
 fold with training data only; the scaler is fitted on exactly the data passed in).

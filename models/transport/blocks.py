@@ -35,14 +35,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
 from models.transport.alignment import AlignmentResult, align
 from models.transport.formulations import _lookup_costs, resolve
 from models.transport.penalties import CostWeights, Domain
 from models.transport.problem import AlignmentError, Problem, Solution, SolverOptions
 from models.transport.sinkhorn import unbalanced_objective
+from models.transport.support import component_labels
 
 SPLIT_METHODS: tuple[str, ...] = ("unbalanced",)
 
@@ -57,9 +56,7 @@ def support_components(rows: np.ndarray, cols: np.ndarray, n: int, m: int) -> li
     """
     if rows.size == 0:
         return []
-    graph = sp.coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols + n)), shape=(n + m, n + m))
-    _, label = connected_components(graph, directed=False)
-    edge_label = label[rows]
+    edge_label = component_labels(rows, cols, n, m)[1][rows]
     order = np.argsort(edge_label, kind="stable")
     bounds = np.flatnonzero(np.diff(edge_label[order])) + 1
     groups = np.split(order, bounds)

@@ -1,27 +1,57 @@
-"""TODO docstring."""
+r"""The formulations: one solver per alignment method, all on the same sparse :class:`Problem`.
+
+``balanced``
+    :math:`\min_{P 1 = a, P^\top 1 = b} \langle C, P\rangle` — exact LP (POT ``ot.emd``) up
+    to ``emd_limit`` plan entries, entropic log-stabilised Sinkhorn otherwise. Under a hard
+    block the target masses are rescaled per connected block so that each block balances.
+``unbalanced``
+    :math:`\min_P \langle C,P\rangle + \varepsilon KL(P|ab^\top) + \rho KL(P1|a) + \rho KL(P^\top 1|b)`
+    (Chizat et al. 2018), solved by :func:`models.sinkhorn.sparse_sinkhorn` (float64,
+    absorbed log-domain, epsilon-scaling, translation-invariant updates); POT's
+    ``ot.unbalanced.sinkhorn_unbalanced`` is the reference in the tests.
+``partial``
+    exact partial OT with a fixed transported mass ``m = partial_mass * min(|a|, |b|)``
+    (POT ``ot.partial.partial_wasserstein``; Chapel et al. 2020).
+``aot`` (adaptive mass)
+    :math:`\min_{P\ge 0,\ P1 \le a,\ P^\top 1 \le b} \langle C - \lambda, P\rangle`: costs may
+    be negative, the inequality marginals let the problem itself decide how much mass moves —
+    a pair is worth matching only where :math:`C_{ij} < \lambda`. This is the Lagrangian form
+    of optimal partial transport (Caffarelli & McCann 2010, Ann. Math. 171; Figalli 2010,
+    ARMA 195), ``lambda`` the price of a unit of matched mass. It is solved exactly as a
+    balanced LP with one dummy point on each side (Chapel, Alaya & Gasso 2020, NeurIPS):
+    the dummy source holds ``|b|``, the dummy target ``|a|``, all dummy costs are 0.
+``neural``
+    a conditional monotone map DFT value -> measured value, the gradient of an input-convex
+    network trained on the Kantorovich dual (Makkuva et al. 2020), conditioned on the
+    composition descriptors (:mod:`models.icnn`); it calibrates every source entry, also those
+    with no counterpart, and the fitted map is kept on the result to calibrate new entries.
+``mixture``
+    OT between Gaussian mixtures fitted to each domain in the joint (descriptor, value)
+    space (Delon & Desolneux 2020, POT ``ot.gmm.gmm_ot_plan``); the component plan is
+    lifted to points by responsibilities, ``P_ij = sum_kl a_i r_ik / pi_k  W_kl  b_j s_jl / pi'_l``,
+    evaluated on the support only (so it scales with the number of allowed pairs).
+
+:data:`FORMULATIONS` maps a method name to its solver; :func:`resolve` looks one up and lists
+the valid names on error.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
+from models.transport.config import SolverOptions
+from models.transport.problem import AlignmentError, Formulation, Problem, Solution
 from models.transport.sinkhorn import sparse_sinkhorn, truncation_bound
-
-if TYPE_CHECKING:
-    pass
-from models.transport.problem import AlignmentError, Formulation, Problem, Solution, SolverOptions
+from models.transport.support import component_labels
 
 
 def _balanced(problem: Problem, opts: SolverOptions) -> Solution:
     a, b = problem.a, problem.b.copy()
     n, m = problem.shape
     # per connected block of the support, rescale b so that the block balances
-    graph = sp.coo_matrix((np.ones(problem.rows.size), (problem.rows, problem.cols + n)), shape=(n + m, n + m))
-    n_comp, label = connected_components(graph, directed=False)
+    n_comp, label = component_labels(problem.rows, problem.cols, n, m)
     la, lb = label[:n], label[n:]
     sa = np.bincount(la, weights=a, minlength=n_comp)
     sb = np.bincount(lb, weights=b, minlength=n_comp)
@@ -91,9 +121,7 @@ def _partial(problem: Problem, opts: SolverOptions) -> Solution:
     if problem.hard_block:
         # at most min(|a_B|, |b_B|) can move inside each block B
         n = a.size
-        graph = sp.coo_matrix((np.ones(problem.rows.size), (problem.rows, problem.cols + n)),
-                              shape=(n + b.size, n + b.size))
-        n_comp, label = connected_components(graph, directed=False)
+        n_comp, label = component_labels(problem.rows, problem.cols, n, b.size)
         sa = np.bincount(label[:n], weights=a, minlength=n_comp)
         sb = np.bincount(label[n:], weights=b, minlength=n_comp)
         singleton_a = np.bincount(problem.rows, minlength=n) == 0

@@ -39,9 +39,7 @@ CPU unless the caller moves nothing; the maps are small).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -54,15 +52,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models._io import write_text, write_with
+from models._io import ModelFormatError, read_header, write_header, write_with
+from models.transport.config import ACTIVATION_NAMES, DualConfig, NeuralAlignConfig, SolverOptions
+from models.transport.problem import AlignmentError, Problem, Solution
 
 __all__ = [
     "ACTIVATIONS",
     "ICNN",
     "CalibrationMap",
-    "DualConfig",
     "MapFileError",
-    "NeuralAlignConfig",
     "NeuralTransportMap",
     "config_dict",
     "fit_calibration_map",
@@ -86,7 +84,7 @@ def _leaky(x: Tensor) -> Tensor:
 
 
 # convex and non-decreasing: composition with a convex argument keeps convexity
-ACTIVATIONS = {"softplus": F.softplus, "celu": F.celu, "leaky_relu": _leaky}
+ACTIVATIONS = dict(zip(ACTIVATION_NAMES, (F.softplus, F.celu, _leaky), strict=True))
 
 
 class ICNN(nn.Module):
@@ -230,32 +228,6 @@ class ICNN(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden={self.init_args['hidden']}, cond_dim={self.cond_dim}, "
                 f"activation={self.activation!r}, quadratic={self.quad is not None}")
-
-
-@dataclass(frozen=True)
-class DualConfig:
-    """Min-max training of the pair ``(f, g)``; defaults documented beside each field."""
-
-    hidden: tuple[int, ...] = (64, 64)  # convex-layer widths of f and g
-    cond_hidden: int = 32  # condition-path width (conditioned maps)
-    activation: str = "softplus"
-    quadratic: bool = True
-    iterations: int = 1000  # outer (f) steps
-    inner_steps: int = 5  # g steps per f step (the inner maximisation)
-    batch_size: int = 256
-    lr: float = 1e-3
-    seed: int = 0
-    dtype: str = "float32"  # float32 or float64
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1 or self.inner_steps < 1 or self.batch_size < 2:
-            raise ValueError("iterations and inner_steps must be >= 1 and batch_size >= 2")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
 
 @dataclass
@@ -417,14 +389,6 @@ def fit_dual(
 # ----------------------------------------------------------------------------- save / load
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_map(
     nmap: NeuralTransportMap,
     directory: Path | str,
@@ -444,20 +408,10 @@ def save_map(
     state["mu_t"] = torch.as_tensor(nmap.mu_t, dtype=torch.float64)
     for name, arr in (arrays or {}).items():
         state[f"array.{name}"] = torch.as_tensor(np.asarray(arr, dtype=np.float64))
-    weights = directory / _WEIGHTS
-    write_with(weights, lambda p: torch.save(state, p))
-    meta = {
-        "format_version": MAP_FORMAT_VERSION,
-        "class": "NeuralTransportMap",
-        "init_args": nmap.g.init_args,
-        "dtype": str(next(nmap.g.parameters()).dtype).removeprefix("torch."),
-        "scale": nmap.scale,
-        "arrays": sorted(arrays or {}),
-        "weights": _WEIGHTS,
-        "sha256": _sha256(weights),
-        "extra": extra or {},
-    }
-    write_text(directory / _CONFIG, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_with(directory / _WEIGHTS, lambda p: torch.save(state, p))
+    write_header(directory / _CONFIG, format_version=MAP_FORMAT_VERSION, cls="NeuralTransportMap", weights=_WEIGHTS,
+                 init_args=nmap.g.init_args, dtype=str(next(nmap.g.parameters()).dtype).removeprefix("torch."),
+                 scale=nmap.scale, arrays=sorted(arrays or {}), extra=extra or {})
     return directory
 
 
@@ -471,19 +425,10 @@ def load_map(directory: Path | str) -> tuple[NeuralTransportMap, dict[str, np.nd
     directory = Path(directory)
     cfg_path = directory / _CONFIG
     try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise MapFileError(f"no neural map config at {cfg_path}") from exc
-    except json.JSONDecodeError as exc:
-        raise MapFileError(f"neural map config {cfg_path} is not valid JSON: {exc}") from exc
-    if meta.get("format_version") != MAP_FORMAT_VERSION or meta.get("class") != "NeuralTransportMap":
-        raise MapFileError(f"{cfg_path}: not a neural map of format {MAP_FORMAT_VERSION} "
-                           f"(format {meta.get('format_version')!r}, class {meta.get('class')!r})")
-    weights = directory / str(meta.get("weights", _WEIGHTS))
-    if not weights.is_file():
-        raise MapFileError(f"neural map weights {weights} are missing")
-    if _sha256(weights) != meta.get("sha256"):
-        raise MapFileError(f"neural map weights {weights} do not match the sha256 recorded in {cfg_path}")
+        meta, weights = read_header(cfg_path, format_version=MAP_FORMAT_VERSION, classes=("NeuralTransportMap",),
+                                    what="neural map")
+    except ModelFormatError as exc:
+        raise MapFileError(str(exc)) from exc
     state = torch.load(weights, map_location="cpu", weights_only=True)
     try:
         g = ICNN(**meta["init_args"])
@@ -505,25 +450,6 @@ def config_dict(cfg: DualConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- calibration map (align)
-
-
-@dataclass(frozen=True)
-class NeuralAlignConfig:
-    """The ``neural`` align formulation: a conditional monotone map DFT value -> measured value.
-
-    ``pca_components`` principal components of the standardised composition descriptors form
-    the condition; ``clip_min`` bounds the calibrated value from below (0 for band gaps);
-    ``dual`` trains the pair of networks.
-    """
-
-    pca_components: int = 8
-    clip_min: float | None = None
-    dual: DualConfig = field(default_factory=lambda: DualConfig(hidden=(32, 32), cond_hidden=32,
-                                                                 iterations=1500, inner_steps=4))
-
-    def __post_init__(self) -> None:
-        if self.pca_components < 1:
-            raise ValueError(f"pca_components must be >= 1, got {self.pca_components}")
 
 
 @dataclass
@@ -661,7 +587,7 @@ def fit_calibration_map(
                           bandwidth=max(bandwidth, 1e-6), clip_min=cfg.clip_min)
 
 
-def neural_formulation(problem: Any, opts: Any) -> Any:
+def neural_formulation(problem: Problem, opts: SolverOptions) -> Solution:
     """Adapter for :data:`models.transport.FORMULATIONS` (``method="neural"``).
 
     Fits :func:`fit_calibration_map` on the problem's domains, calibrates every source entry,
@@ -671,8 +597,6 @@ def neural_formulation(problem: Any, opts: Any) -> Any:
     The min-max training runs a fixed number of steps and has no stopping criterion:
     ``converged`` means that it ended with finite losses (a diverged run raises instead).
     """
-    from models.transport.problem import AlignmentError, Solution
-
     if problem.source is None or problem.target is None:
         raise AlignmentError("the neural formulation needs the domains on the problem")
     cfg = opts.neural if opts.neural is not None else NeuralAlignConfig()

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""The sparse transport problem every formulation solves, and what a formulation returns.
+
+A :class:`Problem` holds the two marginals, the allowed pairs (the support) and their costs;
+a formulation (:data:`models.transport.FORMULATIONS`) maps it and the
+:class:`~models.transport.config.SolverOptions` to a :class:`Solution`. Kept apart from the
+formulations so that the neural one (:mod:`models.transport.neural`, torch) and the block
+solver can speak this contract without importing each other.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.transport.penalties import (
-    Domain,
-)
+from models.transport.config import SolverOptions
 
 if TYPE_CHECKING:
-    from models.transport.neural import NeuralAlignConfig
+    from models.transport.penalties import Domain
 
 
 class AlignmentError(ValueError):
     """Bad alignment input or options (unknown method, problem too large for a method...)."""
 
-@dataclass(frozen=True)
-class SolverOptions:
-    """Options of every formulation (each reads the ones it needs; defaults documented)."""
-
-    reg: float = 0.05  # entropic eps, in cost units (costs are O(1))
-    reg_m: float = 1.0  # marginal KL weight rho (unbalanced)
-    tol: float = 1e-8  # max change of a log-scaling per iteration at convergence
-    max_iter: int = 20000
-    emd_limit: int = 4_000_000  # plan entries up to which LP methods run (dense)
-    partial_mass: float = 0.5  # partial: fraction of min(|a|, |b|) to move
-    aot_price: float = 0.5  # aot: lambda, the most a matched pair may cost
-    n_components: int = 8  # mixture: components per domain
-    seed: int = 0
-    neural: NeuralAlignConfig | None = None  # neural: map and training options (None = defaults)
-
-    def __post_init__(self) -> None:
-        if not self.reg > 0:
-            raise ValueError(f"reg must be > 0, got {self.reg}")
-        if not self.reg_m > 0:
-            raise ValueError(f"reg_m must be > 0, got {self.reg_m}")
-        if not 0 < self.partial_mass <= 1:
-            raise ValueError(f"partial_mass must be in (0, 1], got {self.partial_mass}")
-        if self.n_components < 1:
-            raise ValueError(f"n_components must be >= 1, got {self.n_components}")
 
 @dataclass(frozen=True)
 class Problem:
@@ -69,8 +50,11 @@ class Problem:
         M[self.rows, self.cols] = self.cost
         return M
 
+
 @dataclass(frozen=True)
 class Solution:
+    """A formulation's plan on the support (``rows``, ``cols``, ``plan``) with its objective and diagnostics."""
+
     rows: np.ndarray
     cols: np.ndarray
     plan: np.ndarray
@@ -82,6 +66,7 @@ class Solution:
     calibrated_confidence: np.ndarray | None = None
     artifact: Any = None  # the fitted map (neural), to calibrate entries that were not aligned
 
+
 Formulation = Callable[[Problem, SolverOptions], Solution]
 
 
@@ -90,5 +75,4 @@ __all__ = [
     "Formulation",
     "Problem",
     "Solution",
-    "SolverOptions",
 ]

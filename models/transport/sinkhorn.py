@@ -46,6 +46,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from models.transport.support import component_labels
+
 _ABSORB_AT = 30.0
 
 _AUTO_GATE = 0.05  # omega='auto': largest log-scaling change at which the rate is read
@@ -235,7 +237,7 @@ def sparse_sinkhorn(
                     col_has = np.bincount(cols, minlength=m) > 0
                     comp = None
             if translation_invariant and fi < 1.0 and comp is None:
-                comp = _components(rows, cols, n, m)
+                comp = component_labels(rows, cols, n, m)[1]
             K, KT = build_kernel(eps)
             budget = max_iter - n_iter if last else iter_per_eps
             # over-relaxation only at the target eps, and switched off if the error grows
@@ -330,13 +332,6 @@ def _young_omega(errs: list[float]) -> float | None:
         return None
     theta = min((tail[-1] / tail[0]) ** (1.0 / (len(tail) - 1)), 0.9975)
     return min(2.0 / (1.0 + math.sqrt(1.0 - theta)), 1.95)
-
-def _components(rows: np.ndarray, cols: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Connected-component label of every source (first n) and target (last m) point."""
-    from scipy.sparse.csgraph import connected_components
-
-    graph = sp.coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols + n)), shape=(n + m, n + m))
-    return connected_components(graph, directed=False)[1]
 
 def _ti_shift(f, g, log_a, log_b, row_has, col_has, comp, rho) -> tuple[np.ndarray, np.ndarray]:
     """Dual-optimal translation per connected block of the support (closed form).

@@ -1,10 +1,31 @@
-"""TODO docstring."""
+"""Supports: which (source, target) pairs may carry mass, and the connected blocks they form.
+
+``dense_support`` (all pairs), ``block_support`` (same group only: the hard stoichiometry
+block), ``knn_support`` (k nearest neighbours each way, exact, torch float32 distances),
+``radius_support`` (every pair within a radius, exact, :mod:`models.transport.pairsearch`)
+and ``ivf_support`` (approximate inverted-file kNN for very large clouds), plus
+:func:`component_labels`, the one place the connected blocks of a support are computed.
+
+torch is imported inside the kNN searches only: block supports (the default) never need it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from models.transport.pairsearch import kmeans_cells, radius_pairs
+
+
+def component_labels(rows: np.ndarray, cols: np.ndarray, n: int, m: int) -> tuple[int, np.ndarray]:
+    """Label the connected components of a support: ``(count, label)`` over sources (first n) then targets (last m).
+
+    Sources and targets are the two sides of a bipartite graph whose edges are the allowed
+    pairs; a point without any pair is a component of its own.
+    """
+    graph = sp.coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols + n)), shape=(n + m, n + m))
+    return connected_components(graph, directed=False)
 
 
 def dense_support(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,4 +205,4 @@ def ivf_support(
     return key // m, key % m, kth
 
 
-__all__ = ["block_support", "dense_support", "ivf_support", "knn_support", "radius_support"]
+__all__ = ["block_support", "component_labels", "dense_support", "ivf_support", "knn_support", "radius_support"]

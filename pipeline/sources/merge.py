@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from models.properties import PROPERTIES
 from pipeline.sources.base import DftRow, SourceTable
 from pipeline.sources.records import (
     DFT_LABELS,
@@ -57,7 +58,7 @@ DFT_COLUMNS = [
 ]
 EXP_COLUMNS = ["exp_id", "formula_raw", "formula", "property", "value", "unit", "source"]
 REJECTED_COLUMNS = ["source", "row", "id", "reason", "content"]
-UNITS = {"band_gap": "eV", "formation_enthalpy": "eV/atom"}
+UNITS = {p.name: p.unit for p in PROPERTIES.values()}
 LABEL_ONLY_REASON = "labels only: no structure or composition for this mp-id in any source"
 
 
@@ -294,3 +295,49 @@ def merge_tables(
         experiment_conflicts=exp_conflicts,
         structure_fallbacks=dict(fallbacks),
     )
+
+
+def manifest(result: FetchResult, tables: list[SourceTable], *, version: int, params: dict[str, Any], digest: str,
+             fingerprints: dict[str, str] | None, read_seconds: float, total_seconds: float) -> dict[str, Any]:
+    """``manifest.json``: per table its provenance and row accounting, DFT and measurement summaries, timings."""
+    dft = result.dft
+    return {
+        "version": version,
+        "params_digest": digest,
+        "params": params,
+        "input_fingerprints": fingerprints,
+        "sources": {
+            t.name: {
+                "origin": t.origin,
+                "path": t.path,
+                "sha256": t.sha256,
+                "kind": t.kind,
+                "retrieved_at": t.retrieved_at,
+                "rows_read": result.counts[t.name].read,
+                "rows_kept": result.counts[t.name].kept,
+                "rows_rejected": result.counts[t.name].rejected,
+                "rejected_reasons": dict(result.counts[t.name].reasons.most_common()),
+                "notes": t.notes,
+            }
+            for t in tables
+        },
+        "dft": {
+            "materials": len(dft),
+            "with_structure": int(dft["structure"].notna().sum()),
+            "with_structure_and_band_gap_pbe": int((dft["structure"].notna() & dft["band_gap_pbe"].notna()).sum()),
+            "with_structure_and_formation_energy": int(
+                (dft["structure"].notna() & dft["formation_energy_per_atom"].notna()).sum()),
+            "partial_occupancy": int(dft["partial_occupancy"].sum()),
+            **{f"with_{c}": int(dft[c].notna().sum()) for c in
+               ("band_gap_pbe", "band_gap_hse", "band_gap_gllb_sc", "band_gap_scan", "formation_energy_per_atom", "e_above_hull")},
+            "conflicts": result.dft_conflicts,
+            "structure_fallbacks": result.structure_fallbacks,
+        },
+        "experiment": {
+            "rows": len(result.experiment),
+            "rows_per_property": {k: int(v) for k, v in result.experiment["property"].value_counts().sort_index().items()},
+            "conflicts": result.experiment_conflicts,
+        },
+        "rejected": len(result.rejected),
+        "seconds": {"read": round(read_seconds, 2), "total": round(total_seconds, 2)},
+    }

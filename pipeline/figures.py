@@ -1,4 +1,6 @@
-"""PNG figures of the evaluate stage (the CSVs beside them are the DVC plots' data).
+"""PNG figures of the align and evaluate stages (the CSVs beside them are the DVC plots' data).
+
+Align (:func:`draw_alignment`): ``plan_heatmap.png`` and ``mass_hist.png``. Evaluate (:func:`draw`):
 
 * ``parity.png``: measured against predicted, one panel per model, all protocols' test rows.
 * ``error_vs_shift.png``: per fold, MAE against the OT shift between training and test.
@@ -101,3 +103,40 @@ def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequenc
 
 
 __all__ = ["draw"]
+
+
+def draw_alignment(out: Path, res, source, target, *, prop: str, unit: str) -> None:
+    """``plan_heatmap.png`` (plan mass over DFT value x measured value) and ``mass_hist.png`` into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan = res.plan
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    lo = min(source.values.min(), target.values.min())
+    hi = max(source.values.max(), target.values.max())
+    bins = np.linspace(lo, hi, 41)
+    h, xe, ye = np.histogram2d(source.values[plan.row], target.values[plan.col], bins=[bins, bins],
+                               weights=plan.data)
+    im = ax.imshow(np.log10(h.T + 1e-12 * max(h.max(), 1e-300)), origin="lower", aspect="auto",
+                   extent=[xe[0], xe[-1], ye[0], ye[-1]], cmap="viridis")
+    ax.plot([lo, hi], [lo, hi], "w--", lw=0.8)
+    ax.set_xlabel(f"DFT value ({unit})")
+    ax.set_ylabel(f"measured value ({unit})")
+    ax.set_title(f"{prop}: transport plan mass (log10)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out / "plan_heatmap.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, mass, marg, name in ((axes[0], res.source_mass, res.a, "DFT entries"),
+                                 (axes[1], res.target_mass, res.b, "measurements")):
+        ax.hist(mass / marg, bins=40, color="tab:blue")
+        ax.set_xlabel("transported mass / marginal")
+        ax.set_ylabel("entries")
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(out / "mass_hist.png", dpi=110)
+    plt.close(fig)

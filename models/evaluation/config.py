@@ -1,0 +1,111 @@
+"""The evaluation budget: which protocols, which models, and how much training per fold.
+
+:class:`EvalSettings` is ``evaluate.full`` / ``evaluate.quick`` in params.yaml. The per-fold
+models are the train stage's (:class:`models.learners.FitConfig`) with the smaller budget
+given here; the alignment per fold is the align stage's (:class:`models.transport.AlignConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROTOCOLS = ("grouped_cv", "loco", "family_out", "crystal_system_out", "range_extrapolation")
+OOD_PROTOCOLS = ("loco", "family_out", "crystal_system_out")
+BASELINES = ("raw_dft", "linear_dft", "rf_descriptors")
+STACKED_MODELS = ("stacked", "stacked_ot")
+CALIBRATIONS = ("calib_ot_knn", "calib_neural")
+
+
+
+@dataclass(frozen=True)
+class GnnVariant:
+    """One GNN model of the comparison: which alignment feeds it and which loss terms it uses.
+
+    ``alignment`` names an entry of :meth:`AlignSettings.variants` (None: no calibrated targets).
+    """
+
+    name: str
+    use_ot: bool
+    alignment: str | None
+    w_calibrated: float | None = None  # None: the train config's weight
+
+
+GNN_VARIANTS: dict[str, GnnVariant] = {
+    v.name: v
+    for v in (
+        GnnVariant("gnn_no_ot", use_ot=False, alignment=None),
+        GnnVariant("gnn_ot", use_ot=True, alignment="unbalanced"),
+        GnnVariant("gnn_ot_balanced", use_ot=True, alignment="balanced"),
+        GnnVariant("gnn_ot_no_penalties", use_ot=True, alignment="no_penalties"),
+        GnnVariant("gnn_ot_no_calibrated", use_ot=True, alignment=None, w_calibrated=0.0),
+    )
+}
+# models that use no optimal transport at all (the comparison of issue 6's must-show)
+NON_OT_MODELS = ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "stacked")
+OT_MODELS = ("stacked_ot", "gnn_ot")  # the headline OT model is the first present (the served one)
+
+
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """One evaluation budget (``evaluate.full`` or ``evaluate.quick``).
+
+    The per-fold GNN is the train stage's model and optimiser (``train.model``,
+    ``train.optim``) with a smaller budget: ``members`` members per model sharing
+    ``encoders`` DFT-pretrained composition encoders (``pretrain_epochs``), fine-tuned for at
+    most ``epochs`` with early-stopping ``patience``, and optionally without the crystal-graph
+    branch (``use_graphs``), because five GNN variants x ~23 folds x 2 properties must fit in
+    45 minutes on two cores.
+    """
+
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    models: list[str] = field(default_factory=lambda: ["stacked", "stacked_ot", "gnn_no_ot", "gnn_ot", "gnn_ot_balanced",
+                                                       "gnn_ot_no_penalties", "gnn_ot_no_calibrated"])
+    n_folds: int = 5
+    loco_clusters: int = 5
+    top_fraction: float = 0.1
+    max_measurements: int = 0  # 0 = all; otherwise a seeded subsample of whole formulas
+    max_dft: int = 0  # 0 = all; otherwise the measured formulas' entries plus a seeded sample
+    members: int = 1
+    encoders: int = 1
+    pretrain_epochs: int = 2
+    epochs: int = 15
+    patience: int = 5
+    use_graphs: bool = False
+    rf_trees: int = 100
+    shift_sample: int = 500
+    stack_bags: int = 0  # boosters per stacked model and fold; 0 = train.stack.bags
+    neural_iterations: int = 0  # outer steps of the per-fold neural OT map (calib_neural); 0 = not fitted
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad:
+            raise ValueError(f"unknown protocol {bad[0]!r} (valid: {', '.join(PROTOCOLS)})")
+        bad = [m for m in self.models if m not in GNN_VARIANTS and m not in STACKED_MODELS]
+        if bad:
+            raise ValueError(f"unknown model {bad[0]!r} (valid: {', '.join([*STACKED_MODELS, *GNN_VARIANTS])})")
+        if self.stack_bags < 0 or self.neural_iterations < 0:
+            raise ValueError("stack_bags and neural_iterations must be >= 0")
+        if min(self.n_folds, self.loco_clusters) < 2:
+            raise ValueError("n_folds and loco_clusters must be >= 2")
+        if not 0 < self.top_fraction < 1:
+            raise ValueError(f"top_fraction must be in (0, 1), got {self.top_fraction}")
+        if min(self.members, self.encoders, self.epochs, self.patience, self.rf_trees, self.shift_sample) < 1:
+            raise ValueError("members, encoders, epochs, patience, rf_trees and shift_sample must be >= 1")
+        if self.max_measurements < 0 or self.max_dft < 0 or self.pretrain_epochs < 0:
+            raise ValueError("max_measurements, max_dft and pretrain_epochs must be >= 0")
+
+
+__all__ = [
+    "BASELINES",
+    "CALIBRATIONS",
+    "GNN_VARIANTS",
+    "NON_OT_MODELS",
+    "OOD_PROTOCOLS",
+    "OT_MODELS",
+    "PROTOCOLS",
+    "STACKED_MODELS",
+    "EvalSettings",
+    "GnnVariant",
+]

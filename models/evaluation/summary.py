@@ -1,0 +1,106 @@
+"""Scores of an evaluation: per-protocol metrics and the pooled out-of-distribution summary.
+
+:func:`summarise` turns :func:`models.evaluation.evaluate_folds`'s predictions into the
+``protocols`` and ``pooled_ood`` parts of ``metrics/<property>.json``. Pure pandas/NumPy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from models.evaluation.config import NON_OT_MODELS, OT_MODELS
+
+
+@dataclass
+class EvaluationResult:
+    """Per test row and model predictions (long over folds), and one row per fold."""
+
+    predictions: pd.DataFrame
+    folds: pd.DataFrame
+    seconds: float = 0.0
+    models: list[str] = field(default_factory=list)
+    calibrations: list[str] = field(default_factory=list)
+
+
+def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and R^2 (1 - SSE/SST; NaN when the targets are constant)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"regression_metrics: need equal non-empty shapes, got {y.shape} and {p.shape}")
+    if not (np.isfinite(y).all() and np.isfinite(p).all()):
+        raise ValueError("regression_metrics: non-finite values")
+    err = p - y
+    sst = float(np.sum((y - y.mean()) ** 2))
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
+            "r2": float(1 - np.sum(err**2) / sst) if sst > 0 else float("nan")}
+
+
+def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_model: str | None = None) -> dict:
+    """Metrics per protocol (pooled over its test rows) and the pooled out-of-distribution summary.
+
+    A protocol's test rows are pooled over its folds before computing MAE, RMSE and R^2, so a
+    protocol's figure weighs every test measurement once. The OOD summary pools the rows of
+    ``ood_protocols``; ``ot_model`` is the headline OT model (the first of :data:`OT_MODELS`
+    evaluated: the served one) and ``gain_vs_best_non_ot`` is ``1 - MAE(ot_model) / min MAE(non-OT
+    models)``; ``gains`` gives that ratio for every OT model. ``calibration`` (per protocol and
+    pooled) scores the DFT calibrations on the test rows with a DFT value. The applicability
+    domain is scored on ``ad_model`` (default: the headline OT model).
+    """
+    p, f = result.predictions, result.folds
+    models = result.models
+    ot_models = [m for m in OT_MODELS if m in models]
+    ad_model = ad_model or (ot_models[0] if ot_models else models[-1])
+    calib = ["raw_dft", "linear_dft", *result.calibrations]
+    out: dict = {"protocols": {}}
+    for proto, g in p.groupby("protocol", sort=False):
+        ff = f[f["protocol"] == proto]
+        entry: dict = {"n_folds": len(ff), "n_test_rows": len(g), "shift_ot_mean": float(ff["shift_ot"].mean())}
+        for m in models:
+            entry[m] = regression_metrics(g["value"].to_numpy(), g[m].to_numpy())
+        if ad_model in g:
+            entry["ad"] = _ad_summary(g, ad_model)
+        entry["calibration"] = _calibration_summary(g, calib)
+        out["protocols"][proto] = entry
+    ood = p[p["protocol"].isin(ood_protocols)]
+    if len(ood):
+        pooled = {m: regression_metrics(ood["value"].to_numpy(), ood[m].to_numpy())["mae"] for m in models}
+        non_ot = {m: v for m, v in pooled.items() if m in NON_OT_MODELS}
+        best = min(non_ot, key=non_ot.get)
+        summary = {"protocols": list(ood_protocols), "n_test_rows": len(ood), "mae": pooled, "best_non_ot_model": best}
+        if ot_models:
+            summary["ot_model"] = ot_models[0]
+            summary["gain_vs_best_non_ot"] = 1.0 - pooled[ot_models[0]] / non_ot[best]
+            summary["gains"] = {m: 1.0 - pooled[m] / non_ot[best] for m in ot_models}
+        summary["calibration"] = _calibration_summary(ood, calib)
+        if ad_model in ood:
+            summary["ad"] = _ad_summary(ood, ad_model)
+        out["pooled_ood"] = summary
+    return out
+
+
+def _calibration_summary(g: pd.DataFrame, columns: Sequence[str]) -> dict:
+    covered = g["dft_value"].notna().to_numpy() if "dft_value" in g else np.zeros(len(g), bool)
+    res: dict = {"n_rows": int(covered.sum())}
+    if covered.any():
+        for m in columns:
+            if m in g:
+                res[m] = regression_metrics(g.loc[covered, "value"].to_numpy(), g.loc[covered, m].to_numpy())
+    return res
+
+
+def _ad_summary(g: pd.DataFrame, model: str) -> dict:
+    err = (g[model] - g["value"]).abs()
+    res: dict = {"model": model}
+    for suffix, col in (("", "ad_flag"), ("_measured", "ad_flag_measured")):
+        flag = g[col].to_numpy(bool)
+        res[f"n_flagged{suffix}"] = int(flag.sum())
+        res[f"mae_in_domain{suffix}"] = float(err[~flag].mean()) if (~flag).any() else None
+        res[f"mae_flagged{suffix}"] = float(err[flag].mean()) if flag.any() else None
+    return res
+
+
+__all__ = ["EvaluationResult", "regression_metrics", "summarise"]

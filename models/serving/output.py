@@ -1,0 +1,82 @@
+"""The table ``matshift predict`` answers with: one row per input, valid or not, and its terminal form.
+
+:func:`predict_items` runs a :class:`~models.serving.Predictor` on the valid inputs and keeps
+every invalid one as a row with its ``error`` and no number, in the order given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from featurizers.inputs import InputProblem, ParsedInput
+from models.serving.predictor import Predictor
+
+COLUMNS = [
+    "input",
+    "formula",
+    "prediction",
+    "uncertainty",
+    "unit",
+    "view",
+    "structure_used",
+    "dft_value",
+    "calibrated_dft",
+    "ad_score",
+    "ad_warning",
+    "error",
+]
+
+
+def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predictor, *, unit: str) -> pd.DataFrame:
+    """One row per input in order (:data:`COLUMNS`): a prediction for a valid one, its ``error`` for an invalid one."""
+    valid = [i for i in items if isinstance(i, ParsedInput)]
+    results = predictor.predict(valid) if valid else pd.DataFrame()
+    rows = []
+    it = iter(results.to_dict("records"))
+    for item in items:
+        if isinstance(item, InputProblem):
+            rows.append({"input": item.input, "unit": unit, "error": item.reason})
+            continue
+        res = next(it)
+        rows.append({"input": item.input, "formula": item.formula, "unit": unit, **res, "error": None})
+    frame = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    return frame[COLUMNS]
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """Render the terminal table ``matshift predict`` prints (an invalid input's row says its error)."""
+    lines = []
+    header = f"{'input':<24} {'prediction':>12} {'±':>6} {'view':<11} {'AD':>5}  structure / note"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for row in frame.to_dict("records"):
+        shown = _printable(str(row["input"]))[:24]
+        if isinstance(row.get("error"), str):  # valid rows hold None (NaN once mixed in a frame)
+            lines.append(f"{shown:<24} {'—':>12} {'':>6} {'':<11} {'':>5}  ERROR: {row['error']}")
+            continue
+        pred = f"{row['prediction']:.3f} {row['unit']}"
+        unc = f"{row['uncertainty']:.2f}" if _finite(row.get("uncertainty")) else ""
+        ad = f"{row['ad_score']:.0f}" if _finite(row.get("ad_score")) else ""
+        note = str(row.get("structure_used") or "")
+        if row.get("ad_warning"):
+            note += "  WARNING: outside the training domain"
+        lines.append(f"{shown:<24} {pred:>12} {unc:>6} {row['view']!s:<11} {ad:>5}  {note}")
+    return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """Escape an input with a newline or control character, which would break the table."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+__all__ = ["COLUMNS", "format_table", "predict_items"]
