@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from pipeline.fetch import fetch
-from pipeline.params import FetchParams
+from pipeline.params.fetch import FetchParams
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -93,6 +93,7 @@ def _check_sets(sets: Sequence[str]) -> None:
 @lru_cache(maxsize=1)
 def _magpie_table() -> np.ndarray:
     """(Z, property) table from matminer's MagpieData with its NaN imputation; row 0 unused."""
+    # matminer: seconds to import; only when descriptors are computed
     from matminer.utils.data import MagpieData
 
     with warnings.catch_warnings():
@@ -211,6 +212,7 @@ def matminer_descriptors(
     Uses ``MultipleFeaturizer.featurize_many`` with ``ignore_errors=False`` so a failure
     raises instead of turning into NaN.
     """
+    # matminer: seconds to import; only when descriptors are computed
     from matminer.featurizers.base import MultipleFeaturizer
     from matminer.featurizers.composition import ElementProperty, Stoichiometry, ValenceOrbital
 
@@ -243,6 +245,7 @@ def composition_graph(formula: str, *, embedding: str = "megnet16"):
     >>> g.z.tolist(), [round(w, 2) for w in g.weight.tolist()], g.edge_index.shape[1]
     ([8, 26], [0.6, 0.4], 2)
     """
+    # torch / PyG: seconds to import; only the tensor path needs them
     import torch
     from torch_geometric.data import Data
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pymatgen.core import Element
+from tqdm.auto import tqdm
 
 from featurizers.elements import element_embedding, embedding_elements
 from featurizers.settings import EMBEDDINGS, GraphSettings
@@ -131,6 +134,7 @@ def canonicalise(
     angle_tolerance: float,
 ) -> CanonicalCell:
     """Primitive standardised cell with atoms in canonical order (see module docstring)."""
+    # spglib: only when a cell is standardised (workers import it on first use)
     import spglib
     from spglib.error import SpglibError
 
@@ -272,7 +276,6 @@ class CrystalGraphFeaturizer:
                       symprec=symprec, angle_tolerance=angle_tolerance)
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
-        from pymatgen.core import Element
 
         available = set(embedding_elements(embedding))
         vocab = tuple(elements) if elements is not None else _default_elements(embedding)
@@ -372,7 +375,6 @@ class CrystalGraphFeaturizer:
             raise StructureError(structure_id, "parse", "structure has no sites")
         bad = sorted({int(z) for z in numbers} - self._allowed_z)
         if bad:
-            from pymatgen.core import Element
 
             names = ", ".join(Element.from_Z(z).symbol for z in bad)
             raise StructureError(structure_id, "parse", f"element(s) {names} not in the vocabulary")
@@ -411,6 +413,7 @@ class CrystalGraphFeaturizer:
 
     def to_data(self, arrays: GraphArrays):
         """PyG ``Data`` from :class:`GraphArrays`."""
+        # torch / PyG: seconds to import; only the tensor path needs them
         import torch
         from torch_geometric.data import Data
 
@@ -436,6 +439,7 @@ class CrystalGraphFeaturizer:
         and :func:`load_graphs` expands them. Loading gives the same ``Data`` as
         :meth:`to_data` (tested).
         """
+        # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
         import torch
 
         ids = list(graphs)
@@ -488,8 +492,6 @@ class CrystalGraphFeaturizer:
         the chunks elsewhere instead of ``n_workers`` local processes; it must yield the chunk
         results in input order, which keeps the output independent of where chunks ran.
         """
-        from tqdm.auto import tqdm
-
         items = list(items)
         chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
         batch = GraphBatch()
@@ -502,7 +504,6 @@ class CrystalGraphFeaturizer:
         elif n_workers <= 1:
             results = (_run_chunk(self, chunk) for chunk in chunks)
         else:
-            import multiprocessing
 
             executor = ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("fork"))
             results = executor.map(_run_chunk, [self] * len(chunks), chunks)
@@ -544,8 +545,6 @@ def _cell_from_dict(d: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.nd
 
     Equivalent to ``Structure.from_dict`` for ordered structures (tested), ~20x faster.
     """
-    from pymatgen.core import Element
-
     lattice = np.asarray(d["lattice"]["matrix"], dtype=float).reshape(3, 3)
     sites = d["sites"]
     frac = np.empty((len(sites), 3))
@@ -594,6 +593,7 @@ def periodic_neighbours(
     Returns ``edge_index`` [2, E] int64 (row 0 = j, row 1 = i) and distances [E] float64, in
     the order pymatgen reports them (deterministic for a given cell).
     """
+    # pymatgen's Cython neighbour search: only when edges are built
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
     lattice = np.ascontiguousarray(lattice, dtype=float)
@@ -621,6 +621,7 @@ def pack_graphs(graphs: Mapping[str, Any]) -> dict[str, Any]:
     (:meth:`CrystalGraphFeaturizer.pack_arrays` stores ``gaussian_centers`` and
     ``gaussian_width`` instead of ``edge_attr``.)
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     ids = list(graphs)
@@ -647,6 +648,7 @@ def save_graphs(path: Path | str, graphs: Mapping[str, Any]) -> None:
     The file holds only plain tensors, lists and strings, so ``torch.load(path,
     weights_only=True)`` reads it.
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     payload = dict(graphs) if graphs.get("format") == GRAPHS_FORMAT else pack_graphs(graphs)
@@ -659,6 +661,7 @@ def load_graphs(path: Path | str, ids: Iterable[str] | None = None) -> dict[str,
     With ``ids``, only those graphs are built (ids not in the file are left out): a
     prediction needing a few structures skips expanding every edge of the file.
     """
+    # torch / PyG: seconds to import; only the tensor path needs them
     import torch
     from torch_geometric.data import Data
 
@@ -684,6 +687,7 @@ def load_graphs(path: Path | str, ids: Iterable[str] | None = None) -> dict[str,
 
 
 def _load_subset(payload: dict[str, Any], ids: Iterable[str]) -> dict[str, Any]:
+    # torch / PyG: seconds to import; only the tensor path needs them
     from torch_geometric.data import Data
 
     node_ptr, edge_ptr = payload["node_ptr"].tolist(), payload["edge_ptr"].tolist()
@@ -705,6 +709,7 @@ def _load_subset(payload: dict[str, Any], ids: Iterable[str]) -> dict[str, Any]:
 
 
 def _expand_payload(payload: Mapping[str, Any], dist: Any) -> Any:
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     return torch.from_numpy(gaussian_expansion(

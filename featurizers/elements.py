@@ -31,6 +31,7 @@ _MAX_Z = 118
 
 @lru_cache(maxsize=4)
 def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    # matminer: seconds to import; only when descriptors are computed
     from matminer.utils.data import MatscholarElementData, MEGNetElementData
 
     if name not in EMBEDDINGS:

@@ -76,6 +76,7 @@ def parse_cif_text(text: str, *, name: str, max_sites: int = 500) -> ParsedInput
     """Parse CIF text (see :func:`parse_cif`); ``name`` identifies it in messages."""
     if "_cell_length_a" not in text:
         return InputProblem(name, "cif", "not a CIF file (no _cell_length_a entry)")
+    # pymatgen's file parsers: only when a CIF/POSCAR is read
     from pymatgen.io.cif import CifParser
 
     try:

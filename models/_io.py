@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -310,7 +311,6 @@ def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], Any]:
     Lets a package re-export the names of its heavy submodules (torch, scikit-learn, MLflow)
     without importing them until they are used: serving and ``matshift --help`` stay free of them.
     """
-    import importlib
 
     def __getattr__(name: str) -> Any:
         module = table.get(name)

@@ -27,19 +27,21 @@ from models.properties import PROPERTY_NAMES, Property, get_property
 from models.transport import (
     AlignmentError,
     AlignmentResult,
+    Domain,
     NeuralAlignConfig,
     align,
     align_blocks,
     alignment_outputs,
     distances_before_after,
+    domains_from_tables,
     transport_distance,
     transport_distance_blocks,
 )
 from pipeline import figures, readers
-from pipeline.config import load_section, to_dict
+from pipeline.config import DEFAULT_PARAMS, load_section, to_dict
 from pipeline.engine import open_engine
 from pipeline.errors import MatshiftError
-from pipeline.params import DEFAULT_PARAMS, AlignParams
+from pipeline.params.align import AlignParams
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def align_property(params: AlignParams, prop: Property, out: Path) -> dict:
     """Run the alignment for ``prop`` and write ``out`` atomically; returns the diagnostics."""
     t0 = time.perf_counter()
-    source, target, counts = readers.read_domains(params.raw_dir, params.features_dir, prop)
+    source, target, counts = domains(params.raw_dir, params.features_dir, prop)
     config = params.config.for_property(prop)
     with ExitStack() as stack:
         solve, distance = align, transport_distance
@@ -112,6 +114,14 @@ def align_property(params: AlignParams, prop: Property, out: Path) -> dict:
         figures.draw_alignment(tmp, res, source, target, prop=prop.name, unit=prop.unit)
         _save_map(res, tmp / NEURAL_MAP_DIR, params, config.options.neural, prop)
     return diag
+
+
+def domains(raw_dir: Path, features_dir: Path, prop: Property) -> tuple[Domain, Domain, dict[str, int]]:
+    """Source and target domains of ``prop`` from the stage's input files (a bad input is a clear error)."""
+    try:
+        return domains_from_tables(*readers.read_domain_tables(raw_dir, features_dir, prop), prop)
+    except ValueError as exc:
+        raise MatshiftError(str(exc)) from exc
 
 
 def _save_map(res: AlignmentResult, directory: Path, params: AlignParams, neural: NeuralAlignConfig | None,

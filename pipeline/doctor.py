@@ -75,6 +75,7 @@ def check_packages() -> list[Check]:
 
 def check_device() -> list[Check]:
     try:
+        # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
         import torch
     except ImportError:
         return []

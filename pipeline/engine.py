@@ -115,6 +115,7 @@ def open_engine(
         yield LocalEngine(n_workers=n_workers)
         return
     try:
+        # Dask: only for the dask engine
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
         raise EngineError("engine 'dask' needs dask and distributed: pip install 'dask[distributed]'") from exc

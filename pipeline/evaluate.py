@@ -28,10 +28,13 @@ from pathlib import Path
 
 from models import atomic_dir, write_json
 from models.properties import PROPERTY_NAMES, Property, get_property
+from models.transport import domains_from_tables
 from pipeline import figures, readers
-from pipeline.config import load_section
+from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.errors import MatshiftError
-from pipeline.params import DEFAULT_PARAMS, AlignParams, EvaluateParams, TrainParams
+from pipeline.params.align import AlignParams
+from pipeline.params.evaluate import EvaluateParams
+from pipeline.params.train import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,14 @@ def run(args: argparse.Namespace) -> int:
 
 def load_inputs(params: EvaluateParams, prop: Property, *, extra: tuple[str, ...], use_graphs: bool):
     """Read the tables :func:`models.evaluation.evaluate_property` needs, read by their contract names."""
+    # torch, PyG, scikit-learn: imported when the stage runs, not for `--help`
     from models.evaluation import EvaluationInputs
 
-    source, target, _ = readers.read_domains(params.raw_dir, params.features_dir, prop)
+    try:
+        source, target, _ = domains_from_tables(*readers.read_domain_tables(params.raw_dir, params.features_dir, prop),
+                                                prop)
+    except ValueError as exc:
+        raise MatshiftError(str(exc)) from exc
     graphs = readers.read_graphs(params.features_dir, hint="set use_graphs: false") if use_graphs else None
     mass = None
     mass_path = params.aligned_dir / prop.name / "experiment.parquet"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from models import atomic_dir, write_json, write_parquet
 from pipeline import readers
-from pipeline.config import load_section
+from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.engine import open_engine
-from pipeline.params import DEFAULT_PARAMS, FeaturizeParams
+from pipeline.params.featurize import FeaturizeParams
 
 log = logging.getLogger(__name__)
 

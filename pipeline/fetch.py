@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models import sha256_bytes, write_json, write_parquet
-from pipeline.config import load_section, to_dict
+from pipeline.config import DEFAULT_PARAMS, load_section, to_dict
 from pipeline.errors import MatshiftError
-from pipeline.params import DEFAULT_PARAMS, FetchParams
+from pipeline.params.fetch import FetchParams
 
 if TYPE_CHECKING:
     from pipeline.sources import Source
@@ -87,6 +87,7 @@ def is_up_to_date(out_dir: Path, fingerprints: dict[str, str] | None, digest: st
 def fetch(config: FetchParams, *, root: Path, force: bool = False, accept_changed: bool = False,
           env: dict[str, str] | None = None, injected: dict[str, Any] | None = None) -> FetchResult | None:
     """Run the stage; returns None when the outputs were already up to date."""
+    # pymatgen parsing: imported when the stage runs, not for `--help`
     from pipeline.sources.merge import manifest, merge_tables
 
     started = time.perf_counter()

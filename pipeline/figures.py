@@ -25,11 +25,19 @@ import numpy as np
 import pandas as pd
 
 
-def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequence[str], unit: str, prop: str) -> None:
+def _pyplot():
+    """Return pyplot on the Agg backend (files only, no display)."""
+    # matplotlib: about a second to import, and only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only after the backend is chosen
+
+    return plt
+
+
+def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequence[str], unit: str, prop: str) -> None:
+    plt = _pyplot()
 
     n = len(models)
     cols = min(4, n)
@@ -107,10 +115,7 @@ __all__ = ["draw"]
 
 def draw_alignment(out: Path, res, source, target, *, prop: str, unit: str) -> None:
     """``plan_heatmap.png`` (plan mass over DFT value x measured value) and ``mass_hist.png`` into ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     plan = res.plan
     fig, ax = plt.subplots(figsize=(5, 4.2))

@@ -21,29 +21,22 @@ from models import write_csv, write_text
 from models.properties import PROPERTY_NAMES, get_property
 from models.serving import ModelNotFoundError, Predictor, format_table, predict_items
 from pipeline import readers
-from pipeline.config import load_section
+from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.errors import MatshiftError
-from pipeline.params import DEFAULT_PARAMS, TrainParams
+from pipeline.params.train import TrainParams
 
 log = logging.getLogger(__name__)
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("formulas", nargs="*", metavar="FORMULA", help="chemical formulas, e.g. GaAs Fe2O3")
     parser.add_argument("--cif", nargs="+", default=[], type=Path, metavar="FILE", help="CIF files to predict")
-    parser.add_argument(
-        "--input",
-        type=Path,
-        help="CSV with a 'formula' column and/or a 'cif' column of CIF file paths (relative to the CSV)",
-    )
+    parser.add_argument("--input", type=Path,
+                        help="CSV with a 'formula' column and/or a 'cif' column of CIF file paths (relative to the CSV)")
     parser.add_argument("--property", choices=PROPERTY_NAMES, default="band_gap", help="property (default: %(default)s)")
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="model: a directory written by `matshift train`, or an MLflow registered model as NAME/VERSION "
-        "(default: data/models/<property>)",
-    )
+    parser.add_argument("--model", default=None,
+                        help="model: a directory written by `matshift train`, or an MLflow registered model as "
+                        "NAME/VERSION (default: data/models/<property>)")
     parser.add_argument("--output", type=Path, help="write the table to this .csv or .json file")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
                         help="parameter file whose train section says where the data and models are (default: %(default)s)")

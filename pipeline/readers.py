@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from models.properties import STABILITY, STABILITY_SOURCE, Property
-from models.transport import Domain, fraction_matrix
 from pipeline.errors import MatshiftError, MissingInputError
 
 log = logging.getLogger(__name__)
@@ -141,52 +140,22 @@ def read_alignment(aligned_dir: Path) -> dict[str, Any]:
     return diag
 
 
-def read_domains(raw_dir: Path, features_dir: Path, prop: Property) -> tuple[Domain, Domain, dict[str, int]]:
-    """Build the source (DFT entries with a value) and target (measurements) :class:`~models.transport.Domain` of ``prop``.
+def read_domain_tables(raw_dir: Path, features_dir: Path, prop: Property) -> tuple[pd.DataFrame, ...]:
+    """Read what aligning ``prop``'s DFT entries onto its measurements needs: DFT, measurements, descriptors, index.
 
-    Entries without a finite value or without descriptors are dropped and counted (the
-    returned dict, written to ``align.json``); nothing to align is an error.
+    The tables go to :func:`models.transport.domains_from_tables`.
     """
-    dft = read_table(raw_dir / "dft.parquet", ["material_id", "formula", prop.dft_column])
-    exp = read_table(raw_dir / "experiment.parquet", ["exp_id", "formula", "property", "value"])
-    desc = read_descriptors(features_dir)
-    index = read_table(features_dir / "index.parquet", ["id", "domain", "crystal_system"])
-    desc_cols = [c for c in desc.columns if c != "formula"]
-    counts: dict[str, int] = {}
-    dft = dft.assign(dft_value=pd.to_numeric(dft[prop.dft_column], errors="coerce"))
-    counts["dft_without_value"] = int(dft["dft_value"].isna().sum())
-    counts["dft_non_finite"] = int(np.isinf(dft["dft_value"]).sum())
-    dft = dft[np.isfinite(dft["dft_value"])]
-    exp = exp[exp["property"] == prop.name]
-    counts["experiment_non_finite"] = int((~np.isfinite(exp["value"].astype(float))).sum())
-    exp = exp[np.isfinite(exp["value"].astype(float))]
-    known = set(desc["formula"])
-    counts["dft_without_descriptors"] = int((~dft["formula"].isin(known)).sum())
-    counts["experiment_without_descriptors"] = int((~exp["formula"].isin(known)).sum())
-    dft = dft[dft["formula"].isin(known)].reset_index(drop=True)
-    exp = exp[exp["formula"].isin(known)].reset_index(drop=True)
-    if dft.empty or exp.empty:
-        raise MatshiftError(f"nothing to align for {prop.name}: {len(dft)} DFT and {len(exp)} experimental entries "
-                            "with a value and descriptors")
-    feats = desc.set_index("formula")[desc_cols].astype(np.float64)
-    cs = index.drop_duplicates("id").set_index("id")["crystal_system"].fillna("").astype(str)
-    fractions, elements = fraction_matrix(list(dft["formula"]) + list(exp["formula"]))
-
-    def domain(frame: pd.DataFrame, ids: str, values: str, rows: slice) -> Domain:
-        return Domain(features=feats.loc[frame["formula"]].to_numpy(), values=frame[values].to_numpy(float),
-                      formulas=frame["formula"].to_numpy(), ids=frame[ids].astype(str).to_numpy(),
-                      fractions=fractions[rows], elements=elements,
-                      crystal_system=cs.reindex(frame[ids].astype(str)).fillna("").to_numpy())
-
-    n = len(dft)
-    return domain(dft, "material_id", "dft_value", slice(0, n)), domain(exp, "exp_id", "value", slice(n, None)), counts
+    return (read_table(raw_dir / "dft.parquet", ["material_id", "formula", prop.dft_column]),
+            read_table(raw_dir / "experiment.parquet", ["exp_id", "formula", "property", "value"]),
+            read_descriptors(features_dir),
+            read_table(features_dir / "index.parquet", ["id", "domain", "crystal_system"]))
 
 
 __all__ = [
     "read_alignment",
     "read_descriptors",
     "read_dft",
-    "read_domains",
+    "read_domain_tables",
     "read_graphs",
     "read_index",
     "read_measurements",

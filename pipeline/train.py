@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from models import atomic_dir
-from models.properties import PROPERTY_NAMES, Property, get_property
+from models.properties import PROPERTY_NAMES, Property, choose_polymorphs, get_property
 from pipeline import readers
-from pipeline.config import flatten, load_section, to_dict
+from pipeline.config import DEFAULT_PARAMS, flatten, load_section, to_dict
 from pipeline.errors import MatshiftError
-from pipeline.params import DEFAULT_PARAMS, TrainParams
+from pipeline.params.train import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_inputs(params: TrainParams, prop: Property) -> dict[str, Any]:
     """Read the stage's inputs by their contract names (docs/ARCHITECTURE.md)."""
-    from models.properties import choose_polymorphs
-
     stack = params.fit.stack
     dft = readers.read_dft(params.raw_dir, prop, extra=params.fit.extra_fidelities(prop) if stack.enabled else ())
     exp = readers.read_measurements(params.raw_dir, prop)

@@ -137,7 +137,7 @@ def test_stage_names_missing_input(tmp_path):
 
 def test_config_rejects_bad_values(tmp_path):
     from pipeline.config import ConfigError, load_section
-    from pipeline.params import AlignParams
+    from pipeline.params.align import AlignParams
 
     params = _params(tmp_path, reg=-1.0)
     with pytest.raises(ConfigError, match="reg must be > 0"):

@@ -31,7 +31,8 @@ from pipeline import align as align_stage
 from pipeline.config import ConfigError, from_mapping
 from pipeline.engine import EngineError, LocalEngine, open_engine
 from pipeline.featurize import featurize
-from pipeline.params import AlignParams, FeaturizeParams
+from pipeline.params.align import AlignParams
+from pipeline.params.featurize import FeaturizeParams
 from tests.test_align_stage import _inputs, _params
 from tests.test_featurize_stage import raw_dir  # noqa: F401  (module fixture: mirror structures)
 

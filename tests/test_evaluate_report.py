@@ -9,7 +9,7 @@ from models.evaluation import render_results
 from pipeline import report
 from pipeline.config import ConfigError, load_section
 from pipeline.errors import MatshiftError, MissingInputError
-from pipeline.params import EvaluateParams
+from pipeline.params.evaluate import EvaluateParams
 
 
 def _metrics(gain_mae=0.30):

@@ -122,7 +122,8 @@ def test_stack_inputs_take_every_dft_formula_and_the_train_stack_settings(tmp_pa
     from models.properties import get_property
     from pipeline import readers
     from pipeline.config import load_section
-    from pipeline.params import EvaluateParams, TrainParams
+    from pipeline.params.evaluate import EvaluateParams
+    from pipeline.params.train import TrainParams
 
     _inputs(tmp_path)
     params = _params(tmp_path)

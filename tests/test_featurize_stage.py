@@ -15,7 +15,7 @@ from featurizers.composition import matminer_descriptors
 from featurizers.crystal_graph import CrystalGraphFeaturizer, load_graphs
 from pipeline import cli
 from pipeline.config import ConfigError, load_section
-from pipeline.params import FeaturizeParams
+from pipeline.params.featurize import FeaturizeParams
 
 MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -144,7 +144,7 @@ def test_config_validation(tmp_path):
 
 def test_stage_and_library_share_one_list_of_choices():
     from featurizers import composition, elements, settings
-    from pipeline import params
+    from pipeline.params import featurize as params
 
     # one source: the featurizers and the params schema read the same objects
     assert composition.DESCRIPTOR_SETS is settings.DESCRIPTOR_SETS is params.DESCRIPTOR_SETS

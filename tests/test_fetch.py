@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_section
-from pipeline.params import FetchParams
+from pipeline.params.fetch import FetchParams
 from pipeline.sources.mirror import ORIGINS
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -283,7 +283,7 @@ def test_align_stage_writes_and_reuses_the_neural_map(tmp_path):
 
 def test_neural_params_are_validated(tmp_path):
     from pipeline.config import ConfigError, load_section
-    from pipeline.params import AlignParams
+    from pipeline.params.align import AlignParams
     from tests.test_align_stage import _params
 
     with pytest.raises(ConfigError, match=r"align.neural.hiden: unknown key"):

@@ -22,7 +22,7 @@ from models.serving import Predictor
 from pipeline import readers
 from pipeline import train as train_stage
 from pipeline.featurize import featurize
-from pipeline.params import FeaturizeParams
+from pipeline.params.featurize import FeaturizeParams
 
 
 def _structures() -> dict[str, list[tuple[Structure, float]]]:

@@ -14,7 +14,7 @@ from pymatgen.core import Lattice, Structure
 
 from pipeline.errors import MatshiftError
 from pipeline.fetch import fetch
-from pipeline.params import FetchParams
+from pipeline.params.fetch import FetchParams
 from pipeline.sources.matminer_source import MatminerSource
 from pipeline.sources.merge import merge_tables
 from pipeline.sources.mp_api_source import MPApiSource

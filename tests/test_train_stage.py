@@ -107,3 +107,36 @@ def test_train_stage_rejects_bad_params_and_missing_inputs(tmp_path):
     (tmp_path / "aligned/band_gap/dft.parquet").unlink()
     with pytest.raises(MissingInputError, match=r"aligned/band_gap/dft\.parquet"):
         stage.run(argparse.Namespace(params=_params(tmp_path), property="band_gap", no_mlflow=True))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_distributed_training_fits_the_model_of_the_plain_run(tmp_path, monkeypatch):
+    """`train --distributed` (a world of one without torchrun) hands fit_property the plain run's settings.
+
+    The old pipeline/train_ddp.py dropped the stacked-model settings, so a distributed run
+    served another model; one code path now serves the same one, with the data-parallel hook.
+    """
+    from dataclasses import replace
+
+    import models.learners.fit as fit_module
+
+    _inputs(tmp_path)
+    params = _params(tmp_path)
+    seen = []
+
+    def spy(**kwargs):
+        seen.append(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(fit_module, "fit_property", spy)
+    for distributed in (False, True):
+        with pytest.raises(_Stop):
+            stage.run(argparse.Namespace(params=params, property="band_gap", no_mlflow=True, distributed=distributed,
+                                         backend=None))
+    plain, ddp = seen
+    assert plain["parallel"] is None and ddp["parallel"] is not None and ddp["parallel"].world == 1
+    assert replace(ddp["config"], device=plain["config"].device) == plain["config"]
+    assert ddp["config"].stack.blend_weight == 0.5 and ddp["config"].stack.config.trees == 20

@@ -1,6 +1,15 @@
-"""Evaluation (TODO doc)."""
+"""Leak-free, out-of-distribution evaluation: protocols, per-fold refits, scores, the results table.
+
+Layer: the top of :mod:`models`, beside serving. ``config`` (:class:`EvalSettings`, the model
+and protocol names), ``splits`` (the folds of every protocol), ``folds`` (every model refitted
+per fold on the fold's training part only), ``summary`` (per-protocol and pooled OOD
+metrics), ``run`` (one property's whole evaluation: :func:`evaluate_property`), ``report``
+(the README's results table).
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from models._io import lazy_exports
 from models.evaluation.config import (
@@ -26,6 +35,36 @@ from models.evaluation.summary import (
     regression_metrics,
     summarise,
 )
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and import analysis
+    from models.evaluation.folds import (
+        StackInputs,
+        alignment_variants,
+        calibrated_targets,
+        evaluate_folds,
+        shift_distance,
+        subset_domain,
+        training_targets,
+    )
+    from models.evaluation.run import (
+        EvaluationInputs,
+        EvaluationRun,
+        evaluate_property,
+        plot_tables,
+        set_threads,
+        stack_inputs,
+    )
+    from models.evaluation.splits import (
+        FAMILIES,
+        Fold,
+        chemical_family,
+        crystal_system_folds,
+        family_folds,
+        grouped_kfold,
+        loco_folds,
+        make_folds,
+        range_extrapolation,
+    )
 
 # torch and pymatgen are imported on first use: reading the evaluation settings needs neither
 _LAZY = {

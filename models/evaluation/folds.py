@@ -151,6 +151,7 @@ def shift_distance(x_train: np.ndarray, x_test: np.ndarray, *, sample: int = 500
     about 2 for independent standard normals). Each side is subsampled (seeded) to ``sample``
     points so the LP stays small.
     """
+    # POT: only for the exact LP methods and distances
     import ot
 
     x_train, x_test = np.asarray(x_train, float), np.asarray(x_test, float)

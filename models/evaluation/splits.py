@@ -113,6 +113,7 @@ def loco_folds(
     Clustering is on unique formulas (so repeated measurements do not pull centroids) and
     each row inherits its formula's cluster.
     """
+    # scikit-learn: about a second to import; only this method needs it
     from sklearn.cluster import KMeans
     from sklearn.preprocessing import StandardScaler
 

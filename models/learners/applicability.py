@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Applicability domain: how far an input lies from what a model was trained on.
+
+:class:`ApplicabilityDomain` scores an input by the mean distance to its ``k`` nearest
+training compositions in standardised descriptor space, as a percentile of the same quantity
+over the training compositions themselves (leave-one-out). Used by serving (the ``ad_score``
+of ``matshift predict``) and by evaluation (the in-domain / flagged split), so both score it
+the same way. NumPy only: no scikit-learn import at ``matshift predict``'s start-up.
+"""
 
 from __future__ import annotations
 

@@ -135,6 +135,7 @@ _FOREST_TRUSTED = ["sklearn.tree._tree.Tree"]
 
 def save_forest(forest, directory: Path | str) -> None:
     """Write a fitted :class:`DescriptorForest` as skops + JSON (no pickle)."""
+    # skops: only when a stored forest is read or written
     import skops.io as sio
 
     directory = Path(directory)

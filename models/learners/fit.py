@@ -246,10 +246,11 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
 
 
 def _plot_history(hist: pd.DataFrame, path: Path) -> None:
+    # matplotlib: about a second to import, and only when the figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only after the backend is chosen
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for (variant, member), g in hist.groupby(["variant", "member"]):

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+r"""The minibatch unbalanced-OT alignment loss between the DFT and experimental embeddings (torch).
+
+Differentiable, log-domain, float64: :func:`uot_embedding_loss` is the :math:`\mathrm{UOT}_\varepsilon`
+term of :mod:`models.learners.training`'s loss. The numpy/POT solvers of the alignment stage
+are in :mod:`models.transport`; this one is small and runs inside autograd.
+"""
 
 from __future__ import annotations
 

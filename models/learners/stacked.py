@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from featurizers.chemistry import element_fractions
 from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField
 
@@ -62,6 +64,7 @@ def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], column
 
 def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, objective: str = "regression",
              min_child_samples: int = 20):
+    # LightGBM: only when a booster is fitted or loaded
     import lightgbm as lgb
 
     return lgb.LGBMRegressor(
@@ -189,8 +192,6 @@ class StackedModel:
 
     def _fractions(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
         """Design of the fitted correction: element fractions (+ the OT shift column with a shift field)."""
-        from featurizers.chemistry import element_fractions
-
         col = {e: i for i, e in enumerate(self.elements_)}
         out = np.zeros((len(formulas), len(col)))
         for r, f in enumerate(formulas):
@@ -207,9 +208,8 @@ class StackedModel:
         if self.config.correction_alpha is None:
             self.elements_, self.correction_ = [], None
             return np.zeros(len(y))
+        # scikit-learn: about a second to import; only this method needs it
         from sklearn.linear_model import Ridge
-
-        from featurizers.chemistry import element_fractions
 
         self.elements_ = sorted({e for f in formulas for e in element_fractions(f)})
         design = self._fractions(formulas, x)
@@ -277,8 +277,6 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
     Nothing in it is a pickle: :func:`load_stacked` rebuilds the model from data only, so
     loading a model file cannot run code (the threat :mod:`models.integrity` also guards).
     """
-    from dataclasses import asdict
-
     directory.mkdir(parents=True, exist_ok=True)
     boosters = []
     for k, m in enumerate(model.models_):
@@ -310,6 +308,7 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
 
 def load_stacked(directory: Path) -> StackedModel:
     """Rebuild a :func:`save_stacked` model (JSON + LightGBM text files; no pickle)."""
+    # LightGBM: only when a booster is fitted or loaded
     import lightgbm
 
     state = json.loads((directory / "stacked.json").read_text(encoding="utf-8"))

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Both domains' entries as the aligned arrays the GNN trains on, and the grouped split.
+
+:class:`EntryTable` holds one row per DFT entry or measurement (labels, OT-calibrated targets
+with confidence, the DFT value fed to the experimental head, descriptors, crystal graphs) and
+builds the minibatch inputs of :class:`models.nets.MultiFidelityNet`. :func:`grouped_split`
+splits rows so that no reduced formula is on both sides.
+"""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ import pandas as pd
 from featurizers.chemistry import reduced_formula
 from featurizers.settings import DESCRIPTOR_SETS
 from models._io import verify_manifest
+from models.learners import load_stacked
 
 __all__ = ["EnsemblePredictor"]
 
@@ -53,7 +54,6 @@ class EnsemblePredictor:
         stacked = self.meta.get("stacked")
         self.stacked, self.blend_weight = None, 0.0
         if stacked:
-            from models.learners import load_stacked
 
             self.stacked = load_stacked(directory / stacked["dir"])
             self.blend_weight = float(stacked["blend_weight"])
@@ -87,6 +87,7 @@ class EnsemblePredictor:
     def models(self) -> list:
         """The GNN ensemble members (loaded, with torch, on first use)."""
         if self._models is None:
+            # torch: the GNN members are loaded only when they take part in the served value
             from models.nets import load_model
 
             self._models = [load_model(self.directory / m)[0] for m in self.meta["members"]]
@@ -120,6 +121,7 @@ class EnsemblePredictor:
         if self.gnn_weight == 0:  # the stacked model alone: no GNN, no torch
             value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
             return pd.DataFrame({"prediction": value, "uncertainty": spread})
+        # torch: only a blend with GNN members needs the entry table
         from models.learners import EntryTable, predict_ensemble
 
         rows = pd.DataFrame({"formula": formulas, "value": np.nan})

@@ -18,12 +18,14 @@ it was not given: tables, paths and thresholds are arguments.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from featurizers.crystal_graph import CrystalGraphFeaturizer, StructureError, load_graphs
 from models.learners import ApplicabilityDomain
 from models.properties import Property, choose_polymorphs
 from models.serving.ensemble import EnsemblePredictor
@@ -142,7 +144,6 @@ class Predictor:
         wanted = [s for s in structure_ids if s]
         path = self.features_dir / "graphs.pt" if self.features_dir is not None else None
         if wanted and path is not None and path.is_file():
-            from featurizers.crystal_graph import load_graphs
 
             found = load_graphs(path, ids=wanted)
             graphs = [found.get(s) if s else None for s in structure_ids]
@@ -153,7 +154,6 @@ class Predictor:
                 if featurizer is None:
                     notes[k] += "; not featurized (no graph_config.json): composition view"
                     continue
-                from featurizers.crystal_graph import StructureError
 
                 try:
                     graphs[k] = featurizer.featurize(items[k].structure, structure_id=items[k].input)
@@ -165,9 +165,6 @@ class Predictor:
         path = self.features_dir / "graph_config.json" if self.features_dir is not None else None
         if path is None or not path.is_file():
             return None
-        import json
-
-        from featurizers.crystal_graph import CrystalGraphFeaturizer
 
         return CrystalGraphFeaturizer.from_config(json.loads(path.read_text(encoding="utf-8")))
 
@@ -184,6 +181,7 @@ def _resolve(ref: str | Path) -> Path:
     text = str(ref)
     if "/" in text and not path.exists() and text.count("/") == 1 and not text.startswith((".", "data")):
         name, version = text.split("/")
+        # MLflow: seconds to import; only when tracking or resolving a registered model
         import mlflow
 
         try:
@@ -200,6 +198,7 @@ def _calibration_map(directory: Path, descriptors: pd.DataFrame):
     """Load the align stage's neural map if it saved one (for the model's descriptors); else None."""
     if not (directory / "map.json").is_file():
         return None
+    # torch: the neural map is loaded only when the align stage saved one
     from models.transport import CalibrationMap, MapFileError
 
     try:

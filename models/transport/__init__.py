@@ -1,6 +1,23 @@
-"""Optimal transport between the DFT and experimental distributions (TODO doc)."""
+"""Optimal transport between the DFT distribution (source) and the experimental one (target).
+
+Layer: above :mod:`models._io` and :mod:`models.properties`, beside :mod:`models.nets` (neither
+imports the other), below the learners. The way in is :class:`AlignConfig` (every alignment
+option, validated from ``params.yaml``'s ``align`` section) and :func:`align` (one alignment;
+``align(source, target, **config.kwargs())``), on :class:`Domain` objects; the modules:
+
+* ``config``: :class:`AlignConfig`, :class:`SolverOptions` and the neural map's options;
+* ``penalties``: domains, cost terms (descriptor, value, mass, symmetry) and the conservation
+  laws (hard stoichiometry block, energy additivity, value calibration);
+* ``support``, ``pairsearch``: which pairs may carry mass; ``sinkhorn``: the sparse
+  log-domain unbalanced Sinkhorn; ``formulations``: one solver per method on a
+  :class:`Problem`; ``alignment``: :func:`align` and its result; ``blocks``: the same solved
+  block by block on an engine; ``diagnostics``: the align stage's tables and ``align.json``;
+* ``neural`` (torch, imported on first use): the input-convex neural OT map.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from models._io import lazy_exports
 from models.transport.alignment import (
@@ -30,6 +47,9 @@ from models.transport.diagnostics import (
     alignment_outputs,
     distances_before_after,
     outlier_table,
+)
+from models.transport.domains import (
+    domains_from_tables,
 )
 from models.transport.formulations import (
     FORMULATIONS,
@@ -77,6 +97,21 @@ from models.transport.support import (
     knn_support,
     radius_support,
 )
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and import analysis
+    from models.transport.neural import (
+        ACTIVATIONS,
+        ICNN,
+        CalibrationMap,
+        MapFileError,
+        NeuralTransportMap,
+        config_dict,
+        fit_calibration_map,
+        fit_dual,
+        load_map,
+        neural_formulation,
+        save_map,
+    )
 
 # torch is imported only when the neural formulation is used (align stage start-up without torch)
 _LAZY = {
@@ -133,6 +168,7 @@ __all__ = [
     "config_dict",
     "dense_support",
     "distances_before_after",
+    "domains_from_tables",
     "fit_calibration_map",
     "fit_dual",
     "fit_element_corrections",

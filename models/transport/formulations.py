@@ -59,6 +59,7 @@ def _balanced(problem: Problem, opts: SolverOptions) -> Solution:
     active_b = np.bincount(problem.cols, minlength=m) > 0
     b = np.where(active_b, b * sa[lb] / np.where(sb[lb] > 0, sb[lb], 1.0), b)
     if problem.rows.size <= opts.emd_limit and n * m <= opts.emd_limit * 4:
+        # POT: only for the exact LP methods and distances
         import ot
 
         rows_out, cols_out, vals = [], [], []
@@ -113,6 +114,7 @@ def _need_dense(problem: Problem, opts: SolverOptions, method: str) -> None:
         )
 
 def _partial(problem: Problem, opts: SolverOptions) -> Solution:
+    # POT: only for the exact LP methods and distances
     import ot
 
     _need_dense(problem, opts, "partial")
@@ -143,6 +145,7 @@ def _partial(problem: Problem, opts: SolverOptions) -> Solution:
                     {"target_mass": mass, "forbidden_mass": leak})
 
 def _aot(problem: Problem, opts: SolverOptions) -> Solution:
+    # POT: only for the exact LP methods and distances
     import ot
 
     _need_dense(problem, opts, "aot")
@@ -165,6 +168,7 @@ def _aot(problem: Problem, opts: SolverOptions) -> Solution:
                     {"price": lam, "forbidden_mass": float(core[~mask].sum())})
 
 def _mixture(problem: Problem, opts: SolverOptions) -> Solution:
+    # scikit-learn: about a second to import; only this method needs it
     import ot
     from sklearn.mixture import GaussianMixture
 
@@ -192,6 +196,7 @@ def _mixture(problem: Problem, opts: SolverOptions) -> Solution:
                      "support_mass_fraction": float(plan.sum() / max(min(problem.a.sum(), problem.b.sum()), 1e-300))})
 
 def _neural(problem: Problem, opts: SolverOptions) -> Solution:
+    # torch: only the neural formulation needs it (align start-up without torch)
     from models.transport.neural import neural_formulation
 
     return neural_formulation(problem, opts)

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -487,7 +488,6 @@ class CalibrationMap:
         return ((feats - self.feat_mean) / self.feat_scale) @ self.components
 
     def confidence(self, cond: np.ndarray) -> np.ndarray:
-        from scipy.spatial import cKDTree
 
         dist, _ = cKDTree(self.train_cond).query(cond, k=1)
         return np.exp(-0.5 * (dist / self.bandwidth) ** 2)
@@ -576,7 +576,6 @@ def fit_calibration_map(
                     source_weights=ws[use_s], target_weights=wt[use_t])
     _, first_t = np.unique(ft[use_t], return_index=True)
     train_cond = ct[first_t]
-    from scipy.spatial import cKDTree
 
     if len(train_cond) > 1:
         dist, _ = cKDTree(train_cond).query(train_cond, k=2)

@@ -82,6 +82,7 @@ def radius_pairs(
     setting); the selection runs on one thread. The caller's setting is restored on return.
     Time O(n m d) in BLAS plus O(n m) for the selection; memory O(block_entries + nnz).
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     x = np.asarray(x, dtype=np.float64)
@@ -156,6 +157,7 @@ def kmeans_cells(points, n_cells: int, iters: int, seed: int, sample: int = 1638
     Fitting on at most ``sample`` points and assigning in chunks keeps time and memory
     linear in the number of points.
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -186,6 +188,7 @@ def _cells(points: np.ndarray, cell_size: int, seed: int) -> tuple[np.ndarray, n
     The cells only steer the search; exactness rests on the radii, which are computed from
     the members in float64 (max distance member - centroid), whatever k-means converged to.
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     n = points.shape[0]
@@ -210,6 +213,7 @@ def _sqdist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     Torch on the caller's thread setting: numpy's BLAS may start its own thread pool for
     every small product.
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
@@ -258,6 +262,7 @@ def radius_pairs_pruned(
     combinations are skipped; on unstructured data it degrades to the full scan plus the
     bound overhead.
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     x = np.ascontiguousarray(x, dtype=np.float64)

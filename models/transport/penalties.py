@@ -33,6 +33,9 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from featurizers.chemistry import element_fractions
+from models.transport.support import block_support
+
 
 @dataclass(frozen=True)
 class Domain:
@@ -206,8 +209,6 @@ def fraction_l1(fs: sp.csr_matrix, ft: sp.csr_matrix, rows: np.ndarray, cols: np
 def fraction_matrix(formulas: list[str] | np.ndarray, elements: tuple[str, ...] | None = None
                     ) -> tuple[sp.csr_matrix, tuple[str, ...]]:
     """Sparse element-fraction matrix of reduced formulas (rows sum to 1)."""
-    from featurizers.chemistry import element_fractions
-
     fracs = [element_fractions(f) for f in formulas]
     if elements is None:
         elements = tuple(sorted({el for fr in fracs for el in fr}))
@@ -319,8 +320,6 @@ def fit_value_calibration(
     measurements). Fewer than ``min_pairs`` pairs, or DFT values without spread, give the
     identity map.
     """
-    from models.transport.support import block_support
-
     r, c = block_support(np.asarray(source.formulas), np.asarray(target.formulas))
     if r.size < min_pairs:
         return IDENTITY_CALIBRATION

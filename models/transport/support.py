@@ -78,6 +78,7 @@ def knn_support(
     ``k_source``-th nearest target (used for the truncation bound). Brute force in chunks with
     torch (float32 distances for the search only; callers recompute float64 costs on the pairs).
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     if threads is not None:
@@ -91,6 +92,7 @@ def knn_support(
     return key // m, key % m, kth
 
 def _brute_knn(q, base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     b2 = (base * base).sum(1)
@@ -128,6 +130,7 @@ def _cell_knn(queries, base, k: int, cell_size: int, n_probe: int, seed: int):
     the ``n_probe`` cells with the nearest centroids and keeps its k nearest candidates there.
     Returns (query index, base index, squared distance) triples and each query's k-th distance.
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     nb = base.shape[0]
@@ -194,6 +197,7 @@ def ivf_support(
     they are upper bounds of the true ones and :func:`truncation_bound` becomes approximate.
     Cost ~ (n + m) * n_probe * cell_size distance evaluations instead of n * m.
     """
+    # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

@@ -34,6 +34,7 @@ Loader = Callable[[str], pd.DataFrame]
 
 def _default_loader(name: str) -> pd.DataFrame:
     try:
+        # matminer's dataset loader: only for the matminer source (needs internet)
         from matminer.datasets import load_dataset
     except ImportError as exc:
         raise MatshiftError("the matminer source needs matminer: pip install matminer") from exc

@@ -25,6 +25,7 @@ ClientFactory = Callable[[str], Any]
 
 def _default_client(api_key: str) -> Any:
     try:
+        # mp-api: an optional package, only for the Materials Project source
         from mp_api.client import MPRester
     except ImportError as exc:
         raise MatshiftError("the mp_api source needs the mp-api package: pip install mp-api") from exc

@@ -25,6 +25,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from pymatgen.core import Element, Structure
+
 from featurizers.chemistry import FormulaError, reduced_formula
 
 #: Materials Project ids: ``mp-N``, and ``mvc-N`` for the Materials Virtual Lab candidates
@@ -125,7 +127,7 @@ class ParsedStructure:
 
 
 def _to_structure(payload: Any, fmt: str):
-    from pymatgen.core import Structure
+    # pymatgen's file parsers: only when a CIF/POSCAR is read
     from pymatgen.io.vasp import Poscar
 
     if fmt == "object":
@@ -173,7 +175,6 @@ def parse_structure(payload: Any, fmt: str, fallback: Any = None, fallback_fmt: 
 
 
 def _describe(structure, *, used_fallback: bool) -> ParsedStructure:
-    from pymatgen.core import Element
 
     if len(structure) == 0:
         raise RowError("structure has no sites")

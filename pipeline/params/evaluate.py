@@ -1,0 +1,37 @@
+"""The ``evaluate`` section of params.yaml: two budgets (:class:`~models.evaluation.EvalSettings`) and the stage's keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.evaluation import EvalSettings
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The ``evaluate`` section: two budgets (:class:`~models.evaluation.EvalSettings`) and the stage's own keys."""
+
+    seed: int = 0
+    raw_dir: Path = Path("data/raw")
+    features_dir: Path = Path("data/features")
+    aligned_dir: Path = Path("data/aligned")
+    metrics_dir: Path = Path("metrics")
+    plots_dir: Path = Path("plots")
+    ad_k: int = 5
+    ad_threshold: float = 95.0
+    threads: int = 2
+    device: str = "auto"
+    full: EvalSettings = field(default_factory=EvalSettings)
+    quick: EvalSettings = field(default_factory=lambda: EvalSettings(
+        protocols=["grouped_cv", "family_out"], n_folds=2, max_measurements=300, max_dft=3000, epochs=3,
+        patience=2, pretrain_epochs=1, rf_trees=20, shift_sample=100))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ad_threshold < 100:
+            raise ValueError(f"ad_threshold must be in (0, 100), got {self.ad_threshold}")
+        if self.ad_k < 1 or self.threads < 1:
+            raise ValueError("ad_k and threads must be >= 1")
+
+
+__all__ = ["EvaluateParams"]

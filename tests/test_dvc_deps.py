@@ -1,0 +1,112 @@
+"""dvc.yaml's deps cover what each stage really runs: its import closure, computed by grimp.
+
+A stage runs ``matshift <stage>`` (``pipeline/cli.py``), which imports ``pipeline/<stage>.py``;
+importing a module also runs its packages' ``__init__``. The closure of those modules over
+``featurizers``, ``models`` and ``pipeline`` (imports inside functions and under
+``TYPE_CHECKING`` included, so the lazily re-exported names count) must lie under the stage's
+deps, or editing a module the stage runs would not rerun it. Conversely every code path the
+stage lists must hold something of the closure (no stale deps).
+
+``python -m tests.test_dvc_deps`` prints the deps each stage needs (whole directories where
+every module of a package is in the closure).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import grimp
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("featurizers", "models", "pipeline")
+STAGES = ("fetch", "featurize", "align", "train", "evaluate")
+# read as files, not imported: MLflow stores the model-from-code file the train stage logs
+FILES_READ = {"train": {"models/serving/pyfunc_code.py"}}
+
+
+@cache
+def _graph() -> grimp.ImportGraph:
+    return grimp.build_graph(*PACKAGES, include_external_packages=False)
+
+
+def _file(module: str) -> str:
+    path = ROOT.joinpath(*module.split("."))
+    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).relative_to(ROOT).as_posix()
+
+
+def closure(stage: str) -> set[str]:
+    """Files of every project module ``matshift <stage>`` imports, directly or not."""
+    graph = _graph()
+    todo, seen = {"pipeline.cli", f"pipeline.{stage}"}, set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo |= {".".join(parts[:k]) for k in range(1, len(parts))}  # importing a.b.c runs a and a.b
+        todo |= graph.find_modules_directly_imported_by(module)
+    return {_file(m) for m in seen} | FILES_READ.get(stage, set())
+
+
+def _dvc_stage(stage: str) -> dict:
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
+    return spec.get("do", spec)
+
+
+def _code_deps(stage: str) -> list[str]:
+    return [d for d in _dvc_stage(stage)["deps"] if d.split("/")[0] in PACKAGES]
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dvc_deps_cover_the_import_closure(stage):
+    deps = _code_deps(stage)
+    missing = sorted(f for f in closure(stage) if not _covered(f, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} runs but does not list: {missing}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dvc_code_deps_are_all_run_by_the_stage(stage):
+    files = closure(stage)
+    stale = [d for d in _code_deps(stage) if not any(_covered(f, [d]) for f in files)]
+    assert not stale, f"dvc.yaml stage {stage!r} lists code it never imports: {stale}"
+
+
+def test_closure_sees_lazily_exported_and_deferred_imports():
+    train = closure("train")
+    # fit_property is re-exported lazily by models.learners; torch modules load on first use
+    assert {"models/learners/fit.py", "models/learners/training.py", "models/nets/gnn.py"} <= train
+    # the align stage never runs GNN training, and fetch never runs optimal transport
+    assert "models/learners/training.py" not in closure("align")
+    assert not any(f.startswith("models/transport/") for f in closure("fetch"))
+
+
+def suggested_deps(stage: str) -> list[str]:
+    """The closure with each package directory whose every module is in it collapsed to the directory."""
+    files = closure(stage)
+    out: list[str] = []
+    for f in sorted(files):
+        parts = f.split("/")
+        # the shallowest package directory (below the top level) fully in the closure
+        for k in range(2, len(parts)):
+            d = "/".join(parts[:k])
+            if all(p.relative_to(ROOT).as_posix() in files for p in (ROOT / d).rglob("*.py")):
+                f = d
+                break
+        if f not in out:
+            out.append(f)
+    return out
+
+
+if __name__ == "__main__":
+    for name in STAGES:
+        print(f"{name}:")
+        for dep in suggested_deps(name):
+            print(f"  - {dep}")
