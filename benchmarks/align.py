@@ -14,14 +14,14 @@ Each measurement runs in a fresh subprocess (``--worker``) so that the peak RSS 
 (``ru_maxrss``) belongs to that run alone; POT and our runs alternate, so that load on a
 shared machine hits both alike, and each run records the 1-minute load average. POT is run
 dense (``ot.dist`` + ``ot.unbalanced.sinkhorn_unbalanced``, same reg, reg_m, stop threshold);
-ours includes the pair search (:func:`models.pairsearch.radius_pairs`: exact, the pairs
+ours includes the pair search (:func:`models.transport.radius_pairs`: exact, the pairs
 within e^-40 of their row's or column's best kernel entry, found with their distances in
 one blocked BLAS pass), and the solve (eps-scaling from 4 eps, ``omega="auto"``). Beyond
 ``--exact-limit`` pairs the scaling curve uses the exact cell-pruned search
-(:func:`models.pairsearch.radius_pairs_pruned`), or the approximate IVF search with
+(:func:`models.transport.radius_pairs_pruned`), or the approximate IVF search with
 ``--large-search ivf``; every scaling run is checked against the dense problem on
 ``--verify-rows`` sampled rows (off-support mass, dense first-order conditions). The
-objectives are the same primal functional (:func:`models.sinkhorn.unbalanced_objective`)
+objectives are the same primal functional (:func:`models.transport.unbalanced_objective`)
 evaluated on each plan, so ``objective_rel_gap_max`` is the distance of our restricted
 optimum to POT's dense one; ``marginal_residual`` is a certificate that needs no
 reference (the first-order conditions of the returned plan, relative).

@@ -276,15 +276,17 @@ def run_property(prop: str, *, n_folds: int, n_members: int, n_encoders: int, se
 
 def _ot_problem(prop: str, exp: pd.DataFrame) -> dict:
     """The align stage's domains and settings (params.yaml ``align``) with rows matching ``exp``."""
-    from pipeline.align import AlignConfig, load_domains
+    from models.properties import get_property
+    from pipeline.align import domains
     from pipeline.config import load_section
-    from pipeline.evaluate import make_align_settings
+    from pipeline.params.align import AlignParams
 
-    cfg = load_section(AlignConfig, "align", Path("params.yaml"))
-    source, target, _ = load_domains(replace(cfg, raw_dir=DATA / "raw", features_dir=DATA / "features"), prop)
+    p = get_property(prop)
+    cfg = load_section(AlignParams, "align", Path("params.yaml")).config.for_property(p)
+    source, target, _ = domains(DATA / "raw", DATA / "features", p)
     if not (np.array_equal(target.formulas, exp["formula"].to_numpy()) and np.allclose(target.values, exp["value"])):
         raise SystemExit("the align stage's measurements differ from data/raw/experiment.parquet's; rerun dvc repro")
-    return {"source": source, "target": target, "settings": make_align_settings(cfg, prop)}
+    return {"source": source, "target": target, "settings": cfg}
 
 
 def _fold_shift_field(problem: dict, train_rows: np.ndarray, desc: pd.DataFrame, k: int):

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.device_check [--entries N] [--epochs E]``; the last stdout line is one
 JSON object. Checks that the device is chosen once at the entry point
-(:func:`models.training.determine_device`) and that nothing in the training loop assumes the
+(:func:`models.learners.determine_device`) and that nothing in the training loop assumes the
 CPU: every member trains on each device, predictions agree within a tolerance (GPU scatter
 sums are not bit-reproducible), and the seconds per epoch are reported side by side. Data are
 synthetic crystal graphs and compositions (the check is about devices, not accuracy), so it

@@ -1,4 +1,4 @@
-"""Neural OT map (models/icnn.py): closed-form Gaussians and out-of-sample calibration on the mirror.
+"""Neural OT map (models/transport/neural.py): closed-form Gaussians and out-of-sample calibration on the mirror.
 
 ``python -m benchmarks.neural_map gaussian`` — full-size version of the tests' Gaussian cases
 (d = 2 and 16, closed-form map ``T(x) = m_t + A (x - m_s)``): relative MSE (to the target's
@@ -93,29 +93,26 @@ def mirror(args: argparse.Namespace) -> dict:
     from scipy.spatial import cKDTree
     from sklearn.model_selection import GroupKFold
 
+    from models.properties import get_property
     from models.transport import (
-        CostWeights,
         Domain,
-        SolverOptions,
         align,
         fit_calibration_map,
         joint_embedding,
         standardise,
     )
-    from pipeline.align import AlignConfig, _neural_options, load_domains
+    from pipeline.align import domains
     from pipeline.config import load_section, to_dict
+    from pipeline.params.align import AlignParams
 
     torch.set_num_threads(args.threads)
-    cfg = load_section(AlignConfig, "align", args.params)
+    params = load_section(AlignParams, "align", args.params)
     prop = args.property
-    source, target, _ = load_domains(cfg, prop)
-    ref = _reference(cfg.raw_dir, source, prop)
-    weights = CostWeights(**to_dict(cfg.cost))
-    options = SolverOptions(reg=cfg.reg, reg_m=cfg.reg_m, tol=cfg.tol, max_iter=cfg.max_iter,
-                            emd_limit=cfg.dense_limit, seed=cfg.seed)
-    additivity = cfg.energy_additivity and prop == "formation_enthalpy"
-    neural_cfg = _neural_options(cfg, prop)
-    folds = GroupKFold(n_splits=args.folds, shuffle=True, random_state=cfg.seed) if args.folds > 1 else None
+    cfg = params.config.for_property(get_property(prop))
+    source, target, _ = domains(params.raw_dir, params.features_dir, get_property(prop))
+    ref = _reference(params.raw_dir, source, prop)
+    neural_cfg = cfg.options.neural
+    folds = GroupKFold(n_splits=args.folds, shuffle=True, random_state=cfg.options.seed) if args.folds > 1 else None
     rows = []
     per_fold = []
     for k, (tr, te) in enumerate(folds.split(target.values, groups=target.formulas)):
@@ -134,13 +131,11 @@ def mirror(args: argparse.Namespace) -> dict:
         coef = np.polyfit(source.values[[ref[target.formulas[j]] for j in tr_cov]], target.values[tr_cov], 1)
         preds["linear"] = np.polyval(coef, v)
         t0 = time.perf_counter()
-        res = align(source, tgt, method=cfg.method, weights=weights, options=options, energy_additivity=additivity,
-                     additivity_iters=cfg.additivity_iters, additivity_ridge=cfg.additivity_ridge,
-                     dense_limit=cfg.dense_limit, knn=cfg.knn)
+        res = align(source, tgt, **cfg.kwargs())
         bary, _ = res.calibrated_targets(tgt.values, fallback=source.values + res.source_offset)
         t_bary = time.perf_counter() - t0
         aligned = np.flatnonzero(res.source_mass > 0)
-        xs, _ = joint_embedding(standardise(source, tgt), source, tgt, weights)
+        xs, _ = joint_embedding(standardise(source, tgt), source, tgt, cfg.cost)
         tree = cKDTree(xs[aligned])
         # exclude the query itself and entries of the held-out formula (they have no mass anyway)
         _, nn = tree.query(xs[test_rows], k=5)
@@ -165,8 +160,8 @@ def mirror(args: argparse.Namespace) -> dict:
     return {"property": prop, "folds": args.folds, "protocol": "GroupKFold by reduced formula over measurements; "
             "held-out formulas with a DFT entry, calibrated from their most stable polymorph",
             "n_test_measurements": int(truth.size), "pooled": pooled, "per_fold": per_fold,
-            "align_method_baseline": cfg.method, "energy_additivity_baseline": additivity,
-            "neural_params": to_dict(cfg.neural)}
+            "align_method_baseline": cfg.method, "energy_additivity_baseline": cfg.energy_additivity,
+            "neural_params": to_dict(neural_cfg)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,9 @@ def formulas(n: int, seed: int = 0) -> list[str]:
 
 def warm(prop: str, repeats: int, n: int) -> tuple[float, list[float], int]:
     from featurizers.inputs import parse_formula_input
-    from pipeline.predict import load_predictor, predict_items
+    from models.properties import get_property
+    from models.serving import predict_items
+    from pipeline.predict import load_predictor
 
     t0 = time.perf_counter()
     predictor = load_predictor(None, property=prop)
@@ -63,7 +65,7 @@ def warm(prop: str, repeats: int, n: int) -> tuple[float, list[float], int]:
     for _ in range(repeats):
         t0 = time.perf_counter()
         items = [parse_formula_input(f) for f in names]
-        frame = predict_items(items, predictor, property=prop)
+        frame = predict_items(items, predictor, unit=get_property(prop).unit)
         times.append(time.perf_counter() - t0)
     return load_s, times, int(frame["prediction"].notna().sum())
 

@@ -13,50 +13,7 @@ Layers (checked by import-linter, see pyproject.toml), lowest first:
 Library code: takes arguments, never reads params.yaml, environment variables or globals.
 """
 
-from models._io import (
-    MANIFEST,
-    PARAM_DERIVED,
-    PARAM_INLINE,
-    IntegrityError,
-    ModelFormatError,
-    OutputError,
-    atomic_dir,
-    atomic_path,
-    finite,
-    json_default,
-    read_header,
-    sha256_bytes,
-    sha256_file,
-    verify_manifest,
-    write_csv,
-    write_header,
-    write_json,
-    write_manifest,
-    write_parquet,
-    write_text,
-    write_with,
-)
+from models import _io
+from models._io import *
 
-__all__ = [
-    "MANIFEST",
-    "PARAM_DERIVED",
-    "PARAM_INLINE",
-    "IntegrityError",
-    "ModelFormatError",
-    "OutputError",
-    "atomic_dir",
-    "atomic_path",
-    "finite",
-    "json_default",
-    "read_header",
-    "sha256_bytes",
-    "sha256_file",
-    "verify_manifest",
-    "write_csv",
-    "write_header",
-    "write_json",
-    "write_manifest",
-    "write_parquet",
-    "write_text",
-    "write_with",
-]
+__all__ = [*_io.__all__]

@@ -52,12 +52,7 @@ class OutputError(OSError):
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only on success."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(path)
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    fd, tmp = _temporary_beside(path, tempfile.mkstemp)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; outputs should get the permissions a plain open() would give.
@@ -113,12 +108,7 @@ def write_csv(path: Path | str, frame: pd.DataFrame) -> Path:
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Build a whole output directory beside ``path`` and swap it in on success."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(path)
-        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    tmp = Path(_temporary_beside(path, tempfile.mkdtemp))
     try:
         yield tmp
         old = None
@@ -132,6 +122,16 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temporary_beside(path: Path, make: Callable[..., Any]) -> Any:
+    """``make`` (``tempfile.mkstemp`` or ``mkdtemp``) a hidden temporary in ``path``'s directory, after clearing dead ones."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
+        return make(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _tmp_prefix(path: Path) -> str:

@@ -13,7 +13,7 @@ with a measurement, the crystal system of a measured formula, the DFT value ``ma
 predict`` looks up), it is chosen by :func:`choose_polymorphs`: the lowest formation energy
 per atom (for one composition this orders polymorphs exactly as the energy above hull does,
 and unlike ``e_above_hull`` it is known for nearly every entry); ties go to the lower property
-value, then to the smaller material id. A formula none of whose entries has a known formation
+value, then to the entry listed first. A formula none of whose entries has a known formation
 energy is represented by its only entry, or, with several, by the median of their values and
 no entry at all (``material_id`` None: no structure, no crystal system). Training, evaluation
 and serving all call this one function, so they cannot pick different polymorphs (a
@@ -86,21 +86,19 @@ def choose_polymorphs(frame: pd.DataFrame, *, value: str = "dft_value", eligible
     if eligible is not None:
         keep &= eligible.astype(bool)
     rows = frame[keep]
-    if STABILITY in rows:
-        known = rows[STABILITY].notna()
-        ranked, unranked = rows[known], rows[~known & ~rows["formula"].isin(rows.loc[known, "formula"])]
-    else:
-        ranked, unranked = rows.iloc[:0], rows
-    keys = [c for c in (STABILITY, value, "material_id") if c in ranked]
-    chosen = ranked.sort_values(keys, kind="mergesort").drop_duplicates("formula")
-    several = unranked["formula"].duplicated(keep=False)
-    median = unranked[several].groupby("formula", sort=True)[value].median().rename(value).reset_index()
-    if "material_id" in frame:
-        median["material_id"] = None
-    parts = [p for p in (chosen, unranked[~several], median) if len(p)]
-    if not parts:
-        return rows.iloc[:0].set_index("formula")
-    return pd.concat(parts, ignore_index=True).set_index("formula")
+    ranked = rows[rows[STABILITY].notna()] if STABILITY in rows else rows.iloc[:0]
+    unranked = rows[~rows["formula"].isin(ranked["formula"])]
+    # a stable sort: exact ties keep the order the entries are listed in
+    chosen = ranked.sort_values([STABILITY, value], kind="mergesort").drop_duplicates("formula")
+    # formulas without a known formation energy, in formula order: the median of their entries
+    median = unranked.groupby("formula", sort=True)[value].median().rename(value).reset_index()
+    if "material_id" in rows:
+        ids = unranked.groupby("formula", sort=True)["material_id"]
+        only = ids.transform("size") == 1
+        median = median.merge(unranked[only.to_numpy()][["formula", "material_id", *(c for c in rows if c not in (
+            "formula", "material_id", value))]], on="formula", how="left")
+    out = pd.concat([chosen, median], ignore_index=True) if len(median) else chosen.reset_index(drop=True)
+    return out.set_index("formula")
 
 
 def reference_per_formula(frame: pd.DataFrame, *, value: str = "dft_value") -> pd.Series:

@@ -30,12 +30,11 @@ from models.transport import (
     Domain,
     NeuralAlignConfig,
     align,
-    align_blocks,
     alignment_outputs,
+    block_solver,
     distances_before_after,
     domains_from_tables,
     transport_distance,
-    transport_distance_blocks,
 )
 from pipeline import figures, readers
 from pipeline.config import DEFAULT_PARAMS, load_section, to_dict
@@ -85,9 +84,9 @@ def align_property(params: AlignParams, prop: Property, out: Path) -> dict:
             engine = stack.enter_context(open_engine(params.engine, n_workers=params.n_workers or os.cpu_count() or 1,
                                                      scheduler_address=params.scheduler_address))
             # a few pieces per worker evens out blocks of unequal size
-            split = {"mapper": engine.map, "n_pieces": 4 * engine.n_workers}
-            solve = functools.partial(align_blocks, **split)
-            distance = functools.partial(transport_distance_blocks, **split)
+            solver = block_solver(config.method, mapper=engine.map, n_pieces=4 * engine.n_workers)
+            solve = functools.partial(align, solver=solver)
+            distance = functools.partial(transport_distance, solver=solver)
         try:
             res = solve(source, target, **config.kwargs())
         except AlignmentError as exc:

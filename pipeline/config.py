@@ -26,7 +26,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -234,65 +234,65 @@ def _describe(value: Any) -> str:
 
 
 def _coerce(tp: Any, value: Any, *, where: str) -> Any:
+    """``value`` checked (and converted: int -> float, str -> Path, list -> tuple) against type hint ``tp``."""
     origin = get_origin(tp)
-    args = get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where=where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: no type matches {_describe(value)}")
+        return _coerce_union(get_args(tp), value, where=where)
     if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"{where}: expected one of {choices}, got {_describe(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where=where)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(a, v, where=f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-        item = args[0] if args else Any
-        items = [_coerce(item, v, where=f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(origin, get_args(tp), value, where=where)
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
-        kt, vt = args if args else (Any, Any)
-        return {
-            _coerce(kt, k, where=f"{where}.{k}"): _coerce(vt, v, where=f"{where}.{k}")
-            for k, v in value.items()
-        }
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {_describe(value)}")
-        return value
-    if tp is Path:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a path string, got {_describe(value)}")
-        return Path(value)
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(kt, k, where=f"{where}.{k}"): _coerce(vt, v, where=f"{where}.{k}") for k, v in value.items()}
+    if tp in _SCALARS:
+        accepts, convert, expected = _SCALARS[tp]
+        if not accepts(value):
+            raise ConfigError(f"{where}: expected {expected}, got {_describe(value)}")
+        return convert(value)
     raise TypeError(f"{where}: unsupported type in schema: {tp!r}")
+
+
+# type -> (accepts the YAML value, converts it, what the error says is expected); bools are not numbers
+_SCALARS: dict[type, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v, "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v, "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), float, "a number"),
+    str: (lambda v: isinstance(v, str), lambda v: v, "a string"),
+    Path: (lambda v: isinstance(v, str), Path, "a path string"),
+}
+
+
+def _coerce_union(args: tuple, value: Any, *, where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(arg, value, where=where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: no type matches {_describe(value)}")
+
+
+def _coerce_sequence(origin: type, args: tuple, value: Any, *, where: str) -> list | tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, where=f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    item = args[0] if args else Any
+    items = [_coerce(item, v, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items

@@ -19,6 +19,8 @@ from typing import Literal
 
 import yaml
 
+from models.properties import PROPERTY_NAMES
+
 Status = Literal["ok", "warn", "fail"]
 
 # import name -> distribution name
@@ -106,7 +108,7 @@ def check_outputs(dvc_file: Path, params: dict) -> list[Check]:
         stages = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {})
     except (OSError, yaml.YAMLError) as exc:
         return [Check("pipeline", "fail", f"cannot read {dvc_file}: {exc}", "fix the YAML syntax")]
-    properties = params.get("properties", ["band_gap", "formation_enthalpy"])
+    properties = params.get("properties", list(PROPERTY_NAMES))
     out = []
     for stage, spec in stages.items():
         items = [str(p) for p in spec.get("foreach", [])] if "foreach" in spec else [None]

@@ -73,24 +73,20 @@ def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequenc
     fig.savefig(out / "error_vs_shift.png", dpi=100)
     plt.close(fig)
 
-    if ot_model is not None and preds["transported_mass"].notna().any():
-        g = preds.dropna(subset=["transported_mass"])
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.scatter(g["transported_mass"], (g[ot_model] - g["value"]).abs(), s=3, alpha=0.3)
-        ax.set_xlabel("transported mass / marginal (align stage, all measurements)")
-        ax.set_ylabel(f"|error| of {ot_model} ({unit})")
-        fig.tight_layout()
-        fig.savefig(out / "mass_vs_error.png", dpi=100)
-        plt.close(fig)
-
     if ot_model is not None:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.scatter(preds["ad_score"], (preds[ot_model] - preds["value"]).abs(), s=3, alpha=0.3)
-        ax.set_xlabel("applicability-domain score (percentile of training kNN distance)")
-        ax.set_ylabel(f"|error| of {ot_model} ({unit})")
-        fig.tight_layout()
-        fig.savefig(out / "ad_error.png", dpi=100)
-        plt.close(fig)
+        scatters = [("ad_score", "applicability-domain score (percentile of training kNN distance)", "ad_error.png")]
+        if preds["transported_mass"].notna().any():
+            scatters.insert(0, ("transported_mass", "transported mass / marginal (align stage, all measurements)",
+                                "mass_vs_error.png"))
+        for column, xlabel, name in scatters:
+            g = preds.dropna(subset=[column])
+            fig, ax = plt.subplots(figsize=(5, 4))
+            ax.scatter(g[column], (g[ot_model] - g["value"]).abs(), s=3, alpha=0.3)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"|error| of {ot_model} ({unit})")
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
 
     calib = [m for m in ("linear_dft", "calib_ot_knn", "calib_neural") if m in preds]
     covered = preds["dft_value"].notna() if "dft_value" in preds else pd.Series(False, index=preds.index)

@@ -1,21 +1,21 @@
 """Leak-free evaluation: every model and ablation refitted per fold, scored per protocol.
 
 :func:`evaluate_folds` takes the whole problem (DFT entries and measurements as
-:class:`models.penalties.Domain` objects, a base :class:`models.training.EntryTable`, the
-descriptor table) and a list of :class:`models.splits.Fold` over the measurements. In each
+:class:`models.transport.Domain` objects, a base :class:`models.learners.EntryTable`, the
+descriptor table) and a list of :class:`models.evaluation.Fold` over the measurements. In each
 fold, everything that learns from measurements sees the fold's *training* part only:
 
 * the alignment (:func:`models.transport.align` between all DFT entries and the training
   measurements, with the align stage's parameters; its descriptor standardisation is pooled
   over exactly those two sides) and so the calibrated targets and their confidence;
 * the GNN's validation split, early stopping and model selection
-  (:func:`models.training.train_model` with ``train_rows`` = DFT rows + training
+  (:func:`models.learners.train_model` with ``train_rows`` = DFT rows + training
   measurements; the test measurements' values are also blanked to NaN in the fold's table);
 * the baselines (linear calibration, descriptor random forest: fitted on training rows);
 * the applicability-domain reference and the scaler of the shift distance.
 
 The DFT-only pretraining of the composition encoder (and the descriptor scaler it fits) uses
-no measurement (:func:`models.training.pretrain_members` trains on DFT rows only), so it is
+no measurement (:func:`models.learners.pretrain_members` trains on DFT rows only), so it is
 computed once per property by the caller and shared by every fold: ``pretrained``.
 
 Models per fold (names used in metrics and plots):
@@ -25,14 +25,14 @@ OT terms; ``gnn_ot``: the OT-aligned GNN (calibrated targets + minibatch UOT); a
 ``gnn_ot_balanced`` (balanced OT instead of unbalanced), ``gnn_ot_no_penalties`` (cost
 without the mass/symmetry terms, no hard block, no energy additivity) and
 ``gnn_ot_no_calibrated`` (calibrated-target weight 0, minibatch OT kept); ``stacked``: the
-multi-fidelity stacked model of :mod:`models.stacked` without OT, ``stacked_ot``: the same with
+multi-fidelity stacked model of :mod:`models.learners` without OT, ``stacked_ot``: the same with
 the fold's unbalanced alignment as features (its calibration shifts extended to every
-composition by :class:`models.shift_field.ShiftField`: the train stage's served model).
+composition by :class:`models.learners.ShiftField`: the train stage's served model).
 
 Calibration of DFT values (issue 10's comparison), on the test rows whose formula has a DFT
 entry: ``calib_ot_knn`` adds the fold alignment's shift field to the formula's own DFT value
 (barycentric projection extended by nearest neighbours); ``calib_neural`` applies the
-conditional neural OT map of :mod:`models.icnn` fitted on the fold's training measurements;
+conditional neural OT map of :mod:`models.transport` fitted on the fold's training measurements;
 raw DFT and ``linear_dft`` are the references on the same rows.
 
 This module never reads files: the stage (``pipeline/evaluate.py``) does.
@@ -73,6 +73,8 @@ from models.transport import AlignConfig, CostWeights, Domain, NeuralAlignConfig
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FoldData",
+    "FoldModels",
     "StackInputs",
     "alignment_variants",
     "calibrated_targets",
@@ -169,122 +171,184 @@ def shift_distance(x_train: np.ndarray, x_test: np.ndarray, *, sample: int = 500
     return float(ot.emd2(np.full(len(za), 1 / len(za)), np.full(len(zb), 1 / len(zb)), cost, numItermax=1_000_000))
 
 
-def evaluate_folds(
-    *,
-    source: Domain,
-    target: Domain,
-    table: EntryTable,
-    descriptors: pd.DataFrame,
-    dft_reference: np.ndarray,
-    folds: Sequence[Fold],
-    train_config: TrainConfig,
-    align_config: AlignConfig,
-    pretrained: Sequence[dict[str, torch.Tensor]],
-    variants: Sequence[str] = tuple(GNN_VARIANTS),
-    members: int = 1,
-    rf_trees: int = 100,
-    shift_sample: int = 500,
-    ad_k: int = 5,
-    ad_threshold: float = 95.0,
-    seed: int = 0,
-    device: torch.device | None = None,
-    transported_mass: np.ndarray | None = None,
-    on_fold: Callable[[int, int, dict], None] | None = None,
-    stack: StackInputs | None = None,
-    neural: NeuralAlignConfig | None = None,
-) -> EvaluationResult:
-    """Fit and score every model on every fold (see the module docstring for what each sees).
+@dataclass
+class FoldData:
+    """The whole problem every fold is cut from.
 
     ``table`` holds the DFT entries (rows ``0 .. source.size - 1``, in ``source`` order) then
     the measurements (in ``target`` order); its calibrated targets are replaced per fold.
     ``dft_reference`` [n_target] is the DFT value of each measurement's composition (NaN
     where none is known). ``transported_mass`` [n_target], optional, is only copied into the
-    predictions for the mass-against-error plot; it never reaches a model. ``stack`` is needed
-    for the stacked models; ``neural`` (a :class:`models.icnn.NeuralAlignConfig`) adds the
-    neural-map calibration (None: not fitted).
+    predictions for the mass-against-error plot; it never reaches a model.
+    """
+
+    source: Domain
+    target: Domain
+    table: EntryTable
+    descriptors: pd.DataFrame
+    dft_reference: np.ndarray
+    transported_mass: np.ndarray | None = None
+
+
+@dataclass
+class FoldModels:
+    """What is fitted in every fold: the GNN training and alignment settings, the models, their budget.
+
+    ``pretrained``: DFT-only encoder states (shared, no measurement seen); ``stack`` is needed
+    for the stacked models; ``neural`` adds the neural-map calibration (None: not fitted).
+    """
+
+    train_config: TrainConfig
+    align_config: AlignConfig
+    pretrained: Sequence[dict[str, torch.Tensor]]
+    variants: Sequence[str] = tuple(GNN_VARIANTS)
+    members: int = 1
+    rf_trees: int = 100
+    stack: StackInputs | None = None
+    neural: NeuralAlignConfig | None = None
+
+
+def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *, shift_sample: int = 500,
+                   ad_k: int = 5, ad_threshold: float = 95.0, seed: int = 0, device: torch.device | None = None,
+                   on_fold: Callable[[int, int, dict], None] | None = None) -> EvaluationResult:
+    """Fit and score every model on every fold (see the module docstring for what each sees).
+
+    ``on_fold(k, n, row)`` is called after fold ``k`` of ``n`` with its row of the per-fold table.
     """
     t0 = time.perf_counter()
-    n_dft = source.size
-    if len(table) != n_dft + target.size:
-        raise ValueError(f"table has {len(table)} rows, expected {n_dft} DFT + {target.size} measurements")
-    unknown = [v for v in variants if v not in GNN_VARIANTS and v not in STACKED_MODELS]
-    if unknown:
-        raise ValueError(f"unknown model variant {unknown[0]!r} (valid: {', '.join([*GNN_VARIANTS, *STACKED_MODELS])})")
-    gnn_variants = [v for v in variants if v in GNN_VARIANTS]
-    stacked_models = [v for v in variants if v in STACKED_MODELS]
-    if gnn_variants and not pretrained:
-        raise ValueError("evaluate_folds needs at least one pretrained encoder state")
-    if stacked_models and stack is None:
-        raise ValueError(f"model {stacked_models[0]!r} needs the stack inputs")
-    y_all = np.asarray(target.values, float)
-    formulas = np.asarray(target.formulas)
-    desc = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
-    x_exp = desc.loc[formulas].to_numpy(float)
-    src_formulas = np.asarray(source.formulas)
-    dft_formulas = np.unique(src_formulas)
-    settings = alignment_variants(align_config)
-    # the stage's own (unbalanced) alignment also feeds stacked_ot and the shift-field calibration
-    needed = sorted({GNN_VARIANTS[v].alignment for v in gnn_variants} - {None} | {"unbalanced"})
-    calibrations = ["calib_ot_knn", *(["calib_neural"] if neural is not None else [])]
+    runner = _FoldRunner(data, models, ad_k=ad_k, ad_threshold=ad_threshold, seed=seed, device=device)
     pred_frames, fold_rows = [], []
     for k, fold in enumerate(folds):
         tf = time.perf_counter()
+        out, row = runner.run(k, fold)
+        row["shift_ot"] = shift_distance(runner.x_exp[fold.train], runner.x_exp[fold.test], sample=shift_sample,
+                                         seed=seed)
+        row = runner.scores(out, row)
+        row["seconds"] = time.perf_counter() - tf
+        fold_rows.append(row)
+        pred_frames.append(out)
+        if on_fold is not None:
+            on_fold(k, len(folds), row)
+    return EvaluationResult(predictions=pd.concat(pred_frames, ignore_index=True), folds=pd.DataFrame(fold_rows),
+                            seconds=time.perf_counter() - t0, models=[*BASELINES, *models.variants],
+                            calibrations=runner.calibrations)
+
+
+class _FoldRunner:
+    """One fold's fits and predictions; the state every fold shares is computed once, here."""
+
+    def __init__(self, data: FoldData, models: FoldModels, *, ad_k: int, ad_threshold: float, seed: int,
+                 device: torch.device | None) -> None:
+        self.data, self.models = data, models
+        self.ad_k, self.ad_threshold, self.seed, self.device = ad_k, ad_threshold, seed, device
+        self.n_dft = data.source.size
+        if len(data.table) != self.n_dft + data.target.size:
+            raise ValueError(f"table has {len(data.table)} rows, expected {self.n_dft} DFT + "
+                             f"{data.target.size} measurements")
+        unknown = [v for v in models.variants if v not in GNN_VARIANTS and v not in STACKED_MODELS]
+        if unknown:
+            raise ValueError(f"unknown model variant {unknown[0]!r} (valid: {', '.join([*GNN_VARIANTS, *STACKED_MODELS])})")
+        self.gnn_variants = [v for v in models.variants if v in GNN_VARIANTS]
+        self.stacked_models = [v for v in models.variants if v in STACKED_MODELS]
+        if self.gnn_variants and not models.pretrained:
+            raise ValueError("evaluate_folds needs at least one pretrained encoder state")
+        if self.stacked_models and models.stack is None:
+            raise ValueError(f"model {self.stacked_models[0]!r} needs the stack inputs")
+        self.y_all = np.asarray(data.target.values, float)
+        self.formulas = np.asarray(data.target.formulas)
+        self.desc = data.descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
+        self.x_exp = self.desc.loc[self.formulas].to_numpy(float)
+        self.src_formulas = np.asarray(data.source.formulas)
+        self.dft_formulas = np.unique(self.src_formulas)
+        self.alignments = alignment_variants(models.align_config)
+        # the stage's own (unbalanced) alignment also feeds stacked_ot and the shift-field calibration
+        self.needed = sorted({GNN_VARIANTS[v].alignment for v in self.gnn_variants} - {None} | {"unbalanced"})
+        self.calibrations = ["calib_ot_knn", *(["calib_neural"] if models.neural is not None else [])]
+
+    def run(self, k: int, fold: Fold) -> tuple[pd.DataFrame, dict]:
+        """Fit every model on the fold; return their test-row predictions and the fold's timings and diagnostics."""
         tr, te = np.asarray(fold.train), np.asarray(fold.test)
         if len(tr) == 0 or len(te) == 0:
             raise ValueError(f"fold {fold.protocol}/{fold.name} has an empty side")
-        y_tr, y_te = y_all[tr], y_all[te]
-        d_tr, d_te = dft_reference[tr], dft_reference[te]
-        out = pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "exp_id": np.asarray(target.ids)[te],
-                            "formula": formulas[te], "value": y_te, "dft_value": d_te})
-        out["raw_dft"] = RawDFT().fit(d_tr, y_tr).predict(d_te)
-        clamp = train_config.clamp_min
-        out["linear_dft"] = (LinearCalibration(clamp_min=clamp).fit(d_tr, y_tr).predict(d_te)
-                             if np.isfinite(d_tr).sum() >= 2 else float(np.mean(y_tr)))
-        t_rf = time.perf_counter()
-        out["rf_descriptors"] = DescriptorForest(n_estimators=rf_trees, seed=seed).fit(
-            descriptors, formulas[tr].tolist(), y_tr).predict(descriptors, formulas[te].tolist())
-        info: dict[str, float] = {"rf_seconds": time.perf_counter() - t_rf}
-
-        # the fold's table: test values blanked, calibrated targets from the fold's own alignment
-        fold_table = copy.copy(table)
-        fold_table.y_exp = table.y_exp.copy()
-        fold_table.y_exp[n_dft + te] = np.nan
-        align_rows = training_targets(fold)
-        calibrated: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name in needed:
-            t_cal, conf, diag = calibrated_targets(source, target, align_rows, settings[name])
+        out = pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "exp_id": np.asarray(self.data.target.ids)[te],
+                            "formula": self.formulas[te], "value": self.y_all[te],
+                            "dft_value": self.data.dft_reference[te]})
+        info = self._baselines(out, tr, te)
+        calibrated = {}
+        for name in self.needed:
+            t_cal, conf, diag = calibrated_targets(self.data.source, self.data.target, training_targets(fold),
+                                                   self.alignments[name])
             calibrated[name] = (t_cal, conf)
             info[f"mass_moved_fraction_{name}"] = diag["mass_moved_fraction"]
             info[f"align_seconds_{name}"] = diag["seconds"]
-        train_rows = np.concatenate([np.arange(n_dft), n_dft + tr])
-        test_rows = n_dft + te
+        shift_field = self._calibrations(out, info, fold, tr, te, calibrated["unbalanced"])
+        self._stacked(out, info, tr, te, shift_field)
+        self._gnns(out, info, k, tr, te, calibrated)
+        self._applicability(out, info, tr, te)
+        tm = self.data.transported_mass
+        out["transported_mass"] = np.nan if tm is None else np.asarray(tm)[te]
+        row = {"protocol": fold.protocol, "fold": fold.name, "n_train": len(tr), "n_test": len(te), "shift_ot": None,
+               **info}
+        return out, row
+
+    def _baselines(self, out: pd.DataFrame, tr: np.ndarray, te: np.ndarray) -> dict[str, float]:
+        y_tr, d_tr, d_te = self.y_all[tr], self.data.dft_reference[tr], self.data.dft_reference[te]
+        out["raw_dft"] = RawDFT().fit(d_tr, y_tr).predict(d_te)
+        clamp = self.models.train_config.clamp_min
+        out["linear_dft"] = (LinearCalibration(clamp_min=clamp).fit(d_tr, y_tr).predict(d_te)
+                             if np.isfinite(d_tr).sum() >= 2 else float(np.mean(y_tr)))
+        t_rf = time.perf_counter()
+        desc = self.data.descriptors
+        out["rf_descriptors"] = DescriptorForest(n_estimators=self.models.rf_trees, seed=self.seed).fit(
+            desc, self.formulas[tr].tolist(), y_tr).predict(desc, self.formulas[te].tolist())
+        return {"rf_seconds": time.perf_counter() - t_rf}
+
+    def _calibrations(self, out: pd.DataFrame, info: dict, fold: Fold, tr: np.ndarray, te: np.ndarray,
+                      unbalanced: tuple[np.ndarray, np.ndarray]) -> ShiftField:
+        """Calibrated DFT values of the test rows with one (OT + neighbours; the neural map); returns the shift field."""
+        source, target, desc = self.data.source, self.data.target, self.data.descriptors
+        d_te = self.data.dft_reference[te]
         covered = np.isfinite(d_te)
+        stack = self.models.stack
         try:
-            shift_field = ShiftField.fit(src_formulas, np.asarray(source.values, float), *calibrated["unbalanced"],
-                                         descriptors, k=stack.config.ot_neighbours if stack is not None else 5)
+            shift_field = ShiftField.fit(self.src_formulas, np.asarray(source.values, float), *unbalanced, desc,
+                                         k=stack.config.ot_neighbours if stack is not None else 5)
         except ValueError as exc:
             raise ValueError(f"fold {fold.protocol}/{fold.name}: {exc}") from exc
         out["calib_ot_knn"] = np.nan
-        out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(descriptors, formulas[te][covered])
-        if neural is not None and covered.any():
+        out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(desc, self.formulas[te][covered])
+        if self.models.neural is not None and covered.any():
             from models.transport import fit_calibration_map  # torch, only when the neural map is fitted
 
             t_nn = time.perf_counter()
             cal_map = fit_calibration_map(
-                np.asarray(source.values, float), source.features, src_formulas, y_tr, target.features[tr],
-                formulas[tr], config=neural)
+                np.asarray(source.values, float), source.features, self.src_formulas, self.y_all[tr],
+                target.features[tr], self.formulas[tr], config=self.models.neural)
             out["calib_neural"] = np.nan
             out.loc[covered, "calib_neural"] = cal_map.calibrate(d_te[covered], target.features[te][covered])[0]
             info["neural_seconds"] = time.perf_counter() - t_nn
-        if stacked_models:
-            for name in stacked_models:
-                t_st = time.perf_counter()
-                model = StackedModel(stack.config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
-                                     extra_reference=stack.extra_reference,
-                                     shift_field=shift_field if name == "stacked_ot" else None)
-                out[name] = model.fit(descriptors, formulas[tr].tolist(), y_tr).predict(descriptors, formulas[te].tolist())
-                info[f"train_seconds_{name}"] = time.perf_counter() - t_st
-        for name in gnn_variants:
+        return shift_field
+
+    def _stacked(self, out: pd.DataFrame, info: dict, tr: np.ndarray, te: np.ndarray, shift_field: ShiftField) -> None:
+        stack, desc = self.models.stack, self.data.descriptors
+        for name in self.stacked_models:
+            t_st = time.perf_counter()
+            model = StackedModel(stack.config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
+                                 extra_reference=stack.extra_reference,
+                                 shift_field=shift_field if name == "stacked_ot" else None)
+            out[name] = model.fit(desc, self.formulas[tr].tolist(), self.y_all[tr]).predict(
+                desc, self.formulas[te].tolist())
+            info[f"train_seconds_{name}"] = time.perf_counter() - t_st
+
+    def _gnns(self, out: pd.DataFrame, info: dict, k: int, tr: np.ndarray, te: np.ndarray,
+              calibrated: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Every GNN variant on the fold's table: test values blanked, calibrated targets from the fold's alignment."""
+        table, n_dft, models = self.data.table, self.n_dft, self.models
+        fold_table = copy.copy(table)
+        fold_table.y_exp = table.y_exp.copy()
+        fold_table.y_exp[n_dft + te] = np.nan
+        train_rows = np.concatenate([np.arange(n_dft), n_dft + tr])
+        for name in self.gnn_variants:
             v = GNN_VARIANTS[name]
             cal = np.full(len(table), np.nan)
             conf = np.full(len(table), np.nan)
@@ -292,42 +356,41 @@ def evaluate_folds(
                 cal[:n_dft], conf[:n_dft] = calibrated[v.alignment]
             fold_table.calibrated, fold_table.confidence = cal, conf
             t_gnn = time.perf_counter()
-            cfg = replace(train_config, use_ot=v.use_ot,
-                          w_calibrated=train_config.w_calibrated if v.w_calibrated is None else v.w_calibrated)
-            fitted = [train_model(fold_table, cfg, seed=seed + 1000 * k + m, train_rows=train_rows, device=device,
-                                  init_state=copy.deepcopy(pretrained[m % len(pretrained)])).model
-                      for m in range(members)]
-            pred = predict_ensemble(fitted, fold_table, test_rows, device=device, clamp_min=clamp)
+            base = models.train_config
+            cfg = replace(base, use_ot=v.use_ot, w_calibrated=base.w_calibrated if v.w_calibrated is None else v.w_calibrated)
+            fitted = [train_model(fold_table, cfg, seed=self.seed + 1000 * k + m, train_rows=train_rows,
+                                  device=self.device,
+                                  init_state=copy.deepcopy(models.pretrained[m % len(models.pretrained)])).model
+                      for m in range(models.members)]
+            pred = predict_ensemble(fitted, fold_table, n_dft + te, device=self.device, clamp_min=base.clamp_min)
             out[name] = pred.experiment
             info[f"train_seconds_{name}"] = time.perf_counter() - t_gnn
 
-        # applicability domain, as models/predictor.py scores it, against this fold's training data:
-        # ad_score: reference = every composition the fold's model was trained on (DFT + training
-        # measurements), like the predictor's table; ad_score_measured: training measurements only.
+    def _applicability(self, out: pd.DataFrame, info: dict, tr: np.ndarray, te: np.ndarray) -> None:
+        """Applicability domain as :class:`models.serving.Predictor` scores it, against this fold's training data.
+
+        ``ad_score``: reference = every composition the fold's model was trained on (DFT +
+        training measurements); ``ad_score_measured``: training measurements only.
+        """
         t_ad = time.perf_counter()
-        ref_all = np.union1d(dft_formulas, np.unique(formulas[tr]))
-        ad_all = ApplicabilityDomain.fit(desc.loc[ref_all].to_numpy(float), k=ad_k, seed=seed)
-        ad_meas = ApplicabilityDomain.fit(desc.loc[np.unique(formulas[tr])].to_numpy(float), k=ad_k, seed=seed)
-        out["ad_score"] = ad_all.score(x_exp[te])
-        out["ad_score_measured"] = ad_meas.score(x_exp[te])
-        out["ad_flag"] = out["ad_score"] > ad_threshold
-        out["ad_flag_measured"] = out["ad_score_measured"] > ad_threshold
+        measured = np.unique(self.formulas[tr])
+        ad_all = ApplicabilityDomain.fit(self.desc.loc[np.union1d(self.dft_formulas, measured)].to_numpy(float),
+                                         k=self.ad_k, seed=self.seed)
+        ad_meas = ApplicabilityDomain.fit(self.desc.loc[measured].to_numpy(float), k=self.ad_k, seed=self.seed)
+        out["ad_score"] = ad_all.score(self.x_exp[te])
+        out["ad_score_measured"] = ad_meas.score(self.x_exp[te])
+        out["ad_flag"] = out["ad_score"] > self.ad_threshold
+        out["ad_flag_measured"] = out["ad_score_measured"] > self.ad_threshold
         info["ad_seconds"] = time.perf_counter() - t_ad
-        out["transported_mass"] = np.nan if transported_mass is None else np.asarray(transported_mass)[te]
-        shift = shift_distance(x_exp[tr], x_exp[te], sample=shift_sample, seed=seed)
-        row = {"protocol": fold.protocol, "fold": fold.name, "n_train": len(tr), "n_test": len(te),
-               "shift_ot": shift, **info}
-        for m in (*BASELINES, *variants):
+
+    def scores(self, out: pd.DataFrame, row: dict) -> dict:
+        """Score the fold into its row: MAE of every model, and of the calibrations on the test rows with a DFT value."""
+        y_te = out["value"].to_numpy()
+        covered = out["dft_value"].notna().to_numpy()
+        for m in (*BASELINES, *self.models.variants):
             row[f"mae_{m}"] = regression_metrics(y_te, out[m].to_numpy())["mae"]
         row["n_test_with_dft"] = int(covered.sum())
-        for m in ("raw_dft", "linear_dft", *calibrations):
+        for m in ("raw_dft", "linear_dft", *self.calibrations):
             row[f"calibration_mae_{m}"] = (regression_metrics(y_te[covered], out.loc[covered, m].to_numpy())["mae"]
                                           if covered.any() else float("nan"))
-        row["seconds"] = time.perf_counter() - tf
-        fold_rows.append(row)
-        pred_frames.append(out)
-        if on_fold is not None:
-            on_fold(k, len(folds), row)
-    return EvaluationResult(predictions=pd.concat(pred_frames, ignore_index=True), folds=pd.DataFrame(fold_rows),
-                            seconds=time.perf_counter() - t0, models=[*BASELINES, *variants],
-                            calibrations=calibrations)
+        return row

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from models.evaluation.config import OOD_PROTOCOLS, EvalSettings
-from models.evaluation.folds import StackInputs, evaluate_folds, subset_domain
+from models.evaluation.folds import FoldData, FoldModels, StackInputs, evaluate_folds, subset_domain
 from models.evaluation.splits import make_folds
 from models.evaluation.summary import EvaluationResult, summarise
 from models.learners import DFTSurrogate, EntryTable, FitConfig, determine_device, pretrain_members
@@ -105,15 +105,13 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     if settings.neural_iterations:
         neural = align.options.neural
         neural = replace(neural, dual=replace(neural.dual, iterations=settings.neural_iterations))
-    result = evaluate_folds(
-        source=problem["source"], target=problem["target"], table=problem["table"],
-        descriptors=inputs.descriptors, dft_reference=exp["formula"].map(problem["reference"]).to_numpy(float),
-        folds=folds, train_config=train_config, align_config=align, pretrained=pretrained,
-        variants=settings.models, members=settings.members, rf_trees=settings.rf_trees,
-        shift_sample=settings.shift_sample, ad_k=ad_k, ad_threshold=ad_threshold, seed=seed,
-        device=dev, transported_mass=problem["transported_mass"], on_fold=on_fold or _log_fold(prop), stack=stack,
-        neural=neural,
-    )
+    data = FoldData(source=problem["source"], target=problem["target"], table=problem["table"],
+                    descriptors=inputs.descriptors, transported_mass=problem["transported_mass"],
+                    dft_reference=exp["formula"].map(problem["reference"]).to_numpy(float))
+    fitted = FoldModels(train_config=train_config, align_config=align, pretrained=pretrained, variants=settings.models,
+                        members=settings.members, rf_trees=settings.rf_trees, stack=stack, neural=neural)
+    result = evaluate_folds(data, folds, fitted, shift_sample=settings.shift_sample, ad_k=ad_k,
+                            ad_threshold=ad_threshold, seed=seed, device=dev, on_fold=on_fold or _log_fold(prop))
     summary = summarise(result, ood_protocols=[p for p in OOD_PROTOCOLS if p in settings.protocols])
     metrics = {
         "property": prop.name, "unit": prop.unit, "budget": budget,

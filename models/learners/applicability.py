@@ -54,6 +54,7 @@ class ApplicabilityDomain:
         d = self.distances(x)
         return 100.0 * np.searchsorted(self.reference_, d, side="right") / len(self.reference_)
 
+
 def _knn_distances(points: np.ndarray, queries: np.ndarray, k: int, *, block: int = 512) -> np.ndarray:
     """Sorted Euclidean distances [Q, k] from each query to its ``k`` nearest ``points``."""
     p2 = np.einsum("ij,ij->i", points, points)

@@ -1,6 +1,6 @@
 """Data-parallel training (``torch.distributed``): gloo on CPU, NCCL on GPU, launched by ``torchrun``.
 
-:func:`models.training.train_model` takes an optional ``parallel`` hook; this module provides
+:func:`models.learners.train_model` takes an optional ``parallel`` hook; this module provides
 it. Every rank builds the same tables, draws the same minibatch indices from the same seeded
 generator, and keeps **its share** of each minibatch (:meth:`DataParallel.shard`: rows
 ``rank::world`` of the DFT and of the experimental part). After ``backward`` the gradients
@@ -38,7 +38,7 @@ __all__ = ["DataParallel", "init_from_env", "is_writer", "shutdown"]
 
 @dataclass(frozen=True)
 class DataParallel:
-    """The ``parallel`` hook of :func:`models.training.train_model` for one rank of ``world``."""
+    """The ``parallel`` hook of :func:`models.learners.train_model` for one rank of ``world``."""
 
     rank: int
     world: int

@@ -232,7 +232,7 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
     (directory / "baselines.json").write_text(json.dumps(
         {"linear_dft": {"a": float(result.linear.a_), "b": float(result.linear.b_),
                         "fallback": result.linear.fallback_}}, indent=2) + "\n")
-    save_forest(result.forest, directory)  # skops + JSON, not a pickle (models/integrity.py)
+    save_forest(result.forest, directory)  # skops + JSON, not a pickle (models/_io.py)
     descriptors.to_parquet(directory / "descriptors.parquet", index=False)
     result.dft_reference.rename("dft_value").rename_axis("formula").reset_index().to_parquet(
         directory / "dft_reference.parquet", index=False)

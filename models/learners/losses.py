@@ -31,6 +31,7 @@ def unbalanced_sinkhorn(cost: Tensor, a: Tensor, b: Tensor, *, reg: float, reg_m
         log_v = fi * (log_b - torch.logsumexp(log_k + log_u.unsqueeze(1), dim=0))
     return torch.exp(log_u.unsqueeze(1) + log_k + log_v.unsqueeze(0))
 
+
 def uot_embedding_loss(x: Tensor, y: Tensor, *, reg: float = 0.1, reg_m: float = 1.0, n_iter: int = 50) -> Tensor:
     r"""Unbalanced OT cost :math:`\langle P, C\rangle` between two point clouds (uniform weights).
 

@@ -8,7 +8,7 @@ hard stoichiometry block only formulas that were both computed and measured get 
 composition needs the shift of its neighbours: :class:`ShiftField` averages, per formula, the
 confidence-weighted shift of its entries, and predicts for any composition the mean shift of
 its ``k`` nearest aligned formulas in standardised descriptor space (the barycentric projection
-"extended by nearest neighbours", the baseline the neural map of :mod:`models.icnn` is compared
+"extended by nearest neighbours", the baseline the neural map of :mod:`models.transport` is compared
 with).
 
 Leave-own-formula-out: :meth:`ShiftField.predict` never uses a formula's own shift for that

@@ -130,7 +130,7 @@ class StackedModel:
             e.g. HSE or GLLB-SC band gaps known for a few thousand entries), appended as
             columns (NaN where unknown; always looked up by formula).
         shift_field: the OT alignment's calibration shifts extended to every composition
-            (:class:`models.shift_field.ShiftField`, fitted on the training measurements only).
+            (:class:`models.learners.ShiftField`, fitted on the training measurements only).
             When given, two columns are appended (the neighbours' shift and the best DFT
             estimate plus that shift), and with ``config.ot_in_correction`` the shift is also a
             linear term of the fitted correction; None: the model uses no optimal transport.
@@ -275,7 +275,7 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
     """Write ``model`` as JSON (numbers, formulas, config) plus LightGBM text model files.
 
     Nothing in it is a pickle: :func:`load_stacked` rebuilds the model from data only, so
-    loading a model file cannot run code (the threat :mod:`models.integrity` also guards).
+    loading a model file cannot run code (the threat :mod:`models._io` also guards).
     """
     directory.mkdir(parents=True, exist_ok=True)
     boosters = []

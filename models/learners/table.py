@@ -38,6 +38,7 @@ def encode_compositions(formulas: Sequence[str]) -> tuple[np.ndarray, np.ndarray
             z[i, j], w[i, j] = zz, ww
     return z, w
 
+
 @dataclass
 class EntryTable:
     """Entries of both domains as aligned arrays (one row per DFT entry or measurement).
@@ -176,6 +177,7 @@ class EntryTable:
             if g is not None:
                 return int(g.x.shape[1]), int(g.edge_attr.shape[1])
         return 0, 0
+
 
 def grouped_split(groups: Sequence[str], *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into (train, validation) so that no group is on both sides."""

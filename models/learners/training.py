@@ -1,4 +1,4 @@
-r"""Training loop for :class:`models.gnn.MultiFidelityNet` on DFT and experimental entries.
+r"""Training loop for :class:`models.nets.MultiFidelityNet` on DFT and experimental entries.
 
 The loss of one step combines, over a minibatch of DFT rows and one of experimental rows,
 
@@ -28,7 +28,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,15 +39,16 @@ from models._io import write_with
 from models.learners.config import TrainConfig
 from models.learners.losses import uot_embedding_loss
 from models.learners.table import EntryTable, grouped_split
-from models.nets import MultiFidelityNet
+from models.nets import MultiFidelityNet, NetOutput
 
 
 class DataParallelHook(Protocol):
-    """What :func:`train_model` needs from data-parallel training (see models/distributed.py)."""
+    """What :func:`train_model` needs from data-parallel training (see models/learners/distributed.py)."""
 
     def shard(self, d_idx: np.ndarray, e_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
     def sync_gradients(self, model: torch.nn.Module) -> None: ...
+
 
 def determine_device(preferred: str = "auto") -> torch.device:
     """Choose the device once, at the entry point: ``"auto"`` takes CUDA when present, else CPU."""
@@ -55,11 +56,13 @@ def determine_device(preferred: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(preferred)
 
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) generators."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -74,6 +77,7 @@ class EpochRecord:
     loss_ot: float
     val_mae: float
 
+
 @dataclass
 class TrainResult:
     """A trained member: the best model (by validation MAE), its history and split."""
@@ -87,6 +91,7 @@ class TrainResult:
     train_rows: np.ndarray
     val_rows: np.ndarray
 
+
 @dataclass
 class Prediction:
     """Predictions for N entries: DFT head, experimental head, and ensemble spread (0 for one model)."""
@@ -95,6 +100,7 @@ class Prediction:
     experiment: np.ndarray
     experiment_std: np.ndarray
 
+
 @dataclass
 class EnsembleResult:
     members: list[TrainResult]
@@ -102,10 +108,12 @@ class EnsembleResult:
     def predict(self, table: EntryTable, rows: np.ndarray | None = None, *, device: torch.device | None = None) -> Prediction:
         return predict_ensemble([m.model for m in self.members], table, rows, device=device)
 
+
 def _elementwise(kind: str, pred: Tensor, target: Tensor) -> Tensor:
     if kind == "huber":
         return torch.nn.functional.huber_loss(pred, target, reduction="none", delta=0.5)
     return (pred - target).abs()
+
 
 def build_model(config: TrainConfig, table: EntryTable) -> MultiFidelityNet:
     m = config.model
@@ -118,6 +126,7 @@ def build_model(config: TrainConfig, table: EntryTable) -> MultiFidelityNet:
     )
     return model
 
+
 def _fit_scaler(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray) -> None:
     if model.descriptor is None or table.descriptors is None:
         return
@@ -125,6 +134,7 @@ def _fit_scaler(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray) ->
     mean = torch.from_numpy(d.mean(axis=0))
     std = torch.from_numpy(d.std(axis=0)).clamp_min(1e-6)
     model.set_descriptor_scaler(mean, std)
+
 
 @torch.no_grad()
 def predict(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray | None = None, *, device: torch.device | None = None,
@@ -144,6 +154,7 @@ def predict(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray | None 
         d, e = np.maximum(d, clamp_min), np.maximum(e, clamp_min)
     return Prediction(dft=d.astype(np.float64), experiment=e.astype(np.float64), experiment_std=np.zeros(len(e)))
 
+
 def predict_ensemble(models: Sequence[MultiFidelityNet], table: EntryTable, rows: np.ndarray | None = None, *,
                      device: torch.device | None = None, clamp_min: float | None = None) -> Prediction:
     """Mean prediction of the members and their standard deviation as uncertainty."""
@@ -154,6 +165,7 @@ def predict_ensemble(models: Sequence[MultiFidelityNet], table: EntryTable, rows
         experiment_std=e.std(axis=0) if len(preds) > 1 else np.zeros(e.shape[1]),
     )
 
+
 def _val_mae(model: MultiFidelityNet, table: EntryTable, val_rows: np.ndarray, device: torch.device,
              clamp_min: float | None) -> float:
     if len(val_rows) == 0:
@@ -163,6 +175,120 @@ def _val_mae(model: MultiFidelityNet, table: EntryTable, val_rows: np.ndarray, d
         sel = table.is_experiment[val_rows]
         return float(np.mean(np.abs(p.experiment[sel] - table.y_exp[val_rows][sel])))
     return float(np.mean(np.abs(p.dft - table.y_dft[val_rows])))
+
+
+@dataclass
+class _Rows:
+    """The rows one training uses: measured rows to fit and to validate on, DFT rows (all, and labelled)."""
+
+    exp_train: np.ndarray
+    val_rows: np.ndarray
+    dft_rows: np.ndarray
+    dft_labelled: np.ndarray
+
+
+def _split_rows(table: EntryTable, rows: np.ndarray, config: TrainConfig, seed: int) -> _Rows:
+    """Split the measured rows (grouped) into training and validation; without any, the labelled DFT rows."""
+    exp_rows = rows[table.is_experiment[rows] & ~np.isnan(table.y_exp[rows])]
+    dft_rows = rows[~table.is_experiment[rows]]
+    if len(exp_rows):
+        tr, va = grouped_split([table.formulas[i] for i in exp_rows], fraction=config.val_fraction, seed=seed)
+        exp_train, val_rows = exp_rows[tr], exp_rows[va]
+    else:
+        labelled = dft_rows[~np.isnan(table.y_dft[dft_rows])]
+        tr, va = grouped_split([table.formulas[i] for i in labelled], fraction=config.val_fraction, seed=seed)
+        exp_train, val_rows = exp_rows, labelled[va]
+        dft_rows = np.setdiff1d(dft_rows, labelled[va])
+    return _Rows(exp_train=exp_train, val_rows=val_rows, dft_rows=dft_rows,
+                 dft_labelled=dft_rows[~np.isnan(table.y_dft[dft_rows])])
+
+
+def _initial_model(table: EntryTable, config: TrainConfig, rows: _Rows, init_state: dict[str, Tensor] | None,
+                   device: torch.device) -> tuple[MultiFidelityNet, Tensor | None]:
+    """Build the model to train (from ``init_state`` or freshly scaled) and, with a frozen encoder, its embeddings."""
+    model = build_model(config, table)
+    if init_state is not None:
+        # keeps the initial model's descriptor scaler too: its layers were fitted to that scaling
+        try:
+            model.load_state_dict(init_state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"init_state does not fit the model: {exc}") from exc
+    else:
+        _fit_scaler(model, table, np.concatenate([rows.exp_train, rows.dft_rows]))
+    model.to(device)
+    if not config.freeze_encoder:
+        return model, None
+    if init_state is None:
+        raise ValueError("freeze_encoder needs init_state (a pretrained composition encoder)")
+    for p in model.composition.parameters():
+        p.requires_grad_(False)
+    return model, _composition_embeddings(model, table, device)
+
+
+def _total_steps(config: TrainConfig, rows: _Rows, pre_epochs: int, total: int) -> int:
+    """Count the optimiser steps of all epochs (pretraining epochs step over labelled DFT rows)."""
+    n_exp = len(rows.exp_train)
+    return max(1, sum(
+        _steps(len(rows.dft_labelled), config.dft_batch_size) if e < pre_epochs
+        else _steps(n_exp if n_exp else len(rows.dft_labelled), config.batch_size if n_exp else config.dft_batch_size)
+        for e in range(total)
+    ))
+
+
+def _minibatches(phase: str, rows: _Rows, config: TrainConfig, gen: torch.Generator
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Draw one epoch's ``(DFT rows, measured rows)`` minibatches from ``gen``."""
+    if phase == "pretrain" or len(rows.exp_train) == 0:
+        order = rows.dft_labelled[torch.randperm(len(rows.dft_labelled), generator=gen).numpy()]
+        return [(order[s : s + config.dft_batch_size], np.zeros(0, dtype=np.int64))
+                for s in range(0, len(order), config.dft_batch_size)]
+    order = rows.exp_train[torch.randperm(len(rows.exp_train), generator=gen).numpy()]
+    chunks = []
+    for s in range(0, len(order), config.batch_size):
+        d_idx = (rows.dft_rows[torch.randint(len(rows.dft_rows), (config.dft_batch_size,), generator=gen).numpy()]
+                 if len(rows.dft_rows) else np.zeros(0, dtype=np.int64))
+        chunks.append((d_idx, order[s : s + config.batch_size]))
+    return chunks
+
+
+def _loss_terms(out: NetOutput, table: EntryTable, d_idx: np.ndarray, e_idx: np.ndarray, *, phase: str,
+                config: TrainConfig, device: torch.device) -> list[Tensor]:
+    """Compute the four terms of the loss (module docstring): DFT, measured, calibrated targets, minibatch UOT."""
+    nd = len(d_idx)
+    terms = [torch.zeros((), device=device) for _ in range(4)]
+    yd = torch.from_numpy(table.y_dft[d_idx]).float().to(device)
+    ok = ~torch.isnan(yd)
+    if ok.any():
+        terms[0] = _elementwise(config.loss, out.dft[:nd][ok], yd[ok]).mean()
+    if len(e_idx):
+        ye = torch.from_numpy(table.y_exp[e_idx]).float().to(device)
+        terms[1] = _elementwise(config.loss, out.experiment[nd:], ye).mean()
+    if phase == "train" and config.use_ot and nd:
+        cal = torch.from_numpy(table.calibrated[d_idx]).float().to(device)
+        conf = torch.from_numpy(np.nan_to_num(table.confidence[d_idx])).float().to(device)
+        has = ~torch.isnan(cal) & (conf > 0)
+        if has.any():
+            terms[2] = (conf[has] * _elementwise(config.loss, out.experiment[:nd][has], cal[has])).sum() / conf[has].sum()
+        if len(e_idx) >= 2 and nd >= 2 and config.w_ot > 0:
+            terms[3] = uot_embedding_loss(out.embedding[:nd], out.embedding[nd:], reg=config.ot_reg,
+                                          reg_m=config.ot_reg_m, n_iter=config.ot_iters)
+    return terms
+
+
+def _restore(ckpt: Path, model: MultiFidelityNet, opt, sched, gen: torch.Generator) -> dict[str, Any]:
+    """Load a checkpoint's full state (weights, optimiser, schedule, generators) and return its bookkeeping."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"], strict=True)
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    return {
+        "epoch": int(saved["epoch"]), "history": [EpochRecord(**h) for h in saved["history"]],
+        "best_val": float(saved["best_val"]), "best_epoch": int(saved["best_epoch"]), "bad": int(saved["bad"]),
+        "best_state": saved["best_state"],
+    }
+
 
 def train_model(
     table: EntryTable,
@@ -185,67 +311,25 @@ def train_model(
     (e.g. DFT pretraining; the pretraining phase is then skipped). With ``checkpoint``, the
     full state is saved after every epoch and a run finding it resumes where it stopped;
     ``stop_after`` ends this call after that many epochs (time-sliced runs; resume later).
-    ``parallel`` (data-parallel training, :class:`models.distributed.DataParallel`) keeps
+    ``parallel`` (data-parallel training, :class:`models.learners.DataParallel`) keeps
     this rank's share of each minibatch and averages gradients over ranks after backward.
     """
     device = device or torch.device("cpu")
     seed_everything(seed)
-    rows = np.arange(len(table)) if train_rows is None else np.asarray(train_rows)
-    exp_rows = rows[table.is_experiment[rows] & ~np.isnan(table.y_exp[rows])]
-    dft_rows = rows[~table.is_experiment[rows]]
-    if len(exp_rows):
-        tr, va = grouped_split([table.formulas[i] for i in exp_rows], fraction=config.val_fraction, seed=seed)
-        exp_train, val_rows = exp_rows[tr], exp_rows[va]
-    else:
-        labelled = dft_rows[~np.isnan(table.y_dft[dft_rows])]
-        tr, va = grouped_split([table.formulas[i] for i in labelled], fraction=config.val_fraction, seed=seed)
-        exp_train, val_rows = exp_rows, labelled[va]
-        dft_rows = np.setdiff1d(dft_rows, labelled[va])
-    dft_labelled = dft_rows[~np.isnan(table.y_dft[dft_rows])]
-    model = build_model(config, table)
-    if init_state is not None:
-        # keeps the initial model's descriptor scaler too: its layers were fitted to that scaling
-        try:
-            model.load_state_dict(init_state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"init_state does not fit the model: {exc}") from exc
-    else:
-        _fit_scaler(model, table, np.concatenate([exp_train, dft_rows]))
-    model.to(device)
-    cached: Tensor | None = None
-    if config.freeze_encoder:
-        if init_state is None:
-            raise ValueError("freeze_encoder needs init_state (a pretrained composition encoder)")
-        for p in model.composition.parameters():
-            p.requires_grad_(False)
-        cached = _composition_embeddings(model, table, device)
+    rows_all = np.arange(len(table)) if train_rows is None else np.asarray(train_rows)
+    rows = _split_rows(table, rows_all, config, seed)
+    model, cached = _initial_model(table, config, rows, init_state, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     pre_epochs = 0 if init_state is not None else config.pretrain_epochs
     total = pre_epochs + config.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=max(1, sum(
-            _steps(len(dft_labelled), config.dft_batch_size) if e < pre_epochs
-            else _steps(max(len(exp_train), 1) if len(exp_train) else len(dft_labelled),
-                        config.batch_size if len(exp_train) else config.dft_batch_size)
-            for e in range(total)
-        )), pct_start=0.2,
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=_total_steps(
+        config, rows, pre_epochs, total), pct_start=0.2)
     state = {"epoch": 0, "history": [], "best_val": math.inf, "best_epoch": -1, "bad": 0, "best_state": None}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"], strict=True)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        gen.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = {
-            "epoch": int(saved["epoch"]), "history": [EpochRecord(**h) for h in saved["history"]],
-            "best_val": float(saved["best_val"]), "best_epoch": int(saved["best_epoch"]), "bad": int(saved["bad"]),
-            "best_state": saved["best_state"],
-        }
+        state = _restore(ckpt, model, opt, sched, gen)
     stopped = False
     start_epoch = state["epoch"]
     bar = tqdm(range(start_epoch, total), disable=not progress, desc="train", leave=False)
@@ -254,43 +338,14 @@ def train_model(
         model.train()
         sums = np.zeros(5)
         n_steps = 0
-        if phase == "pretrain" or len(exp_train) == 0:
-            order = dft_labelled[torch.randperm(len(dft_labelled), generator=gen).numpy()]
-            chunks = [(order[s : s + config.dft_batch_size], np.zeros(0, dtype=np.int64))
-                      for s in range(0, len(order), config.dft_batch_size)]
-        else:
-            order = exp_train[torch.randperm(len(exp_train), generator=gen).numpy()]
-            chunks = []
-            for s in range(0, len(order), config.batch_size):
-                d_idx = (dft_rows[torch.randint(len(dft_rows), (config.dft_batch_size,), generator=gen).numpy()]
-                         if len(dft_rows) else np.zeros(0, dtype=np.int64))
-                chunks.append((d_idx, order[s : s + config.batch_size]))
-        for d_idx, e_idx in chunks:
+        for d_idx, e_idx in _minibatches(phase, rows, config, gen):
             if parallel is not None:
                 d_idx, e_idx = parallel.shard(d_idx, e_idx)
             idx = np.concatenate([d_idx, e_idx])
             inputs = table.batch(idx, device)
             if cached is not None:
                 inputs["composition_embedding"] = cached[torch.from_numpy(idx).to(device)]
-            out = model(**inputs)
-            nd = len(d_idx)
-            terms = [torch.zeros((), device=device) for _ in range(4)]
-            yd = torch.from_numpy(table.y_dft[d_idx]).float().to(device)
-            ok = ~torch.isnan(yd)
-            if ok.any():
-                terms[0] = _elementwise(config.loss, out.dft[:nd][ok], yd[ok]).mean()
-            if len(e_idx):
-                ye = torch.from_numpy(table.y_exp[e_idx]).float().to(device)
-                terms[1] = _elementwise(config.loss, out.experiment[nd:], ye).mean()
-            if phase == "train" and config.use_ot and nd:
-                cal = torch.from_numpy(table.calibrated[d_idx]).float().to(device)
-                conf = torch.from_numpy(np.nan_to_num(table.confidence[d_idx])).float().to(device)
-                has = ~torch.isnan(cal) & (conf > 0)
-                if has.any():
-                    terms[2] = (conf[has] * _elementwise(config.loss, out.experiment[:nd][has], cal[has])).sum() / conf[has].sum()
-                if len(e_idx) >= 2 and nd >= 2 and config.w_ot > 0:
-                    terms[3] = uot_embedding_loss(out.embedding[:nd], out.embedding[nd:], reg=config.ot_reg,
-                                                  reg_m=config.ot_reg_m, n_iter=config.ot_iters)
+            terms = _loss_terms(model(**inputs), table, d_idx, e_idx, phase=phase, config=config, device=device)
             w_dft = config.w_dft if phase == "train" else 1.0
             loss = w_dft * terms[0] + config.w_exp * terms[1] + config.w_calibrated * terms[2] + config.w_ot * terms[3]
             opt.zero_grad(set_to_none=True)
@@ -303,11 +358,10 @@ def train_model(
             sums += [float(loss.detach()), *(float(t.detach()) for t in terms)]
             n_steps += 1
         means = sums / max(n_steps, 1)
-        val = _val_mae(model, table, val_rows, device, config.clamp_min)
-        rec = EpochRecord(epoch=epoch, phase=phase, loss=float(means[0]), loss_dft=float(means[1]),
-                          loss_exp=float(means[2]), loss_calibrated=float(means[3]), loss_ot=float(means[4]),
-                          val_mae=float(val))
-        state["history"].append(rec)
+        val = _val_mae(model, table, rows.val_rows, device, config.clamp_min)
+        state["history"].append(EpochRecord(
+            epoch=epoch, phase=phase, loss=float(means[0]), loss_dft=float(means[1]), loss_exp=float(means[2]),
+            loss_calibrated=float(means[3]), loss_ot=float(means[4]), val_mae=float(val)))
         # model selection only in the final phase (pretraining optimises a different target)
         if phase == "train" or pre_epochs == total:
             score = val if math.isfinite(val) else float(means[0])
@@ -330,7 +384,8 @@ def train_model(
     model.eval()
     return TrainResult(model=model, history=list(state["history"]), best_epoch=int(state["best_epoch"]),
                        best_val_mae=float(state["best_val"]), stopped_early=stopped, seed=seed,
-                       train_rows=np.setdiff1d(rows, val_rows), val_rows=val_rows)
+                       train_rows=np.setdiff1d(rows_all, rows.val_rows), val_rows=rows.val_rows)
+
 
 @torch.no_grad()
 def _composition_embeddings(model: MultiFidelityNet, table: EntryTable, device: torch.device,
@@ -343,8 +398,10 @@ def _composition_embeddings(model: MultiFidelityNet, table: EntryTable, device: 
         parts.append(model.composition(b["z"], b["weight"], b["batch"], num_graphs=b["num_entries"]))
     return torch.cat(parts)
 
+
 def _steps(n: int, bs: int) -> int:
     return max(1, math.ceil(n / bs))
+
 
 def _save_checkpoint(path: Path, model, opt, sched, gen, state) -> None:
     payload = {
@@ -354,6 +411,7 @@ def _save_checkpoint(path: Path, model, opt, sched, gen, state) -> None:
         "best_epoch": state["best_epoch"], "bad": state["bad"], "best_state": state["best_state"],
     }
     write_with(path, lambda p: torch.save(payload, p))
+
 
 def train_ensemble(
     table: EntryTable,
@@ -377,6 +435,7 @@ def train_ensemble(
         members.append(train_model(table, config, seed=seed + k, train_rows=train_rows, device=device,
                                    init_state=init, progress=progress))
     return EnsembleResult(members=members)
+
 
 def pretrain_members(
     table: EntryTable,

@@ -7,24 +7,7 @@ are saved as init arguments + weights with their sha256 (:func:`save_model`,
 
 from __future__ import annotations
 
-from models.nets.gnn import (
-    MODEL_FORMAT_VERSION,
-    CompositionEncoder,
-    CrystalGraphEncoder,
-    ModelFileError,
-    MultiFidelityNet,
-    NetOutput,
-    load_model,
-    save_model,
-)
+from models.nets import gnn
+from models.nets.gnn import *
 
-__all__ = [
-    "MODEL_FORMAT_VERSION",
-    "CompositionEncoder",
-    "CrystalGraphEncoder",
-    "ModelFileError",
-    "MultiFidelityNet",
-    "NetOutput",
-    "load_model",
-    "save_model",
-]
+__all__ = [*gnn.__all__]

@@ -13,46 +13,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from models._io import lazy_exports
-from models.serving.ensemble import (
-    EnsemblePredictor,
-)
-from models.serving.output import (
-    COLUMNS,
-    format_table,
-    predict_items,
-)
-from models.serving.predictor import (
-    ModelNotFoundError,
-    Predictor,
-    dft_lookup,
-)
-from models.serving.tracking import (
-    TrackingError,
-    ensure_store,
-    log_run,
-)
+from models.serving import ensemble, output, predictor, tracking
+from models.serving.ensemble import *
+from models.serving.output import *
+from models.serving.predictor import *
+from models.serving.tracking import *
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and import analysis
-    from models.serving.pyfunc import (
-        MatshiftPyfunc,
-    )
+    from models.serving.pyfunc import *
 
 # MLflow is imported only by the MLflow wrapper: prediction does not need it
 _LAZY = {
-    "MatshiftPyfunc": "pyfunc",
+    "pyfunc": (
+        "MatshiftPyfunc",
+    ),
 }
-__getattr__ = lazy_exports(__name__, _LAZY)
+__getattr__ = lazy_exports(__name__, {name: module for module, names in _LAZY.items() for name in names})
 
-__all__ = [
-    "COLUMNS",
-    "EnsemblePredictor",
-    "MatshiftPyfunc",
-    "ModelNotFoundError",
-    "Predictor",
-    "TrackingError",
-    "dft_lookup",
-    "ensure_store",
-    "format_table",
-    "log_run",
-    "predict_items",
-]
+__all__ = [*ensemble.__all__, *predictor.__all__, *output.__all__, *tracking.__all__, *(name for names in _LAZY.values() for name in names)]

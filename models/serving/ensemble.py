@@ -1,6 +1,6 @@
 """A trained matshift ensemble as a predictor (formulas in, predictions out).
 
-The MLflow ``pyfunc`` wrapper lives in :mod:`models.pyfunc`, so serving does not import MLflow.
+The MLflow ``pyfunc`` wrapper lives in :mod:`models.serving.pyfunc`, so serving does not import MLflow.
 
 Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, the DFT value
 of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction`` and

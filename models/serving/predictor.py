@@ -62,7 +62,7 @@ class Predictor:
         # most stable polymorph that has a crystal graph (the one training paired with measurements)
         self.dft = dft
         self.features_dir = Path(features_dir) if features_dir is not None else None
-        self.calibration = calibration  # models.icnn.CalibrationMap or None
+        self.calibration = calibration  # models.transport.CalibrationMap or None
 
     @classmethod
     def load(cls, ref: str | Path, *, prop: Property, dft: pd.DataFrame | None = None,
@@ -194,6 +194,7 @@ def _resolve(ref: str | Path) -> Path:
         return found[0].parent
     raise ModelNotFoundError(f"no model at {ref}: run `dvc repro` (or `matshift train`) first, or pass --model")
 
+
 def _calibration_map(directory: Path, descriptors: pd.DataFrame):
     """Load the align stage's neural map if it saved one (for the model's descriptors); else None."""
     if not (directory / "map.json").is_file():
@@ -210,6 +211,7 @@ def _calibration_map(directory: Path, descriptors: pd.DataFrame):
         raise ModelNotFoundError(f"neural calibration map at {directory} was fitted on other descriptor columns "
                                  "than the model; re-run `dvc repro` so align and train agree")
     return cal
+
 
 def dft_lookup(dft: pd.DataFrame, prop: Property, index: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per formula: ``material_id`` and ``dft_value`` of its polymorph, and ``structure_id`` of its graph's.

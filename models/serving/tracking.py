@@ -82,7 +82,7 @@ def ensure_store(tracking_uri: str, *, attempts: int = 5, timeout: float = 5.0) 
 
 def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any], result, model_dir: Path,
             registered_name: str | None, example: pd.DataFrame) -> str:
-    """Log one :class:`models.fit.FitResult`; returns the run id."""
+    """Log one :class:`models.learners.FitResult`; returns the run id."""
     # MLflow: seconds to import; only when tracking or resolving a registered model
     import mlflow
     from mlflow.models import infer_signature

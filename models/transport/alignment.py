@@ -16,7 +16,6 @@ fold with training data only; the scaler is fitted on exactly the data passed in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ from models.transport.support import block_support, dense_support, knn_support
 if TYPE_CHECKING:
     pass
 from models.transport.formulations import _lookup_costs, resolve
-from models.transport.problem import AlignmentError, Problem, Solution, SolverOptions
+from models.transport.problem import AlignmentError, Formulation, Problem, SolverOptions
 
 
 @dataclass(frozen=True)
@@ -104,6 +103,7 @@ class AlignmentResult:
         confidence = np.clip(den / self.a, 0.0, 1.0)
         return targets, confidence
 
+
 def build_support(
     std: Standardised,
     source: Domain,
@@ -129,6 +129,7 @@ def build_support(
     r, c, kth = knn_support(xs, xt, k_source=knn, k_target=knn)
     return r, c, kth
 
+
 def align(
     source: Domain,
     target: Domain,
@@ -141,12 +142,12 @@ def align(
     additivity_ridge: float = 1e-4,
     dense_limit: int = 4_000_000,
     knn: int = 64,
-    solver: Callable[[Problem, SolverOptions], Solution] | None = None,
+    solver: Formulation | None = None,
 ) -> AlignmentResult:
     """Align ``source`` (DFT) onto ``target`` (experiment) with formulation ``method``.
 
     ``solver`` replaces the formulation's solve of each plan (same problem, same result
-    contract): :func:`models.blocks.align_blocks` passes one that solves the blocks of the
+    contract): :func:`models.transport.block_solver` is one that solves the blocks of the
     support separately, so everything around the solve (calibration, support, costs,
     corrections, diagnostics) is this one function's.
 
@@ -155,7 +156,7 @@ def align(
     corrections, refit the corrections on the plan (:func:`fit_element_corrections`), repeat.
     Needs ``source.fractions``. With ``weights.value_calibration="linear"`` a robust linear
     map DFT -> experiment is fitted first on the same-formula pairs of ``source`` and
-    ``target`` (:func:`models.penalties.fit_value_calibration`) and every DFT value is replaced
+    ``target`` (:func:`models.transport.fit_value_calibration`) and every DFT value is replaced
     by its calibrated value in the cost (the corrections are then fitted on what the map
     leaves), so a systematic DFT error is not mistaken for an outlier.
     """
@@ -246,6 +247,7 @@ def align(
         artifact=sol.artifact,
     )
 
+
 def _lookup_terms(rows, cols, values, qr, qc, m) -> np.ndarray:
     key = rows * m + cols
     order = np.argsort(key)
@@ -253,15 +255,9 @@ def _lookup_terms(rows, cols, values, qr, qc, m) -> np.ndarray:
     pos = np.clip(np.searchsorted(key[order], q), 0, max(key.size - 1, 0))
     return values[order][pos]
 
-def transport_distance(
-    source: Domain,
-    target: Domain,
-    *,
-    weights: CostWeights,
-    options: SolverOptions,
-    dense_limit: int = 4_000_000,
-    knn: int = 64,
-) -> float:
+
+def transport_distance(source: Domain, target: Domain, *, weights: CostWeights, options: SolverOptions,
+                       dense_limit: int = 4_000_000, knn: int = 64, solver: Formulation | None = None) -> float:
     """OT distance used in the diagnostics: the unbalanced entropic objective between the domains.
 
     It is :func:`align`'s ``unbalanced`` objective in the joint (chemistry, property) space with
@@ -269,7 +265,7 @@ def transport_distance(
     measures how much of the DFT-to-experiment shift the alignment removed.
     """
     return align(source, target, method="unbalanced", weights=weights, options=options,
-                 dense_limit=dense_limit, knn=knn).objective
+                 dense_limit=dense_limit, knn=knn, solver=solver).objective
 
 
 __all__ = [

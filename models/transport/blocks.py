@@ -38,8 +38,8 @@ import numpy as np
 
 from models.transport.alignment import AlignmentResult, align
 from models.transport.formulations import _lookup_costs, resolve
-from models.transport.penalties import CostWeights, Domain
-from models.transport.problem import AlignmentError, Problem, Solution, SolverOptions
+from models.transport.penalties import Domain
+from models.transport.problem import AlignmentError, Formulation, Problem, Solution, SolverOptions
 from models.transport.sinkhorn import unbalanced_objective
 from models.transport.support import component_labels
 
@@ -89,14 +89,8 @@ def _pieces(sizes: Sequence[int], n_pieces: int) -> list[list[int]]:
     return [list(range(lo, hi)) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
-def solve_blocks(
-    problem: Problem,
-    options: SolverOptions,
-    *,
-    method: str = "unbalanced",
-    mapper: Mapper | None = None,
-    n_pieces: int = 1,
-) -> tuple[Solution, int]:
+def solve_blocks(problem: Problem, options: SolverOptions, *, method: str = "unbalanced", mapper: Mapper | None = None,
+                 n_pieces: int = 1) -> tuple[Solution, int]:
     """Solve ``problem`` per connected component of its support; returns the joined solution and the block count.
 
     ``n_pieces`` groups the blocks into that many pieces of similar size for ``mapper``
@@ -136,22 +130,13 @@ def solve_blocks(
     return Solution(r, c, p, float(objective), n_iter, converged, info), len(comps)
 
 
-def align_blocks(
-    source: Domain,
-    target: Domain,
-    *,
-    method: str = "unbalanced",
-    mapper: Mapper | None = None,
-    n_pieces: int = 1,
-    **kwargs: Any,
-) -> AlignmentResult:
-    """:func:`models.transport.align` with every plan solved by :func:`solve_blocks`.
+def block_solver(method: str = "unbalanced", *, mapper: Mapper | None = None, n_pieces: int = 1) -> Formulation:
+    """Return a formulation that solves each connected block of the support on its own (:func:`solve_blocks`).
 
-    Same arguments and result as ``align`` plus ``mapper``/``n_pieces`` (where and in how
-    many tasks the blocks are solved): ``align`` does everything around the solve (value
-    calibration, support, costs, corrections, diagnostics) on the whole problem, so only
-    the plan's solve is split. ``n_iter`` sums, over solves, the largest block's iteration
-    count (the critical path); ``info["blocks"]`` is the number of blocks.
+    Pass it as ``solver=`` to :func:`models.transport.align` or ``transport_distance``: they do
+    everything around the solve (value calibration, support, costs, corrections, diagnostics)
+    on the whole problem, so only the plan's solve is split. ``mapper``/``n_pieces``: where and
+    in how many tasks the blocks are solved.
     """
     if method not in SPLIT_METHODS:
         raise AlignmentError(f"method {method!r} cannot be solved block by block; valid: {', '.join(SPLIT_METHODS)}")
@@ -159,23 +144,18 @@ def align_blocks(
     def solver(problem: Problem, options: SolverOptions) -> Solution:
         return solve_blocks(problem, options, method=method, mapper=mapper, n_pieces=n_pieces)[0]
 
-    return align(source, target, method=method, solver=solver, **kwargs)
+    return solver
 
 
-def transport_distance_blocks(
-    source: Domain,
-    target: Domain,
-    *,
-    weights: CostWeights,
-    options: SolverOptions,
-    dense_limit: int = 4_000_000,
-    knn: int = 64,
-    mapper: Mapper | None = None,
-    n_pieces: int = 1,
-) -> float:
-    """:func:`models.transport.transport_distance` with the plan solved block by block."""
-    return align_blocks(source, target, method="unbalanced", weights=weights, options=options,
-                        dense_limit=dense_limit, knn=knn, mapper=mapper, n_pieces=n_pieces).objective
+def align_blocks(source: Domain, target: Domain, *, method: str = "unbalanced", mapper: Mapper | None = None,
+                 n_pieces: int = 1, **align_kwargs: Any) -> AlignmentResult:
+    """:func:`models.transport.align` (same arguments and result) with every plan solved by :func:`block_solver`.
+
+    ``n_iter`` sums, over solves, the largest block's iteration count (the critical path);
+    ``info["blocks"]`` is the number of blocks.
+    """
+    return align(source, target, method=method, solver=block_solver(method, mapper=mapper, n_pieces=n_pieces),
+                 **align_kwargs)
 
 
-__all__ = ["SPLIT_METHODS", "align_blocks", "solve_blocks", "support_components", "transport_distance_blocks"]
+__all__ = ["SPLIT_METHODS", "align_blocks", "block_solver", "solve_blocks", "support_components"]

@@ -6,7 +6,7 @@ r"""The formulations: one solver per alignment method, all on the same sparse :c
     block the target masses are rescaled per connected block so that each block balances.
 ``unbalanced``
     :math:`\min_P \langle C,P\rangle + \varepsilon KL(P|ab^\top) + \rho KL(P1|a) + \rho KL(P^\top 1|b)`
-    (Chizat et al. 2018), solved by :func:`models.sinkhorn.sparse_sinkhorn` (float64,
+    (Chizat et al. 2018), solved by :func:`models.transport.sparse_sinkhorn` (float64,
     absorbed log-domain, epsilon-scaling, translation-invariant updates); POT's
     ``ot.unbalanced.sinkhorn_unbalanced`` is the reference in the tests.
 ``partial``
@@ -23,7 +23,7 @@ r"""The formulations: one solver per alignment method, all on the same sparse :c
 ``neural``
     a conditional monotone map DFT value -> measured value, the gradient of an input-convex
     network trained on the Kantorovich dual (Makkuva et al. 2020), conditioned on the
-    composition descriptors (:mod:`models.icnn`); it calibrates every source entry, also those
+    composition descriptors (:mod:`models.transport`); it calibrates every source entry, also those
     with no counterpart, and the fitted map is kept on the result to calibrate new entries.
 ``mixture``
     OT between Gaussian mixtures fitted to each domain in the joint (descriptor, value)
@@ -97,6 +97,7 @@ def _balanced(problem: Problem, opts: SolverOptions) -> Solution:
     return Solution(res.rows, res.cols, res.plan, res.linear_cost, res.n_iter, res.converged,
                     {"solver": 1.0, "error": res.error})
 
+
 def _unbalanced(problem: Problem, opts: SolverOptions) -> Solution:
     res = sparse_sinkhorn(problem.a, problem.b, problem.rows, problem.cols, problem.cost,
                           reg=opts.reg, reg_m=opts.reg_m, tol=opts.tol, max_iter=opts.max_iter)
@@ -105,6 +106,7 @@ def _unbalanced(problem: Problem, opts: SolverOptions) -> Solution:
         info["truncation_bound"] = truncation_bound(res, problem.a, problem.b, problem.kth_cost, opts.reg)
     return Solution(res.rows, res.cols, res.plan, res.objective, res.n_iter, res.converged, info)
 
+
 def _need_dense(problem: Problem, opts: SolverOptions, method: str) -> None:
     n, m = problem.shape
     if n * m > opts.emd_limit:
@@ -112,6 +114,7 @@ def _need_dense(problem: Problem, opts: SolverOptions, method: str) -> None:
             f"method {method!r} solves a dense LP and is limited to emd_limit={opts.emd_limit} plan entries; "
             f"this problem has {n} x {m} = {n * m}. Use 'unbalanced' or 'mixture' at this size."
         )
+
 
 def _partial(problem: Problem, opts: SolverOptions) -> Solution:
     # POT: only for the exact LP methods and distances
@@ -144,6 +147,7 @@ def _partial(problem: Problem, opts: SolverOptions) -> Solution:
     return Solution(r, c, plan, float(np.dot(plan, M[r, c])), 1, leak <= 1e-9 * max(mass, 1e-300),
                     {"target_mass": mass, "forbidden_mass": leak})
 
+
 def _aot(problem: Problem, opts: SolverOptions) -> Solution:
     # POT: only for the exact LP methods and distances
     import ot
@@ -166,6 +170,7 @@ def _aot(problem: Problem, opts: SolverOptions) -> Solution:
     plan = core[r, c]
     return Solution(r, c, plan, float(np.dot(plan, M[r, c])), 1, log["warning"] is None,
                     {"price": lam, "forbidden_mass": float(core[~mask].sum())})
+
 
 def _mixture(problem: Problem, opts: SolverOptions) -> Solution:
     # scikit-learn: about a second to import; only this method needs it
@@ -195,6 +200,7 @@ def _mixture(problem: Problem, opts: SolverOptions) -> Solution:
                      "components_target": float(gt.n_components),
                      "support_mass_fraction": float(plan.sum() / max(min(problem.a.sum(), problem.b.sum()), 1e-300))})
 
+
 def _neural(problem: Problem, opts: SolverOptions) -> Solution:
     # torch: only the neural formulation needs it (align start-up without torch)
     from models.transport.neural import neural_formulation
@@ -210,6 +216,7 @@ FORMULATIONS: dict[str, Formulation] = {
     "neural": _neural,
 }
 
+
 def resolve(method: str) -> Formulation:
     try:
         return FORMULATIONS[method]
@@ -217,6 +224,7 @@ def resolve(method: str) -> Formulation:
         raise AlignmentError(
             f"unknown alignment method {method!r}; valid methods: {', '.join(sorted(FORMULATIONS))}"
         ) from None
+
 
 def _lookup_costs(problem: Problem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     m = problem.b.size

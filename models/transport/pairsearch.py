@@ -65,6 +65,19 @@ class PairSearch:
         return self.row_min + self.width
 
 
+def _points(x: np.ndarray, y: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Both clouds as contiguous float64 (n, d) and (m, d) arrays; bad shapes, widths or values are errors."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must be 2-D with the same number of columns, got {x.shape} and {y.shape}")
+    if not (math.isfinite(width) and width >= 0):
+        raise ValueError(f"width must be a finite number >= 0, got {width}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and y must be finite")
+    return x, y
+
+
 def radius_pairs(
     x: np.ndarray,
     y: np.ndarray,
@@ -85,14 +98,7 @@ def radius_pairs(
     # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be 2-D with the same number of columns, got {x.shape} and {y.shape}")
-    if not (math.isfinite(width) and width >= 0):
-        raise ValueError(f"width must be a finite number >= 0, got {width}")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("x and y must be finite")
+    x, y = _points(x, y, width)
     n, m = x.shape[0], y.shape[0]
     empty = np.zeros(0, dtype=np.int64)
     if n == 0 or m == 0:
@@ -265,14 +271,7 @@ def radius_pairs_pruned(
     # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
 
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.ascontiguousarray(y, dtype=np.float64)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be 2-D with the same number of columns, got {x.shape} and {y.shape}")
-    if not (math.isfinite(width) and width >= 0):
-        raise ValueError(f"width must be a finite number >= 0, got {width}")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("x and y must be finite")
+    x, y = _points(x, y, width)
     if x.shape[0] == 0 or y.shape[0] == 0:
         return radius_pairs(x, y, width=width)
     previous = torch.get_num_threads()

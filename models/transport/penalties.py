@@ -17,7 +17,7 @@ disjoint element sets), and crystal systems compared only where both sides know 
 term is non-negative and O(1), so one entropic ``reg`` fits all of them.
 
 The *hard* mass block is not a cost: it restricts the support to pairs with the same reduced
-formula (see :func:`models.sinkhorn.block_support`).
+formula (see :func:`models.transport.block_support`).
 
 Energy additivity (Hess's law): for formation enthalpies the DFT-to-experiment shift of a
 compound is modelled as :math:`\sum_{el} x_{el}\,\mu_{el}` (per-element corrections, like

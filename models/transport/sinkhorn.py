@@ -52,6 +52,7 @@ _ABSORB_AT = 30.0
 
 _AUTO_GATE = 0.05  # omega='auto': largest log-scaling change at which the rate is read
 
+
 @dataclass(frozen=True)
 class SparseSinkhornResult:
     """Solution of :func:`sparse_sinkhorn` on the support ``(rows, cols)``.
@@ -78,6 +79,7 @@ class SparseSinkhornResult:
 
     def to_coo(self, shape: tuple[int, int]) -> sp.coo_matrix:
         return sp.coo_matrix((self.plan, (self.rows, self.cols)), shape=shape)
+
 
 def unbalanced_objective(
     plan: np.ndarray,
@@ -107,11 +109,15 @@ def unbalanced_objective(
         value += reg_m * (_gkl(r, a) + _gkl(c, b))
     return value
 
+
 def _gkl(p: np.ndarray, q: np.ndarray) -> float:
     pos = p > 0
     return float(np.sum(p[pos] * np.log(p[pos] / q[pos])) - p.sum() + q.sum())
 
-def sparse_sinkhorn(
+
+# One function on purpose: the epsilon schedule, absorption, over-relaxation and stopping share the
+# iteration state; issue 19 reworks this solver (certificate, dense regime), with POT as the reference.
+def sparse_sinkhorn(  # noqa: C901, PLR0913, PLR0915
     a: np.ndarray,
     b: np.ndarray,
     rows: np.ndarray,
@@ -321,6 +327,7 @@ def sparse_sinkhorn(
         omega=float(om),
     )
 
+
 def _young_omega(errs: list[float]) -> float | None:
     """Optimal over-relaxation from the errors of plain iterations, or None if not estimable.
 
@@ -332,6 +339,7 @@ def _young_omega(errs: list[float]) -> float | None:
         return None
     theta = min((tail[-1] / tail[0]) ** (1.0 / (len(tail) - 1)), 0.9975)
     return min(2.0 / (1.0 + math.sqrt(1.0 - theta)), 1.95)
+
 
 def _ti_shift(f, g, log_a, log_b, row_has, col_has, comp, rho) -> tuple[np.ndarray, np.ndarray]:
     """Dual-optimal translation per connected block of the support (closed form).
@@ -350,6 +358,7 @@ def _ti_shift(f, g, log_a, log_b, row_has, col_has, comp, rho) -> tuple[np.ndarr
     t[~np.isfinite(t)] = 0.0
     return np.where(row_has, t[cs], 0.0), np.where(col_has, t[ct], 0.0)
 
+
 def _group_lse(x: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
     mx = np.full(k, -np.inf)
     np.maximum.at(mx, group, x)
@@ -357,9 +366,11 @@ def _group_lse(x: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return safe + np.log(np.bincount(group, weights=np.exp(x - safe[group]), minlength=k))
 
+
 def _lse(x: np.ndarray) -> float:
     mx = float(np.max(x))
     return mx + math.log(float(np.sum(np.exp(x - mx))))
+
 
 def truncation_bound(
     res: SparseSinkhornResult, a: np.ndarray, b: np.ndarray, kth_cost: np.ndarray, reg: float

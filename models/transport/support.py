@@ -34,6 +34,7 @@ def dense_support(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     cols = np.tile(np.arange(m, dtype=np.int64), n)
     return rows, cols
 
+
 def block_support(source_groups: np.ndarray, target_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j) with equal group labels (e.g. reduced formulas): the hard-block support."""
     source_groups = np.asarray(source_groups)
@@ -54,6 +55,7 @@ def block_support(source_groups: np.ndarray, target_groups: np.ndarray) -> tuple
     cols_out = t_order[offsets].astype(np.int64)
     return rows_out, cols_out
 
+
 def _ragged_arange(counts: np.ndarray) -> np.ndarray:
     """Concatenation of arange(c) for c in counts."""
     total = int(counts.sum())
@@ -62,6 +64,7 @@ def _ragged_arange(counts: np.ndarray) -> np.ndarray:
     ends = np.cumsum(counts)
     idx = np.arange(total, dtype=np.int64)
     return idx - np.repeat(ends - counts, counts)
+
 
 def knn_support(
     x: np.ndarray,
@@ -91,6 +94,7 @@ def knn_support(
     key = np.unique(np.concatenate([r1, r2]) * m + np.concatenate([c1, c2]))
     return key // m, key % m, kth
 
+
 def _brute_knn(q, base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
     import torch
@@ -106,6 +110,7 @@ def _brute_knn(q, base, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.
         kth[s : s + qc.shape[0]] = vals[:, -1].clamp_min(0).numpy()
     return np.concatenate(rows), np.concatenate(cols), kth
 
+
 def radius_support(
     x: np.ndarray, y: np.ndarray, *, width: float, chunk: int = 4096
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,11 +122,12 @@ def radius_support(
     entries that are non-negligible at that eps. Returns ``rows, cols, floor`` with
     ``floor[i] = rowmin_i + width``, a lower bound of every excluded pair's squared distance
     in row i (for :func:`truncation_bound`). A thin wrapper of
-    :func:`models.pairsearch.radius_pairs` (exact, float64, one pass), which also returns the
+    :func:`models.transport.radius_pairs` (exact, float64, one pass), which also returns the
     distances of the pairs; at most ``chunk`` rows per distance block.
     """
     found = radius_pairs(x, y, width=width, block_entries=min(max(1, chunk) * max(1, np.shape(y)[0]), 1 << 19))
     return found.rows, found.cols, found.floor
+
 
 def _cell_knn(queries, base, k: int, cell_size: int, n_probe: int, seed: int):
     """Approximate k nearest ``base`` points of every query (inverted-file search).
@@ -180,6 +186,7 @@ def _cell_knn(queries, base, k: int, cell_size: int, n_probe: int, seed: int):
     has = qc > 0
     kth[has] = cd[(qstart + last)[has]]
     return cq[keep].numpy(), cb[keep].numpy(), kth.numpy().astype(np.float64)
+
 
 def ivf_support(
     x: np.ndarray,

@@ -36,6 +36,7 @@ class DftRow:
     fallback: Any = None
     fallback_fmt: str | None = None
 
+
 @dataclass
 class ExpRow:
     """One raw measurement."""
@@ -46,6 +47,7 @@ class ExpRow:
     property: Literal["band_gap", "formation_enthalpy"]
     value: Any
     content: str
+
 
 @dataclass
 class SourceTable:
@@ -64,6 +66,7 @@ class SourceTable:
     @property
     def rows_read(self) -> int:
         return len(self.rows) + len(self.rejected)
+
 
 class Source(ABC):
     """A provider of raw tables. Subclasses register themselves in :data:`SOURCES`."""

@@ -129,9 +129,31 @@ def merge_tables(
     exp_conflict_tol = exp_conflict_tol or {"band_gap": 0.2, "formation_enthalpy": 0.05}
     counts = {t.name: TableCounts(read=t.rows_read) for t in tables}
     rejected: list[Rejection] = [r for t in tables for r in t.rejected]
-
-    # ---- DFT: parse structures of all tables in one pool
     dft_tables = [t for t in tables if t.kind == "dft"]
+    merged = _DftMerge(gap_tol=gap_tol, energy_tol=energy_tol)
+    parsed, formulas = _parse_dft(dft_tables, workers=workers)
+    for table in dft_tables:
+        for row in table.rows:
+            try:
+                merged.add(table.name, row, *_validated_dft_row(table.name, row, parsed, formulas, merged.fallbacks))
+            except RowError as exc:
+                rejected.append(Rejection(table.name, row.row, truncate(str(row.material_id)), str(exc), row.content))
+    dft = merged.frame(counts, rejected)
+    experiment = _experiments([t for t in tables if t.kind == "experiment"], counts, rejected)
+    for rej in rejected:
+        counts[rej.source].rejected += 1
+        counts[rej.source].reasons[_reason_kind(rej.reason)] += 1
+    rejected_df = pd.DataFrame(
+        [(r.source, int(r.row), str(r.id), r.reason, r.content) for r in rejected], columns=REJECTED_COLUMNS
+    ).astype({"row": "int64"})
+    return FetchResult(dft=dft, experiment=experiment, rejected=rejected_df, counts=counts,
+                       dft_conflicts=merged.conflicts(), experiment_conflicts=_spreads(experiment, exp_conflict_tol),
+                       structure_fallbacks=dict(merged.fallbacks))
+
+
+def _parse_dft(dft_tables: Sequence[SourceTable], *, workers: int
+               ) -> tuple[dict[tuple[str, int], ParsedStructure | str], dict[str, str | RowError]]:
+    """Parse every structure of every DFT table in one pool, and the stated formulas meanwhile."""
     with_struct = [(t.name, r) for t in dft_tables for r in t.rows if r.structure_fmt is not None]
     formulas: dict[str, str | RowError] = {}
 
@@ -146,103 +168,116 @@ def merge_tables(
                         formulas[text] = exc
 
     parsed = parse_structures([r for _, r in with_struct], workers=workers, meanwhile=parse_stated_formulas)
-    parsed_by_key = {(name, r.row): p for (name, r), p in zip(with_struct, parsed, strict=True)}
+    return {(name, r.row): p for (name, r), p in zip(with_struct, parsed, strict=True)}, formulas
 
-    entries: dict[str, dict[str, Any]] = {}
-    contributors: dict[str, list[tuple[str, DftRow]]] = defaultdict(list)
-    label_src: dict[tuple[str, str], str] = {}
-    conflicts: Counter = Counter()
-    max_diff: dict[str, float] = defaultdict(float)
-    formula_conflicts = 0
-    fallbacks: Counter = Counter()
 
-    for table in dft_tables:
-        for row in table.rows:
-            try:
-                mp_id = check_mp_id(row.material_id)
-                labels = {}
-                for name, raw in row.labels.items():
-                    if raw is None or (isinstance(raw, str) and not raw.strip()):
-                        continue  # a missing label, not a bad one
-                    if isinstance(raw, float) and math.isnan(raw):
-                        continue
-                    value = parse_float(raw, name=name)
-                    labels[name] = check_label(name, value)
-                struct: ParsedStructure | None = None
-                stated = formulas.get(str(row.formula).strip()) if row.formula is not None else None
-                if isinstance(stated, RowError):
-                    raise RowError(str(stated))
-                if row.structure_fmt is not None:
-                    got = parsed_by_key[(table.name, row.row)]
-                    if isinstance(got, str):
-                        raise RowError(got)
-                    struct = got
-                    if stated is not None and stated != struct.formula:
-                        raise RowError(f"stated formula {stated} disagrees with structure {struct.formula}")
-                    if struct.used_fallback:
-                        fallbacks[table.name] += 1
-            except RowError as exc:
-                rejected.append(Rejection(table.name, row.row, truncate(str(row.material_id)), str(exc), row.content))
-                continue
-            entry = entries.setdefault(mp_id, {"material_id": mp_id, "formula": None, "structure": None,
-                                               "nsites": 0, "partial_occupancy": False, "sources": []})
-            contributors[mp_id].append((table.name, row))
-            if table.name not in entry["sources"]:
-                entry["sources"].append(table.name)
-            candidate = struct.formula if struct is not None else stated
-            if struct is not None and entry["structure"] is None:
-                # the first structure decides the formula, even over an earlier composition
-                if entry["formula"] is not None and entry["formula"] != struct.formula:
-                    formula_conflicts += 1
-                entry.update(structure=struct.json, formula=struct.formula, nsites=struct.nsites,
-                             partial_occupancy=struct.partial_occupancy)
-            elif candidate is not None:
-                if entry["formula"] is None:
-                    entry["formula"] = candidate
-                elif entry["formula"] != candidate:
-                    formula_conflicts += 1
-            for name, value in labels.items():
-                if name not in entry:
-                    entry[name] = value
-                    label_src[(mp_id, name)] = table.name
-                    continue
-                diff = abs(entry[name] - value)
-                tol = gap_tol if name.startswith("band_gap") else energy_tol
-                if diff > tol:
-                    key = f"{name}: {label_src[(mp_id, name)]} vs {table.name}"
-                    conflicts[key] += 1
-                    max_diff[key] = max(max_diff[key], diff)
-
-    dft_rows = []
-    for mp_id, entry in entries.items():
-        if entry["formula"] is None:
-            for name, row in contributors[mp_id]:
-                rejected.append(Rejection(name, row.row, mp_id, LABEL_ONLY_REASON, row.content))
+def _validated_dft_row(table: str, row: DftRow, parsed: dict, formulas: dict, fallbacks: Counter
+                       ) -> tuple[str, dict[str, float], ParsedStructure | None, str | None]:
+    """``(mp_id, labels, structure, stated formula)`` of a valid row; a :class:`RowError` says why not."""
+    mp_id = check_mp_id(row.material_id)
+    labels = {}
+    for name, raw in row.labels.items():
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue  # a missing label, not a bad one
+        if isinstance(raw, float) and math.isnan(raw):
             continue
-        for name, _ in contributors[mp_id]:
-            counts[name].kept += 1
-        dft_rows.append({
-            "material_id": mp_id,
-            "formula": entry["formula"],
-            "structure": entry["structure"],
-            **{name: entry.get(name, math.nan) for name in DFT_LABELS},
-            "nsites": entry["nsites"],
-            "partial_occupancy": entry["partial_occupancy"],
-            "source": ",".join(entry["sources"]),
-        })
-    dft = pd.DataFrame(dft_rows, columns=DFT_COLUMNS)
-    dft = dft.astype({"nsites": "int64", "partial_occupancy": "bool", **dict.fromkeys(DFT_LABELS, "float64")})
-    order = dft["material_id"].str.extract(r"^(\w+)-(\d+)$")
-    dft = (
-        dft.assign(_prefix=order[0], _number=order[1].astype("int64"))
-        .sort_values(["_prefix", "_number"])
-        .drop(columns=["_prefix", "_number"])
-        .reset_index(drop=True)
-    )
+        labels[name] = check_label(name, parse_float(raw, name=name))
+    struct: ParsedStructure | None = None
+    stated = formulas.get(str(row.formula).strip()) if row.formula is not None else None
+    if isinstance(stated, RowError):
+        raise RowError(str(stated))
+    if row.structure_fmt is not None:
+        got = parsed[(table, row.row)]
+        if isinstance(got, str):
+            raise RowError(got)
+        struct = got
+        if stated is not None and stated != struct.formula:
+            raise RowError(f"stated formula {stated} disagrees with structure {struct.formula}")
+        if struct.used_fallback:
+            fallbacks[table] += 1
+    return mp_id, labels, struct, stated
 
-    # ---- experiments
+
+class _DftMerge:
+    """DFT rows merged by mp-id: the first table in merge order wins, later disagreements are counted."""
+
+    def __init__(self, *, gap_tol: float, energy_tol: float) -> None:
+        self.gap_tol, self.energy_tol = gap_tol, energy_tol
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.contributors: dict[str, list[tuple[str, DftRow]]] = defaultdict(list)
+        self.label_src: dict[tuple[str, str], str] = {}
+        self.label_conflicts: Counter = Counter()
+        self.max_diff: dict[str, float] = defaultdict(float)
+        self.formula_conflicts = 0
+        self.fallbacks: Counter = Counter()
+
+    def add(self, table: str, row: DftRow, mp_id: str, labels: dict[str, float], struct: ParsedStructure | None,
+            stated: str | None) -> None:
+        entry = self.entries.setdefault(mp_id, {"material_id": mp_id, "formula": None, "structure": None,
+                                                "nsites": 0, "partial_occupancy": False, "sources": []})
+        self.contributors[mp_id].append((table, row))
+        if table not in entry["sources"]:
+            entry["sources"].append(table)
+        candidate = struct.formula if struct is not None else stated
+        if struct is not None and entry["structure"] is None:
+            # the first structure decides the formula, even over an earlier composition
+            if entry["formula"] is not None and entry["formula"] != struct.formula:
+                self.formula_conflicts += 1
+            entry.update(structure=struct.json, formula=struct.formula, nsites=struct.nsites,
+                         partial_occupancy=struct.partial_occupancy)
+        elif candidate is not None:
+            if entry["formula"] is None:
+                entry["formula"] = candidate
+            elif entry["formula"] != candidate:
+                self.formula_conflicts += 1
+        for name, value in labels.items():
+            if name not in entry:
+                entry[name] = value
+                self.label_src[(mp_id, name)] = table
+                continue
+            diff = abs(entry[name] - value)
+            if diff > (self.gap_tol if name.startswith("band_gap") else self.energy_tol):
+                key = f"{name}: {self.label_src[(mp_id, name)]} vs {table}"
+                self.label_conflicts[key] += 1
+                self.max_diff[key] = max(self.max_diff[key], diff)
+
+    def frame(self, counts: dict[str, TableCounts], rejected: list[Rejection]) -> pd.DataFrame:
+        """One row per mp-id with a formula (label-only ids are rejected), sorted by id number."""
+        dft_rows = []
+        for mp_id, entry in self.entries.items():
+            if entry["formula"] is None:
+                for name, row in self.contributors[mp_id]:
+                    rejected.append(Rejection(name, row.row, mp_id, LABEL_ONLY_REASON, row.content))
+                continue
+            for name, _ in self.contributors[mp_id]:
+                counts[name].kept += 1
+            dft_rows.append({
+                "material_id": mp_id, "formula": entry["formula"], "structure": entry["structure"],
+                **{name: entry.get(name, math.nan) for name in DFT_LABELS},
+                "nsites": entry["nsites"], "partial_occupancy": entry["partial_occupancy"],
+                "source": ",".join(entry["sources"]),
+            })
+        dft = pd.DataFrame(dft_rows, columns=DFT_COLUMNS)
+        dft = dft.astype({"nsites": "int64", "partial_occupancy": "bool", **dict.fromkeys(DFT_LABELS, "float64")})
+        order = dft["material_id"].str.extract(r"^(\w+)-(\d+)$")
+        return (dft.assign(_prefix=order[0], _number=order[1].astype("int64"))
+                .sort_values(["_prefix", "_number"]).drop(columns=["_prefix", "_number"]).reset_index(drop=True))
+
+    def conflicts(self) -> dict[str, Any]:
+        return {
+            "gap_tolerance_ev": self.gap_tol,
+            "energy_tolerance_ev_per_atom": self.energy_tol,
+            "formula_conflicts": self.formula_conflicts,
+            "label_conflicts": {k: {"count": v, "max_abs_diff": round(self.max_diff[k], 6)}
+                                for k, v in sorted(self.label_conflicts.items())},
+        }
+
+
+def _experiments(tables: Sequence[SourceTable], counts: dict[str, TableCounts], rejected: list[Rejection]
+                 ) -> pd.DataFrame:
+    """Every valid measurement; an exact duplicate (same formula as written, same value) is rejected."""
     exp_rows = []
-    for table in (t for t in tables if t.kind == "experiment"):
+    for table in tables:
         seen: dict[tuple[str, float], int] = {}
         for row in table.rows:
             try:
@@ -262,39 +297,22 @@ def merge_tables(
             exp_rows.append({"exp_id": f"{table.name}:{row.row_id}", "formula_raw": raw, "formula": formula,
                              "property": row.property, "value": value, "unit": UNITS[row.property],
                              "source": table.name})
-    experiment = pd.DataFrame(exp_rows, columns=EXP_COLUMNS).astype({"value": "float64"})
-    exp_conflicts: dict[str, Any] = {}
+    return pd.DataFrame(exp_rows, columns=EXP_COLUMNS).astype({"value": "float64"})
+
+
+def _spreads(experiment: pd.DataFrame, tolerance: dict[str, float]) -> dict[str, Any]:
+    """Per property: formulas measured more than once, and those whose values spread beyond ``tolerance``."""
+    out: dict[str, Any] = {}
     for prop, group in experiment.groupby("property"):
         spread = group.groupby("formula")["value"].agg(lambda v: float(v.max() - v.min()))
-        bad = spread[spread > exp_conflict_tol[prop]].sort_values(ascending=False)
-        exp_conflicts[prop] = {
-            "tolerance": exp_conflict_tol[prop],
+        bad = spread[spread > tolerance[prop]].sort_values(ascending=False)
+        out[prop] = {
+            "tolerance": tolerance[prop],
             "formulas_measured_more_than_once": int((group["formula"].value_counts() > 1).sum()),
             "formulas_with_spread_above_tolerance": len(bad),
             "largest": {k: round(v, 4) for k, v in bad.head(10).items()},
         }
-
-    for rej in rejected:
-        counts[rej.source].rejected += 1
-        counts[rej.source].reasons[_reason_kind(rej.reason)] += 1
-    rejected_df = pd.DataFrame(
-        [(r.source, int(r.row), str(r.id), r.reason, r.content) for r in rejected], columns=REJECTED_COLUMNS
-    ).astype({"row": "int64"})
-
-    return FetchResult(
-        dft=dft,
-        experiment=experiment,
-        rejected=rejected_df,
-        counts=counts,
-        dft_conflicts={
-            "gap_tolerance_ev": gap_tol,
-            "energy_tolerance_ev_per_atom": energy_tol,
-            "formula_conflicts": formula_conflicts,
-            "label_conflicts": {k: {"count": v, "max_abs_diff": round(max_diff[k], 6)} for k, v in sorted(conflicts.items())},
-        },
-        experiment_conflicts=exp_conflicts,
-        structure_fallbacks=dict(fallbacks),
-    )
+    return out
 
 
 def manifest(result: FetchResult, tables: list[SourceTable], *, version: int, params: dict[str, Any], digest: str,
