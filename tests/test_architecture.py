@@ -13,12 +13,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import typing
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.data import ROOT
+
 PACKAGES = ("featurizers", "models", "pipeline")
 STAGE_MODULES = ("fetch", "featurize", "align", "train", "evaluate", "predict", "report")
 MAX_STAGE_LINES = 150

@@ -14,13 +14,13 @@ every module of a package is in the closure).
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import grimp
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.data import ROOT
+
 PACKAGES = ("featurizers", "models", "pipeline")
 STAGES = ("fetch", "featurize", "align", "train", "evaluate")
 # read as files, not imported: MLflow stores the model-from-code file the train stage logs

@@ -2,7 +2,7 @@
 
 fetch (Materials Project API source with a fake client: the one source that reads
 ``MP_API_KEY``) -> featurize (its two structures) and, on the synthetic raw/features
-tables of ``tests/test_align_stage.py`` (about 120 DFT entries and 120 measurements per
+tables of ``tests.data.align_inputs`` (about 120 DFT entries and 120 measurements per
 property), align -> train (two small members, MLflow to a SQLite store in the run
 directory). Everything runs through ``pipeline.cli.main`` with a canary ``MP_API_KEY`` set,
 and every log line and every byte printed is kept for the secrets test.
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from tests.data import FIXTURES, align_inputs
 
 CANARY = "canary-7f3a9c2e5d1b4086-do-not-log"
 
@@ -46,9 +48,7 @@ def params_text(root: Path, *, members: int = 2, epochs: int = 3) -> str:
 
 def make_inputs(root: Path) -> Path:
     """Synthetic raw + features tables (shared with the align stage tests) and params.yaml."""
-    from tests.test_align_stage import _inputs
-
-    _inputs(root, n_formulas=60)
+    align_inputs(root, n_formulas=60)
     path = root / "params.yaml"
     path.write_text(params_text(root))
     return path
@@ -68,7 +68,7 @@ class _FakeClient:
     def __init__(self, api_key: str) -> None:
         import json
 
-        docs = json.loads((Path(__file__).parent / "fixtures" / "mp_api_summary.json").read_text())
+        docs = json.loads((FIXTURES / "mp_api_summary.json").read_text())
 
         class Summary:
             def search(self, **query):

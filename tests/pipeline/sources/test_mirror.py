@@ -5,7 +5,6 @@ import gzip
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,8 +16,8 @@ from pipeline.sources import get_source
 from pipeline.sources.merge import merge_tables
 from pipeline.sources.mirror import ORIGINS, PINS_PATH, MirrorSource, read_matminer_csv
 from pipeline.sources.records import parse_structure
+from tests.data import MIRROR
 
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="offline mirror ../shared/datasets not present")
 
 

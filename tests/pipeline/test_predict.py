@@ -8,14 +8,14 @@ import pytest
 
 from pipeline import train as train_stage
 from pipeline.cli import main
-from tests.test_train_stage import _inputs, _params
+from tests.data import train_inputs, train_params
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    _inputs(root)
-    assert train_stage.run(argparse.Namespace(params=_params(root), property="band_gap", no_mlflow=True)) == 0
+    train_inputs(root)
+    assert train_stage.run(argparse.Namespace(params=train_params(root), property="band_gap", no_mlflow=True)) == 0
     (root / "data").mkdir()
     (root / "raw").rename(root / "data" / "raw")
     (root / "models").rename(root / "data" / "models")

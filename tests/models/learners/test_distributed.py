@@ -1,4 +1,4 @@
-"""Data-parallel training (models/distributed.py): 2 CPU processes (gloo) against 1 process.
+"""Data-parallel training (models/learners/distributed.py): 2 CPU processes (gloo) against 1 process.
 
 The two-process run uses the same global minibatch as the one-process run; each rank keeps
 half of it and gradients are averaged. With a loss that is a mean over rows (the UOT term
@@ -12,7 +12,6 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -20,7 +19,6 @@ import torch.multiprocessing as mp
 
 from models.learners import (
     DataParallel,
-    EntryTable,
     ModelConfig,
     TrainConfig,
     init_from_env,
@@ -28,27 +26,14 @@ from models.learners import (
     predict,
     train_model,
 )
+from tests.data import synthetic_table
 
 SMALL = ModelConfig(comp_hidden=16, comp_layers=1, emb_dim=8, head_hidden=16)
-FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "Si", "SiO2", "Al2O3", "TiO2",
-            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "C", "Fe2O3", "Cu2O", "NiO", "CuBr"]
 CONFIG = TrainConfig(epochs=6, pretrain_epochs=2, batch_size=16, dft_batch_size=16, lr=5e-3, patience=50,
                      val_fraction=0.25, w_ot=0.0, model=SMALL)
 # measured: max |Δ prediction| 2-proc vs 1-proc 2.4e-7 eV on this table (halves of equal size); the bound leaves room for
 # float32 summation order on other CPUs while staying far below the model's own error (~0.1 eV)
 TOL_PRED = 1e-4
-
-
-def _table() -> EntryTable:
-    rng = np.random.default_rng(0)
-    dft_val = {f: float(rng.uniform(0, 4)) for f in FORMULAS}
-    dft = pd.DataFrame({"formula": FORMULAS * 2, "dft_value": [dft_val[f] + rng.normal(0, 0.05) for f in FORMULAS * 2]})
-    exp_f = [f for f in FORMULAS for _ in range(3)]
-    exp = pd.DataFrame({"formula": exp_f, "value": [1.3 * dft_val[f] + 0.5 for f in exp_f]})
-    dft["calibrated_target"] = 1.3 * dft["dft_value"] + 0.5
-    dft["confidence"] = 0.8
-    desc = pd.DataFrame({"formula": FORMULAS, "d0": rng.normal(size=len(FORMULAS)), "d1": rng.normal(size=len(FORMULAS))})
-    return EntryTable.build(dft=dft, experiment=exp, descriptors=desc, dft_reference=pd.Series(dft_val))
 
 
 def _free_port() -> int:
@@ -63,9 +48,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     parallel, device = init_from_env(backend="gloo", timeout_s=60)
     try:
-        res = train_model(_table(), CONFIG, seed=3, device=device, parallel=parallel)
+        res = train_model(synthetic_table(), CONFIG, seed=3, device=device, parallel=parallel)
         if is_writer(parallel):
-            torch.save({"state": res.model.state_dict(), "pred": torch.from_numpy(np.asarray(predict(res.model, _table()).experiment)),
+            torch.save({"state": res.model.state_dict(), "pred": torch.from_numpy(np.asarray(predict(res.model, synthetic_table()).experiment)),
                         "best_epoch": res.best_epoch, "val": res.best_val_mae}, out)
         else:  # every rank must hold the same weights, or the ranks have diverged
             torch.save({"state": res.model.state_dict()}, out + f".rank{rank}")
@@ -94,7 +79,7 @@ def test_plain_run_is_a_world_of_one(monkeypatch):
 
 def test_two_gloo_processes_train_the_one_process_model(tmp_path: Path):
     torch.set_num_threads(1)
-    single = train_model(_table(), CONFIG, seed=3)
+    single = train_model(synthetic_table(), CONFIG, seed=3)
     out = str(tmp_path / "rank0.pt")
     ctx = mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=False, start_method="spawn")
     ok = True
@@ -109,7 +94,7 @@ def test_two_gloo_processes_train_the_one_process_model(tmp_path: Path):
     other = torch.load(out + ".rank1", weights_only=True)
     for k, v in got["state"].items():
         assert torch.equal(v, other["state"][k]), f"ranks diverged on {k}"
-    ref = predict(single.model, _table()).experiment
+    ref = predict(single.model, synthetic_table()).experiment
     diff = np.abs(got["pred"].numpy() - ref).max()
     print("max |prediction difference| 2-proc vs 1-proc:", diff)
     assert diff < TOL_PRED, f"2-process predictions differ from 1-process by {diff}"

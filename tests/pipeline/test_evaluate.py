@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from pipeline import evaluate as stage
+from tests.data import EVALUATE_FORMULAS
 
-FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "SiO2", "Al2O3", "TiO2",
-            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "NaF", "KBr"]
+FORMULAS = list(EVALUATE_FORMULAS[:20])
 SYSTEMS = ["cubic", "hexagonal"]
 
 

@@ -12,8 +12,8 @@ from pipeline.cli import main
 from pipeline.config import ConfigError, load_section
 from pipeline.params.fetch import FetchParams
 from pipeline.sources.mirror import ORIGINS
+from tests.data import MIRROR
 
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="offline mirror ../shared/datasets not present")
 
 DFT_COLUMNS = [

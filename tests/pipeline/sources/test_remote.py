@@ -6,7 +6,6 @@ return (matminer: DataFrames with Structure objects; mp-api: summary documents).
 
 import json
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,8 +17,8 @@ from pipeline.params.fetch import FetchParams
 from pipeline.sources.matminer_source import MatminerSource
 from pipeline.sources.merge import merge_tables
 from pipeline.sources.mp_api_source import MPApiSource
+from tests.data import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 KEY = "abcdefSECRETKEY1234567890"
 STRUCTURES = {
     "SI": Structure(Lattice.cubic(5.468), ["Si"] * 8, Structure.from_spacegroup(

@@ -18,23 +18,9 @@ from models.learners import (
     unbalanced_sinkhorn,
     uot_embedding_loss,
 )
+from tests.data import synthetic_table
 
 SMALL = ModelConfig(comp_hidden=16, comp_layers=1, emb_dim=8, head_hidden=16)
-FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "Si", "SiO2", "Al2O3", "TiO2",
-            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "C", "Fe2O3", "Cu2O", "NiO", "CuBr"]
-
-
-def _synthetic(seed: int = 0) -> EntryTable:
-    """Measurements = DFT value * 1.3 + 0.5 plus a per-formula term; DFT known for every formula."""
-    rng = np.random.default_rng(seed)
-    dft_val = {f: float(rng.uniform(0, 4)) for f in FORMULAS}
-    dft = pd.DataFrame({"formula": FORMULAS * 2, "dft_value": [dft_val[f] + rng.normal(0, 0.05) for f in FORMULAS * 2]})
-    exp_f = [f for f in FORMULAS for _ in range(3)]
-    exp = pd.DataFrame({"formula": exp_f, "value": [1.3 * dft_val[f] + 0.5 for f in exp_f]})
-    dft["calibrated_target"] = 1.3 * dft["dft_value"] + 0.5
-    dft["confidence"] = 0.8
-    desc = pd.DataFrame({"formula": FORMULAS, "d0": rng.normal(size=len(FORMULAS)), "d1": rng.normal(size=len(FORMULAS))})
-    return EntryTable.build(dft=dft, experiment=exp, descriptors=desc, dft_reference=pd.Series(dft_val))
 
 
 def test_unbalanced_sinkhorn_matches_pot():
@@ -73,7 +59,7 @@ def test_grouped_split_keeps_groups_apart():
 
 
 def test_trainer_lowers_loss_and_selects_best_epoch():
-    table = _synthetic()
+    table = synthetic_table()
     cfg = TrainConfig(epochs=25, batch_size=16, dft_batch_size=16, lr=5e-3, patience=25, model=SMALL)
     res = train_model(table, cfg, seed=0)
     vals = [h.val_mae for h in res.history]
@@ -87,7 +73,7 @@ def test_trainer_lowers_loss_and_selects_best_epoch():
 
 
 def test_training_is_seeded_and_ignores_rows_outside_training():
-    table = _synthetic()
+    table = synthetic_table()
     exp_rows = np.flatnonzero(table.is_experiment)
     held_out = exp_rows[-6:]  # two formulas' worth of measurements as a test set
     train_rows = np.setdiff1d(np.arange(len(table)), held_out)
@@ -99,7 +85,7 @@ def test_training_is_seeded_and_ignores_rows_outside_training():
     # validation comes from the training measurements only
     assert set(r1.val_rows) <= set(exp_rows) - set(held_out)
     # the held-out labels cannot influence training, early stopping or selection
-    poisoned = _synthetic()
+    poisoned = synthetic_table()
     poisoned.y_exp[held_out] = 1e6
     r3 = train_model(poisoned, cfg, seed=3, train_rows=train_rows)
     np.testing.assert_array_equal(predict(r3.model, table).experiment, p1)
@@ -108,7 +94,7 @@ def test_training_is_seeded_and_ignores_rows_outside_training():
 
 
 def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
-    table = _synthetic()
+    table = synthetic_table()
     cfg = TrainConfig(epochs=5, batch_size=16, dft_batch_size=16, patience=10, model=SMALL)
     full = train_model(table, cfg, seed=1)
     ckpt = tmp_path / "ckpt.pt"
@@ -121,7 +107,7 @@ def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
 
 
 def test_ensemble_mean_and_spread():
-    table = _synthetic()
+    table = synthetic_table()
     cfg = TrainConfig(epochs=2, batch_size=16, dft_batch_size=16, model=SMALL)
     ens = train_ensemble(table, cfg, n_members=2, seed=0, device=determine_device("cpu"))
     pred = ens.predict(table)
@@ -166,10 +152,10 @@ def test_entries_with_crystal_graphs_use_the_crystal_encoder():
 def test_pretraining_uses_dft_rows_only():
     from models.learners import pretrain_members
 
-    table = _synthetic()
+    table = synthetic_table()
     cfg = TrainConfig(epochs=1, model=SMALL)
     s1 = pretrain_members(table, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
-    poisoned = _synthetic()
+    poisoned = synthetic_table()
     poisoned.y_exp[:] = -1e6
     s2 = pretrain_members(poisoned, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
@@ -187,7 +173,7 @@ def test_reference_per_formula_prefers_lowest_energy_polymorph():
 def test_freeze_encoder_trains_heads_only():
     from models.learners import pretrain_members
 
-    table = _synthetic()
+    table = synthetic_table()
     cfg = TrainConfig(epochs=3, batch_size=16, dft_batch_size=16, model=SMALL, freeze_encoder=True)
     state = pretrain_members(table, cfg, n_members=1, epochs=1, batch_size=8)[0]
     res = train_model(table, cfg, seed=0, init_state=state)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +15,7 @@ from featurizers.composition import (
     matminer_descriptors,
 )
 from featurizers.elements import element_embedding
-
-MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from tests.data import MIRROR
 
 
 @pytest.fixture(scope="module")

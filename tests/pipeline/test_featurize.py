@@ -10,52 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks.mirror import mp_structures
 from featurizers.composition import matminer_descriptors
 from featurizers.crystal_graph import CrystalGraphFeaturizer, load_graphs
 from pipeline import cli
 from pipeline.config import ConfigError, load_section
 from pipeline.params.featurize import FeaturizeParams
-
-MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-
-
-def formula_of(structure: dict) -> str:
-    from pymatgen.core import Structure
-
-    from featurizers.chemistry import reduced_formula
-
-    return reduced_formula(Structure.from_dict(structure).composition)
-
-
-@pytest.fixture(scope="module")
-def raw_dir(tmp_path_factory) -> Path:
-    raw = tmp_path_factory.mktemp("raw")
-    structures = mp_structures(MIRROR, limit=12)
-    rows = [
-        {"material_id": mid, "formula": formula_of(s), "structure": json.dumps(s), "band_gap_pbe": 1.0}
-        for mid, s in structures.items()
-    ]
-    disordered = json.loads(rows[0]["structure"])
-    disordered["sites"][0]["species"] = [
-        {"element": disordered["sites"][0]["species"][0]["element"], "occu": 0.5},
-        {"element": "K", "occu": 0.5},
-    ]
-    rows.append({"material_id": "mp-disordered", "formula": rows[0]["formula"], "structure": json.dumps(disordered),
-                 "band_gap_pbe": 2.0})
-    rows.append({"material_id": "mp-nostruct", "formula": "GaAs", "structure": None, "band_gap_pbe": 0.5})
-    pd.DataFrame(rows).to_parquet(raw / "dft.parquet", index=False)
-    exp = pd.DataFrame(
-        {
-            "exp_id": ["zhuo:1", "zhuo:2", "zhuo:3", "ssub:1"],
-            "formula_raw": ["Hg0.7Cd0.3Te", "CuBr", "CuBr", "Xx2"],
-            "formula": ["Hg0.7Cd0.3Te", "CuBr", "CuBr", "Xx2"],
-            "property": ["band_gap", "band_gap", "band_gap", "formation_enthalpy"],
-            "value": [0.35, 3.08, 3.0, -1.0],
-        }
-    )
-    exp.to_parquet(raw / "experiment.parquet", index=False)
-    return raw
+from tests.data import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +99,7 @@ def test_config_validation(tmp_path):
     params.write_text("featurize:\n  cutof: 5\n")
     with pytest.raises(ConfigError, match=r"featurize\.cutof: unknown key"):
         load_section(FeaturizeParams, "featurize", params)
-    assert load_section(FeaturizeParams, "featurize", Path(__file__).resolve().parents[1] / "params.yaml").graph.cutoff == 5.0
+    assert load_section(FeaturizeParams, "featurize", ROOT / "params.yaml").graph.cutoff == 5.0
 
 
 def test_stage_and_library_share_one_list_of_choices():

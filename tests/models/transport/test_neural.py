@@ -1,4 +1,4 @@
-"""Input-convex networks and the neural OT map (models/icnn.py) against closed forms and properties."""
+"""Input-convex networks and the neural OT map (models/transport/neural.py) against closed forms and properties."""
 
 from __future__ import annotations
 
@@ -257,12 +257,12 @@ def test_align_neural_formulation_calibrates_every_source_entry():
 def test_align_stage_writes_and_reuses_the_neural_map(tmp_path):
     from models.transport import CalibrationMap as Cal
     from pipeline import align as stage
-    from tests.test_align_stage import _inputs, _params
+    from tests.data import align_inputs, align_params
 
-    _inputs(tmp_path)
+    align_inputs(tmp_path)
     neural = {"pca_components": 3, "hidden": [16, 16], "cond_hidden": 16, "iterations": 200, "inner_steps": 3,
               "batch_size": 64}
-    params = _params(tmp_path, method="neural", neural=neural)
+    params = align_params(tmp_path, method="neural", neural=neural)
     assert stage.run(argparse.Namespace(params=params, property="band_gap")) == 0
     out = tmp_path / "aligned" / "band_gap"
     dft = pd.read_parquet(out / "dft.parquet")
@@ -284,12 +284,12 @@ def test_align_stage_writes_and_reuses_the_neural_map(tmp_path):
 def test_neural_params_are_validated(tmp_path):
     from pipeline.config import ConfigError, load_section
     from pipeline.params.align import AlignParams
-    from tests.test_align_stage import _params
+    from tests.data import align_params
 
     with pytest.raises(ConfigError, match=r"align.neural.hiden: unknown key"):
-        load_section(AlignParams, "align", _params(tmp_path, neural={"hiden": [8]}))
+        load_section(AlignParams, "align", align_params(tmp_path, neural={"hiden": [8]}))
     with pytest.raises(ConfigError, match=r"align.neural: lr must be > 0"):
-        load_section(AlignParams, "align", _params(tmp_path, neural={"lr": 0.0}))
+        load_section(AlignParams, "align", align_params(tmp_path, neural={"lr": 0.0}))
 
 
 class _FakeEnsemble:

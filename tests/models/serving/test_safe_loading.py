@@ -22,6 +22,7 @@ from models import MANIFEST, IntegrityError, sha256_file, verify_manifest, write
 from models.learners import load_forest
 from models.nets import ModelFileError, load_model
 from models.serving import EnsemblePredictor
+from tests.data import ROOT
 from tests.tiny_pipeline import tiny_run
 
 MARKER = Path("/tmp") / "matshift-pickle-ran"  # created only if a planted pickle executes
@@ -180,8 +181,7 @@ def test_stacked_only_model_serves_without_torch(model_dir):
         "assert out['prediction'].notna().all() and (out['uncertainty'] >= 0).all()\n"
         "print(sorted(m for m in ('torch', 'torch_geometric') if m in sys.modules))\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(root)})
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "[]"

@@ -1,4 +1,4 @@
-"""Engines (pipeline/engine.py) and block-wise alignment (models/blocks.py) on a real Dask cluster.
+"""Engines (pipeline/engine.py) and block-wise alignment (models/transport/blocks.py) on a real Dask cluster.
 
 One ``LocalCluster`` of 2 worker processes (one thread each) serves the module; the stages
 reach it through ``scheduler_address``, which is also how a remote cluster is used. Outputs
@@ -33,8 +33,7 @@ from pipeline.engine import EngineError, LocalEngine, open_engine
 from pipeline.featurize import featurize
 from pipeline.params.align import AlignParams
 from pipeline.params.featurize import FeaturizeParams
-from tests.test_align_stage import _inputs, _params
-from tests.test_featurize_stage import raw_dir  # noqa: F401  (module fixture: mirror structures)
+from tests.data import align_inputs, align_params
 
 FEATURE_FILES = ("graphs.pt", "graph_config.json", "descriptors.parquet", "index.parquet", "failures.parquet")
 # block-wise vs single sparse solve (same tol=1e-8): measured 2.5e-13 on the plan and 7.7e-10 on the
@@ -99,7 +98,7 @@ def test_unreachable_scheduler_is_a_clear_error():
 # ----------------------------------------------------------------------------- featurize
 
 
-def test_featurize_on_dask_is_byte_identical_to_local(raw_dir, cluster, tmp_path):  # noqa: F811
+def test_featurize_on_dask_is_byte_identical_to_local(raw_dir, cluster, tmp_path):
     base = FeaturizeParams(raw_dir=raw_dir, out_dir=tmp_path / "local", n_workers=1, chunk_size=3)
     featurize(base, progress=False)
     featurize(FeaturizeParams(raw_dir=raw_dir, out_dir=tmp_path / "dask", chunk_size=3, engine="dask",
@@ -183,14 +182,14 @@ def _outputs(out: Path) -> dict:
 
 @pytest.mark.parametrize("prop", ["band_gap", "formation_enthalpy"])
 def test_align_stage_on_dask_equals_local(tmp_path, cluster, prop):
-    _inputs(tmp_path, n_formulas=25)
+    align_inputs(tmp_path, n_formulas=25)
     runs = {}
     for name, extra in {
         "single": {},
         "local": {"split_blocks": True, "n_workers": 1},
         "dask": {"split_blocks": True, "engine": "dask", "scheduler_address": cluster},
     }.items():
-        params = _params(tmp_path, out_dir=str(tmp_path / name), **extra)
+        params = align_params(tmp_path, out_dir=str(tmp_path / name), **extra)
         assert align_stage.run(argparse.Namespace(params=params, property=prop)) == 0
         runs[name] = _outputs(tmp_path / name / prop)
     loc, dsk, one = runs["local"], runs["dask"], runs["single"]

@@ -12,15 +12,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.data import ROOT
 from tests.tiny_pipeline import tiny_run
 
-ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-6
 
 _SECOND_RUN = """

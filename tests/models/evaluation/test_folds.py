@@ -26,9 +26,9 @@ from models.transport import (
     SolverOptions,
     fraction_matrix,
 )
+from tests.data import EVALUATE_FORMULAS
 
-FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "SiO2", "Al2O3", "TiO2",
-            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "NaF", "KBr", "LiCl", "CaS", "MgS", "ZnSe"]
+FORMULAS = list(EVALUATE_FORMULAS)
 CFG = TrainConfig(epochs=3, batch_size=8, dft_batch_size=8, patience=3, val_fraction=0.2, w_calibrated=1.0,
                   freeze_encoder=True, clamp_min=0.0,
                   model=ModelConfig(comp_hidden=8, comp_layers=1, emb_dim=8, head_hidden=8, use_graphs=False))
@@ -74,12 +74,11 @@ NEURAL = NeuralAlignConfig(pca_components=2, dual=DualConfig(hidden=(8,), cond_h
 
 
 def _run(problem, fold, *, target=None, table=None, variants=("gnn_ot",), neural=None):
-    return ev.evaluate_folds(
-        source=problem["source"], target=target or problem["target"], table=table or problem["table"],
-        descriptors=problem["desc"], dft_reference=problem["ref"], folds=[fold], train_config=CFG,
-        align_config=SETTINGS, pretrained=problem["pretrained"], variants=variants, rf_trees=5,
-        shift_sample=50, ad_k=3, seed=0, stack=problem["stack"], neural=neural,
-    )
+    data = ev.FoldData(source=problem["source"], target=target or problem["target"], table=table or problem["table"],
+                       descriptors=problem["desc"], dft_reference=problem["ref"])
+    fitted = ev.FoldModels(train_config=CFG, align_config=SETTINGS, pretrained=problem["pretrained"], variants=variants,
+                           rf_trees=5, stack=problem["stack"], neural=neural)
+    return ev.evaluate_folds(data, [fold], fitted, shift_sample=50, ad_k=3, seed=0)
 
 
 def _perturbed(problem, test_rows):

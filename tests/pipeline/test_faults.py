@@ -6,7 +6,7 @@ killed (SIGKILL) while writing; an output path that cannot be written; an MLflow
 server that does not answer. Each goes through ``matshift`` (``pipeline.cli.main``) where
 the user would meet it, and checks the exit code, the message and that no traceback and no
 output were produced. The changed-mirror-file fault is tested in
-``tests/test_sources_mirror.py::test_changed_file_names_file_and_both_hashes``.
+``tests/pipeline/sources/test_mirror.py::test_changed_file_names_file_and_both_hashes``.
 """
 
 from __future__ import annotations
@@ -29,11 +29,7 @@ from pipeline import align as align_stage
 from pipeline import readers
 from pipeline.cli import main
 from pipeline.errors import MatshiftError
-from tests.test_align_stage import _inputs as align_inputs
-from tests.test_train_stage import _inputs as train_inputs
-from tests.test_train_stage import _params as train_params
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.data import ROOT, align_inputs, train_inputs, train_params
 
 
 def _align_params(root: Path, **extra) -> Path:

@@ -10,60 +10,15 @@ import pytest
 from pipeline import train as stage
 from pipeline.config import ConfigError
 from pipeline.errors import MissingInputError
-
-FORMULAS = ["NaCl", "KCl", "LiF", "MgO", "CaO", "ZnO", "ZnS", "GaAs", "GaN", "Si", "SiO2", "Al2O3", "TiO2",
-            "SnO2", "CdTe", "CdS", "InP", "AlN", "BN", "C"]
-
-
-def _inputs(root):
-    rng = np.random.default_rng(0)
-    gaps = {f: float(rng.uniform(0.2, 6)) for f in FORMULAS}
-    dft = pd.DataFrame({
-        "material_id": [f"mp-{i}" for i in range(len(FORMULAS))], "formula": FORMULAS,
-        "structure": None, "band_gap_pbe": [gaps[f] for f in FORMULAS],
-        "formation_energy_per_atom": rng.uniform(-3, 0, len(FORMULAS)), "e_above_hull": 0.0,
-    })
-    exp_f = [f for f in FORMULAS for _ in range(2)]
-    exp = pd.DataFrame({
-        "exp_id": [f"x:{i}" for i in range(len(exp_f))], "formula_raw": exp_f, "formula": exp_f,
-        "property": "band_gap", "value": [1.2 * gaps[f] + 0.4 for f in exp_f], "unit": "eV", "source": "x",
-    })
-    desc = pd.DataFrame({"formula": FORMULAS, "d0": rng.normal(size=len(FORMULAS)), "d1": rng.normal(size=len(FORMULAS))})
-    aligned = dft[["material_id", "formula"]].assign(
-        dft_value=dft["band_gap_pbe"], transported_mass=1.0,
-        calibrated_target=1.2 * dft["band_gap_pbe"] + 0.4, confidence=0.9)
-    (root / "raw").mkdir()
-    (root / "features").mkdir()
-    (root / "aligned/band_gap").mkdir(parents=True)
-    dft.to_parquet(root / "raw/dft.parquet")
-    exp.to_parquet(root / "raw/experiment.parquet")
-    desc.to_parquet(root / "features/descriptors.parquet")
-    aligned.to_parquet(root / "aligned/band_gap/dft.parquet")
-    (root / "aligned/band_gap/align.json").write_text(json.dumps({"converged": True, "params": {}}))
-
-
-def _params(root, **extra):
-    lines = [
-        "train:",
-        f"  raw_dir: {root}/raw", f"  features_dir: {root}/features", f"  aligned_dir: {root}/aligned",
-        f"  out_dir: {root}/models", f"  tracking_uri: sqlite:///{root}/mlflow.db",
-        "  members: 2", "  encoders: 1", "  rf_trees: 10",
-        "  model: {comp_hidden: 8, comp_layers: 1, emb_dim: 8, head_hidden: 8, use_graphs: false}",
-        "  optim: {epochs: 2, pretrain_epochs: 1, batch_size: 8, dft_batch_size: 8}",
-        "  stack: {surrogate_trees: 20, trees: 20, n_jobs: 1, blend_weight: 0.5}",
-    ]
-    lines += [f"  {k}: {v}" for k, v in extra.items()]
-    path = root / "params.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.data import train_inputs, train_params
 
 
 def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    _inputs(tmp_path)
-    args = argparse.Namespace(params=_params(tmp_path), property="band_gap", no_mlflow=False)
+    train_inputs(tmp_path)
+    args = argparse.Namespace(params=train_params(tmp_path), property="band_gap", no_mlflow=False)
     assert stage.run(args) == 0
     out = tmp_path / "models/band_gap"
     meta = json.loads((out / "ensemble.json").read_text())
@@ -101,12 +56,12 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
 
 
 def test_train_stage_rejects_bad_params_and_missing_inputs(tmp_path):
-    _inputs(tmp_path)
+    train_inputs(tmp_path)
     with pytest.raises(ConfigError, match="members must be >= 1"):
-        stage.run(argparse.Namespace(params=_params(tmp_path, members=0), property="band_gap", no_mlflow=True))
+        stage.run(argparse.Namespace(params=train_params(tmp_path, members=0), property="band_gap", no_mlflow=True))
     (tmp_path / "aligned/band_gap/dft.parquet").unlink()
     with pytest.raises(MissingInputError, match=r"aligned/band_gap/dft\.parquet"):
-        stage.run(argparse.Namespace(params=_params(tmp_path), property="band_gap", no_mlflow=True))
+        stage.run(argparse.Namespace(params=train_params(tmp_path), property="band_gap", no_mlflow=True))
 
 
 class _Stop(Exception):
@@ -123,8 +78,8 @@ def test_distributed_training_fits_the_model_of_the_plain_run(tmp_path, monkeypa
 
     import models.learners.fit as fit_module
 
-    _inputs(tmp_path)
-    params = _params(tmp_path)
+    train_inputs(tmp_path)
+    params = train_params(tmp_path)
     seen = []
 
     def spy(**kwargs):

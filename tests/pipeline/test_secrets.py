@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.data import ROOT
 from tests.tiny_pipeline import CANARY, tiny_run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,8 +11,7 @@ from models.evaluation import (
     loco_folds,
     range_extrapolation,
 )
-
-MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+from tests.data import MIRROR
 
 
 @pytest.fixture(scope="module")
