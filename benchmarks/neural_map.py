@@ -39,7 +39,7 @@ def gaussian(args: argparse.Namespace) -> dict:
     import torch
 
     from models.transport import DualConfig, fit_dual
-    from tests.test_icnn import gaussian_problem
+    from tests.models.transport.test_neural import gaussian_problem
 
     torch.set_num_threads(args.threads)
     out = {}

@@ -6,7 +6,7 @@ Descriptors are the statistics of matminer's ``ElementProperty.from_preset("magp
 here by a vectorised implementation over a (composition x element) table built from
 matminer's element tables (``MagpieData(impute_nan=True)``), because matminer evaluates one
 composition at a time in Python (~700 compositions/s/core). matminer stays the reference:
-``tests/test_composition.py`` checks equality to 1e-8, and ``benchmarks/featurize.py``
+``tests/featurizers/test_composition.py`` checks equality to 1e-8, and ``benchmarks/featurize.py``
 times both.
 
 Missing element data (NaN in the Magpie tables, e.g. ``GSmagmom`` of heavy elements)

@@ -10,10 +10,11 @@ the project (``pipeline`` reaches it through ``models``' re-exports).
   the next write of the same output once its process is gone.
 * **Hashes.** :func:`sha256_file` / :func:`sha256_bytes`, used for source checksums, model
   files and the model directory's manifest.
-* **Model files.** A saved model is a header JSON (``format_version``, ``class``,
-  ``init_args``, the name and sha256 of its array file, ``extra``) beside that array file
-  (:func:`write_header` / :func:`read_header`); loaders refuse a header of another format or
-  class and an array file whose hash differs before they deserialise anything. A trained
+* **Model files.** Every saved model (a GNN member, the neural OT map, the stacked model, its
+  shift field, the descriptor forest) is one format: a header JSON (``format_version``,
+  ``class``, ``files``: the sha256 of each file beside it, then the model's own fields) written
+  and read by :func:`write_header` / :func:`read_header`; loaders refuse a header of another
+  format or class and a file whose hash differs before they deserialise anything. A trained
   model *directory* ends with ``files.sha256.json``, the sha256 of every other file
   (:func:`write_manifest` / :func:`verify_manifest`).
 
@@ -200,25 +201,30 @@ class ModelFormatError(ValueError):
     """A model file that is missing, of another format or class, or whose hash does not match."""
 
 
-def write_header(path: Path | str, *, format_version: int, cls: str, weights: str, **fields: Any) -> Path:
-    """Write a model header JSON beside its array file ``weights`` (same directory), with that file's sha256.
+#: Version of the model-file header (a header records the sha256 of every file it lists).
+HEADER_VERSION = 2
 
-    Call after the array file is written. ``fields`` (``init_args``, ``extra``...) go into
-    the header as they are.
+
+def write_header(path: Path | str, *, cls: str, files: Sequence[str], indent: int | None = 2, **fields: Any) -> Path:
+    """Write a model's header JSON: its class, the sha256 of each of its ``files`` (same directory), ``fields``.
+
+    Call after the files are written. ``fields`` (``init_args``, ``config``, ``extra``...) go into
+    the header as they are; ``indent`` None writes it on one line.
     """
     path = Path(path)
-    meta = {"format_version": format_version, "class": cls, "weights": weights,
-            "sha256": sha256_file(path.parent / weights), **fields}
-    return write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta = {"format_version": HEADER_VERSION, "class": cls,
+            "files": {name: sha256_file(path.parent / name) for name in files}, **fields}
+    return write_text(path, json.dumps(meta, indent=indent, sort_keys=True) + "\n")
 
 
-def read_header(path: Path | str, *, format_version: int, classes: Sequence[str], what: str = "model",
-                error: type[Exception] = ModelFormatError) -> tuple[dict[str, Any], Path]:
-    """Read and check a header written by :func:`write_header`; returns ``(header, array file)``.
+def read_header(path: Path | str, *, classes: Sequence[str], required: Sequence[str] = (), what: str = "model",
+                error: type[Exception] = ModelFormatError) -> dict[str, Any]:
+    """Read and check a header written by :func:`write_header`; returns it.
 
     Refuses (raising ``error``, a message naming the file) a missing or invalid header, another
-    format version or class, and an array file that is missing or whose sha256 differs, before
-    anything is deserialised.
+    format version or class, a ``required`` file the header does not list, and a listed file
+    that is missing, outside the header's directory or whose sha256 differs: all before the
+    caller deserialises anything.
     """
     path = Path(path)
     try:
@@ -227,17 +233,23 @@ def read_header(path: Path | str, *, format_version: int, classes: Sequence[str]
         raise error(f"no {what} config at {path}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{what} config {path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format_version") != format_version:
+    if not isinstance(meta, dict) or meta.get("format_version") != HEADER_VERSION:
         got = meta.get("format_version") if isinstance(meta, dict) else None
-        raise error(f"{path}: unsupported format_version {got!r} (expected {format_version})")
+        raise error(f"{path}: unsupported format_version {got!r} (expected {HEADER_VERSION})")
     if meta.get("class") not in classes:
         raise error(f"{path}: unknown {what} class {meta.get('class')!r} (known: {', '.join(classes)})")
-    weights = path.parent / str(meta.get("weights", ""))
-    if not weights.is_file():
-        raise error(f"{what} weights {weights} are missing")
-    if sha256_file(weights) != meta.get("sha256"):
-        raise error(f"{what} weights {weights} do not match the sha256 recorded in {path}")
-    return meta, weights
+    files = meta.get("files")
+    if not isinstance(files, dict) or any(name not in files for name in required):
+        raise error(f"{path} does not list the {what}'s files {list(required)}")
+    for name, digest in files.items():
+        file = path.parent / str(name)
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise error(f"{path}: refuses file {name!r} outside its directory")
+        if not file.is_file():
+            raise error(f"{what} file {file} is missing")
+        if sha256_file(file) != digest:
+            raise error(f"{what} file {file} does not match the sha256 recorded in {path}")
+    return meta
 
 
 # ----------------------------------------------------------------------------- model directories
@@ -322,6 +334,7 @@ def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], Any]:
 
 
 __all__ = [
+    "HEADER_VERSION",
     "MANIFEST",
     "PARAM_DERIVED",
     "PARAM_INLINE",

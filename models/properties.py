@@ -89,7 +89,7 @@ def choose_polymorphs(frame: pd.DataFrame, *, value: str = "dft_value", eligible
     ranked = rows[rows[STABILITY].notna()] if STABILITY in rows else rows.iloc[:0]
     unranked = rows[~rows["formula"].isin(ranked["formula"])]
     # a stable sort: exact ties keep the order the entries are listed in
-    chosen = ranked.sort_values([STABILITY, value], kind="mergesort").drop_duplicates("formula")
+    chosen = ranked.sort_values([STABILITY, value], kind="mergesort").drop_duplicates("formula") if len(ranked) else ranked
     # formulas without a known formation energy, in formula order: the median of their entries
     median = unranked.groupby("formula", sort=True)[value].median().rename(value).reset_index()
     if "material_id" in rows:

@@ -21,16 +21,22 @@ file's hash matched the model directory's manifest (:func:`models._io.verify_man
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 
-from models._io import MANIFEST, IntegrityError, sha256_file, verify_manifest, write_json, write_with
+from models._io import (
+    MANIFEST,
+    IntegrityError,
+    read_header,
+    sha256_file,
+    verify_manifest,
+    write_header,
+    write_with,
+)
 
 __all__ = ["DescriptorForest", "LinearCalibration", "RawDFT", "load_forest", "mae", "save_forest"]
 
@@ -139,14 +145,10 @@ def save_forest(forest, directory: Path | str) -> None:
     import skops.io as sio
 
     directory = Path(directory)
-    settings: dict[str, Any] = {
-        "class": "DescriptorForest",
-        "columns": list(forest.columns_),
-        "options": {"n_estimators": forest.n_estimators, "min_samples_leaf": forest.min_samples_leaf,
-                    "max_features": forest.max_features, "n_jobs": forest.n_jobs, "seed": forest.seed},
-    }
     write_with(directory / FOREST_ESTIMATOR, lambda p: sio.dump(forest.forest_, p))
-    write_json(directory / FOREST_META, settings)
+    write_header(directory / FOREST_META, cls="DescriptorForest", files=[FOREST_ESTIMATOR], columns=list(forest.columns_),
+                 options={"n_estimators": forest.n_estimators, "min_samples_leaf": forest.min_samples_leaf,
+                          "max_features": forest.max_features, "n_jobs": forest.n_jobs, "seed": forest.seed})
 
 
 def load_forest(directory: Path | str, *, digests: dict[str, str] | None = None):
@@ -164,7 +166,8 @@ def load_forest(directory: Path | str, *, digests: dict[str, str] | None = None)
             raise IntegrityError(f"{directory / name} is not listed in {MANIFEST}; refusing to load it")
         if sha256_file(directory / name) != digests[name]:
             raise IntegrityError(f"model file {directory / name} does not match the sha256 recorded in {MANIFEST}")
-    settings = json.loads((directory / FOREST_META).read_text(encoding="utf-8"))
+    settings = read_header(directory / FOREST_META, classes=("DescriptorForest",), required=[FOREST_ESTIMATOR],
+                           what="descriptor forest", error=IntegrityError)
     try:
         estimator = sio.load(directory / FOREST_ESTIMATOR, trusted=_FOREST_TRUSTED)
     except Exception as exc:  # skops raises many types for a bad file (re-raised, chained)

@@ -9,7 +9,7 @@ buffer), so every rank takes the same optimiser step, and validation, early stop
 model selection (computed on every rank from identical weights) agree without extra
 communication. With equal shards the averaged gradient is the gradient of the global
 minibatch loss: 2 processes train the model that 1 process trains with the same global
-batch, up to float32 summation order (tests/test_distributed.py bounds the difference).
+batch, up to float32 summation order (tests/models/learners/test_distributed.py bounds the difference).
 
 Where the shards are unequal (a minibatch not divisible by the world size) the average of
 per-rank means weights rows slightly differently from the global mean; a minibatch smaller

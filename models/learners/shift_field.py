@@ -22,7 +22,6 @@ Stored without pickle (:meth:`ShiftField.save`: JSON + ``.npy`` loaded with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models._io import read_header, write_header
+
 __all__ = ["ShiftField"]
 
-FORMAT = "matshift-shift-field/1"
+_HEADER, _POINTS = "shift_field.json", "points.npy"
 
 
 @dataclass
@@ -111,20 +112,18 @@ class ShiftField:
     def save(self, directory: Path | str) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "points.npy", self.points, allow_pickle=False)
-        meta = {"format": FORMAT, "k": self.k, "formulas": self.formulas.tolist(), "shifts": self.shifts.tolist(),
-                "weights": self.weights.tolist(), "columns": self.columns, "mean": self.mean.tolist(),
-                "scale": self.scale.tolist()}
-        (directory / "shift_field.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
+        np.save(directory / _POINTS, self.points, allow_pickle=False)
+        write_header(directory / _HEADER, cls="ShiftField", files=[_POINTS], indent=None, k=self.k,
+                     formulas=self.formulas.tolist(), shifts=self.shifts.tolist(), weights=self.weights.tolist(),
+                     columns=self.columns, mean=self.mean.tolist(), scale=self.scale.tolist())
         return directory
 
     @classmethod
     def load(cls, directory: Path | str) -> ShiftField:
         directory = Path(directory)
-        meta = json.loads((directory / "shift_field.json").read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{directory / 'shift_field.json'} is not a {FORMAT} file")
-        points = np.load(directory / "points.npy", allow_pickle=False)
+        meta = read_header(directory / _HEADER, classes=("ShiftField",), required=[_POINTS], what="shift field",
+                           error=ValueError)
+        points = np.load(directory / _POINTS, allow_pickle=False)
         n = len(meta["formulas"])
         if points.shape != (n, len(meta["columns"])) or len(meta["shifts"]) != n:
             raise ValueError(f"{directory}: shift field shapes disagree ({points.shape} points, {n} formulas)")

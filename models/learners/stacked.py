@@ -28,7 +28,6 @@ fitted state ends in ``_``) and take frames keyed by ``formula``; bad input rais
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from featurizers.chemistry import element_fractions
+from models._io import read_header, write_header
 from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField
 
@@ -249,7 +249,7 @@ class StackedModel:
 
 # ----------------------------------------------------------------------------- storage (no pickle)
 
-STACK_FORMAT = "matshift-stacked/1"
+_HEADER = "stacked.json"
 
 
 class _LinearMap:
@@ -292,7 +292,6 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
     if model.shift_field is not None:
         model.shift_field.save(directory / "shift_field")
     state = {
-        "format": STACK_FORMAT,
         "config": asdict(model.config),
         "dft_reference": _series(model.dft_reference),
         "extra_reference": {k: _series(v) for k, v in model.extra_reference.items()},
@@ -303,7 +302,7 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
         "surrogate": {"config": asdict(sur.config), "columns": list(sur.columns_), "mae": sur.mae_,
                       "out_of_fold": _series(sur.out_of_fold_), "booster": "surrogate.txt"},
     }
-    (directory / "stacked.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    write_header(directory / _HEADER, cls="StackedModel", files=[*boosters, "surrogate.txt"], indent=1, **state)
 
 
 def load_stacked(directory: Path) -> StackedModel:
@@ -311,9 +310,10 @@ def load_stacked(directory: Path) -> StackedModel:
     # LightGBM: only when a booster is fitted or loaded
     import lightgbm
 
-    state = json.loads((directory / "stacked.json").read_text(encoding="utf-8"))
-    if state.get("format") != STACK_FORMAT:
-        raise ValueError(f"{directory / 'stacked.json'} is not a {STACK_FORMAT} file")
+    state = read_header(directory / _HEADER, classes=("StackedModel",), required=["surrogate.txt"],
+                        what="stacked model", error=ValueError)
+    if not set(state["boosters"]) <= set(state["files"]):
+        raise ValueError(f"{directory / _HEADER} does not list the sha256 of every booster")
 
     def booster(name: str):
         return lightgbm.Booster(model_str=(directory / name).read_text(encoding="utf-8"))

@@ -34,7 +34,6 @@ from torch_geometric.utils import to_dense_batch
 from models._io import read_header, write_header, write_with
 
 __all__ = [
-    "MODEL_FORMAT_VERSION",
     "CompositionEncoder",
     "CrystalGraphEncoder",
     "ModelFileError",
@@ -44,7 +43,6 @@ __all__ = [
     "save_model",
 ]
 
-MODEL_FORMAT_VERSION = 1
 MAX_Z = 103  # element vocabulary: H (1) .. Lr (103); index 0 is padding
 
 
@@ -398,8 +396,7 @@ def save_model(model: nn.Module, directory: Path | str, *, extra: dict[str, Any]
         raise TypeError(f"cannot save {name}: not a registered model with init_args")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     write_with(directory / _WEIGHTS, lambda p: torch.save(state, p))
-    write_header(directory / _CONFIG, format_version=MODEL_FORMAT_VERSION, cls=name, weights=_WEIGHTS,
-                 init_args=model.init_args, extra=extra or {})
+    write_header(directory / _CONFIG, cls=name, files=[_WEIGHTS], init_args=model.init_args, extra=extra or {})
     return directory
 
 
@@ -411,7 +408,8 @@ def load_model(directory: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     """
     directory = Path(directory)
     cfg_path = directory / _CONFIG
-    meta, weights = read_header(cfg_path, format_version=MODEL_FORMAT_VERSION, classes=tuple(_MODELS), error=ModelFileError)
+    meta = read_header(cfg_path, classes=tuple(_MODELS), required=[_WEIGHTS], error=ModelFileError)
+    weights = directory / _WEIGHTS
     cls = _MODELS[meta["class"]]
     model = cls(**meta["init_args"])
     try:  # weights_only: a file that needs to run code to load is refused, never executed

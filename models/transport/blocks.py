@@ -16,7 +16,7 @@ solution does not depend on which other blocks share a worker: the result is ide
 every ``mapper`` (in-process loop, process pool, Dask cluster) and every grouping of blocks
 into pieces. It differs from the single sparse solve of :func:`~models.transport.align` only
 within the solver tolerance (the single solve stops when the *slowest* block converges and
-starts its epsilon schedule at the *global* largest cost); tests/test_engine.py bounds it.
+starts its epsilon schedule at the *global* largest cost); tests/pipeline/test_engine.py bounds it.
 
 Scaling, standardisation, costs and the per-element corrections of energy additivity stay
 global (fitted on everything passed in, between block solves), exactly as in ``align``.

@@ -71,7 +71,6 @@ __all__ = [
     "save_map",
 ]
 
-MAP_FORMAT_VERSION = 1
 _WEIGHTS = "map.pt"
 _CONFIG = "map.json"
 
@@ -410,9 +409,9 @@ def save_map(
     for name, arr in (arrays or {}).items():
         state[f"array.{name}"] = torch.as_tensor(np.asarray(arr, dtype=np.float64))
     write_with(directory / _WEIGHTS, lambda p: torch.save(state, p))
-    write_header(directory / _CONFIG, format_version=MAP_FORMAT_VERSION, cls="NeuralTransportMap", weights=_WEIGHTS,
-                 init_args=nmap.g.init_args, dtype=str(next(nmap.g.parameters()).dtype).removeprefix("torch."),
-                 scale=nmap.scale, arrays=sorted(arrays or {}), extra=extra or {})
+    write_header(directory / _CONFIG, cls="NeuralTransportMap", files=[_WEIGHTS], init_args=nmap.g.init_args,
+                 dtype=str(next(nmap.g.parameters()).dtype).removeprefix("torch."), scale=nmap.scale,
+                 arrays=sorted(arrays or {}), extra=extra or {})
     return directory
 
 
@@ -426,10 +425,10 @@ def load_map(directory: Path | str) -> tuple[NeuralTransportMap, dict[str, np.nd
     directory = Path(directory)
     cfg_path = directory / _CONFIG
     try:
-        meta, weights = read_header(cfg_path, format_version=MAP_FORMAT_VERSION, classes=("NeuralTransportMap",),
-                                    what="neural map")
+        meta = read_header(cfg_path, classes=("NeuralTransportMap",), required=[_WEIGHTS], what="neural map")
     except ModelFormatError as exc:
         raise MapFileError(str(exc)) from exc
+    weights = directory / _WEIGHTS
     state = torch.load(weights, map_location="cpu", weights_only=True)
     try:
         g = ICNN(**meta["init_args"])

@@ -89,12 +89,12 @@ def test_save_load_round_trip_and_tamper_check(tmp_path):
     assert extra == {"property": "band_gap"}
     assert torch.equal(loaded(**batch).experiment, net(**batch).experiment)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert meta["init_args"]["descriptor_dim"] == 2 and len(meta["sha256"]) == 64
+    assert meta["init_args"]["descriptor_dim"] == 2 and len(meta["files"]["weights.pt"]) == 64
     weights = tmp_path / "m" / "weights.pt"
     raw = bytearray(weights.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     weights.write_bytes(bytes(raw))
-    with pytest.raises(ModelFileError, match="do not match the sha256"):
+    with pytest.raises(ModelFileError, match="does not match the sha256"):
         load_model(tmp_path / "m")
     with pytest.raises(ModelFileError, match="no model config"):
         load_model(tmp_path / "missing")

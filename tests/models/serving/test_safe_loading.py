@@ -104,7 +104,7 @@ def test_gnn_weights_with_a_planted_pickle_never_run(model_dir):
     member = model_dir / "member_0"
     torch.save({"state": Exploit()}, member / "weights.pt")
     meta = json.loads((member / "model.json").read_text())
-    meta["sha256"] = sha256_file(member / "weights.pt")
+    meta["files"]["weights.pt"] = sha256_file(member / "weights.pt")
     (member / "model.json").write_text(json.dumps(meta))
     write_manifest(model_dir)
     with pytest.raises(ModelFileError, match=r"weights\.pt are not a plain tensor file"):
@@ -118,9 +118,16 @@ def test_gnn_weights_with_a_planted_pickle_never_run(model_dir):
 def test_gnn_weights_tampered_without_rehash_are_refused_before_reading(model_dir):
     member = model_dir / "member_0"
     torch.save({"state": Exploit()}, member / "weights.pt")
-    with pytest.raises(ModelFileError, match=r"weights\.pt do not match the sha256 recorded in .*model\.json"):
+    with pytest.raises(ModelFileError, match=r"weights\.pt does not match the sha256 recorded in .*model\.json"):
         load_model(member)
     assert not MARKER.exists()
+
+
+def _rehash_forest(model_dir):
+    """A thorough attacker also rewrites the hash the forest's own header records."""
+    header = json.loads((model_dir / "rf_descriptors.json").read_text())
+    header["files"]["rf_descriptors.skops"] = sha256_file(model_dir / "rf_descriptors.skops")
+    (model_dir / "rf_descriptors.json").write_text(json.dumps(header))
 
 
 def test_forest_file_with_a_foreign_type_is_refused(model_dir):
@@ -132,6 +139,7 @@ def test_forest_file_with_a_foreign_type_is_refused(model_dir):
         pass
 
     sio.dump(Sneaky(n_estimators=1).fit([[0.0], [1.0]], [0.0, 1.0]), model_dir / "rf_descriptors.skops")
+    _rehash_forest(model_dir)
     write_manifest(model_dir)
     with pytest.raises(IntegrityError, match=r"cannot load .*rf_descriptors\.skops: UntrustedTypesFoundException"):
         load_forest(model_dir)
@@ -139,6 +147,7 @@ def test_forest_file_with_a_foreign_type_is_refused(model_dir):
     import pickle
 
     (model_dir / "rf_descriptors.skops").write_bytes(pickle.dumps(Exploit()))
+    _rehash_forest(model_dir)
     write_manifest(model_dir)
     with pytest.raises(IntegrityError, match="cannot load"):
         load_forest(model_dir)

@@ -144,7 +144,7 @@ def test_save_load_roundtrip_and_tampering(gaussian_2d, tmp_path):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(MapFileError, match="do not match the sha256"):
+    with pytest.raises(MapFileError, match="does not match the sha256"):
         load_map(tmp_path / "m")
     with pytest.raises(MapFileError, match="no neural map config"):
         load_map(tmp_path / "missing")
