@@ -113,6 +113,18 @@ def _accepted(cls: type) -> dict[str, dataclasses.Field]:
     return out
 
 
+def _derived(cls: type) -> set[str]:
+    """Names of the ``derived`` fields of ``cls`` and of its inline dataclasses."""
+    hints = get_type_hints(cls)
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if _marker(f) == "derived":
+            out.add(f.name)
+        elif _marker(f) == "inline":
+            out |= _derived(hints[f.name])
+    return out
+
+
 def from_mapping(cls: type[T], raw: Any, *, where: str) -> T:
     """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and wrong types."""
     if not dataclasses.is_dataclass(cls):
@@ -121,7 +133,7 @@ def from_mapping(cls: type[T], raw: Any, *, where: str) -> T:
         raise ConfigError(f"{where}: expected a mapping, got {_describe(raw)}")
     unknown = sorted(set(raw) - set(_accepted(cls)))
     if unknown:
-        hint = "set by the stage, not in params" if unknown[0] in {f.name for f in dataclasses.fields(cls)} else ""
+        hint = "set by the stage, not in params" if unknown[0] in _derived(cls) else ""
         raise ConfigError(
             f"{where}.{unknown[0]}: unknown key{f' ({hint})' if hint else ''} "
             f"(valid keys: {', '.join(sorted(_accepted(cls)))})"

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = load_section(EvaluateParams, "evaluate", args.params)
     prop = get_property(args.property)
-    align = load_section(AlignParams, "align", args.params).config.for_property(prop)
+    align = load_section(AlignParams, "align", args.params).config
     fit = load_section(TrainParams, "train", args.params).fit
     quick = getattr(args, "quick", False)
     settings = params.quick if quick else params.full

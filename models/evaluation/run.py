@@ -75,10 +75,12 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
                       on_fold: Callable[[int, int, dict], None] | None = None) -> EvaluationRun:
     """Run every protocol of ``settings`` for ``prop`` and summarise (see the module docstring).
 
+    ``align`` is applied to ``prop`` here (:meth:`~models.transport.AlignConfig.for_property`).
     ``threads``: LightGBM threads of the stacked models (the caller sets torch's). Raises
     ``ValueError`` for a budget the data cannot meet (no fold, a stacked model without the stack).
     """
     t0 = time.perf_counter()
+    align = align.for_property(prop)
     problem = _problem(inputs, settings, seed=seed)
     exp = problem["experiment"]
     log.info("%s: %d measurements (%d formulas), %d DFT entries; %s budget", prop.name, len(exp),

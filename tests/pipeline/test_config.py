@@ -1,10 +1,10 @@
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from pipeline.config import ConfigError, flatten, from_mapping, load_section
+from pipeline.config import ConfigError, flatten, from_mapping, load_section, to_dict
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,45 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
     assert path.read_text() == '{\n  "a": 1\n}\n'
+
+
+# ---------------------------------------------------------------- library configs through the stage schemas
+
+
+def test_inline_keys_fill_the_library_config_and_round_trip_flat():
+    from models.transport import AlignConfig
+    from pipeline.params.align import AlignParams
+
+    cfg = from_mapping(AlignParams, {"reg": 0.1, "method": "balanced", "neural": {"lr": 0.01}, "min_pair_mass": 0.0},
+                       where="align")
+    assert isinstance(cfg.config, AlignConfig) and cfg.config.options.reg == 0.1 and cfg.config.method == "balanced"
+    # the neural section keeps the recipe's network (32, 32) where it sets nothing, not DualConfig's class default
+    assert cfg.config.options.neural.dual.lr == 0.01 and cfg.config.options.neural.dual.hidden == (32, 32)
+    flat = to_dict(cfg)
+    assert flat["reg"] == 0.1 and flat["min_pair_mass"] == 0.0 and "config" not in flat and "options" not in flat
+    assert from_mapping(AlignParams, {k: v for k, v in flat.items() if k != "neural"}, where="align").config == replace(
+        cfg.config, options=replace(cfg.config.options, neural=None))
+
+
+def test_a_derived_setting_is_not_a_params_key():
+    from pipeline.params.train import TrainParams
+
+    with pytest.raises(ConfigError, match=r"train\.optim\.clamp_min: unknown key \(set by the stage, not in params\)"):
+        from_mapping(TrainParams, {"optim": {"clamp_min": 0.0}}, where="train")
+    with pytest.raises(ConfigError, match=r"train\.stack\.seed: unknown key \(set by the stage, not in params\)"):
+        from_mapping(TrainParams, {"stack": {"seed": 3}}, where="train")
+
+
+def test_a_partial_section_keeps_the_recipe_defaults_not_the_class_defaults():
+    from models.learners import TrainConfig
+    from models.transport import CostWeights
+    from pipeline.params.align import AlignParams
+    from pipeline.params.train import TrainParams
+
+    fit = from_mapping(TrainParams, {"optim": {"epochs": 2}}, where="train").fit
+    assert fit.optim.epochs == 2 and fit.optim.freeze_encoder and fit.optim.pretrain_epochs == 4
+    assert TrainConfig().freeze_encoder is False  # the trainer's own default differs: the recipe is the stage's
+    cost = from_mapping(AlignParams, {"cost": {"mass": 2.0}}, where="align").config.cost
+    assert cost.mass == 2.0 and cost.value_calibration == "linear" and CostWeights().value_calibration == "none"
+    with pytest.raises(ConfigError, match=r"train\.optim: batch sizes must be >= 2"):
+        from_mapping(TrainParams, {"optim": {"batch_size": 1}}, where="train")
