@@ -209,11 +209,14 @@ def _replace(base: Any, built: Any, given: Mapping, *, where: str) -> Any:
 def to_dict(obj: Any) -> Any:
     """Plain-data view of a config object (for logging to MLflow and writing JSON), in params.yaml's layout.
 
-    Inline dataclasses are flattened into their parent, as in the params file.
+    Inline dataclasses are flattened into their parent, as in the params file; ``derived``
+    fields are left out (they are not settings: the stage sets them when it uses the config).
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
+            if _marker(f) == "derived":
+                continue
             value = to_dict(getattr(obj, f.name))
             if _marker(f) == "inline" and isinstance(value, dict):
                 out.update(value)
