@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from models.properties import STABILITY, STABILITY_SOURCE, Property
 from pipeline.errors import MatshiftError, MissingInputError
@@ -29,12 +30,21 @@ log = logging.getLogger(__name__)
 RERUN = "run the upstream stage first (dvc repro)"
 
 
-def read_table(path: Path, columns: Sequence[str] = (), *, rerun: str = RERUN) -> pd.DataFrame:
-    """Read a parquet output; a missing or unreadable file or a missing column is a :class:`MissingInputError`."""
+def read_table(path: Path, columns: Sequence[str] = (), *, rerun: str = RERUN,
+               only: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a parquet output; a missing or unreadable file or a missing column is a :class:`MissingInputError`.
+
+    ``only``: read just ``columns`` and those of ``only`` the file has (DFT tables carry
+    structures as JSON: reading them costs ``matshift predict`` most of its start-up).
+    """
     if not path.exists():
         raise MissingInputError(f"{path} does not exist; {rerun}")
     try:
-        frame = pd.read_parquet(path)
+        if only is None:
+            frame = pd.read_parquet(path)
+        else:
+            names = pq.read_schema(path).names
+            frame = pd.read_parquet(path, columns=[c for c in dict.fromkeys([*columns, *only]) if c in names])
     except (OSError, ValueError) as exc:  # missing, or truncated/corrupt (pyarrow's ArrowInvalid is a ValueError)
         raise MissingInputError(f"cannot read {path}: {exc}; {rerun}") from exc
     missing = [c for c in columns if c not in frame.columns]
@@ -62,7 +72,7 @@ def read_dft(raw_dir: Path, prop: Property, extra: Sequence[str] = ()) -> pd.Dat
     ``extra`` the file lacks are skipped; NaN means unknown, inf is refused.
     """
     path = raw_dir / "dft.parquet"
-    frame = read_table(path, ["material_id", "formula", prop.dft_column, STABILITY_SOURCE])
+    frame = read_table(path, ["material_id", "formula", prop.dft_column, STABILITY_SOURCE], only=extra)
     columns = list(dict.fromkeys(["material_id", "formula", prop.dft_column, STABILITY_SOURCE,
                                   *(c for c in extra if c in frame)]))
     frame = frame[columns].assign(**{STABILITY: frame[STABILITY_SOURCE]})
