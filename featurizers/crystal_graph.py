@@ -48,7 +48,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pymatgen.core import Element
-from tqdm.auto import tqdm
 
 from featurizers.elements import element_embedding, embedding_elements
 from featurizers.settings import EMBEDDINGS, GraphSettings
@@ -495,6 +494,9 @@ class CrystalGraphFeaturizer:
         items = list(items)
         chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
         batch = GraphBatch()
+        # tqdm: only when graphs are built (keeps it out of matshift predict's start-up)
+        from tqdm.auto import tqdm
+
         bar = tqdm(total=len(items), desc="crystal graphs", unit="structure", disable=not progress)
         executor = None
         if mapper is not None:
