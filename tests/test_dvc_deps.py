@@ -110,3 +110,20 @@ if __name__ == "__main__":
         print(f"{name}:")
         for dep in suggested_deps(name):
             print(f"  - {dep}")
+
+
+def test_bytecode_beside_directory_deps_is_ignored_by_dvc():
+    # a directory dep's hash covers every file under it: Python's __pycache__ there would
+    # make the stage stale after any run that writes bytecode
+    from dvc.repo import Repo
+
+    dirs = {d for s in STAGES for d in _code_deps(s) if (ROOT / d).is_dir()}
+    assert dirs, "no directory deps: this test has nothing to check"
+    repo = Repo(str(ROOT))
+    try:
+        for d in sorted(dirs):
+            assert repo.dvcignore.is_ignored(repo.fs, f"{repo.root_dir}/{d}/__pycache__/m.cpython-311.pyc"), d
+            source = next((ROOT / d).glob("*.py"))
+            assert not repo.dvcignore.is_ignored(repo.fs, str(source)), source
+    finally:
+        repo.close()
