@@ -38,8 +38,13 @@ class FeatureTables:
 
 def feature_tables(dft: pd.DataFrame, experiment: pd.DataFrame, *, graph: GraphSettings,
                    descriptor_sets: Sequence[str], n_workers: int = 1, chunk_size: int = 128,
-                   mapper: Callable[..., Iterable[Any]] | None = None, progress: bool = True) -> FeatureTables:
+                   mapper: Callable[..., Iterable[Any]] | None = None, progress: bool = True,
+                   classes: pd.DataFrame | None = None) -> FeatureTables:
     """Featurize ``dft`` (``material_id``, ``formula``, ``structure``) and ``experiment`` (``exp_id``, ``formula``).
+
+    ``classes`` (``exp_id``, ``formula``: the measured metal / non-metal classes) adds
+    descriptors for its formulas, after every other formula's (so the rows of the other
+    formulas do not move); it adds no index entry.
 
     Structures run in chunks of ``chunk_size``: through ``mapper`` (an engine's ``map``,
     results in chunk order) when given, else on ``n_workers`` local processes; either way
@@ -60,13 +65,16 @@ def feature_tables(dft: pd.DataFrame, experiment: pd.DataFrame, *, graph: GraphS
         pd.DataFrame({"id": dft["material_id"].astype(str), "domain": "dft", "formula": dft["formula"]}),
         pd.DataFrame({"id": experiment["exp_id"].astype(str), "domain": "experiment", "formula": experiment["formula"]}),
     ], ignore_index=True)
-    desc = composition_descriptors(list(entries["formula"].dropna().astype(str).unique()), sets=descriptor_sets)
+    labelled = (pd.DataFrame({"id": classes["exp_id"].astype(str), "formula": classes["formula"]})
+                if classes is not None else pd.DataFrame(columns=["id", "formula"]))
+    named = pd.concat([entries[["id", "formula"]], labelled], ignore_index=True)
+    desc = composition_descriptors(list(named["formula"].dropna().astype(str).unique()), sets=descriptor_sets)
     failed_formula = {f.formula: f.reason for f in desc.failures}
-    for row in entries.itertuples(index=False):
+    for row in named.itertuples(index=False):
         if isinstance(row.formula, str) and row.formula in failed_formula:
             failures.append({"id": row.id, "formula": row.formula, "step": "descriptor",
                              "reason": failed_formula[row.formula]})
-    for row in entries[entries["formula"].isna()].itertuples(index=False):
+    for row in named[named["formula"].isna()].itertuples(index=False):
         failures.append({"id": row.id, "formula": "", "step": "descriptor", "reason": "formula is missing"})
     return FeatureTables(featurizer=featurizer, graphs=batch.graphs, descriptors=desc.frame,
                          index=_index(entries, batch.graphs),

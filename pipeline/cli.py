@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "featurize": ("pipeline.featurize", "crystal graphs and composition descriptors into data/features/"),
     "align": ("pipeline.align", "unbalanced OT from DFT to experiment into data/aligned/<property>/"),
     "train": ("pipeline.train", "train the GNN and baselines, log to MLflow"),
+    "metal": ("pipeline.metal", "metal / non-metal classifier for band-gap predictions, cross-validated, into "
+              "data/models/metal/"),
     "evaluate": ("pipeline.evaluate", "leak-free out-of-distribution evaluation into metrics/ and plots/"),
     "report": ("pipeline.report", "regenerate the README results table from metrics/*.json"),
     "predict": ("pipeline.predict", "predict measured properties for formulas or CIF files"),

@@ -1,7 +1,8 @@
 """``matshift featurize``: data/raw/ -> data/features/ (contract in docs/ARCHITECTURE.md).
 
 Crystal graphs for every DFT row with a structure (parallel over processes, failures
-recorded), composition descriptors once per distinct formula of either domain, an index of
+recorded), composition descriptors once per distinct formula of either domain and of the
+measured metal / non-metal classes, an index of
 every entry and the failures (:func:`featurizers.tables.feature_tables`). All outputs are built
 in a temporary directory and swapped in together, so a killed run leaves the previous
 data/features/ intact.
@@ -55,6 +56,12 @@ def featurize(cfg: FeaturizeParams, *, progress: bool = True) -> FeaturizeSummar
     start = time.perf_counter()
     dft = readers.read_table(cfg.raw_dir / "dft.parquet", DFT_COLUMNS, rerun=RERUN)
     exp = readers.read_table(cfg.raw_dir / "experiment.parquet", EXPERIMENT_COLUMNS, rerun=RERUN)
+    classes = None
+    if (cfg.raw_dir / "metal_class.parquet").is_file():
+        classes = readers.read_table(cfg.raw_dir / "metal_class.parquet", ["exp_id", "formula"], rerun=RERUN)
+    else:  # a data/raw/ written before the metal classes existed (or by hand): no metal stage inputs
+        log.warning("featurize: %s has no metal_class.parquet; the metal stage will lack descriptors "
+                    "(rerun `matshift fetch`)", cfg.raw_dir)
     n_workers = cfg.n_workers or os.cpu_count() or 1
     with ExitStack() as stack:
         mapper = None
@@ -67,7 +74,8 @@ def featurize(cfg: FeaturizeParams, *, progress: bool = True) -> FeaturizeSummar
         log.info("featurizing %d structures on %s (%d worker(s))", int(dft["structure"].notna().sum()), cfg.engine,
                  n_workers)
         tables = feature_tables(dft, exp, graph=cfg.graph, descriptor_sets=cfg.descriptor_sets, n_workers=n_workers,
-                                chunk_size=cfg.chunk_size, mapper=mapper, progress=progress)
+                                chunk_size=cfg.chunk_size, mapper=mapper, progress=progress,
+                                classes=classes)
     with atomic_dir(cfg.out_dir) as tmp:
         save_graphs(tmp / "graphs.pt", tables.featurizer.pack_arrays(tables.graphs))
         write_json(tmp / "graph_config.json", tables.featurizer.config())

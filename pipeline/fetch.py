@@ -1,7 +1,8 @@
 """Stage ``fetch``: read DFT and experimental sources into ``data/raw/``.
 
 Outputs (contract in docs/ARCHITECTURE.md, rules in docs/DATA.md): ``dft.parquet`` (one
-row per mp-id), ``experiment.parquet`` (one row per measurement), ``rejected.parquet``
+row per mp-id), ``experiment.parquet`` (one row per measurement), ``metal_class.parquet``
+(one row per measured metal / non-metal class of a composition), ``rejected.parquet``
 (every input row not kept, with its reason) and ``manifest.json`` (per table: origin,
 path, sha256, rows read / kept / rejected, retrieval time; conflicts; timings).
 
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("dft.parquet", "experiment.parquet", "rejected.parquet", "manifest.json")
-MANIFEST_VERSION = 1
+OUTPUTS = ("dft.parquet", "experiment.parquet", "metal_class.parquet", "rejected.parquet", "manifest.json")
+MANIFEST_VERSION = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +115,8 @@ def fetch(config: FetchParams, *, root: Path, force: bool = False, accept_change
         raise MatshiftError(f"two sources produced tables with the same name: {names}")
     read_s = time.perf_counter() - started
     result = merge_tables(tables, workers=config.workers, gap_tol=config.gap_conflict_tol,
-                          energy_tol=config.energy_conflict_tol, exp_conflict_tol=config.spread_tolerances())
+                          energy_tol=config.energy_conflict_tol, exp_conflict_tol=config.spread_tolerances(),
+                          metal_gap_tol=config.metal_gap_conflict_tol)
     for name, c in result.counts.items():
         if c.read != c.kept + c.rejected:
             raise MatshiftError(f"internal accounting error for {name}: read {c.read} != kept {c.kept} + rejected {c.rejected}")
@@ -122,13 +124,20 @@ def fetch(config: FetchParams, *, root: Path, force: bool = False, accept_change
                     read_seconds=read_s, total_seconds=time.perf_counter() - started)
     write_parquet(out_dir / "dft.parquet", result.dft)
     write_parquet(out_dir / "experiment.parquet", result.experiment)
+    write_parquet(out_dir / "metal_class.parquet", result.metal_class)
     write_parquet(out_dir / "rejected.parquet", result.rejected)
     write_json(out_dir / "manifest.json", meta)  # last: its presence marks a complete fetch
     log.info(
-        "fetch: %d materials (%d with structure), %d measurements, %d rejected rows -> %s (%.1f s)",
-        len(result.dft), meta["dft"]["with_structure"], len(result.experiment), len(result.rejected), out_dir,
-        meta["seconds"]["total"],
+        "fetch: %d materials (%d with structure), %d measurements, %d metal/non-metal classes, %d rejected rows "
+        "-> %s (%.1f s)", len(result.dft), meta["dft"]["with_structure"], len(result.experiment),
+        len(result.metal_class), len(result.rejected), out_dir, meta["seconds"]["total"],
     )
+    conflicts = result.metal_conflicts
+    if conflicts.get("labelled_metal_with_measured_gap") or conflicts.get("formulas_with_both_classes"):
+        log.warning("fetch: metal classes: %d formula(s) labelled metal with a measured gap above %g eV (%s), "
+                    "%d labelled both metal and non-metal; see manifest.json (left out of the metal classifier)",
+                    conflicts["labelled_metal_with_measured_gap"], conflicts["gap_tolerance"],
+                    ", ".join(list(conflicts["largest"])[:5]), conflicts["formulas_with_both_classes"])
     return result
 
 

@@ -13,6 +13,8 @@ Align (:func:`draw_alignment`): ``plan_heatmap.png`` and ``mass_hist.png``. Eval
 The "OT model" of the single-model figures is the served one (``stacked_ot``) when it was
 evaluated, else ``gnn_ot``.
 
+Metal stage (:func:`draw_metal`): ``roc.png`` and ``threshold.png``.
+
 Reads nothing; writes only into the directory it is given.
 """
 
@@ -106,7 +108,7 @@ def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequenc
         plt.close(fig)
 
 
-__all__ = ["draw"]
+__all__ = ["draw", "draw_alignment", "draw_metal"]
 
 
 def draw_alignment(out: Path, res, source, target, *, prop: str, unit: str) -> None:
@@ -140,4 +142,44 @@ def draw_alignment(out: Path, res, source, target, *, prop: str, unit: str) -> N
         ax.set_title(name)
     fig.tight_layout()
     fig.savefig(out / "mass_hist.png", dpi=110)
+    plt.close(fig)
+
+
+def draw_metal(out: Path, results: dict[str, tuple[pd.DataFrame, pd.DataFrame]], *, threshold: float) -> None:
+    """Metal stage: ``roc.png`` (ROC per protocol) and ``threshold.png`` (band-gap MAE against the threshold, first CV).
+
+    ``results``: protocol -> the per-formula and per-row tables of :func:`models.evaluation.metal_cv`.
+    """
+    # scikit-learn: only when this figure is drawn
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (pf, _) in results.items():
+        if pf["is_metal"].nunique() == 2:
+            fpr, tpr, _ = roc_curve(pf["is_metal"], pf["probability"])
+            ax.plot(fpr, tpr, lw=1, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false metal rate", ylabel="metal recall", title="metal classifier, out of fold")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=110)
+    plt.close(fig)
+    pf, pr = next(iter(results.values()))
+    prob = pr["formula"].map(dict(zip(pf["formula"], pf["probability"], strict=True))).to_numpy()
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    nonmetal = pr["is_metal"].to_numpy() == 0
+    rows = []
+    for t in grid:
+        err = np.abs(np.where(prob >= t, 0.0, pr["regressor"]) - pr["measured"]).to_numpy()
+        rows.append((t, err.mean(), err[nonmetal].mean(), err[~nonmetal].mean()))
+    curve = np.array(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, label in enumerate(("all compositions", "non-metals", "metals"), start=1):
+        ax.plot(curve[:, 0], curve[:, k], marker=".", label=label)
+    ax.axvline(threshold, color="k", ls=":", label=f"served threshold {threshold:.2f}")
+    ax.set(xlabel="P(metal) threshold", ylabel="band-gap MAE (eV)", title="metal calls: error against threshold")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "threshold.png", dpi=110)
     plt.close(fig)

@@ -23,6 +23,7 @@ from models.serving import ModelNotFoundError, Predictor, format_table, predict_
 from pipeline import readers
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.errors import MatshiftError
+from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
                         help="parameter file whose train section says where the data and models are (default: %(default)s)")
     parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
+    parser.add_argument("--no-metal", action="store_true", help="band gaps: skip the metal classifier "
+                        "(data/models/metal); every row gets the non-metal gap estimate")
 
 
 def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputProblem]:
@@ -83,37 +86,40 @@ def predict(
     property: str = "band_gap",
     model: str | Path | None = None,
     max_sites: int = 500,
+    metal: bool = True,
 ) -> pd.DataFrame:
     """Predict ``property`` for formulas and CIF paths (strings ending in .cif or Paths).
 
     Returns one row per input with the columns of :data:`~models.serving.COLUMNS`; invalid inputs have an
-    ``error`` and no prediction.
+    ``error`` and no prediction. ``metal``: band gaps use the metal classifier (see :func:`load_predictor`).
     """
     if isinstance(inputs, str):
         inputs = [inputs]
     formulas = [i for i in inputs if isinstance(i, str) and not i.lower().endswith(".cif")]
     cifs = [Path(i) for i in inputs if isinstance(i, Path) or str(i).lower().endswith(".cif")]
     items = collect_inputs(formulas, cifs, max_sites=max_sites)
-    predictor = load_predictor(model, property=property)
+    predictor = load_predictor(model, property=property, metal=metal)
     return predict_items(items, predictor, unit=get_property(property).unit)
 
 
-def load_predictor(model: str | Path | None, *, property: str, params: Path | None = None):
+def load_predictor(model: str | Path | None, *, property: str, params: Path | None = None, metal: bool = True):
     """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor.
 
     The DFT table, the crystal graphs and the align stage's neural map are read from the
     ``train`` section's directories of ``params`` (params.yaml when it exists, else the
-    defaults): the data the served model was trained with.
+    defaults): the data the served model was trained with; band gaps add the metal classifier
+    (``metal`` section's ``out_dir``) when it exists and ``metal`` is true: 0 eV for a metal.
     """
     prop = get_property(property)
     path = params if params is not None else DEFAULT_PARAMS
     dirs = load_section(TrainParams, "train", path) if path.is_file() else TrainParams()
+    metal_dir = (load_section(MetalParams, "metal", path) if path.is_file() else MetalParams()).out_dir if metal else None
     dft = readers.read_dft(dirs.raw_dir, prop) if (dirs.raw_dir / "dft.parquet").is_file() else None
     index = readers.read_index(dirs.features_dir) if (dirs.features_dir / "index.parquet").is_file() else None
     try:
         return Predictor.load(model if model is not None else dirs.out_dir / prop.name, prop=prop, dft=dft,
                               index=index, features_dir=dirs.features_dir,
-                              neural_map=dirs.aligned_dir / prop.name / "neural_map")
+                              neural_map=dirs.aligned_dir / prop.name / "neural_map", metal_dir=metal_dir)
     except ModelNotFoundError as exc:
         raise MatshiftError(str(exc)) from exc
 
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     for p in problems:
         named = p.input.strip() and repr(p.input.strip()) in p.reason  # formula errors name it already
         print(f"matshift predict: {p.reason if named else f'{p.kind} {p.input!r}: {p.reason}'}", file=sys.stderr)
-    predictor = load_predictor(args.model, property=args.property, params=args.params)
+    predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal)
     frame = predict_items(items, predictor, unit=get_property(args.property).unit)
     if args.output is not None:
         suffix = args.output.suffix.lower()

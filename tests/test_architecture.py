@@ -20,7 +20,7 @@ import yaml
 from tests.data import ROOT
 
 PACKAGES = ("featurizers", "models", "pipeline")
-STAGE_MODULES = ("fetch", "featurize", "align", "train", "evaluate", "predict", "report")
+STAGE_MODULES = ("fetch", "featurize", "align", "train", "metal", "evaluate", "predict", "report")
 MAX_STAGE_LINES = 150
 
 

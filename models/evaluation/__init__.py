@@ -4,7 +4,7 @@ Layer: the top of :mod:`models`, beside serving. ``config`` (:class:`EvalSetting
 and protocol names), ``splits`` (the folds of every protocol), ``folds`` (every model refitted
 per fold on the fold's training part only), ``summary`` (per-protocol and pooled OOD
 metrics), ``run`` (one property's whole evaluation: :func:`evaluate_property`), ``report``
-(the README's results table).
+(the README's results table), ``metal`` (the metal classifier's cross-validation).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from models.evaluation.summary import *
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and import analysis
     from models.evaluation.folds import *
+    from models.evaluation.metal import *
     from models.evaluation.run import *
     from models.evaluation.splits import *
 
@@ -31,6 +32,10 @@ _LAZY = {
     "folds": (
         "FoldData", "FoldModels", "StackInputs", "alignment_variants", "calibrated_targets",
         "evaluate_folds", "shift_distance", "subset_domain", "training_targets",
+    ),
+    "metal": (
+        "MetalData", "MetalPlan", "metal_card", "metal_cv", "metal_labels", "metal_metrics", "metal_summary",
+        "paired_bootstrap", "prepare_metal", "served_threshold",
     ),
     "run": (
         "EvaluationInputs", "EvaluationRun", "evaluate_property", "plot_tables", "set_threads",

@@ -97,6 +97,40 @@ class EvalSettings:
             raise ValueError("max_measurements, max_dft and pretrain_epochs must be >= 0")
 
 
+@dataclass(frozen=True)
+class MetalCVSettings:
+    """Cross-validation of the metal classifier (``metal`` section of params.yaml, inline).
+
+    Grouped ``n_folds``-fold CV by reduced formula runs once per seed of ``cv_seeds`` (folds
+    differ); each of the OOD ``protocols`` (``loco`` with ``loco_clusters`` k-means clusters,
+    ``family_out``, ``crystal_system_out``) runs once. Per fold the threshold comes from an
+    ``inner_folds``-fold CV of the training part, and the band-gap regressor is the train
+    stage's stacked model without OT with ``regressor_bags`` boosters. A formula labelled
+    metal with a measured gap above ``gap_conflict_tol`` (eV) is left out.
+    """
+
+    cv_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    n_folds: int = 5
+    inner_folds: int = 4
+    protocols: list[str] = field(default_factory=lambda: list(OOD_PROTOCOLS))
+    loco_clusters: int = 5
+    regressor_bags: int = 2
+    gap_conflict_tol: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.cv_seeds:
+            raise ValueError("cv_seeds must list at least one seed")
+        if self.n_folds < 2 or self.inner_folds < 2:
+            raise ValueError(f"n_folds and inner_folds must be >= 2, got {self.n_folds} and {self.inner_folds}")
+        unknown = sorted(set(self.protocols) - set(OOD_PROTOCOLS))
+        if unknown:
+            raise ValueError(f"unknown protocols {unknown} (valid: {', '.join(OOD_PROTOCOLS)})")
+        if self.loco_clusters < 2 or self.regressor_bags < 1:
+            raise ValueError("loco_clusters must be >= 2 and regressor_bags >= 1")
+        if self.gap_conflict_tol < 0:
+            raise ValueError(f"gap_conflict_tol must be >= 0, got {self.gap_conflict_tol}")
+
+
 __all__ = [
     "BASELINES",
     "CALIBRATIONS",
@@ -108,4 +142,5 @@ __all__ = [
     "STACKED_MODELS",
     "EvalSettings",
     "GnnVariant",
+    "MetalCVSettings",
 ]

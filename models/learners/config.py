@@ -214,4 +214,49 @@ class FitConfig:
         return tuple(c for c in self.stack.extra_fidelities if c != prop.dft_column)
 
 
-__all__ = ["FitConfig", "ModelConfig", "StackConfig", "StackSettings", "TrainConfig"]
+@dataclass(frozen=True)
+class MetalConfig:
+    """Options of the metal classifier (:class:`models.learners.MetalClassifier`; ``metal.classifier`` in params.yaml).
+
+    ``trees`` / ``leaves`` / ``lr`` / ``min_child_samples`` / ``colsample`` / ``subsample``:
+    the LightGBM classifiers, ``bags`` of them with seeds ``seed ..`` averaged. ``surrogate_*``:
+    the two composition models of DFT data (PBE gap, PBE metallic or not), cross-fitted like
+    the stacked model's surrogate. ``dft_metal_gap``: a DFT entry whose PBE gap is at most
+    this (eV) counts as metallic.
+    """
+
+    trees: int = 600
+    leaves: int = 31
+    lr: float = 0.03
+    min_child_samples: int = 10
+    colsample: float = 0.5
+    subsample: float = 0.8
+    bags: int = 3
+    surrogate_trees: int = 300
+    surrogate_leaves: int = 63
+    surrogate_lr: float = 0.05
+    surrogate_folds: int = 5
+    dft_metal_gap: float = 0.0
+    seed: int = 0
+    n_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("trees", "leaves", "min_child_samples", "bags", "surrogate_trees", "surrogate_leaves", "n_jobs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MetalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.surrogate_folds < 2:
+            raise ValueError(f"MetalConfig.surrogate_folds must be >= 2, got {self.surrogate_folds}")
+        for name in ("colsample", "subsample", "lr", "surrogate_lr"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"MetalConfig.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.dft_metal_gap < 0:
+            raise ValueError(f"MetalConfig.dft_metal_gap must be >= 0, got {self.dft_metal_gap}")
+
+    def surrogate_config(self) -> StackConfig:
+        """Return the :class:`StackConfig` a :class:`~models.learners.DFTSurrogate` of these settings takes."""
+        return StackConfig(surrogate_trees=self.surrogate_trees, surrogate_leaves=self.surrogate_leaves,
+                           surrogate_lr=self.surrogate_lr, surrogate_folds=self.surrogate_folds,
+                           colsample=self.colsample, subsample=self.subsample, seed=self.seed, n_jobs=self.n_jobs)
+
+
+__all__ = ["FitConfig", "MetalConfig", "ModelConfig", "StackConfig", "StackSettings", "TrainConfig"]

@@ -46,6 +46,8 @@ __all__ = [
     "descriptor_matrix",
     "load_stacked",
     "save_stacked",
+    "surrogate_from_state",
+    "surrogate_state",
 ]
 
 
@@ -283,8 +285,7 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
         name = f"booster_{k}.txt"
         (directory / name).write_text(_booster_text(m), encoding="utf-8")
         boosters.append(name)
-    sur = model.surrogate
-    (directory / "surrogate.txt").write_text(_booster_text(sur.model_), encoding="utf-8")
+    surrogate = surrogate_state(model.surrogate, directory, "surrogate.txt")
     correction = None
     if model.correction_ is not None:
         correction = {"coef": [float(v) for v in np.ravel(model.correction_.coef_)],
@@ -299,8 +300,7 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
         "correction": correction,
         "boosters": boosters,
         "shift_field": None if model.shift_field is None else "shift_field",
-        "surrogate": {"config": asdict(sur.config), "columns": list(sur.columns_), "mae": sur.mae_,
-                      "out_of_fold": _series(sur.out_of_fold_), "booster": "surrogate.txt"},
+        "surrogate": surrogate,
     }
     write_header(directory / _HEADER, cls="StackedModel", files=[*boosters, "surrogate.txt"], indent=1, **state)
 
@@ -318,11 +318,7 @@ def load_stacked(directory: Path) -> StackedModel:
     def booster(name: str):
         return lightgbm.Booster(model_str=(directory / name).read_text(encoding="utf-8"))
 
-    s = state["surrogate"]
-    sur = DFTSurrogate(StackConfig(**s["config"]))
-    sur.columns_, sur.mae_ = list(s["columns"]), float(s["mae"])
-    sur.out_of_fold_ = _unseries(s["out_of_fold"])
-    sur.model_ = booster(s["booster"])
+    sur = surrogate_from_state(state["surrogate"], directory)
     model = StackedModel(StackConfig(**state["config"]), dft_reference=_unseries(state["dft_reference"]),
                          surrogate=sur,
                          extra_reference={k: _unseries(v) for k, v in state["extra_reference"].items()},
@@ -332,6 +328,25 @@ def load_stacked(directory: Path) -> StackedModel:
     model.correction_ = None if corr is None else _LinearMap(np.asarray(corr["coef"]), corr["intercept"])
     model.models_ = [booster(name) for name in state["boosters"]]
     return model
+
+
+def surrogate_state(surrogate: DFTSurrogate, directory: Path, name: str) -> dict:
+    """Write a fitted surrogate's booster as ``directory / name``; return the rest of it as JSON-ready data."""
+    (directory / name).write_text(_booster_text(surrogate.model_), encoding="utf-8")
+    return {"config": asdict(surrogate.config), "columns": list(surrogate.columns_), "mae": surrogate.mae_,
+            "out_of_fold": _series(surrogate.out_of_fold_), "booster": name}
+
+
+def surrogate_from_state(state: dict, directory: Path) -> DFTSurrogate:
+    """Rebuild a :func:`surrogate_state` surrogate (its booster file checked by the caller's header)."""
+    # LightGBM: only when a booster is fitted or loaded
+    import lightgbm
+
+    sur = DFTSurrogate(StackConfig(**state["config"]))
+    sur.columns_, sur.mae_ = list(state["columns"]), float(state["mae"])
+    sur.out_of_fold_ = _unseries(state["out_of_fold"])
+    sur.model_ = lightgbm.Booster(model_str=(directory / state["booster"]).read_text(encoding="utf-8"))
+    return sur
 
 
 def _booster_text(m) -> str:

@@ -2,7 +2,8 @@
 
 Layer: the top of :mod:`models`, beside evaluation. :class:`EnsemblePredictor` serves a model
 directory (the stacked model alone needs no torch); :class:`Predictor` adds the DFT lookup
-(the one polymorph rule), the applicability domain and the neural calibration; ``output``
+(the one polymorph rule), the applicability domain, the neural calibration and, for band
+gaps, the metal call of :class:`MetalPredictor`; ``output``
 renders ``matshift predict``'s table; ``tracking`` logs a training run and registers the
 model in MLflow, whose ``pyfunc`` wrapper (``pyfunc``, ``pyfunc_code``) is the only module
 that imports MLflow at import time.
@@ -13,8 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from models._io import lazy_exports
-from models.serving import ensemble, output, predictor, tracking
+from models.serving import ensemble, metal, output, predictor, tracking
 from models.serving.ensemble import *
+from models.serving.metal import *
 from models.serving.output import *
 from models.serving.predictor import *
 from models.serving.tracking import *
@@ -25,9 +27,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
 # MLflow is imported only by the MLflow wrapper: prediction does not need it
 _LAZY = {
     "pyfunc": (
-        "MatshiftPyfunc",
+        "MatshiftPyfunc", "MetalPyfunc",
     ),
 }
 __getattr__ = lazy_exports(__name__, {name: module for module, names in _LAZY.items() for name in names})
 
-__all__ = [*ensemble.__all__, *predictor.__all__, *output.__all__, *tracking.__all__, *(name for names in _LAZY.values() for name in names)]
+__all__ = [*ensemble.__all__, *metal.__all__, *predictor.__all__, *output.__all__, *tracking.__all__, *(name for names in _LAZY.values() for name in names)]

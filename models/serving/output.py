@@ -20,6 +20,9 @@ COLUMNS = [
     "prediction",
     "uncertainty",
     "unit",
+    "metal",
+    "metal_probability",
+    "nonmetal_prediction",
     "view",
     "structure_used",
     "dft_value",
@@ -50,23 +53,31 @@ def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predic
 
 
 def format_table(frame: pd.DataFrame) -> str:
-    """Render the terminal table ``matshift predict`` prints (an invalid input's row says its error)."""
+    """Render the terminal table ``matshift predict`` prints (an invalid input's row says its error).
+
+    Band-gap rows served with the metal classifier show P(metal); a row called metal shows
+    0 eV and its non-metal estimate in the note.
+    """
     lines = []
-    header = f"{'input':<24} {'prediction':>12} {'±':>6} {'view':<11} {'AD':>5}  structure / note"
+    header = f"{'input':<24} {'prediction':>12} {'±':>6} {'P(metal)':>8} {'view':<11} {'AD':>5}  structure / note"
     lines.append(header)
     lines.append("-" * len(header))
     for row in frame.to_dict("records"):
         shown = _printable(str(row["input"]))[:24]
         if isinstance(row.get("error"), str):  # valid rows hold None (NaN once mixed in a frame)
-            lines.append(f"{shown:<24} {'—':>12} {'':>6} {'':<11} {'':>5}  ERROR: {row['error']}")
+            lines.append(f"{shown:<24} {'—':>12} {'':>6} {'':>8} {'':<11} {'':>5}  ERROR: {row['error']}")
             continue
         pred = f"{row['prediction']:.3f} {row['unit']}"
         unc = f"{row['uncertainty']:.2f}" if _finite(row.get("uncertainty")) else ""
         ad = f"{row['ad_score']:.0f}" if _finite(row.get("ad_score")) else ""
+        prob = f"{row['metal_probability']:.2f}" if _finite(row.get("metal_probability")) else ""
         note = str(row.get("structure_used") or "")
+        if row.get("metal") is True:
+            note = (f"METAL (P(metal) >= threshold; non-metal estimate {row['nonmetal_prediction']:.3f} "
+                    f"{row['unit']}); " + note)
         if row.get("ad_warning"):
             note += "  WARNING: outside the training domain"
-        lines.append(f"{shown:<24} {pred:>12} {unc:>6} {row['view']!s:<11} {ad:>5}  {note}")
+        lines.append(f"{shown:<24} {pred:>12} {unc:>6} {prob:>8} {row['view']!s:<11} {ad:>5}  {note}")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from featurizers.crystal_graph import CrystalGraphFeaturizer, StructureError, lo
 from models.learners import ApplicabilityDomain
 from models.properties import Property, choose_polymorphs
 from models.serving.ensemble import EnsemblePredictor
+from models.serving.metal import MetalPredictor
 
 if TYPE_CHECKING:
     from models.transport import CalibrationMap
@@ -43,8 +44,9 @@ class Predictor:
 
     def __init__(self, ensemble: EnsemblePredictor, *, property: str, dft: pd.DataFrame | None,
                  ad_threshold: float = 95.0, features_dir: Path | str | None = None,
-                 calibration: CalibrationMap | None = None):
+                 calibration: CalibrationMap | None = None, metal: MetalPredictor | None = None):
         self.ensemble = ensemble
+        self.metal = metal  # band gaps: P(metal) and the metal call (0 eV) per row
         self.property = property
         self.ad_threshold = ad_threshold
         desc = ensemble.descriptors
@@ -67,7 +69,7 @@ class Predictor:
     @classmethod
     def load(cls, ref: str | Path, *, prop: Property, dft: pd.DataFrame | None = None,
              index: pd.DataFrame | None = None, features_dir: Path | str | None = None,
-             neural_map: Path | str | None = None) -> Predictor:
+             neural_map: Path | str | None = None, metal_dir: Path | str | None = None) -> Predictor:
         """Load the model at ``ref`` (a directory written by ``matshift train``, or ``NAME/VERSION`` in MLflow).
 
         ``dft``: the DFT entries (``material_id``, ``formula``, the property's DFT column,
@@ -75,15 +77,23 @@ class Predictor:
         stage's, by ``id``) says which have a crystal graph; ``features_dir`` holds
         ``graphs.pt`` and ``graph_config.json``; ``neural_map`` is the align stage's map
         directory, used when it exists. Without ``dft`` every input is predicted from its
-        composition alone.
+        composition alone. ``metal_dir``: a ``matshift metal`` classifier, used for band gaps
+        when it exists (a missing directory means no metal calls; a broken one is an error).
         """
         ensemble = EnsemblePredictor(_resolve(ref))
         meta_prop = ensemble.meta.get("property")
         if meta_prop and meta_prop != prop.name:
             raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {prop.name}")
         calibration = _calibration_map(Path(neural_map), ensemble.descriptors) if neural_map is not None else None
+        metal = None
+        if metal_dir is not None and prop.name == "band_gap" and (Path(metal_dir) / "metal.json").is_file():
+            try:
+                metal = MetalPredictor(metal_dir)
+            except (ValueError, KeyError) as exc:
+                raise ModelNotFoundError(f"metal classifier at {metal_dir} is unusable: {exc}; rerun `matshift metal` "
+                                         "or pass --no-metal") from exc
         return cls(ensemble, property=prop.name, dft=None if dft is None else dft_lookup(dft, prop, index),
-                   features_dir=features_dir, calibration=calibration)
+                   features_dir=features_dir, calibration=calibration, metal=metal)
 
     def predict(self, items) -> pd.DataFrame:
         formulas = [i.formula for i in items]
@@ -117,6 +127,11 @@ class Predictor:
                     structure_used[k] += "; composition view (the served model uses composition and DFT value only)"
         frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
         out = self.ensemble.predict(frame, graphs=graphs)
+        value, spread = out["prediction"].to_numpy(float), out["uncertainty"].to_numpy(float)
+        metal_p, metal = np.full(len(items), np.nan), np.zeros(len(items), dtype=bool)
+        if self.metal is not None:
+            calls = self.metal.predict(formulas, self._descriptors(formulas))
+            metal_p, metal = calls["metal_probability"].to_numpy(float), calls["metal"].to_numpy(bool)
         features = desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)
         ad = self.ad.score(features)
         has_graph = [g is not None for g in graphs] if graphs is not None else [False] * len(items)
@@ -126,8 +141,12 @@ class Predictor:
             calibrated[has] = self.calibration.calibrate(np.asarray(dft_value)[has], features[has])[0]
         return pd.DataFrame(
             {
-                "prediction": out["prediction"].to_numpy(),
-                "uncertainty": out["uncertainty"].to_numpy(),
+                # a metal's gap is 0 eV: no spread to show; the non-metal estimate stays beside it
+                "prediction": np.where(metal, 0.0, value),
+                "uncertainty": np.where(metal, np.nan, spread),
+                "metal": metal if self.metal is not None else [None] * len(items),
+                "metal_probability": metal_p,
+                "nonmetal_prediction": value if self.metal is not None else np.full(len(items), np.nan),
                 "view": [("structure" if g else "composition") + ("+DFT" if np.isfinite(v) else "")
                          for g, v in zip(has_graph, dft_value, strict=True)],
                 "structure_used": structure_used,

@@ -6,8 +6,9 @@ import mlflow.pyfunc
 import pandas as pd
 
 from models.serving.ensemble import EnsemblePredictor
+from models.serving.metal import MetalPredictor
 
-__all__ = ["MatshiftPyfunc"]
+__all__ = ["MatshiftPyfunc", "MetalPyfunc"]
 
 
 class MatshiftPyfunc(mlflow.pyfunc.PythonModel):
@@ -18,3 +19,18 @@ class MatshiftPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.predictor.predict(model_input)
+
+
+class MetalPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow wrapper around :class:`MetalPredictor` (artifact key ``model_dir``).
+
+    Input: ``formula``; output: ``metal_probability`` and ``metal``.
+    """
+
+    def load_context(self, context) -> None:
+        self.predictor = MetalPredictor(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "formula" not in model_input:
+            raise ValueError("input needs a 'formula' column")
+        return self.predictor.predict(model_input["formula"].astype(str).tolist())

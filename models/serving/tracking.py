@@ -17,10 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from models.serving.ensemble import EnsemblePredictor
+from models.serving.metal import MetalPredictor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrackingError", "ensure_store", "log_run"]
+__all__ = ["TrackingError", "ensure_store", "log_metal_run", "log_run"]
 
 # the checkout (or site-packages) that holds the models/ and featurizers/ packages
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +112,37 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
             signature=signature, input_example=example, registered_model_name=registered_name,
             # ship the project's packages with the model so it loads outside this checkout
             # (models/ and featurizers/: serving needs nothing of pipeline/)
+            code_paths=[str(_PACKAGE_ROOT / name) for name in ("models", "featurizers")],
+        )
+        log.info("MLflow run %s logged to %s%s", run.info.run_id, tracking_uri,
+                 f", registered as {registered_name}" if registered_name else "")
+        return run.info.run_id
+
+
+def log_metal_run(*, tracking_uri: str, experiment: str, params: dict[str, Any], metrics: dict[str, Any],
+                  model_dir: Path, registered_name: str | None, example: pd.DataFrame) -> str:
+    """Log the metal stage: parameters, the grouped-CV and per-protocol scores, the card, the classifier."""
+    # MLflow: seconds to import; only when tracking or resolving a registered model
+    import mlflow
+    from mlflow.models import infer_signature
+
+    ensure_store(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="metal") as run:
+        mlflow.log_params({k: str(v) for k, v in params.items()})
+        flat = {f"cv.{k}": v["mean"] for k, v in metrics["grouped_cv"].items()}
+        flat |= {f"cv.{k}_std": v["std"] for k, v in metrics["grouped_cv"].items()}
+        flat |= {f"{proto}.{k}": v for proto, m in metrics["per_protocol"].items() for k, v in m.items()
+                 if isinstance(v, float) and not proto.startswith("grouped_cv")}
+        flat |= {f"served.{k}": v for k, v in metrics["served"].items()}
+        mlflow.log_metrics({k: float(v) for k, v in flat.items() if v == v})  # NaN (a one-class fold) is left out
+        mlflow.log_artifact(str(model_dir / "card.md"))
+        predictor = MetalPredictor(model_dir)
+        signature = infer_signature(example, predictor.predict(example["formula"].tolist()))
+        mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).with_name("pyfunc_metal_code.py")),
+            artifacts={"model_dir": str(model_dir)}, signature=signature, input_example=example,
+            registered_model_name=registered_name,
             code_paths=[str(_PACKAGE_ROOT / name) for name in ("models", "featurizers")],
         )
         log.info("MLflow run %s logged to %s%s", run.info.run_id, tracking_uri,

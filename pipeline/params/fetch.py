@@ -33,6 +33,7 @@ class FetchParams:
     energy_conflict_tol: float = 0.01
     exp_gap_spread_tol: float = 0.2
     exp_enthalpy_spread_tol: float = 0.05
+    metal_gap_conflict_tol: float = 0.1
     mp_api: MPApiParams = field(default_factory=MPApiParams)
 
     def __post_init__(self) -> None:
@@ -42,7 +43,8 @@ class FetchParams:
             raise ValueError(f"sources has duplicates: {self.sources}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        for name in ("gap_conflict_tol", "energy_conflict_tol", "exp_gap_spread_tol", "exp_enthalpy_spread_tol"):
+        for name in ("gap_conflict_tol", "energy_conflict_tol", "exp_gap_spread_tol", "exp_enthalpy_spread_tol",
+                     "metal_gap_conflict_tol"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -39,12 +39,12 @@ class DftRow:
 
 @dataclass
 class ExpRow:
-    """One raw measurement."""
+    """One raw measurement: a property value, or a metal (1) / non-metal (0) class for ``is_metal``."""
 
     row: int
     row_id: str
     formula_raw: Any
-    property: Literal["band_gap", "formation_enthalpy"]
+    property: Literal["band_gap", "formation_enthalpy", "is_metal"]
     value: Any
     content: str
 

@@ -44,6 +44,7 @@ from pipeline.sources.records import (
     ParsedStructure,
     Rejection,
     RowError,
+    check_class,
     check_label,
     check_mp_id,
     formula_key,
@@ -57,8 +58,12 @@ DFT_COLUMNS = [
     "e_above_hull", "nsites", "partial_occupancy", "source",
 ]
 EXP_COLUMNS = ["exp_id", "formula_raw", "formula", "property", "value", "unit", "source"]
+#: ``metal_class.parquet``: measured metal (1) / non-metal (0) classes of compositions.
+METAL_COLUMNS = ["exp_id", "formula_raw", "formula", "is_metal", "source"]
+#: Experimental rows whose ``property`` is a class, not a value: they go to ``metal_class.parquet``.
+CLASS_PROPERTY = "is_metal"
 REJECTED_COLUMNS = ["source", "row", "id", "reason", "content"]
-UNITS = {p.name: p.unit for p in PROPERTIES.values()}
+UNITS = {**{p.name: p.unit for p in PROPERTIES.values()}, CLASS_PROPERTY: "class"}
 LABEL_ONLY_REASON = "labels only: no structure or composition for this mp-id in any source"
 
 
@@ -79,6 +84,8 @@ class FetchResult:
     dft_conflicts: dict[str, Any]
     experiment_conflicts: dict[str, Any]
     structure_fallbacks: dict[str, int]
+    metal_class: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=METAL_COLUMNS))
+    metal_conflicts: dict[str, Any] = field(default_factory=dict)
 
 
 def _reason_kind(reason: str) -> str:
@@ -120,11 +127,13 @@ def merge_tables(
     gap_tol: float = 0.01,
     energy_tol: float = 0.01,
     exp_conflict_tol: dict[str, float] | None = None,
+    metal_gap_tol: float = 0.1,
 ) -> FetchResult:
-    """Validate every row of ``tables`` and build the dft / experiment / rejected tables.
+    """Validate every row of ``tables`` and build the dft / experiment / metal-class / rejected tables.
 
     ``gap_tol`` (eV) and ``energy_tol`` (eV/atom) are the largest differences between two
-    tables' values for one mp-id that do not count as a conflict.
+    tables' values for one mp-id that do not count as a conflict; a formula labelled metal
+    whose measured band gap exceeds ``metal_gap_tol`` (eV) is a metal-class conflict.
     """
     exp_conflict_tol = exp_conflict_tol or {"band_gap": 0.2, "formation_enthalpy": 0.05}
     counts = {t.name: TableCounts(read=t.rows_read) for t in tables}
@@ -139,7 +148,11 @@ def merge_tables(
             except RowError as exc:
                 rejected.append(Rejection(table.name, row.row, truncate(str(row.material_id)), str(exc), row.content))
     dft = merged.frame(counts, rejected)
-    experiment = _experiments([t for t in tables if t.kind == "experiment"], counts, rejected)
+    measured = _experiments([t for t in tables if t.kind == "experiment"], counts, rejected)
+    is_class = measured["property"] == CLASS_PROPERTY
+    experiment = measured[~is_class].reset_index(drop=True)
+    metal = (measured[is_class].rename(columns={"value": "is_metal"})[METAL_COLUMNS]
+             .astype({"is_metal": "int64"}).reset_index(drop=True))
     for rej in rejected:
         counts[rej.source].rejected += 1
         counts[rej.source].reasons[_reason_kind(rej.reason)] += 1
@@ -148,7 +161,8 @@ def merge_tables(
     ).astype({"row": "int64"})
     return FetchResult(dft=dft, experiment=experiment, rejected=rejected_df, counts=counts,
                        dft_conflicts=merged.conflicts(), experiment_conflicts=_spreads(experiment, exp_conflict_tol),
-                       structure_fallbacks=dict(merged.fallbacks))
+                       structure_fallbacks=dict(merged.fallbacks), metal_class=metal,
+                       metal_conflicts=_metal_conflicts(metal, experiment, metal_gap_tol))
 
 
 def _parse_dft(dft_tables: Sequence[SourceTable], *, workers: int
@@ -283,8 +297,11 @@ def _experiments(tables: Sequence[SourceTable], counts: dict[str, TableCounts], 
             try:
                 raw = str(row.formula_raw).strip()
                 formula = formula_key(raw)
-                name = "band_gap" if row.property == "band_gap" else "formation_enthalpy"
-                value = check_label(name, parse_float(row.value, name=row.property))
+                value = parse_float(row.value, name=row.property)
+                if row.property == CLASS_PROPERTY:
+                    value = float(check_class(row.property, value))
+                else:
+                    value = check_label("band_gap" if row.property == "band_gap" else "formation_enthalpy", value)
             except RowError as exc:
                 rejected.append(Rejection(table.name, row.row, row.row_id, str(exc), row.content))
                 continue
@@ -313,6 +330,27 @@ def _spreads(experiment: pd.DataFrame, tolerance: dict[str, float]) -> dict[str,
             "largest": {k: round(v, 4) for k, v in bad.head(10).items()},
         }
     return out
+
+
+def _metal_conflicts(metal: pd.DataFrame, experiment: pd.DataFrame, gap_tol: float) -> dict[str, Any]:
+    """Formulas labelled both metal and non-metal, and formulas labelled metal with a measured gap above ``gap_tol``.
+
+    The rows stay in ``metal_class.parquet`` (they are what the file says); the metal
+    classifier leaves such formulas out of training and evaluation (models/learners/metal.py).
+    """
+    classes = metal.groupby("formula")["is_metal"].nunique()
+    both = sorted(classes.index[classes > 1])
+    gaps = experiment[experiment["property"] == "band_gap"].groupby("formula")["value"].max()
+    metals = metal.loc[metal["is_metal"] == 1, "formula"].unique()
+    gapped = gaps.reindex(metals).dropna()
+    gapped = gapped[gapped > gap_tol].sort_values(ascending=False)
+    return {
+        "formulas_with_both_classes": len(both),
+        "both_classes": both[:20],
+        "gap_tolerance": gap_tol,
+        "labelled_metal_with_measured_gap": len(gapped),
+        "largest": {k: round(float(v), 4) for k, v in gapped.head(20).items()},
+    }
 
 
 def manifest(result: FetchResult, tables: list[SourceTable], *, version: int, params: dict[str, Any], digest: str,
@@ -355,6 +393,12 @@ def manifest(result: FetchResult, tables: list[SourceTable], *, version: int, pa
             "rows": len(result.experiment),
             "rows_per_property": {k: int(v) for k, v in result.experiment["property"].value_counts().sort_index().items()},
             "conflicts": result.experiment_conflicts,
+        },
+        "metal_class": {
+            "rows": len(result.metal_class),
+            "metals": int((result.metal_class["is_metal"] == 1).sum()),
+            "non_metals": int((result.metal_class["is_metal"] == 0).sum()),
+            "conflicts": result.metal_conflicts,
         },
         "rejected": len(result.rejected),
         "seconds": {"read": round(read_seconds, 2), "total": round(total_seconds, 2)},

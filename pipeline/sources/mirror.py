@@ -56,6 +56,7 @@ ORIGINS = {
     "mp/mp_non_metals_band_gap.csv": "CompRhys/roost data/datasets/roost/mp-non-metals.csv",
     "experiment/expt_gap_zhuo2018.csv": "Zhuo et al. 2018 via CompRhys/roost expt-non-metals.csv",
     "experiment/expt_formation_enthalpy_ssub.csv": "qmpy/data/thermodata/ssub.dat (SGTE SSUB)",
+    "experiment/expt_is_metal.csv": "Zhuo et al. 2018 via matbench expt_is_metal (anthony-wang/CrabNet)",
 }
 
 # matminer CSVs: which column holds which label (DFT column name of the contract).
@@ -146,6 +147,7 @@ class MirrorSource(Source):
             "mp/mp_non_metals_band_gap.csv": self._mp_non_metals,
             "experiment/expt_gap_zhuo2018.csv": self._zhuo,
             "experiment/expt_formation_enthalpy_ssub.csv": self._ssub,
+            "experiment/expt_is_metal.csv": self._is_metal,
         }
         for rel, reader in readers.items():
             path = self._path(rel)
@@ -257,6 +259,15 @@ class MirrorSource(Source):
         for row_no, rec, content in _read_plain_csv(path, name, ["formula", "dHf_eV_per_atom"], rejected):
             rows.append(ExpRow(row=row_no, row_id=str(row_no), formula_raw=rec["formula"],
                                property="formation_enthalpy", value=rec["dHf_eV_per_atom"], content=content))
+        return self._table(rel, "experiment", rows, rejected)
+
+    def _is_metal(self, path: Path, rel: str) -> SourceTable:
+        name = _name(rel)
+        rows: list[ExpRow] = []
+        rejected: list[Rejection] = []
+        for row_no, rec, content in _read_plain_csv(path, name, ["formula", "target"], rejected):
+            rows.append(ExpRow(row=row_no, row_id=str(row_no), formula_raw=rec["formula"],
+                               property="is_metal", value=rec["target"], content=content))
         return self._table(rel, "experiment", rows, rejected)
 
 

@@ -83,6 +83,13 @@ def parse_float(value: Any, *, name: str) -> float:
     return out
 
 
+def check_class(name: str, value: float) -> int:
+    """Return a class label, which must be exactly 0 or 1 (``is_metal``: 1 = metal, 0 = non-metal)."""
+    if value not in (0.0, 1.0):
+        raise RowError(f"{name}: class must be 0 or 1, got {value:g}")
+    return int(value)
+
+
 def check_label(name: str, value: float) -> float:
     """Reject physically impossible DFT/experimental values (units: eV or eV/atom)."""
     if name.startswith("band_gap"):

@@ -35,6 +35,7 @@ def fetched(tmp_path_factory):
         "out": out,
         "dft": pd.read_parquet(out / "dft.parquet"),
         "experiment": pd.read_parquet(out / "experiment.parquet"),
+        "metal_class": pd.read_parquet(out / "metal_class.parquet"),
         "rejected": pd.read_parquet(out / "rejected.parquet"),
         "manifest": json.loads((out / "manifest.json").read_text()),
     }
@@ -80,6 +81,20 @@ def test_experiment_table(fetched):
     # two measurements of one alloy stay two rows
     assert list(alloy["formula"]) == ["Cd0.3Hg0.7Te"] * 2
     assert list(alloy["value"]) == [0.35, 0.27]
+
+
+def test_metal_class_table_and_its_conflicts(fetched):
+    metal = fetched["metal_class"]
+    assert list(metal.columns) == ["exp_id", "formula_raw", "formula", "is_metal", "source"]
+    assert len(metal) == 3612 and metal["exp_id"].is_unique
+    assert metal["is_metal"].value_counts().to_dict() == {1: 2081, 0: 1531}  # the datasets README's file
+    assert set(metal["source"]) == {"expt_is_metal"}
+    assert "is_metal" not in set(fetched["experiment"]["property"])  # classes are not measurements
+    summary = fetched["manifest"]["metal_class"]
+    assert summary["rows"] == 3612 and summary["metals"] == 2081
+    # labelled metal, but a 1.2 eV gap was measured for it: reported, never silently trusted
+    assert summary["conflicts"]["labelled_metal_with_measured_gap"] == 1
+    assert list(summary["conflicts"]["largest"]) == ["CoPbO3"]
 
 
 def test_every_row_is_kept_or_rejected_per_source(fetched):

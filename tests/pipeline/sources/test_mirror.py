@@ -45,6 +45,7 @@ def test_every_file_is_read_with_its_documented_row_count(tables):
         "megnet_gappbe": 69239, "megnet_e_form": 69239,
         "multifidelity_band_gaps": 52348 + 6030 + 2290 + 472 + 2703 + 278,
         "mp_non_metals_band_gap": 43921, "expt_gap_zhuo2018": 3344, "expt_formation_enthalpy_ssub": 1778,
+        "expt_is_metal": 3612,
     }
 
 

@@ -116,3 +116,34 @@ def test_experiment_duplicates_exact_rejected_conflicting_kept():
     assert set(exp["unit"]) == {"eV"}
     assert sorted(result.rejected["row"]) == [3, 5]
     assert result.experiment_conflicts["band_gap"]["largest"] == {"GaAs": pytest.approx(0.58)}
+
+
+def test_metal_classes_are_validated_split_out_and_checked_against_measured_gaps():
+    gaps = [
+        ExpRow(row=1, row_id="1", formula_raw="GaAs", property="band_gap", value="1.42", content=""),
+        ExpRow(row=2, row_id="2", formula_raw="CoPbO3", property="band_gap", value="1.2", content=""),
+    ]
+    classes = [
+        ExpRow(row=1, row_id="1", formula_raw="Cu3Au", property="is_metal", value="1", content=""),
+        ExpRow(row=2, row_id="2", formula_raw="GaAs", property="is_metal", value="0", content=""),
+        ExpRow(row=3, row_id="3", formula_raw="CoPbO3", property="is_metal", value="1", content=""),
+        ExpRow(row=4, row_id="4", formula_raw="Fe", property="is_metal", value="2", content=""),
+        ExpRow(row=5, row_id="5", formula_raw="Al", property="is_metal", value="yes", content=""),
+        ExpRow(row=6, row_id="6", formula_raw="Cu3Au", property="is_metal", value="1.0", content=""),
+        ExpRow(row=7, row_id="7", formula_raw="Ni", property="is_metal", value="1", content=""),
+        ExpRow(row=8, row_id="8", formula_raw="Ni1", property="is_metal", value="0", content=""),
+    ]
+    result = merge_tables([_table("gap", "experiment", gaps), _table("cls", "experiment", classes)], workers=1,
+                          metal_gap_tol=0.1)
+    assert set(result.experiment["property"]) == {"band_gap"}  # classes never mix with measurements
+    metal = result.metal_class
+    assert list(metal.columns) == ["exp_id", "formula_raw", "formula", "is_metal", "source"]
+    assert list(metal["exp_id"]) == ["cls:1", "cls:2", "cls:3", "cls:7", "cls:8"]
+    assert metal["is_metal"].dtype == "int64" and list(metal["is_metal"]) == [1, 0, 1, 1, 0]
+    reasons = result.rejected.set_index(["source", "row"])["reason"]
+    assert reasons["cls", 4] == "is_metal: class must be 0 or 1, got 2"
+    assert "not a number" in reasons["cls", 5]
+    assert reasons["cls", 6].startswith("exact duplicate of row 1")
+    assert result.metal_conflicts["both_classes"] == ["Ni"]
+    assert result.metal_conflicts["largest"] == {"CoPbO3": 1.2}
+    assert result.counts["cls"].read == result.counts["cls"].kept + result.counts["cls"].rejected == 8

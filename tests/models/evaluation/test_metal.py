@@ -1,0 +1,71 @@
+"""Cross-validation of the metal classifier: labels, leak-free folds, the combined band-gap scores."""
+
+import numpy as np
+import pandas as pd
+
+from models.evaluation import (
+    MetalData,
+    grouped_kfold,
+    metal_cv,
+    metal_labels,
+    metal_metrics,
+    paired_bootstrap,
+)
+from models.learners import MetalClassifier, MetalConfig, StackConfig, dft_metal_table
+from tests.models.learners.test_metal import SMALL, synthetic
+
+
+def test_labels_add_measured_gaps_as_non_metals_and_drop_conflicts():
+    classes = pd.DataFrame({"formula": ["Cu", "NaCl", "CoPbO3", "Fe", "Fe"], "is_metal": [1, 0, 1, 1, 0]})
+    gaps = pd.DataFrame({"formula": ["NaCl", "GaAs", "GaAs", "CoPbO3", "Cu"], "value": [8.5, 1.4, 1.5, 1.2, 0.05]})
+    labels, left = metal_labels(classes, gaps, gap_tol=0.1)
+    assert labels.to_dict() == {"Cu": 1, "GaAs": 0, "NaCl": 0}  # Cu's 0.05 eV is within the tolerance
+    assert left == {"labelled_both_ways": ["Fe"], "labelled_metal_with_measured_gap": ["CoPbO3"]}
+
+
+def test_paired_bootstrap_interval_covers_the_mean_difference():
+    rng = np.random.default_rng(0)
+    a = rng.normal(1.0, 0.3, 400)
+    diff, low, high = paired_bootstrap(a + 0.2, a)
+    assert abs(diff - 0.2) < 1e-12
+    assert high - low < 1e-9  # a constant difference has no spread
+    diff, low, high = paired_bootstrap(a + rng.normal(0, 0.1, 400), a)
+    assert low < diff < high and low < 0 < high
+
+
+def test_cross_validation_is_leak_free_and_the_classifier_helps_the_all_compositions_error():
+    formulas, desc, metal, dft = synthetic(240, seed=1)
+    rng = np.random.default_rng(2)
+    nonmetals = [f for f, m in zip(formulas, metal, strict=True) if m == 0]
+    gap_of = dict(zip(formulas, 1.0 + np.abs(desc["d2"]) + 0.5 * desc["d1"].clip(lower=0), strict=True))
+    gaps = pd.DataFrame({"formula": nonmetals, "value": [gap_of[f] + rng.normal(0, 0.05) for f in nonmetals]})
+    classes = pd.DataFrame({"formula": formulas, "is_metal": metal})
+    labels, _ = metal_labels(classes, gaps, gap_tol=0.1)
+    table = dft_metal_table(dft)
+    clf = MetalClassifier(SMALL, dft_table=table).fit_surrogates(desc)
+    ref = table["dft_gap"]
+    data = MetalData(labels=labels, gaps=gaps, descriptors=desc, classifier=clf,
+                     stack=StackConfig(trees=40, leaves=7, bags=1, n_jobs=1, surrogate_trees=20, clamp_min=0.0),
+                     dft_reference=ref, extra_reference={}, gap_surrogate=clf.gap_surrogate)
+    folds = grouped_kfold(list(labels.index), n_folds=3, seed=0)
+    per_formula, per_row = metal_cv(data, folds, inner_folds=3)
+    # every labelled formula is tested exactly once, by a fold that did not train on it
+    assert sorted(per_formula["formula"]) == sorted(labels.index)
+    for fold in folds:
+        tested = set(per_formula.loc[per_formula["fold"] == fold.name, "formula"])
+        assert tested == set(labels.index[fold.test]) and not tested & set(labels.index[fold.train])
+    called = per_row["formula"].map(per_formula.set_index("formula")["called_metal"])
+    assert (per_row.loc[called, "combined"] == 0).all()
+    assert (per_row.loc[~called, "combined"] == per_row.loc[~called, "regressor"]).all()
+    m = metal_metrics(per_formula, per_row)
+    assert m["roc_auc"] > 0.85 and m["rows_all_compositions"] == len(gaps) + int(metal.sum())
+    assert m["mae_all"] < m["mae_all_regressor_only"]
+    assert 0 < m["threshold_mean"] < 1
+    low, high = m["nonmetal_mae_difference_ci95"]
+    assert low <= m["nonmetal_mae_difference"] <= high
+    assert m["nonmetal_mae_difference"] == m["mae_nonmetal"] - m["mae_nonmetal_regressor_only"] or abs(
+        m["nonmetal_mae_difference"] - (m["mae_nonmetal"] - m["mae_nonmetal_regressor_only"])) < 1e-12
+
+
+def test_config_defaults_are_valid():
+    assert MetalConfig().surrogate_config().surrogate_trees == MetalConfig().surrogate_trees

@@ -1,0 +1,104 @@
+"""The metal classifier on synthetic compositions: it learns the rule, round-trips on disk, refuses bad input."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.learners import (
+    DFT_METAL_COLUMNS,
+    MetalClassifier,
+    MetalConfig,
+    choose_threshold,
+    dft_metal_table,
+    load_metal,
+    save_metal,
+)
+
+SMALL = MetalConfig(trees=60, leaves=7, bags=2, surrogate_trees=30, surrogate_leaves=7, min_child_samples=5, n_jobs=1)
+
+
+def synthetic(n: int = 300, seed: int = 0):
+    """Formulas ``X{i}``; metal when d0 + 0.3 d1 > 0; DFT entries (PBE gap, two polymorphs) for a third of them."""
+    rng = np.random.default_rng(seed)
+    formulas = [f"Na{i + 1}Cl" for i in range(n)]
+    d = rng.normal(size=(n, 3))
+    metal = (d[:, 0] + 0.3 * d[:, 1] > 0).astype(int)
+    desc = pd.DataFrame({"formula": formulas, "d0": d[:, 0], "d1": d[:, 1], "d2": d[:, 2]})
+    covered = np.arange(0, n, 3)
+    gap = np.where(metal[covered] == 1, 0.0, 1.0 + np.abs(d[covered, 2]))
+    dft = pd.DataFrame({"formula": [formulas[i] for i in covered for _ in range(2)],
+                        "material_id": [f"mp-{i}-{k}" for i in covered for k in range(2)],
+                        "dft_value": np.repeat(gap, 2) + np.tile([0.0, 0.5], len(covered)),
+                        "stability": np.tile([-1.0, -0.5], len(covered))})
+    return formulas, desc, metal, dft
+
+
+def test_dft_table_summarises_polymorphs():
+    dft = pd.DataFrame({"formula": ["A", "A", "B"], "material_id": ["m1", "m2", "m3"], "dft_value": [0.0, 1.2, 2.0],
+                        "stability": [-0.5, -1.0, -1.0]})
+    table = dft_metal_table(dft)
+    assert list(table.columns) == list(DFT_METAL_COLUMNS)
+    assert table.loc["A"].tolist() == [2.0, 0.0, 1.2, 0.5]  # the most stable polymorph (m2) is gapped
+    assert table.loc["B"].tolist() == [1.0, 2.0, 2.0, 0.0]
+
+
+def test_classifier_learns_the_rule_and_round_trips(tmp_path):
+    formulas, desc, metal, dft = synthetic()
+    train, test = np.arange(200), np.arange(200, 300)
+    clf = MetalClassifier(SMALL, dft_table=dft_metal_table(dft)).fit(desc, [formulas[i] for i in train], metal[train])
+    p = clf.predict_proba(desc, [formulas[i] for i in test])
+    assert ((p >= 0.5) == metal[test]).mean() > 0.85
+    save_metal(clf, tmp_path / "m", threshold=0.4)
+    loaded, extra = load_metal(tmp_path / "m")
+    assert extra["threshold"] == 0.4
+    np.testing.assert_allclose(loaded.predict_proba(desc, [formulas[i] for i in test]), p, rtol=1e-6, atol=1e-9)
+
+
+def test_tampered_file_is_refused(tmp_path):
+    formulas, desc, metal, dft = synthetic()
+    clf = MetalClassifier(SMALL, dft_table=dft_metal_table(dft)).fit(desc, formulas, metal)
+    save_metal(clf, tmp_path / "m", threshold=0.5)
+    path = tmp_path / "m" / "classifier_0.txt"
+    path.write_text(path.read_text() + "\n")
+    with pytest.raises(ValueError, match="sha256"):
+        load_metal(tmp_path / "m")
+
+
+@pytest.mark.parametrize(("classes", "message"), [
+    ("two", r"0 \(non-metal\) or 1"),
+    ("dup", "one class per formula"),
+    ("few", "need >= 5 metals"),
+])
+def test_bad_training_input_is_refused(classes, message):
+    formulas, desc, metal, dft = synthetic(60)
+    clf = MetalClassifier(SMALL, dft_table=dft_metal_table(dft))
+    y = metal.copy()
+    if classes == "two":
+        y[0] = 2
+    elif classes == "dup":
+        formulas = [formulas[0], *formulas[1:-1], formulas[0]]
+    else:
+        y = np.zeros_like(y)
+        y[:3] = 1
+    with pytest.raises(ValueError, match=message):
+        clf.fit(desc, formulas, y)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match=r"MetalConfig\.bags"):
+        MetalConfig(bags=0)
+    with pytest.raises(ValueError, match=r"MetalConfig\.lr"):
+        MetalConfig(lr=2.0)
+
+
+def test_threshold_minimises_the_added_error():
+    p = np.array([0.1, 0.3, 0.6, 0.8, 0.2, 0.7])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    # a non-metal at p=0.6 with a 3 eV gap must not be called metal; the metal at p=0.2 costs 0.5 eV if missed
+    missed = np.array([0, 0, 0, 1.0, 0.5, 1.0])
+    false = np.array([1.0, 1.0, 3.0, 0, 0, 0])
+    t = choose_threshold(p, y, cost_if_missed=missed, cost_if_false=false)
+    assert 0.6 < t <= 0.7
+    # with a cheap false call at 0.6 and an expensive missed metal at 0.2, the threshold drops below 0.2
+    t = choose_threshold(p, y, cost_if_missed=np.array([0, 0, 0, 1.0, 4.0, 1.0]), cost_if_false=np.array([1, 1, 0.1, 0, 0, 0]))
+    assert t <= 0.2
