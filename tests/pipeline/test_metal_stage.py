@@ -1,0 +1,119 @@
+"""The metal stage on a sample of the real mirror, and `matshift predict` calling metals metal (issue 17's pin)."""
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from featurizers.chemistry import FormulaError, reduced_formula
+from featurizers.composition import composition_descriptors
+from featurizers.settings import DESCRIPTOR_SETS
+from pipeline import train as train_stage
+from pipeline.cli import main
+from tests.data import MIRROR, TRAIN_FORMULAS, train_inputs, train_params
+
+pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="offline mirror ../shared/datasets not present")
+
+PINNED = ("Cu3Au", "Fe", "Al2O3", "GaAs")  # none of them is in the sample below or in expt_is_metal.csv
+
+
+def _reduced(text: str) -> str | None:
+    try:
+        return reduced_formula(text)
+    except FormulaError:
+        return None
+
+
+def _metal_inputs(root) -> None:
+    """data/raw and data/features from the mirror: 500 labelled compositions, their gaps, 400 DFT entries."""
+    rng = np.random.default_rng(0)
+    classes = pd.read_csv(MIRROR / "experiment/expt_is_metal.csv").assign(formula=lambda f: f["formula"].map(_reduced))
+    classes = classes.dropna().drop_duplicates("formula")
+    classes = classes[~classes["formula"].isin(PINNED)].iloc[rng.permutation(len(classes))[:500]]
+    gaps = pd.read_csv(MIRROR / "experiment/expt_gap_zhuo2018.csv").assign(
+        formula=lambda f: f["composition"].map(_reduced)).dropna()
+    gaps = gaps[gaps["formula"].isin(set(classes.loc[classes["target"] == 0, "formula"]))]
+    dft = pd.read_csv(MIRROR / "mp/mp_non_metals_band_gap.csv").assign(
+        formula=lambda f: f["composition"].map(_reduced)).dropna()
+    # DFT knows the two pinned non-metals (as the full mirror does) and 400 other entries
+    dft = pd.concat([dft[dft["formula"].isin(PINNED)], dft.iloc[rng.permutation(len(dft))[:400]]])
+    raw, features = root / "raw", root / "features"
+    raw.mkdir()
+    features.mkdir()
+    pd.DataFrame({"exp_id": [f"m:{i}" for i in range(len(classes))], "formula": classes["formula"],
+                  "is_metal": classes["target"]}).to_parquet(raw / "metal_class.parquet")
+    pd.DataFrame({"exp_id": [f"g:{i}" for i in range(len(gaps))], "formula": gaps["formula"], "property": "band_gap",
+                  "value": gaps["Eg"]}).to_parquet(raw / "experiment.parquet")
+    pd.DataFrame({"material_id": dft["material_id"], "formula": dft["formula"], "band_gap_pbe": dft["band_gap"],
+                  "formation_energy_per_atom": -1.0}).to_parquet(raw / "dft.parquet")
+    formulas = sorted(set(classes["formula"]) | set(gaps["formula"]) | set(dft["formula"]))
+    composition_descriptors(formulas, sets=DESCRIPTOR_SETS).frame.to_parquet(features / "descriptors.parquet")
+    pd.DataFrame({"id": dft["material_id"], "domain": "dft", "crystal_system": ""}).to_parquet(features / "index.parquet")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("metal")
+    _metal_inputs(root)
+    # the band-gap model: the tiny train-stage model, on real descriptors so new formulas can be featurized
+    gap_root = root / "gap"
+    gap_root.mkdir()
+    train_inputs(gap_root)
+    composition_descriptors(TRAIN_FORMULAS, sets=DESCRIPTOR_SETS).frame.to_parquet(gap_root / "features/descriptors.parquet")
+    assert train_stage.run(argparse.Namespace(params=train_params(gap_root), property="band_gap", no_mlflow=True)) == 0
+    params = {
+        "train": {"raw_dir": str(gap_root / "raw"), "features_dir": str(gap_root / "features"),
+                  "aligned_dir": str(gap_root / "aligned"), "out_dir": str(gap_root / "models"),
+                  "stack": {"surrogate_trees": 30, "trees": 60, "n_jobs": 1}},
+        "metal": {"raw_dir": str(root / "raw"), "features_dir": str(root / "features"), "out_dir": str(root / "metal"),
+                  "metrics_dir": str(root / "metrics"), "plots_dir": str(root / "plots"),
+                  "classifier": {"trees": 150, "bags": 1, "surrogate_trees": 40, "n_jobs": 1},
+                  "cv_seeds": [0], "n_folds": 3, "inner_folds": 3, "protocols": ["family_out"], "regressor_bags": 1},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["metal", "--params", str(root / "params.yaml"), "--no-mlflow"]) == 0
+    return root
+
+
+def test_metal_stage_writes_scores_card_and_model(workdir):
+    metrics = json.loads((workdir / "metrics/metal.json").read_text())
+    cv = metrics["per_protocol"]["grouped_cv_seed0"]
+    assert cv["formulas"] >= 490 and 0 < cv["metals"] < cv["formulas"]
+    assert cv["roc_auc"] > 0.85  # composition + DFT separate metals well even from 500 formulas
+    assert cv["mae_all"] < cv["mae_all_regressor_only"]  # calling metals metal lowers the all-compositions error
+    assert {"family_out", "grouped_cv_seed0"} == set(metrics["per_protocol"])
+    assert 0.05 <= metrics["served"]["threshold"] <= 0.95
+    card = (workdir / "metal/card.md").read_text()
+    assert f"Threshold {metrics['served']['threshold']:.2f}" in card and "precision" in card
+    assert (workdir / "plots/metal/roc.png").stat().st_size > 0
+
+
+def test_predict_calls_metals_metal_and_keeps_non_metal_gaps(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    out = workdir / "pred.json"
+    assert main(["predict", *PINNED, "--params", "params.yaml", "--output", str(out)]) == 0
+    rows = {r["input"]: r for r in json.loads(out.read_text())}
+    for metal in ("Cu3Au", "Fe"):
+        r = rows[metal]
+        assert r["metal"] is True and r["metal_probability"] >= 0.5
+        assert r["prediction"] == 0.0 and r["uncertainty"] is None  # no spread is shown for a 0 eV call
+        assert r["nonmetal_prediction"] > 0  # the non-metal estimate stays available
+    for non_metal in ("Al2O3", "GaAs"):
+        r = rows[non_metal]
+        assert r["metal"] is False and r["metal_probability"] < 0.5
+        assert r["prediction"] == r["nonmetal_prediction"] > 0
+
+
+def test_predict_without_the_classifier_and_the_table(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    assert main(["predict", "Cu3Au", "GaAs", "--params", "params.yaml", "--no-metal", "--output", "plain.json"]) == 0
+    rows = json.loads((workdir / "plain.json").read_text())
+    assert all(r["metal"] is None and r["prediction"] > 0 for r in rows)
+    assert main(["predict", "Cu3Au", "GaAs", "--params", "params.yaml"]) == 0
+    table = capsys.readouterr().out
+    line = next(x for x in table.splitlines() if x.startswith("Cu3Au"))
+    assert "METAL" in line and "non-metal estimate" in line and "0.000 eV" in line
+    assert "METAL" not in next(x for x in table.splitlines() if x.startswith("GaAs"))
