@@ -59,8 +59,8 @@ def parse_cif(path: Path | str, *, max_sites: int = 500) -> ParsedInput | InputP
     shown = str(path)
     try:
         size = path.stat().st_size
-    except OSError as exc:
-        return InputProblem(shown, "cif", f"cannot read CIF file: {exc.strerror or exc}")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
+        return InputProblem(shown, "cif", f"cannot read CIF file: {getattr(exc, 'strerror', None) or exc}")
     if size == 0:
         return InputProblem(shown, "cif", "CIF file is empty")
     if size > MAX_CIF_BYTES:

@@ -17,9 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_formula_input
-from models import write_csv, write_text
 from models.properties import PROPERTY_NAMES, get_property
-from models.serving import ModelNotFoundError, Predictor, format_table, predict_items
+from models.serving import ModelNotFoundError, Predictor, format_table, predict_items, write_table
 from pipeline import readers
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.errors import MatshiftError
@@ -44,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
     parser.add_argument("--no-metal", action="store_true", help="band gaps: skip the metal classifier "
                         "(data/models/metal); every row gets the non-metal gap estimate")
+    parser.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the conformal prediction "
+                        "intervals `lower`..`upper` (default: %(default)s)")
 
 
 def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputProblem]:
@@ -52,8 +53,8 @@ def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputPro
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError as exc:
         raise MatshiftError(f"input file {path} does not exist") from exc
-    except OSError as exc:  # a directory, no permission: a message, not a traceback
-        raise MatshiftError(f"input file {path} cannot be read: {exc.strerror or exc}") from exc
+    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the name: a message, not a traceback
+        raise MatshiftError(f"input file {path!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise MatshiftError(f"input file {path} is not a readable CSV: {exc}") from exc
     columns = {c.strip().lower(): c for c in frame.columns}
@@ -135,15 +136,11 @@ def run(args: argparse.Namespace) -> int:
         named = p.input.strip() and repr(p.input.strip()) in p.reason  # formula errors name it already
         print(f"matshift predict: {p.reason if named else f'{p.kind} {p.input!r}: {p.reason}'}", file=sys.stderr)
     predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal)
-    frame = predict_items(items, predictor, unit=get_property(args.property).unit)
+    if not 0 < args.coverage < 1:
+        raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
+    frame = predict_items(items, predictor, unit=get_property(args.property).unit, coverage=args.coverage)
     if args.output is not None:
-        suffix = args.output.suffix.lower()
-        if suffix == ".json":
-            write_text(args.output, frame.to_json(orient="records", indent=2) + "\n")
-        elif suffix == ".csv":
-            write_csv(args.output, frame)
-        else:
-            raise MatshiftError(f"--output {args.output}: use a .csv or .json file name")
+        write_table(args.output, frame)
         log.info("wrote %d rows to %s", len(frame), args.output)
     else:
         print(format_table(frame))

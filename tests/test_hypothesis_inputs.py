@@ -228,11 +228,13 @@ class _FakePredictor:
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    def predict(self, items):
+    def predict(self, items, *, coverage=None):
         self.seen += [i.formula for i in items]
+        n = len(items)
         return pd.DataFrame({
-            "prediction": [1.5] * len(items), "uncertainty": [0.1] * len(items), "view": "composition",
-            "structure_used": "none", "dft_value": float("nan"), "ad_score": 50.0, "ad_warning": False,
+            "prediction": [1.5] * n, "lower": [1.0] * n, "upper": [2.0] * n, "coverage": 0.9, "bag_spread": [0.1] * n,
+            "view": "composition", "structure_used": "none", "dft_value": float("nan"), "ad_score": 50.0,
+            "ad_warning": False,
         })
 
 
@@ -258,7 +260,7 @@ def test_cli_predict_flags_exactly_the_invalid_inputs(tokens):
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None: fake)
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True: fake)
         mp.setattr(cli, "build_parser", _PARSER)  # built once: 1,000 runs of main() stay fast
         try:
             code = main(["predict", "--", *tokens])
@@ -291,7 +293,7 @@ def test_cli_predict_arguments_never_give_a_traceback(argv):
         contextlib.redirect_stderr(err),
     ):
         mp.chdir(_EMPTY_DIR)
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None: _FakePredictor())
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True: _FakePredictor())
         mp.setattr(cli, "build_parser", _PARSER)
         try:
             code = main(["predict", *argv])

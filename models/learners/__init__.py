@@ -3,7 +3,7 @@
 Layer: above :mod:`models.transport` and :mod:`models.nets`, below evaluation and serving.
 ``config`` holds the training settings validated from ``params.yaml`` (:class:`FitConfig`);
 ``table``, ``losses``, ``training``, ``distributed`` train the GNNs; ``baselines``,
-``stacked``, ``shift_field`` are the other models, ``metal`` the metal classifier; ``applicability`` scores inputs against the
+``stacked``, ``shift_field`` are the other models, ``metal`` the metal classifier, ``intervals`` the conformal prediction intervals; ``applicability`` scores inputs against the
 training data; ``fit`` fits and writes everything for one property (the train stage).
 Torch and scikit-learn modules are imported on first use of one of their names, so serving
 the stacked model imports neither.
@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from models._io import lazy_exports
-from models.learners import applicability, config, metal, shift_field, stacked
+from models.learners import applicability, config, intervals, metal, shift_field, stacked
 from models.learners.applicability import *
 from models.learners.config import *
+from models.learners.intervals import *
 from models.learners.metal import *
 from models.learners.shift_field import *
 from models.learners.stacked import *
@@ -54,4 +55,4 @@ _LAZY = {
 }
 __getattr__ = lazy_exports(__name__, {name: module for module, names in _LAZY.items() for name in names})
 
-__all__ = [*config.__all__, *metal.__all__, *shift_field.__all__, *stacked.__all__, *applicability.__all__, *(name for names in _LAZY.values() for name in names)]
+__all__ = [*config.__all__, *intervals.__all__, *metal.__all__, *shift_field.__all__, *stacked.__all__, *applicability.__all__, *(name for names in _LAZY.values() for name in names)]

@@ -169,6 +169,31 @@ class StackSettings:
 
 
 @dataclass(frozen=True)
+class IntervalConfig:
+    """Settings of the conformal prediction intervals (:class:`models.learners.ConformalIntervals`; ``train.intervals``).
+
+    ``folds``: grouped folds of the out-of-fold residuals (by formula); ``bags``: boosters of
+    each fold's model (1: cheap; the residual distribution is what matters).
+    """
+
+    coverage: float = 0.9
+    folds: int = 5
+    bags: int = 1
+    k_residual: int = 25
+    k_distance: int = 5
+    distance_power: float = 0.5
+    beta: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.coverage < 1.0:
+            raise ValueError(f"IntervalConfig.coverage must be in (0, 1), got {self.coverage}")
+        if self.folds < 2 or min(self.bags, self.k_residual, self.k_distance) < 1:
+            raise ValueError("IntervalConfig: folds must be >= 2 and bags, k_residual, k_distance >= 1")
+        if self.distance_power < 0 or self.beta <= 0:
+            raise ValueError("IntervalConfig: distance_power must be >= 0 and beta > 0")
+
+
+@dataclass(frozen=True)
 class FitConfig:
     """Everything :func:`models.learners.fit_property` fits for one property (``train`` in params.yaml, less paths).
 
@@ -188,6 +213,8 @@ class FitConfig:
     optim: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, pretrain_epochs=4, dft_batch_size=128,
                                                                    patience=8, freeze_encoder=True))
     stack: StackSettings = field(default_factory=StackSettings)
+    # conformal intervals around the served (stacked) model's predictions
+    intervals: IntervalConfig = field(default_factory=IntervalConfig)
 
     def __post_init__(self) -> None:
         if self.members < 1:
@@ -259,4 +286,4 @@ class MetalConfig:
                            colsample=self.colsample, subsample=self.subsample, seed=self.seed, n_jobs=self.n_jobs)
 
 
-__all__ = ["FitConfig", "MetalConfig", "ModelConfig", "StackConfig", "StackSettings", "TrainConfig"]
+__all__ = ["FitConfig", "IntervalConfig", "MetalConfig", "ModelConfig", "StackConfig", "StackSettings", "TrainConfig"]

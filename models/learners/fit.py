@@ -5,8 +5,12 @@
 optionally ``material_id`` and the align stage's ``calibrated_target``/``confidence``;
 measurements with ``formula``, ``value``; descriptors keyed by ``formula``. The measured
 formulas are split once (grouped, seeded) into a training and a selection part; all models are
-fitted on the training part and scored on the selection part. :func:`write_outputs` writes
-everything a later ``predict`` needs into a directory.
+fitted on the training part and scored on the selection part. With the stacked model, the
+conformal prediction intervals (:class:`models.learners.ConformalIntervals`) are calibrated
+on out-of-fold residuals of the training part (grouped folds; each fold's stacked model
+without OT features, ``intervals.bags`` boosters, sharing the DFT surrogate) and checked on
+the selection part (``interval_coverage_selection``, ``interval_width_selection``).
+:func:`write_outputs` writes everything a later ``predict`` needs into a directory.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import torch
 
 from models._io import write_manifest
 from models.learners.baselines import DescriptorForest, LinearCalibration, RawDFT, mae, save_forest
-from models.learners.config import FitConfig, StackConfig, TrainConfig
+from models.learners.config import FitConfig, IntervalConfig, StackConfig, TrainConfig
+from models.learners.intervals import ConformalIntervals, out_of_fold
 from models.learners.shift_field import ShiftField
-from models.learners.stacked import StackedModel, save_stacked
+from models.learners.stacked import StackedModel, descriptor_matrix, save_stacked
 from models.learners.table import EntryTable, grouped_split
 from models.learners.training import (
     DataParallelHook,
@@ -57,6 +62,7 @@ class FitResult:
     blend_weight: float = 0.0
     # reduced formulas of the training measurements: the applicability domain's reference set
     measured_formulas: list[str] | None = None
+    intervals: ConformalIntervals | None = None
 
 
 @dataclass
@@ -116,18 +122,28 @@ def fit_property(
         "gnn_ot_std": preds["gnn_ot"].experiment_std,
     })
     stack_config = config.stack_config(prop)
-    stacked = None
+    stacked, intervals = None, None
     if stack_config is not None:
         stacked = _fit_stacked(dft, descriptors, ref, split, selection, stack_config,
                                extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features)
         served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
         w = config.stack.blend_weight
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
+        intervals = _fit_intervals(descriptors, split, stacked, replace(stack_config, bags=config.intervals.bags),
+                                   config.intervals, prop, seed=config.seed)
+        x_sel = descriptor_matrix(descriptors, sel["formula"].tolist(), stacked.surrogate.columns_)
+        selection["lower"], selection["upper"] = intervals.interval(selection["served"].to_numpy(), x_sel,
+                                                                    sel["formula"].tolist())
+    metrics = _selection_metrics(selection)
+    if intervals is not None:
+        inside = (selection["value"] >= selection["lower"]) & (selection["value"] <= selection["upper"])
+        metrics |= {"interval_coverage_selection": float(inside.mean()),
+                    "interval_width_selection": float((selection["upper"] - selection["lower"]).mean())}
     return FitResult(members=fitted["gnn_ot"], members_no_ot=fitted["gnn_no_ot"], linear=linear, forest=forest,
-                     dft_reference=ref, metrics=_selection_metrics(selection), selection=selection,
+                     dft_reference=ref, metrics=metrics, selection=selection,
                      seconds=time.perf_counter() - t0, stacked=stacked,
                      blend_weight=config.stack.blend_weight if stacked is not None else 0.0,
-                     measured_formulas=sorted(set(tr["formula"])))
+                     measured_formulas=sorted(set(tr["formula"])), intervals=intervals)
 
 
 def _split(dft: pd.DataFrame, experiment: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series,
@@ -185,6 +201,22 @@ def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, s
     return stacked
 
 
+def _fit_intervals(descriptors: pd.DataFrame, split: _Split, stacked: StackedModel, config: StackConfig,
+                   settings: IntervalConfig, prop: Property, *, seed: int) -> ConformalIntervals:
+    """Calibrate the conformal intervals on out-of-fold residuals of the training part (see the module docstring)."""
+    tr = split.tr
+
+    def fit_predict(formulas: list[str], y: np.ndarray, test: list[str]) -> np.ndarray:
+        model = StackedModel(config, dft_reference=stacked.dft_reference, surrogate=stacked.surrogate,
+                             extra_reference=stacked.extra_reference)
+        return model.fit(descriptors, formulas, y).predict(descriptors, test)
+
+    y = tr["value"].to_numpy(float)
+    oof = out_of_fold(fit_predict, tr["formula"].tolist(), y, folds=settings.folds, seed=seed)
+    x = descriptor_matrix(descriptors, tr["formula"].tolist(), stacked.surrogate.columns_)
+    return ConformalIntervals(settings, clamp_min=prop.clamp_min).fit(x, tr["formula"].tolist(), y - oof)
+
+
 def _selection_metrics(selection: pd.DataFrame) -> dict[str, float]:
     """MAE of every model on the selection rows, raw DFT on the rows that have a DFT value, and the coverage."""
     scored = [m for m in ("raw_dft", "linear_dft", "rf_descriptors", "gnn_no_ot", "gnn_ot", "stacked", "stacked_ot",
@@ -227,6 +259,11 @@ def write_outputs(result: FitResult, directory: Path, *, descriptors: pd.DataFra
         # served prediction: blend_weight * stacked + (1 - blend_weight) * GNN ensemble (models.serving)
         save_stacked(result.stacked, directory / "stacked")  # JSON + LightGBM text files, no pickle
         meta["stacked"] = {"dir": "stacked", "blend_weight": result.blend_weight}
+    if result.intervals is not None:
+        result.intervals.save(directory / "intervals")  # JSON + npz, no pickle
+        meta["intervals"] = {"dir": "intervals", "method": "normalised conformal (crepes), out-of-fold residuals",
+                             "coverage": result.intervals.config.coverage,
+                             "calibration": result.intervals.calibration_summary()}
     (directory / "ensemble.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     (directory / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
     (directory / "baselines.json").write_text(json.dumps(

@@ -3,11 +3,14 @@
 The MLflow ``pyfunc`` wrapper lives in :mod:`models.serving.pyfunc`, so serving does not import MLflow.
 
 Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, the DFT value
-of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction`` and
-``uncertainty`` (the ensemble's standard deviation), one row per input row. When the train
-stage saved a multi-fidelity stacked model (``ensemble.json`` key ``stacked``), the prediction
-is ``w * stacked + (1 - w) * ensemble`` with the saved weight ``w`` and the uncertainty
-combines both ensembles' spreads (GNN members, stacked bags). With ``w = 1`` (the default) the
+of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction``,
+``bag_spread`` (the ensemble's standard deviation: a diagnostic, not an error bar) and, when
+the train stage calibrated conformal intervals (``ensemble.json`` key ``intervals``),
+``lower`` / ``upper`` at the nominal coverage (:class:`models.learners.ConformalIntervals`),
+one row per input row. When the train stage saved a multi-fidelity stacked model
+(``ensemble.json`` key ``stacked``), the prediction is ``w * stacked + (1 - w) * ensemble``
+with the saved weight ``w`` and the bag spread combines both ensembles' spreads (GNN
+members, stacked bags); the intervals are calibrated for the stacked model (``w = 1``). With ``w = 1`` (the default) the
 GNN members take no part in the served value, so they are loaded only on demand and
 ``torch``/PyTorch Geometric are never imported: the first prediction takes about a second
 instead of several. Descriptors for
@@ -32,7 +35,7 @@ import pandas as pd
 from featurizers.chemistry import reduced_formula
 from featurizers.settings import DESCRIPTOR_SETS
 from models._io import verify_manifest
-from models.learners import load_stacked
+from models.learners import ConformalIntervals, descriptor_matrix, load_stacked
 
 __all__ = ["EnsemblePredictor"]
 
@@ -57,6 +60,8 @@ class EnsemblePredictor:
 
             self.stacked = load_stacked(directory / stacked["dir"])
             self.blend_weight = float(stacked["blend_weight"])
+        intervals = self.meta.get("intervals")
+        self.intervals = ConformalIntervals.load(directory / intervals["dir"]) if intervals and self.stacked else None
 
     def descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
         """Return the model's descriptor table, extended (and kept) with any formula of ``formulas`` it lacks.
@@ -103,13 +108,15 @@ class EnsemblePredictor:
         """Whether a structure changes the served prediction (GNN members with a crystal-graph encoder, weight > 0)."""
         return self.gnn_weight > 0 and any(getattr(m, "crystal", None) is not None for m in self.models)
 
-    def predict(self, frame: pd.DataFrame, graphs: Sequence[Any | None] | None = None) -> pd.DataFrame:
+    def predict(self, frame: pd.DataFrame, graphs: Sequence[Any | None] | None = None,
+                coverage: float | None = None) -> pd.DataFrame:
         """Predictions for ``frame``'s rows; ``graphs`` (one crystal graph or None per row) as in training.
 
         Training feeds a measurement the graph of its composition's most stable DFT polymorph
         with a structure; serving must do the same for the prediction to be the model's.
         Rows without a graph use the composition view. Graphs are ignored by a model
-        trained without the crystal-graph encoder.
+        trained without the crystal-graph encoder. ``coverage``: of the intervals (default:
+        the calibrated one, 0.9).
         """
         if "formula" not in frame:
             raise ValueError("input needs a 'formula' column")
@@ -120,7 +127,7 @@ class EnsemblePredictor:
         desc = self.descriptors_for(formulas)
         if self.gnn_weight == 0:  # the stacked model alone: no GNN, no torch
             value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
-            return pd.DataFrame({"prediction": value, "uncertainty": spread})
+            return self._with_intervals(value, spread, desc, formulas, coverage)
         # torch: only a blend with GNN members needs the entry table
         from models.learners import EntryTable, predict_ensemble
 
@@ -144,4 +151,12 @@ class EnsemblePredictor:
             stacked, stacked_spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
             value = w * stacked + (1 - w) * value
             spread = np.sqrt((w * stacked_spread) ** 2 + ((1 - w) * spread) ** 2)
-        return pd.DataFrame({"prediction": value, "uncertainty": spread})
+        return self._with_intervals(value, spread, desc, formulas, coverage)
+
+    def _with_intervals(self, value: np.ndarray, spread: np.ndarray, desc: pd.DataFrame, formulas: list[str],
+                        coverage: float | None) -> pd.DataFrame:
+        out = pd.DataFrame({"prediction": value, "bag_spread": spread})
+        if self.intervals is not None:
+            x = descriptor_matrix(desc, formulas, self.stacked.surrogate.columns_)
+            out["lower"], out["upper"] = self.intervals.interval(np.asarray(value, float), x, formulas, coverage)
+        return out

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from featurizers.inputs import InputProblem, ParsedInput
+from models._io import OutputError, write_csv, write_text
 from models.serving.predictor import Predictor
 
 COLUMNS = [
     "input",
     "formula",
     "prediction",
-    "uncertainty",
+    "lower",
+    "upper",
+    "coverage",
     "unit",
+    "bag_spread",
     "metal",
     "metal_probability",
     "nonmetal_prediction",
@@ -33,10 +38,11 @@ COLUMNS = [
 ]
 
 
-def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predictor, *, unit: str) -> pd.DataFrame:
+def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predictor, *, unit: str,
+                  coverage: float | None = None) -> pd.DataFrame:
     """One row per input in order (:data:`COLUMNS`): a prediction for a valid one, its ``error`` for an invalid one."""
     valid = [i for i in items if isinstance(i, ParsedInput)]
-    results = predictor.predict(valid) if valid else pd.DataFrame()
+    results = predictor.predict(valid, coverage=coverage) if valid else pd.DataFrame()
     rows = []
     it = iter(results.to_dict("records"))
     for item in items:
@@ -55,20 +61,24 @@ def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predic
 def format_table(frame: pd.DataFrame) -> str:
     """Render the terminal table ``matshift predict`` prints (an invalid input's row says its error).
 
+    The interval column is the conformal interval at the nominal coverage (in its header).
     Band-gap rows served with the metal classifier show P(metal); a row called metal shows
     0 eV and its non-metal estimate in the note.
     """
     lines = []
-    header = f"{'input':<24} {'prediction':>12} {'±':>6} {'P(metal)':>8} {'view':<11} {'AD':>5}  structure / note"
+    covs = [c for c in frame.get("coverage", pd.Series(dtype=float)) if _finite(c)]
+    span = f"{round(100 * covs[0])}% interval" if covs else "interval"
+    header = f"{'input':<24} {'prediction':>12} {span:>17} {'P(metal)':>8} {'view':<11} {'AD':>5}  structure / note"
     lines.append(header)
     lines.append("-" * len(header))
     for row in frame.to_dict("records"):
         shown = _printable(str(row["input"]))[:24]
         if isinstance(row.get("error"), str):  # valid rows hold None (NaN once mixed in a frame)
-            lines.append(f"{shown:<24} {'—':>12} {'':>6} {'':>8} {'':<11} {'':>5}  ERROR: {row['error']}")
+            lines.append(f"{shown:<24} {'—':>12} {'':>17} {'':>8} {'':<11} {'':>5}  ERROR: {row['error']}")
             continue
         pred = f"{row['prediction']:.3f} {row['unit']}"
-        unc = f"{row['uncertainty']:.2f}" if _finite(row.get("uncertainty")) else ""
+        low, high = row.get("lower"), row.get("upper")
+        unc = f"[{low:.2f}, {high:.2f}]" if _finite(low) and _finite(high) else ""
         ad = f"{row['ad_score']:.0f}" if _finite(row.get("ad_score")) else ""
         prob = f"{row['metal_probability']:.2f}" if _finite(row.get("metal_probability")) else ""
         note = str(row.get("structure_used") or "")
@@ -77,8 +87,19 @@ def format_table(frame: pd.DataFrame) -> str:
                     f"{row['unit']}); " + note)
         if row.get("ad_warning"):
             note += "  WARNING: outside the training domain"
-        lines.append(f"{shown:<24} {pred:>12} {unc:>6} {prob:>8} {row['view']!s:<11} {ad:>5}  {note}")
+        lines.append(f"{shown:<24} {pred:>12} {unc:>17} {prob:>8} {row['view']!s:<11} {ad:>5}  {note}")
     return "\n".join(lines)
+
+
+def write_table(path: Path, frame: pd.DataFrame) -> None:
+    """Write the table as ``.json`` (a list of records) or ``.csv``; another suffix is an :class:`OutputError`."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        write_text(path, frame.to_json(orient="records", indent=2) + "\n")
+    elif suffix == ".csv":
+        write_csv(path, frame)
+    else:
+        raise OutputError(f"--output {path}: use a .csv or .json file name")
 
 
 def _printable(text: str) -> str:
@@ -90,4 +111,4 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-__all__ = ["COLUMNS", "format_table", "predict_items"]
+__all__ = ["COLUMNS", "format_table", "predict_items", "write_table"]

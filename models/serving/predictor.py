@@ -47,6 +47,8 @@ class Predictor:
                  calibration: CalibrationMap | None = None, metal: MetalPredictor | None = None):
         self.ensemble = ensemble
         self.metal = metal  # band gaps: P(metal) and the metal call (0 eV) per row
+        intervals = ensemble.intervals
+        self.coverage = intervals.config.coverage if intervals is not None else 0.9
         self.property = property
         self.ad_threshold = ad_threshold
         desc = ensemble.descriptors
@@ -95,7 +97,15 @@ class Predictor:
         return cls(ensemble, property=prop.name, dft=None if dft is None else dft_lookup(dft, prop, index),
                    features_dir=features_dir, calibration=calibration, metal=metal)
 
-    def predict(self, items) -> pd.DataFrame:
+    def predict(self, items, *, coverage: float | None = None) -> pd.DataFrame:
+        """One row per item: the prediction, its conformal interval at ``coverage`` (default the model's, 0.9), the rest.
+
+        Interval semantics with the metal classifier (band gaps): a row called metal is 0 eV, and
+        its interval is [0, 0] when P(metal) >= coverage, else [0, upper of the non-metal
+        interval]; a row called non-metal whose P(metal) >= 1 - coverage has its lower bound at 0
+        (a metal is then too likely to leave out). Without calibrated intervals (an old model or
+        ``train.stack.enabled: false``) ``lower``/``upper`` are NaN.
+        """
         formulas = [i.formula for i in items]
         desc = self._descriptors(formulas)
         dft_value, structure_used, structure_ids = [], [], []
@@ -126,12 +136,17 @@ class Predictor:
                 if item.kind == "cif":
                     structure_used[k] += "; composition view (the served model uses composition and DFT value only)"
         frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
-        out = self.ensemble.predict(frame, graphs=graphs)
-        value, spread = out["prediction"].to_numpy(float), out["uncertainty"].to_numpy(float)
+        out = self.ensemble.predict(frame, graphs=graphs, coverage=coverage)
+        value, spread = out["prediction"].to_numpy(float), out["bag_spread"].to_numpy(float)
         metal_p, metal = np.full(len(items), np.nan), np.zeros(len(items), dtype=bool)
         if self.metal is not None:
             calls = self.metal.predict(formulas, self._descriptors(formulas))
             metal_p, metal = calls["metal_probability"].to_numpy(float), calls["metal"].to_numpy(bool)
+        cov = self.coverage if coverage is None else float(coverage)
+        lower, upper = (out[c].to_numpy(float) if c in out else np.full(len(items), np.nan) for c in ("lower", "upper"))
+        if self.metal is not None:
+            lower = np.where(metal | (metal_p >= 1 - cov), 0.0, lower)
+            upper = np.where(metal & (metal_p >= cov), 0.0, upper)
         features = desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)
         ad = self.ad.score(features)
         has_graph = [g is not None for g in graphs] if graphs is not None else [False] * len(items)
@@ -143,7 +158,10 @@ class Predictor:
             {
                 # a metal's gap is 0 eV: no spread to show; the non-metal estimate stays beside it
                 "prediction": np.where(metal, 0.0, value),
-                "uncertainty": np.where(metal, np.nan, spread),
+                "lower": lower,
+                "upper": upper,
+                "coverage": cov if self.ensemble.intervals is not None else np.nan,
+                "bag_spread": np.where(metal, np.nan, spread),
                 "metal": metal if self.metal is not None else [None] * len(items),
                 "metal_probability": metal_p,
                 "nonmetal_prediction": value if self.metal is not None else np.full(len(items), np.nan),

@@ -99,7 +99,8 @@ def test_predict_calls_metals_metal_and_keeps_non_metal_gaps(workdir, monkeypatc
     for metal in ("Cu3Au", "Fe"):
         r = rows[metal]
         assert r["metal"] is True and r["metal_probability"] >= 0.5
-        assert r["prediction"] == 0.0 and r["uncertainty"] is None  # no spread is shown for a 0 eV call
+        assert r["prediction"] == 0.0 and r["bag_spread"] is None  # no spread is shown for a 0 eV call
+        assert r["lower"] == 0.0 and r["upper"] >= 0.0 and r["coverage"] == 0.9
         assert r["nonmetal_prediction"] > 0  # the non-metal estimate stays available
     for non_metal in ("Al2O3", "GaAs"):
         r = rows[non_metal]

@@ -34,7 +34,8 @@ def test_valid_and_invalid_inputs_in_one_call(workdir, monkeypatch, capsys):
     for r in good:
         assert r["error"] is None
         assert np.isfinite(r["prediction"]) and r["prediction"] >= 0
-        assert r["uncertainty"] >= 0
+        assert r["bag_spread"] >= 0
+        assert 0 <= r["lower"] <= r["prediction"] <= r["upper"] and r["upper"] > r["lower"] and r["coverage"] == 0.9
         assert 0 <= r["ad_score"] <= 100
         assert r["structure_used"].startswith("mp-")
         assert r["view"] == "composition+DFT"

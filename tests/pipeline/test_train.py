@@ -35,7 +35,8 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     assert [int(v.version) for v in versions] == [1]
     model = mlflow.pyfunc.load_model("models:/matshift-band_gap/1")
     pred = model.predict(pd.DataFrame({"formula": ["NaCl", "GaN"], "dft_value": [5.0, np.nan]}))
-    assert list(pred.columns) == ["prediction", "uncertainty"] and len(pred) == 2
+    assert list(pred.columns) == ["prediction", "bag_spread", "lower", "upper"] and len(pred) == 2
+    assert (pred["lower"] <= pred["prediction"]).all() and (pred["prediction"] <= pred["upper"]).all()
     assert (pred["prediction"] >= 0).all()
     # the served value is the fixed blend of the stacked model and the GNN ensemble
     from models.serving import EnsemblePredictor

@@ -304,7 +304,7 @@ class _FakeEnsemble:
         return self.descriptors
 
     def predict(self, frame: pd.DataFrame, graphs=None) -> pd.DataFrame:
-        return pd.DataFrame({"prediction": np.zeros(len(frame)), "uncertainty": np.zeros(len(frame))})
+        return pd.DataFrame({"prediction": np.zeros(len(frame)), "bag_spread": np.zeros(len(frame))})
 
 
 def test_predictor_calibrates_dft_values_with_the_saved_map(calibration, tmp_path):
