@@ -7,6 +7,8 @@ Align (:func:`draw_alignment`): ``plan_heatmap.png`` and ``mass_hist.png``. Eval
 * ``mass_vs_error.png``: the align stage's transported mass of each measurement (relative to
   its marginal; low = treated as an outlier) against the OT model's absolute error.
 * ``ad_error.png``: absolute error against the applicability-domain score.
+* ``reliability.png``: nominal against empirical coverage of the conformal intervals, per
+  protocol; ``interval_width.png``: interval width against the served model's absolute error.
 * ``calibration.png``: calibrated DFT values (linear, OT + nearest neighbours, neural OT map)
   against the measurement, on the test rows with a DFT value.
 
@@ -106,6 +108,35 @@ def draw(out: Path, preds: pd.DataFrame, folds: pd.DataFrame, *, models: Sequenc
         fig.tight_layout()
         fig.savefig(out / "calibration.png", dpi=100)
         plt.close(fig)
+
+    if "lower" in preds and ot_model is not None and preds["lower"].notna().any():
+        _draw_intervals(plt, out, preds[preds["lower"].notna()], ot_model, unit=unit, prop=prop)
+
+
+def _draw_intervals(plt, out: Path, preds: pd.DataFrame, model: str, *, unit: str, prop: str) -> None:
+    """``reliability.png`` (nominal against empirical coverage per protocol) and ``interval_width.png``."""
+    levels = sorted(c for c in preds if c.startswith("in_"))
+    nominal = [int(c[3:]) / 100 for c in levels]
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for proto, g in preds.groupby("protocol", sort=False):
+        ax.plot(nominal, [g[c].mean() for c in levels], marker="o", ms=3, label=proto)
+    ax.plot([0.45, 1], [0.45, 1], "k--", lw=0.7)
+    ax.set(xlabel="nominal coverage", ylabel="empirical coverage", title=f"{prop}: conformal intervals")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    width, err = preds["upper"] - preds["lower"], (preds[model] - preds["value"]).abs()
+    for proto, g in preds.groupby("protocol", sort=False):
+        ax.scatter(width[g.index], err[g.index], s=3, alpha=0.3, label=proto)
+    top = float(np.nanmax(width[np.isfinite(width)])) if np.isfinite(width).any() else 1.0
+    ax.plot([0, top], [0, top / 2], "k--", lw=0.7, label="|error| = half-width")
+    ax.set(xlabel=f"interval width ({unit})", ylabel=f"|error| of {model} ({unit})")
+    ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(out / "interval_width.png", dpi=100)
+    plt.close(fig)
 
 
 __all__ = ["draw", "draw_alignment", "draw_metal"]

@@ -56,15 +56,19 @@ from models.evaluation.splits import Fold
 from models.evaluation.summary import EvaluationResult, regression_metrics
 from models.learners import (
     ApplicabilityDomain,
+    ConformalIntervals,
     DescriptorForest,
     DFTSurrogate,
     EntryTable,
+    IntervalConfig,
     LinearCalibration,
     RawDFT,
     ShiftField,
     StackConfig,
     StackedModel,
     TrainConfig,
+    descriptor_matrix,
+    out_of_fold,
     predict_ensemble,
     train_model,
 )
@@ -96,6 +100,8 @@ class StackInputs:
     dft_reference: pd.Series
     surrogate: DFTSurrogate  # fitted
     extra_reference: dict[str, pd.Series] = field(default_factory=dict)
+    # conformal intervals around the served stacked model, calibrated per fold as the train stage does
+    intervals: IntervalConfig | None = None
 
 
 def alignment_variants(config: AlignConfig) -> dict[str, AlignConfig]:
@@ -206,6 +212,10 @@ class FoldModels:
     rf_trees: int = 100
     stack: StackInputs | None = None
     neural: NeuralAlignConfig | None = None
+
+
+#: Nominal coverages at which the evaluate stage checks the intervals (the reliability plot).
+RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *, shift_sample: int = 500,
@@ -339,6 +349,41 @@ class _FoldRunner:
             out[name] = model.fit(desc, self.formulas[tr].tolist(), self.y_all[tr]).predict(
                 desc, self.formulas[te].tolist())
             info[f"train_seconds_{name}"] = time.perf_counter() - t_st
+        if self.stacked_models and stack.intervals is not None:
+            self._intervals(out, info, tr, te, self.stacked_models[-1])
+
+    def _intervals(self, out: pd.DataFrame, info: dict, tr: np.ndarray, te: np.ndarray, served: str) -> None:
+        """Conformal intervals around ``served``'s test predictions, calibrated on the fold's training part only.
+
+        As the train stage: out-of-fold residuals of the training rows (grouped inner folds,
+        the stacked model without OT, ``intervals.bags`` boosters), normalised by the
+        neighbours' residuals and distance; ``lower``/``upper`` at the nominal coverage and
+        ``in_<pct>`` (covered at each level of :data:`RELIABILITY_LEVELS`) per test row.
+        """
+        t_iv = time.perf_counter()
+        stack, desc, settings = self.models.stack, self.data.descriptors, self.models.stack.intervals
+        config = replace(stack.config, bags=settings.bags)
+
+        def fit_predict(formulas: list[str], y: np.ndarray, test: list[str]) -> np.ndarray:
+            return StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
+                                extra_reference=stack.extra_reference).fit(desc, formulas, y).predict(desc, test)
+
+        f_tr, f_te = self.formulas[tr].tolist(), self.formulas[te].tolist()
+        try:
+            oof = out_of_fold(fit_predict, f_tr, self.y_all[tr], folds=settings.folds, seed=self.seed)
+        except ValueError as exc:  # too few training rows for the inner folds: no interval, said in the fold row
+            out["lower"], out["upper"] = np.nan, np.nan
+            info["interval_skipped"] = str(exc)
+            return
+        columns = stack.surrogate.columns_
+        cal = ConformalIntervals(settings, clamp_min=config.clamp_min).fit(
+            descriptor_matrix(desc, f_tr, columns), f_tr, self.y_all[tr] - oof)
+        x_te, pred = descriptor_matrix(desc, f_te, columns), out[served].to_numpy(float)
+        out["lower"], out["upper"] = cal.interval(pred, x_te, f_te)
+        for level in RELIABILITY_LEVELS:
+            lo, hi = cal.interval(pred, x_te, f_te, coverage=level)
+            out[f"in_{round(100 * level)}"] = (out["value"] >= lo) & (out["value"] <= hi)
+        info["interval_seconds"] = time.perf_counter() - t_iv
 
     def _gnns(self, out: pd.DataFrame, info: dict, k: int, tr: np.ndarray, te: np.ndarray,
               calibrated: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

@@ -64,6 +64,8 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
         if ad_model in g:
             entry["ad"] = _ad_summary(g, ad_model)
         entry["calibration"] = _calibration_summary(g, calib)
+        if "lower" in g:
+            entry["intervals"] = interval_summary(g, ad_model)
         out["protocols"][proto] = entry
     ood = p[p["protocol"].isin(ood_protocols)]
     if len(ood):
@@ -78,8 +80,39 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
         summary["calibration"] = _calibration_summary(ood, calib)
         if ad_model in ood:
             summary["ad"] = _ad_summary(ood, ad_model)
+        if "lower" in ood:
+            summary["intervals"] = interval_summary(ood, ad_model)
         out["pooled_ood"] = summary
     return out
+
+
+def interval_summary(g: pd.DataFrame, model: str) -> dict:
+    """Empirical coverage and width of the conformal intervals around ``model`` on the rows of ``g``.
+
+    ``coverage`` / ``mean_width`` / ``median_width`` at the nominal level; ``spearman_width_abs_error``
+    (does a wider interval go with a larger error?); ``reliability``: nominal -> empirical
+    coverage from the ``in_<pct>`` columns.
+    """
+    # SciPy: only when intervals are scored
+    from scipy.stats import spearmanr
+
+    missing = int(g["lower"].isna().sum())  # folds too small to calibrate (see the fold table)
+    g = g[g["lower"].notna()]
+    if not len(g):
+        return {"model": model, "n_rows": 0, "rows_without_interval": missing}
+    width = (g["upper"] - g["lower"]).to_numpy(float)
+    err = (g[model] - g["value"]).abs().to_numpy(float)
+    inside = (g["value"] >= g["lower"]) & (g["value"] <= g["upper"])
+    finite = np.isfinite(width)
+    rho = spearmanr(width[finite], err[finite]).statistic if finite.sum() > 2 and np.ptp(width[finite]) > 0 else None
+    return {
+        "model": model, "n_rows": len(g), "rows_without_interval": missing, "coverage": float(inside.mean()),
+        "mean_width": float(np.mean(width[finite])) if finite.any() else None,
+        "median_width": float(np.median(width[finite])) if finite.any() else None,
+        "infinite_width_rows": int((~finite).sum()),
+        "spearman_width_abs_error": None if rho is None else float(rho),
+        "reliability": {c[3:]: float(g[c].astype(float).mean()) for c in g.columns if c.startswith("in_")},
+    }
 
 
 def _calibration_summary(g: pd.DataFrame, columns: Sequence[str]) -> dict:
@@ -103,4 +136,4 @@ def _ad_summary(g: pd.DataFrame, model: str) -> dict:
     return res
 
 
-__all__ = ["EvaluationResult", "regression_metrics", "summarise"]
+__all__ = ["EvaluationResult", "interval_summary", "regression_metrics", "summarise"]

@@ -181,7 +181,7 @@ class IntervalConfig:
     bags: int = 1
     k_residual: int = 25
     k_distance: int = 5
-    distance_power: float = 0.5
+    distance_power: float = 0.75
     beta: float = 0.01
 
     def __post_init__(self) -> None:

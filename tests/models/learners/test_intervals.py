@@ -1,0 +1,80 @@
+"""Conformal intervals on synthetic heteroscedastic data: coverage, adaptivity, storage, refusals."""
+
+import numpy as np
+import pytest
+
+from models.learners import ConformalIntervals, IntervalConfig, out_of_fold
+
+
+def data(n: int, seed: int, shift: float = 0.0):
+    """y = 2 x0 + noise whose scale grows with |x1|; one formula per row."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)) + shift
+    y = 2 * x[:, 0] + rng.normal(size=n) * (0.1 + 0.5 * np.abs(x[:, 1]))
+    formulas = [f"F{seed}_{i}" for i in range(n)]
+    return x, y, formulas
+
+
+def linear_fit_predict(x_of):
+    def fit_predict(formulas, y, test):
+        a = np.column_stack([x_of(formulas), np.ones(len(formulas))])
+        coef = np.linalg.lstsq(a, y, rcond=None)[0]
+        return np.column_stack([x_of(test), np.ones(len(test))]) @ coef
+    return fit_predict
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    x, y, formulas = data(1500, 0)
+    rows = {f: x[i] for i, f in enumerate(formulas)}
+    fit_predict = linear_fit_predict(lambda fs: np.array([rows[f] for f in fs]))
+    oof = out_of_fold(fit_predict, formulas, y, folds=5, seed=0)
+    model = ConformalIntervals(IntervalConfig(coverage=0.9)).fit(x, formulas, y - oof)
+    coef = np.linalg.lstsq(np.column_stack([x, np.ones(len(x))]), y, rcond=None)[0]
+    return model, (lambda xx: np.column_stack([xx, np.ones(len(xx))]) @ coef)
+
+
+def test_coverage_holds_on_new_data_and_widths_follow_the_noise(calibrated):
+    model, predict = calibrated
+    x, y, formulas = data(3000, 1)
+    lower, upper = model.interval(predict(x), x, formulas)
+    inside = (y >= lower) & (y <= upper)
+    assert 0.87 <= inside.mean() <= 0.93
+    width = upper - lower
+    noisy = np.abs(x[:, 1]) > 1.5
+    assert width[noisy].mean() > 1.5 * width[np.abs(x[:, 1]) < 0.5].mean()  # adaptive, not one width for all
+    for level in (0.5, 0.8, 0.95):
+        lo, hi = model.interval(predict(x), x, formulas, coverage=level)
+        assert abs(((y >= lo) & (y <= hi)).mean() - level) < 0.04
+
+
+def test_inputs_far_from_the_training_data_get_wider_intervals(calibrated):
+    model, predict = calibrated
+    near, _, f_near = data(200, 2)
+    far, _, f_far = data(200, 3, shift=4.0)
+    w_near = np.subtract(*model.interval(predict(near), near, f_near)[::-1])
+    w_far = np.subtract(*model.interval(predict(far), far, f_far)[::-1])
+    assert np.median(w_far) > 1.5 * np.median(w_near)
+
+
+def test_round_trip_clamp_and_refusals(calibrated, tmp_path):
+    model, predict = calibrated
+    x, _, formulas = data(50, 4)
+    model.save(tmp_path / "iv")
+    loaded = ConformalIntervals.load(tmp_path / "iv")
+    np.testing.assert_allclose(loaded.interval(predict(x), x, formulas), model.interval(predict(x), x, formulas))
+    assert loaded.calibration_summary() == pytest.approx(model.calibration_summary())
+    clamped = ConformalIntervals(IntervalConfig(), clamp_min=0.0)
+    clamped.__dict__.update({k: v for k, v in model.__dict__.items() if k != "clamp_min"})
+    assert (clamped.interval(np.full(len(x), -5.0), x, formulas)[0] >= 0).all()
+    with pytest.raises(ValueError, match="coverage"):
+        model.interval(predict(x), x, formulas, coverage=1.0)
+    arrays = dict(np.load(tmp_path / "iv" / "calibration.npz"))
+    arrays["residuals"] = arrays["residuals"] * 0.5
+    np.savez(tmp_path / "iv" / "calibration.npz", **arrays)
+    with pytest.raises(ValueError, match="sha256"):
+        ConformalIntervals.load(tmp_path / "iv")
+    with pytest.raises(ValueError, match="finite"):
+        ConformalIntervals().fit(np.ones((3, 2)), ["A", "B", "C"], np.array([0.1, np.nan, 0.2]))
+    with pytest.raises(ValueError, match="IntervalConfig"):
+        IntervalConfig(folds=1)
