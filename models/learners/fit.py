@@ -16,6 +16,7 @@ the selection part (``interval_coverage_selection``, ``interval_width_selection`
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,6 +45,8 @@ from models.nets import save_model
 from models.properties import Property, reference_per_formula
 
 __all__ = ["FitResult", "fit_property", "write_outputs"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,11 +132,15 @@ def fit_property(
         served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
         w = config.stack.blend_weight
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
-        intervals = _fit_intervals(descriptors, split, stacked, replace(stack_config, bags=config.intervals.bags),
-                                   config.intervals, prop, seed=config.seed)
-        x_sel = descriptor_matrix(descriptors, sel["formula"].tolist(), stacked.surrogate.columns_)
-        selection["lower"], selection["upper"] = intervals.interval(selection["served"].to_numpy(), x_sel,
-                                                                    sel["formula"].tolist())
+        try:
+            intervals = _fit_intervals(descriptors, split, stacked, replace(stack_config, bags=config.intervals.bags),
+                                       config.intervals, prop, seed=config.seed)
+        except ValueError as exc:  # too few measurements for the out-of-fold models: served without intervals
+            log.warning("%s: no prediction intervals (%s); predictions will have lower/upper NaN", prop.name, exc)
+        if intervals is not None:
+            x_sel = descriptor_matrix(descriptors, sel["formula"].tolist(), stacked.surrogate.columns_)
+            selection["lower"], selection["upper"] = intervals.interval(selection["served"].to_numpy(), x_sel,
+                                                                        sel["formula"].tolist())
     metrics = _selection_metrics(selection)
     if intervals is not None:
         inside = (selection["value"] >= selection["lower"]) & (selection["value"] <= selection["upper"])

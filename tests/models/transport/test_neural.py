@@ -299,11 +299,12 @@ class _FakeEnsemble:
         self.descriptors = descriptors
         self.meta = {"property": "band_gap"}
         self.uses_graphs = False
+        self.intervals = None
 
     def descriptors_for(self, formulas) -> pd.DataFrame:
         return self.descriptors
 
-    def predict(self, frame: pd.DataFrame, graphs=None) -> pd.DataFrame:
+    def predict(self, frame: pd.DataFrame, graphs=None, coverage=None) -> pd.DataFrame:
         return pd.DataFrame({"prediction": np.zeros(len(frame)), "bag_spread": np.zeros(len(frame))})
 
 
