@@ -84,8 +84,27 @@ def render_results(metrics: dict[str, dict]) -> str:
                 cells = [f"{_fmt(a[f'mae_in_domain{suffix}'])} / {_fmt(a[f'mae_flagged{suffix}'])} ({a[f'n_flagged{suffix}']})"
                          for _, a in ad_rows]
                 parts.append(f"| {label} | " + " | ".join(cells) + " |")
+        parts += _interval_rows(m, protos, ood)
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _interval_rows(m: dict, protos: list[str], ood: dict) -> list[str]:
+    """Rows of the conformal intervals' empirical coverage, mean width and Spearman(width, |error|) per protocol."""
+    rows = [(PROTOCOL_LABELS[p], m["protocols"][p]["intervals"]) for p in protos
+            if m["protocols"][p].get("intervals", {}).get("n_rows")]
+    if ood.get("intervals", {}).get("n_rows"):
+        rows.append(("pooled OOD", ood["intervals"]))
+    if not rows:
+        return []
+    nominal = 100 * float(m.get("interval_coverage", 0.9))
+    out = ["", f"Conformal prediction intervals around the {MODEL_LABELS[rows[0][1]['model']].strip('*')} "
+           f"(nominal {nominal:.0f}%; calibrated per fold on the training part only):", "",
+           "| | " + " | ".join(name for name, _ in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for key, label, digits in (("coverage", "empirical coverage", 3), ("mean_width", f"mean width ({m['unit']})", 2),
+                               ("spearman_width_abs_error", "Spearman(width, abs. error)", 2)):
+        out.append(f"| {label} | " + " | ".join(_fmt(iv.get(key), digits) for _, iv in rows) + " |")
+    return out
 
 
 __all__ = ["CALIBRATION_LABELS", "MODEL_LABELS", "PROTOCOL_LABELS", "render_results"]

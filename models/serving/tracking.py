@@ -101,6 +101,8 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
                 mlflow.log_metric(f"{variant}.m{k}.best_epoch", m.best_epoch)
         mlflow.log_metrics(result.metrics)
         mlflow.log_metric("train_seconds", result.seconds)
+        if result.intervals is not None:  # the interval method's calibration scores (method: ensemble.json)
+            mlflow.log_metrics({f"intervals.{k}": float(v) for k, v in result.intervals.calibration_summary().items()})
         for name in ("metrics.json", "history.csv", "learning_curves.png", "selection_predictions.csv", "ensemble.json"):
             mlflow.log_artifact(str(model_dir / name))
         predictor = EnsemblePredictor(model_dir)
