@@ -34,6 +34,8 @@ PACKAGES = {
     "dvc": "dvc",
     "pandas": "pandas",
     "sklearn": "scikit-learn",
+    "lightgbm": "lightgbm",
+    "crepes": "crepes",
 }
 
 
