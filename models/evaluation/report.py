@@ -101,7 +101,8 @@ def _interval_rows(m: dict, protos: list[str], ood: dict) -> list[str]:
     out = ["", f"Conformal prediction intervals around the {MODEL_LABELS[rows[0][1]['model']].strip('*')} "
            f"(nominal {nominal:.0f}%; calibrated per fold on the training part only):", "",
            "| | " + " | ".join(name for name, _ in rows) + " |", "|---" * (len(rows) + 1) + "|"]
-    for key, label, digits in (("coverage", "empirical coverage", 3), ("mean_width", f"mean width ({m['unit']})", 2),
+    for key, label, digits in (("coverage", "empirical coverage", 3), ("median_width", f"median width ({m['unit']})", 2),
+                               ("mean_width", f"mean width ({m['unit']})", 2),
                                ("spearman_width_abs_error", "Spearman(width, abs. error)", 2)):
         out.append(f"| {label} | " + " | ".join(_fmt(iv.get(key), digits) for _, iv in rows) + " |")
     return out
