@@ -101,6 +101,20 @@ def choose_polymorphs(frame: pd.DataFrame, *, value: str = "dft_value", eligible
     return out.set_index("formula")
 
 
+def metal_class_conflicts(classes: pd.DataFrame, gaps: pd.DataFrame, *, gap_tol: float) -> tuple[list[str], pd.Series]:
+    """Return the metal-class conflicts: formulas labelled both ways, and labelled metals with a measured gap.
+
+    ``classes``: ``formula``, ``is_metal`` (1 metal, 0 non-metal); ``gaps``: band-gap
+    measurements (``formula``, ``value``). Returns the sorted formulas with both classes, and
+    the largest measured gap (index formula, largest first) of every formula labelled metal
+    whose gap exceeds ``gap_tol``. The fetch stage reports them, the metal stage leaves them out.
+    """
+    per = classes.groupby("formula")["is_metal"].nunique()
+    measured = gaps.groupby("formula")["value"].max()
+    gapped = measured.reindex(classes.loc[classes["is_metal"] == 1, "formula"].unique()).dropna()
+    return sorted(per.index[per > 1]), gapped[gapped > gap_tol].sort_values(ascending=False)
+
+
 def reference_per_formula(frame: pd.DataFrame, *, value: str = "dft_value") -> pd.Series:
     """Return one DFT value per reduced formula, the chosen polymorph's (:func:`choose_polymorphs`). Index: formula."""
     return choose_polymorphs(frame, value=value)[value].astype(float)
@@ -114,5 +128,6 @@ __all__ = [
     "Property",
     "choose_polymorphs",
     "get_property",
+    "metal_class_conflicts",
     "reference_per_formula",
 ]

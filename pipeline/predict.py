@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
     parser.add_argument("--no-metal", action="store_true", help="band gaps: skip the metal classifier "
                         "(data/models/metal); every row gets the non-metal gap estimate")
-    parser.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the conformal prediction "
-                        "intervals `lower`..`upper` (default: %(default)s)")
+    parser.add_argument("--coverage", type=float, default=None, help="nominal coverage of the conformal prediction "
+                        "intervals `lower`..`upper` (default: the model's, train.intervals.coverage = 0.9)")
 
 
 def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputProblem]:
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         named = p.input.strip() and repr(p.input.strip()) in p.reason  # formula errors name it already
         print(f"matshift predict: {p.reason if named else f'{p.kind} {p.input!r}: {p.reason}'}", file=sys.stderr)
     predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal)
-    if not 0 < args.coverage < 1:
+    if args.coverage is not None and not 0 < args.coverage < 1:
         raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
     frame = predict_items(items, predictor, unit=get_property(args.property).unit, coverage=args.coverage)
     if args.output is not None:

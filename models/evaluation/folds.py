@@ -378,10 +378,11 @@ class _FoldRunner:
         columns = stack.surrogate.columns_
         cal = ConformalIntervals(settings, clamp_min=config.clamp_min).fit(
             descriptor_matrix(desc, f_tr, columns), f_tr, self.y_all[tr] - oof)
-        x_te, pred = descriptor_matrix(desc, f_te, columns), out[served].to_numpy(float)
-        out["lower"], out["upper"] = cal.interval(pred, x_te, f_te)
+        pred = out[served].to_numpy(float)
+        sigma = cal.difficulty(descriptor_matrix(desc, f_te, columns), f_te)  # the kNN queries, once for every level
+        out["lower"], out["upper"] = cal.bounds(pred, sigma)
         for level in RELIABILITY_LEVELS:
-            lo, hi = cal.interval(pred, x_te, f_te, coverage=level)
+            lo, hi = cal.bounds(pred, sigma, coverage=level)
             out[f"in_{round(100 * level)}"] = (out["value"] >= lo) & (out["value"] <= hi)
         info["interval_seconds"] = time.perf_counter() - t_iv
 

@@ -43,7 +43,7 @@ from models.learners import (
     choose_threshold,
     dft_metal_table,
 )
-from models.properties import choose_polymorphs, reference_per_formula
+from models.properties import choose_polymorphs, metal_class_conflicts, reference_per_formula
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,11 @@ def metal_labels(classes: pd.DataFrame, gaps: pd.DataFrame, *, gap_tol: float) -
 
     ``classes``: ``formula``, ``is_metal``; ``gaps``: band-gap measurements (``formula``, ``value``).
     """
-    per = classes.groupby("formula")["is_metal"].agg(["min", "max"])
-    both = sorted(per.index[per["min"] != per["max"]])
-    labels = per.loc[per["min"] == per["max"], "max"].astype(int)
-    measured = gaps.groupby("formula")["value"].max()
-    gapped_metals = sorted(set(labels.index[labels == 1]) & set(measured.index[measured > gap_tol]))
+    both, gapped = metal_class_conflicts(classes, gaps, gap_tol=gap_tol)
+    gapped_metals = sorted(gapped.index)
     conflicts = set(both) | set(gapped_metals)
-    extra = pd.Series(0, index=sorted(set(measured.index) - set(labels.index) - conflicts), dtype=int)
+    labels = classes.groupby("formula")["is_metal"].max().astype(int)
+    extra = pd.Series(0, index=sorted(set(gaps["formula"]) - set(labels.index) - conflicts), dtype=int)
     labels = pd.concat([labels[~labels.index.isin(conflicts)], extra]).sort_index()
     labels.index.name = "formula"
     return labels, {"labelled_both_ways": both, "labelled_metal_with_measured_gap": gapped_metals}
@@ -102,13 +100,12 @@ class MetalData:
 
 
 def _fold_threshold(data: MetalData, train: np.ndarray, regressor: StackedModel, *, inner_folds: int, seed: int
-                    ) -> tuple[float, np.ndarray]:
+                    ) -> float:
     """Threshold from inner out-of-fold probabilities of the training formulas (see the module docstring)."""
     formulas = data.labels.index.to_numpy()[train]
     y = data.labels.to_numpy()[train]
     oof = np.empty(len(train))
-    inner = data.classifier.config
-    inner = replace(inner, bags=1)
+    inner = replace(data.classifier.config, bags=1)
     for fold in grouped_kfold(list(formulas), n_folds=inner_folds, seed=seed + 1):
         clf = data.classifier_for_fold(inner).fit(data.descriptors, formulas[fold.train], y[fold.train])
         oof[fold.test] = clf.predict_proba(data.descriptors, formulas[fold.test])
@@ -116,7 +113,7 @@ def _fold_threshold(data: MetalData, train: np.ndarray, regressor: StackedModel,
     predicted = regressor.predict(data.descriptors, list(formulas))
     false_cost = measured.reindex(formulas).to_numpy(float)
     false_cost = np.where(np.isfinite(false_cost), false_cost, predicted)
-    return choose_threshold(oof, y, cost_if_missed=predicted, cost_if_false=false_cost), oof
+    return choose_threshold(oof, y, cost_if_missed=predicted, cost_if_false=false_cost)
 
 
 def metal_cv(data: MetalData, folds: Sequence[Fold], *, inner_folds: int = 4, seed: int = 0,
@@ -137,7 +134,7 @@ def metal_cv(data: MetalData, folds: Sequence[Fold], *, inner_folds: int = 4, se
         clf = data.classifier_for_fold().fit(data.descriptors, formulas[tr], y[tr])
         train_gaps = data.gaps[data.gaps["formula"].isin(set(formulas[tr]))]
         regressor = data.regressor(train_gaps["formula"], train_gaps["value"].to_numpy(float))
-        threshold, _ = _fold_threshold(data, tr, regressor, inner_folds=inner_folds, seed=seed)
+        threshold = _fold_threshold(data, tr, regressor, inner_folds=inner_folds, seed=seed)
         p = clf.predict_proba(data.descriptors, formulas[te])
         per_formula.append(pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "formula": formulas[te],
                                          "is_metal": y[te], "probability": p, "threshold": threshold,

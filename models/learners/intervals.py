@@ -133,11 +133,15 @@ class ConformalIntervals:
     def interval(self, prediction: np.ndarray, x: np.ndarray, formulas: Sequence[str],
                  coverage: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds at ``coverage`` (default: the config's) around ``prediction``."""
+        return self.bounds(prediction, self.difficulty(x, formulas), coverage)
+
+    def bounds(self, prediction: np.ndarray, sigma: np.ndarray,
+               coverage: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds for difficulties ``sigma`` already computed (:meth:`difficulty`), at several levels cheaply."""
         coverage = self.config.coverage if coverage is None else float(coverage)
         if not 0.0 < coverage < 1.0:
             raise ValueError(f"coverage must be in (0, 1), got {coverage}")
-        bounds = self.regressor_.predict_int(y_hat=np.asarray(prediction, float), sigmas=self.difficulty(x, formulas),
-                                             confidence=coverage)
+        bounds = self.regressor_.predict_int(y_hat=np.asarray(prediction, float), sigmas=sigma, confidence=coverage)
         lower, upper = bounds[:, 0], bounds[:, 1]
         if self.clamp_min is not None:
             lower = np.maximum(lower, self.clamp_min)

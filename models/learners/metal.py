@@ -97,8 +97,6 @@ class MetalClassifier:
 
     """
 
-    SURROGATE_COLUMNS = ("surrogate_gap", "surrogate_metal")
-
     def __init__(self, config: MetalConfig | None = None, *, dft_table: pd.DataFrame,
                  gap_surrogate: DFTSurrogate | None = None, metal_surrogate: DFTSurrogate | None = None):
         self.config = config or MetalConfig()
@@ -118,10 +116,6 @@ class MetalClassifier:
             metal = (self.dft_table["dft_gap"] <= self.config.dft_metal_gap).astype(float)
             self.metal_surrogate = DFTSurrogate(sconf).fit(descriptors, metal)
         return self
-
-    @property
-    def feature_names(self) -> list[str]:
-        return [*self.gap_surrogate.columns_, "has_dft", *DFT_METAL_COLUMNS, *self.SURROGATE_COLUMNS]
 
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
         """Descriptors, a has-DFT flag, :data:`DFT_METAL_COLUMNS` (NaN without an entry), the two surrogates."""

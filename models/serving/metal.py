@@ -29,7 +29,6 @@ class MetalPredictor:
         self.directory = Path(directory)
         self.model, extra = load_metal(self.directory)
         self.threshold = float(extra["threshold"])
-        self.card = extra.get("card", {})
 
     def predict(self, formulas: Sequence[str], descriptors: pd.DataFrame | None = None) -> pd.DataFrame:
         """``metal_probability`` and ``metal`` (probability >= the threshold) per formula, in order.

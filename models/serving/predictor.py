@@ -140,7 +140,7 @@ class Predictor:
         value, spread = out["prediction"].to_numpy(float), out["bag_spread"].to_numpy(float)
         metal_p, metal = np.full(len(items), np.nan), np.zeros(len(items), dtype=bool)
         if self.metal is not None:
-            calls = self.metal.predict(formulas, self._descriptors(formulas))
+            calls = self.metal.predict(formulas, desc)
             metal_p, metal = calls["metal_probability"].to_numpy(float), calls["metal"].to_numpy(bool)
         cov = self.coverage if coverage is None else float(coverage)
         lower, upper = (out[c].to_numpy(float) if c in out else np.full(len(items), np.nan) for c in ("lower", "upper"))

@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from models.properties import PROPERTIES
+from models.properties import PROPERTIES, metal_class_conflicts
 from pipeline.sources.base import DftRow, SourceTable
 from pipeline.sources.records import (
     DFT_LABELS,
@@ -338,12 +338,7 @@ def _metal_conflicts(metal: pd.DataFrame, experiment: pd.DataFrame, gap_tol: flo
     The rows stay in ``metal_class.parquet`` (they are what the file says); the metal
     classifier leaves such formulas out of training and evaluation (models/learners/metal.py).
     """
-    classes = metal.groupby("formula")["is_metal"].nunique()
-    both = sorted(classes.index[classes > 1])
-    gaps = experiment[experiment["property"] == "band_gap"].groupby("formula")["value"].max()
-    metals = metal.loc[metal["is_metal"] == 1, "formula"].unique()
-    gapped = gaps.reindex(metals).dropna()
-    gapped = gapped[gapped > gap_tol].sort_values(ascending=False)
+    both, gapped = metal_class_conflicts(metal, experiment[experiment["property"] == "band_gap"], gap_tol=gap_tol)
     return {
         "formulas_with_both_classes": len(both),
         "both_classes": both[:20],

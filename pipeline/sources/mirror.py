@@ -35,6 +35,7 @@ import json
 import sys
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -145,9 +146,12 @@ class MirrorSource(Source):
             "mp/megnet_e_form.json.zip": self._megnet,
             "mp/multifidelity_band_gaps.json.gz": self._multifidelity,
             "mp/mp_non_metals_band_gap.csv": self._mp_non_metals,
-            "experiment/expt_gap_zhuo2018.csv": self._zhuo,
-            "experiment/expt_formation_enthalpy_ssub.csv": self._ssub,
-            "experiment/expt_is_metal.csv": self._is_metal,
+            "experiment/expt_gap_zhuo2018.csv": partial(self._measurements, prop="band_gap", formula="composition",
+                                                        value="Eg", id_column="material_id"),
+            "experiment/expt_formation_enthalpy_ssub.csv": partial(self._measurements, prop="formation_enthalpy",
+                                                                   formula="formula", value="dHf_eV_per_atom"),
+            "experiment/expt_is_metal.csv": partial(self._measurements, prop="is_metal", formula="formula",
+                                                    value="target"),
         }
         for rel, reader in readers.items():
             path = self._path(rel)
@@ -243,31 +247,19 @@ class MirrorSource(Source):
                                formula=rec["composition"], labels={"band_gap_pbe": rec["band_gap"]}))
         return self._table(rel, "dft", rows, rejected)
 
-    def _zhuo(self, path: Path, rel: str) -> SourceTable:
-        name = _name(rel)
-        rows: list[ExpRow] = []
-        rejected: list[Rejection] = []
-        for row_no, rec, content in _read_plain_csv(path, name, ["material_id", "composition", "Eg"], rejected):
-            rows.append(ExpRow(row=row_no, row_id=rec["material_id"].strip() or str(row_no),
-                               formula_raw=rec["composition"], property="band_gap", value=rec["Eg"], content=content))
-        return self._table(rel, "experiment", rows, rejected)
+    def _measurements(self, path: Path, rel: str, *, prop: str, formula: str, value: str,
+                      id_column: str | None = None) -> SourceTable:
+        """Read a plain CSV of measurements (or classes) whose header starts ``[id_column,] formula, value``.
 
-    def _ssub(self, path: Path, rel: str) -> SourceTable:
-        name = _name(rel)
+        The row id is ``id_column``'s text when the file has one (and it is not blank), else the row number.
+        """
+        columns = [*([id_column] if id_column else []), formula, value]
         rows: list[ExpRow] = []
         rejected: list[Rejection] = []
-        for row_no, rec, content in _read_plain_csv(path, name, ["formula", "dHf_eV_per_atom"], rejected):
-            rows.append(ExpRow(row=row_no, row_id=str(row_no), formula_raw=rec["formula"],
-                               property="formation_enthalpy", value=rec["dHf_eV_per_atom"], content=content))
-        return self._table(rel, "experiment", rows, rejected)
-
-    def _is_metal(self, path: Path, rel: str) -> SourceTable:
-        name = _name(rel)
-        rows: list[ExpRow] = []
-        rejected: list[Rejection] = []
-        for row_no, rec, content in _read_plain_csv(path, name, ["formula", "target"], rejected):
-            rows.append(ExpRow(row=row_no, row_id=str(row_no), formula_raw=rec["formula"],
-                               property="is_metal", value=rec["target"], content=content))
+        for row_no, rec, content in _read_plain_csv(path, _name(rel), columns, rejected):
+            row_id = (rec[id_column].strip() if id_column else "") or str(row_no)
+            rows.append(ExpRow(row=row_no, row_id=row_id, formula_raw=rec[formula], property=prop, value=rec[value],
+                               content=content))
         return self._table(rel, "experiment", rows, rejected)
 
 
