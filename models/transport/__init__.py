@@ -8,8 +8,10 @@ option, validated from ``params.yaml``'s ``align`` section) and :func:`align` (o
 * ``config``: :class:`AlignConfig`, :class:`SolverOptions` and the neural map's options;
 * ``penalties``: domains, cost terms (descriptor, value, mass, symmetry) and the conservation
   laws (hard stoichiometry block, energy additivity, value calibration);
-* ``support``, ``pairsearch``: which pairs may carry mass; ``sinkhorn``: the sparse
-  log-domain unbalanced Sinkhorn; ``formulations``: one solver per method on a
+* ``support``, ``pairsearch``: which pairs may carry mass; ``sinkhorn``: the log-stabilised
+  unbalanced Sinkhorn (sparse or dense kernel, with a certificate); ``clouds``: the same between
+  point clouds, picking the kernel and re-admitting truncated pairs; ``online``: log-domain with
+  online reductions in torch (the GPU path, no n x m matrix); ``formulations``: one solver per method on a
   :class:`Problem`; ``alignment``: :func:`align` and its result; ``blocks``: the same solved
   block by block on an engine; ``diagnostics``: the align stage's tables and ``align.json``;
 * ``neural`` (torch, imported on first use): the input-convex neural OT map.
@@ -23,10 +25,12 @@ from models._io import lazy_exports
 from models.transport import (
     alignment,
     blocks,
+    clouds,
     config,
     diagnostics,
     domains,
     formulations,
+    online,
     pairsearch,
     penalties,
     problem,
@@ -35,10 +39,12 @@ from models.transport import (
 )
 from models.transport.alignment import *
 from models.transport.blocks import *
+from models.transport.clouds import *
 from models.transport.config import *
 from models.transport.diagnostics import *
 from models.transport.domains import *
 from models.transport.formulations import *
+from models.transport.online import *
 from models.transport.pairsearch import *
 from models.transport.penalties import *
 from models.transport.problem import *
@@ -57,4 +63,4 @@ _LAZY = {
 }
 __getattr__ = lazy_exports(__name__, {name: module for module, names in _LAZY.items() for name in names})
 
-__all__ = [*config.__all__, *problem.__all__, *penalties.__all__, *domains.__all__, *pairsearch.__all__, *support.__all__, *sinkhorn.__all__, *formulations.__all__, *alignment.__all__, *blocks.__all__, *diagnostics.__all__, *(name for names in _LAZY.values() for name in names)]
+__all__ = [*config.__all__, *problem.__all__, *penalties.__all__, *domains.__all__, *pairsearch.__all__, *support.__all__, *sinkhorn.__all__, *clouds.__all__, *online.__all__, *formulations.__all__, *alignment.__all__, *blocks.__all__, *diagnostics.__all__, *(name for names in _LAZY.values() for name in names)]
