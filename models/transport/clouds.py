@@ -29,15 +29,18 @@ from typing import Literal
 
 import numpy as np
 
-from models.transport.pairsearch import radius_pairs
+from models.transport.pairsearch import radius_pairs, radius_pairs_pruned
 from models.transport.sinkhorn import (
+    CERT_OUTSIDE,
     DENSE_FRACTION,
     DENSE_MAX_ENTRIES,
     Certificate,
-    _lse,
     dense_sinkhorn,
     sparse_sinkhorn,
 )
+
+# from this many pairs on, the sparse support is found by the cell-pruned exact search
+_PRUNED_SEARCH_FROM = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,12 @@ def sqeuclidean_scale(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * x).sum(1).mean() + (y * y).sum(1).mean() - 2.0 * x.mean(0) @ y.mean(0))
 
 
-def sqdist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (n, m) in float64, clipped at 0 (``|x|^2 + |y|^2 - 2 x y^T``)."""
-    d = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :]
-    d -= 2.0 * (x @ y.T)
+def sqdist(x: np.ndarray, y: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Squared Euclidean distances over ``scale``, (n, m) float64, clipped at 0 (``|x|^2 + |y|^2 - 2 x y^T``, in place)."""
+    d = x @ y.T
+    d *= -2.0 / scale
+    d += ((x * x).sum(1) / scale)[:, None]
+    d += ((y * y).sum(1) / scale)[None, :]
     np.maximum(d, 0.0, out=d)
     return d
 
@@ -141,18 +146,27 @@ def cloud_sinkhorn(  # noqa: PLR0913
         return CloudResult("online", res.objective, res.mass, res.f, res.g, res.n_iter, res.converged,
                            res.certificate, time.perf_counter() - t0, frac, n * m, 0, res)
     if regime == "dense":
-        res = dense_sinkhorn(a, b, sqdist(x, y) / scale, reg=reg, reg_m=reg_m, tol=tol, **options)
+        res = dense_sinkhorn(a, b, sqdist(x, y, scale), reg=reg, reg_m=reg_m, tol=tol, **options)
         return CloudResult("dense", res.objective, float(res.plan.sum()), res.f, res.g, res.n_iter, res.converged,
                            res.certificate, time.perf_counter() - t0, frac, n * m, 0, res)
-    found = radius_pairs(x, y, width=width * reg * scale)
+    search = radius_pairs_pruned if n * m >= _PRUNED_SEARCH_FROM else radius_pairs
+    found = search(x, y, width=width * reg * scale)
     rows, cols, cost = found.rows, found.cols, found.sqdist / scale
-    floor = found.floor / scale
+    floor, cfloor = found.floor / scale, (found.col_min + found.width) / scale
     res = sparse_sinkhorn(a, b, rows, cols, cost, reg=reg, reg_m=reg_m, tol=tol, prune_at=prune_at,
                           regime="sparse", **options)
     n_iter, rounds = res.n_iter, 0
     while True:
-        extra, outside = _excluded_pairs(x, y, a, b, scale, rows, cols, res.f, res.g, floor, reg, prune_at)
-        if extra[0].size == 0 or rounds >= max_rounds:
+        total = float(res.plan.sum())
+        log_bound = _outside_log_bound(a, b, res.f, res.g, floor, cfloor, reg)
+        outside = float(np.exp(log_bound).sum())
+        if outside <= CERT_OUTSIDE * total or rounds >= max_rounds:
+            break
+        # the bound does not certify: scan the rows it cannot clear, exactly, and re-admit what matters
+        scan = np.flatnonzero(log_bound > math.log(CERT_OUTSIDE * total / n))
+        extra, scanned = _excluded_pairs(x, y, a, b, scale, rows, cols, res.f, res.g, scan, reg, prune_at)
+        outside = scanned + float(np.exp(np.delete(log_bound, scan)).sum())
+        if extra[0].size == 0 or outside <= CERT_OUTSIDE * total:
             break
         rounds += 1
         rows, cols, cost = (np.concatenate([rows, extra[0]]), np.concatenate([cols, extra[1]]),
@@ -161,7 +175,6 @@ def cloud_sinkhorn(  # noqa: PLR0913
         res = sparse_sinkhorn(a, b, rows, cols, cost, reg=reg, reg_m=reg_m, tol=tol, prune_at=prune_at,
                               regime="sparse", init=(res.f, res.g), eps_start=reg, **warm)
         n_iter += res.n_iter
-    total = float(res.plan.sum())
     cert = res.certificate.with_truncation(outside / total if total > 0 else math.inf)
     cert = replace(cert, readmitted=cert.readmitted + int(rows.size - found.rows.size))
     return CloudResult("sparse", res.objective, total, res.f, res.g, n_iter,
@@ -169,49 +182,55 @@ def cloud_sinkhorn(  # noqa: PLR0913
                        float(found.rows.size / (n * m)), int(rows.size), rounds, res)
 
 
-def _excluded_pairs(x, y, a, b, scale, rows, cols, f, g, floor, reg, at, block: int = 1024):  # noqa: PLR0913
-    """Pairs outside the support whose kernel exponent at ``(f, g)`` exceeds ``-at``, and the outside mass.
+def _outside_log_bound(a, b, f, g, floor, cfloor, reg) -> np.ndarray:
+    r"""Per row, the log of a bound on the plan mass at ``(f, g)`` of its pairs outside the radius support.
 
-    An excluded pair of row i costs more than ``floor_i`` (its row minimum plus the width), so
-    its exponent is at most ``(f_i + max g - floor_i) / reg``; only rows where that bound
-    exceeds ``-at`` are compared with every column (blocked), the others add the bound's
-    mass. Returns ``((rows, cols, costs), mass)`` with ``mass`` the plan mass at ``(f, g)`` on
-    all excluded pairs (exact on scanned rows, bounded on the others).
+    A pair is outside only if its cost exceeds both its row's floor and its column's floor, so
+    row i's outside mass is at most ``a_i e^{f_i/eps} (sum_{j: cf_j >= fl_i} b_j e^{(g_j - cf_j)/eps}
+    + e^{-fl_i/eps} sum_{j: cf_j < fl_i} b_j e^{g_j/eps})``: with the columns sorted by floor, a
+    suffix and a prefix log-sum-exp and one binary search per row, O((n + m) log m), no pair visited.
     """
-    ok_g = np.isfinite(g)
-    gmax = float(g[ok_g].max()) if ok_g.any() else -math.inf
-    fin_f = np.where(np.isfinite(f), f, -np.inf)
-    bound = (fin_f + gmax - floor) / reg
-    scan = np.flatnonzero(bound > -at)
-    rest = np.flatnonzero((bound <= -at) & np.isfinite(bound))
-    mass = 0.0
-    if rest.size:
-        log_bsum = _lse(np.log(b[ok_g]) + g[ok_g] / reg)
-        mass += math.exp(_lse(np.log(a[rest]) + (fin_f[rest] - floor[rest]) / reg) + log_bsum)
-    out_r, out_c, out_k = [], [], []
-    if scan.size:
-        m = y.shape[0]
-        key = rows * m + cols  # sorted (the pair search returns sorted pairs; additions are re-sorted below)
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        gg = np.where(ok_g, g, -np.inf)
-        log_a, log_b = np.log(a), np.log(b)
-        for s in range(0, scan.size, block):
-            r = scan[s : s + block]
-            C = sqdist(x[r], y) / scale
-            E = (fin_f[r][:, None] + gg[None, :] - C) / reg
-            cand = np.argwhere(-at - 50.0 < E)  # the mass sum below needs every non-negligible pair
-            pr, pc = r[cand[:, 0]], cand[:, 1]
-            k = pr * m + pc
-            pos = np.clip(np.searchsorted(key, k), 0, max(key.size - 1, 0))
-            outside = key[pos] != k if key.size else np.ones(k.size, dtype=bool)
-            e = E[cand[:, 0], cand[:, 1]][outside]
-            pr, pc, cc = pr[outside], pc[outside], C[cand[:, 0], cand[:, 1]][outside]
-            mass += float(np.exp(log_a[pr] + log_b[pc] + e).sum())
-            viol = e > -at
-            out_r.append(pr[viol])
-            out_c.append(pc[viol])
-            out_k.append(cc[viol])
+    ok = np.isfinite(g)
+    order = np.argsort(cfloor[ok])
+    cf = cfloor[ok][order]
+    v = (np.log(b[ok]) + g[ok] / reg)[order]
+    u = v - cf / reg
+    suffix = np.append(np.logaddexp.accumulate(u[::-1])[::-1], -np.inf)  # LSE(u[k:])
+    prefix = np.concatenate([[-np.inf], np.logaddexp.accumulate(v)])     # LSE(v[:k])
+    k = np.searchsorted(cf, floor, side="left")
+    with np.errstate(invalid="ignore"):
+        out = np.log(a) + f / reg + np.logaddexp(suffix[k], prefix[k] - floor / reg)
+    return np.where(np.isfinite(f), out, -np.inf)
+
+
+def _excluded_pairs(x, y, a, b, scale, rows, cols, f, g, scan, reg, at, block: int = 1024):  # noqa: PLR0913
+    """On the rows ``scan``: the pairs outside the support whose exponent at ``(f, g)`` exceeds ``-at``, and their mass.
+
+    The rows are compared with every column in blocks of ``block`` rows. Returns ``((rows,
+    cols, costs), mass)``, ``mass`` the plan mass at ``(f, g)`` of every outside pair of the
+    scanned rows (exact, up to pairs below e^-80).
+    """
+    m = y.shape[0]
+    key = np.sort(rows * m + cols)
+    gg = np.where(np.isfinite(g), g, -np.inf)
+    log_a, log_b = np.log(a), np.log(b)
+    out_r, out_c, out_k, mass = [], [], [], 0.0
+    for s in range(0, scan.size, block):
+        r = scan[s : s + block]
+        C = sqdist(x[r], y, scale)
+        E = (f[r][:, None] + gg[None, :] - C) / reg
+        ci, cj = np.nonzero(-at - 50.0 < E)
+        pr = r[ci]
+        k = pr * m + cj
+        pos = np.clip(np.searchsorted(key, k), 0, max(key.size - 1, 0))
+        outside = key[pos] != k if key.size else np.ones(k.size, dtype=bool)
+        ci, cj, pr = ci[outside], cj[outside], pr[outside]
+        e = E[ci, cj]
+        mass += float(np.exp(log_a[pr] + log_b[cj] + e).sum())
+        viol = e > -at
+        out_r.append(pr[viol])
+        out_c.append(cj[viol])
+        out_k.append(C[ci, cj][viol])
     if not out_r:
         empty = np.zeros(0, dtype=np.int64)
         return (empty, empty, np.zeros(0)), mass

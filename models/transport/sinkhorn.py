@@ -284,6 +284,7 @@ class _DenseKernel:
         finite = np.isfinite(cost_matrix)
         self.row_has = finite.any(1)
         self.col_has = finite.any(0)
+        self.all_finite = bool(self.row_has.all() and finite.all())
         del finite
         self.K = np.empty_like(cost_matrix)
         self.dropped = None
@@ -303,6 +304,8 @@ class _DenseKernel:
         return self._fill(eps, f_bar, g_bar)
 
     def components(self) -> np.ndarray:
+        if self.all_finite:  # every pair allowed: one block
+            return np.zeros(self.n + self.m, dtype=np.int64)
         rows, cols = np.nonzero(np.isfinite(self.C))
         return component_labels(rows, cols, self.n, self.m)[1]
 
@@ -514,18 +517,17 @@ def dense_sinkhorn(  # noqa: PLR0913
     C = np.ascontiguousarray(cost, dtype=np.float64)
     if C.shape != (a.size, b.size):
         raise ValueError(f"cost has shape {C.shape}, expected ({a.size}, {b.size})")
-    if np.isnan(C).any() or np.isneginf(C).any():
+    if not (C.min(initial=0.0) > -np.inf and not np.isnan(C.max(initial=0.0))):
         raise ValueError("costs must be finite or +inf (a forbidden pair)")
     log_a, log_b = np.log(a), np.log(b)
     kernel = _DenseKernel(C, log_a, log_b)
-    finite = C[np.isfinite(C)]
     state = _solve(kernel, log_a, log_b, reg=float(reg), reg_m=reg_m, tol=tol, max_iter=max_iter,
                    eps_start=eps_start, eps_decay=eps_decay, iter_per_eps=iter_per_eps,
                    translation_invariant=translation_invariant, prune_at=None, omega=omega,
-                   omega_probe=omega_probe, init=init, cost_max=float(finite.max(initial=0.0)))
-    del finite
+                   omega_probe=omega_probe, init=init,
+                   cost_max=float(np.max(C, where=np.isfinite(C), initial=0.0)))
     eps = float(reg)
-    plan = kernel.plan(eps, state["f_bar"], state["g_bar"]).copy()
+    plan = kernel.plan(eps, state["f_bar"], state["g_bar"])  # the kernel's buffer, handed over
     f = np.where(kernel.row_has, state["f_bar"], -np.inf)
     g = np.where(kernel.col_has, state["g_bar"], -np.inf)
     objective, linear = _dense_objective(plan, C, a, b, eps, reg_m)
