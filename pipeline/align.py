@@ -6,7 +6,8 @@ that property (target) with the ``align`` section's :class:`~models.transport.Al
 and writes ``data/aligned/<property>/`` as documented in docs/ARCHITECTURE.md. The descriptor
 scaler is fitted on exactly what is aligned; evaluation calls the library per fold instead.
 A plan that did not converge is an error unless ``align.allow_unconverged`` is true; either
-way ``align.json`` carries the ``converged`` flag for downstream stages to check.
+way ``align.json`` carries the ``converged`` flag (the iteration met ``tol`` and the solver's
+certificate holds) and the ``certificate`` (first-order residual, mass outside the support).
 """
 
 from __future__ import annotations
@@ -65,12 +66,20 @@ def run(args: argparse.Namespace) -> int:
     log.info("aligned %s: %d DFT x %d experiment entries, mass moved %.3f, OT distance %.4g -> %.4g, %s",
              prop.name, report["n_source"], report["n_target"], report["mass_moved"],
              report["ot_distance_before"], report["ot_distance_after"],
-             "converged" if report["converged"] else "NOT converged")
+             _convergence(report))
     if n_show > 0:
         table = pd.read_csv(out / "outliers.csv").head(n_show)
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _convergence(report: dict) -> str:
+    cert = report.get("certificate")
+    word = "converged" if report["converged"] else "NOT converged"
+    if not cert:
+        return word
+    return f"{word} (residual {cert['residual']:.1e}, mass outside the support {cert['pruned_mass'] + cert['truncation_bound']:.1e})"
 
 
 def align_property(params: AlignParams, prop: Property, out: Path) -> dict:

@@ -109,6 +109,7 @@ def solve_blocks(problem: Problem, options: SolverOptions, *, method: str = "unb
     solved = run(_solve_piece, [method] * len(pieces), [options] * len(pieces), payload)
     rows, cols, vals = [], [], []
     n_iter, converged, err, fmax = 0, True, 0.0, 0.0
+    cert = dict.fromkeys(("cert_residual", "cert_pruned_mass", "cert_truncation_bound", "cert_readmitted"), 0.0)
     for piece, sols in zip(pieces, solved, strict=True):
         for i, sol in zip(piece, sols, strict=True):
             _, src, tgt = subs[i]
@@ -119,6 +120,9 @@ def solve_blocks(problem: Problem, options: SolverOptions, *, method: str = "unb
             converged &= bool(sol.converged)
             err = max(err, float(sol.info.get("error", 0.0)))
             fmax = max(fmax, float(sol.info.get("dual_f_max", 0.0)))
+            for key in cert:  # relative figures: the worst block bounds the whole; re-admissions add up
+                value = float(sol.info.get(key, 0.0))
+                cert[key] = cert[key] + value if key == "cert_readmitted" else max(cert[key], value)
     empty = np.zeros(0, dtype=np.int64)
     r = np.concatenate(rows) if rows else empty
     c = np.concatenate(cols) if cols else empty
@@ -127,6 +131,8 @@ def solve_blocks(problem: Problem, options: SolverOptions, *, method: str = "unb
     objective = unbalanced_objective(p, r, c, cost, problem.a, problem.b, reg=options.reg, reg_m=options.reg_m)
     # (the number of pieces is left out: outputs must not depend on how the work was divided)
     info = {"error": err, "dual_f_max": fmax, "blocks": float(len(comps))}
+    if method == "unbalanced":
+        info.update(cert)
     return Solution(r, c, p, float(objective), n_iter, converged, info), len(comps)
 
 

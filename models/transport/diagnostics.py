@@ -20,6 +20,7 @@ import pandas as pd
 from models.transport.alignment import AlignmentResult, transport_distance
 from models.transport.config import AlignConfig, SolverOptions
 from models.transport.penalties import Domain
+from models.transport.sinkhorn import Certificate
 from models.transport.support import block_support
 
 OT_DISTANCE_DEFINITION = (
@@ -84,7 +85,9 @@ def alignment_outputs(res: AlignmentResult, source: Domain, target: Domain, conf
         "additivity_shift_rmse_before": corrections.shift_rmse_before if corrections else None,
         "iterations": res.n_iter,
         "converged": res.converged,
-        "solver_info": {k: float(v) for k, v in res.info.items() if math.isfinite(float(v))},
+        "certificate": cert.as_dict() if (cert := Certificate.from_info(res.info)) is not None else None,
+        "solver_info": {k: float(v) for k, v in res.info.items()
+                        if math.isfinite(float(v)) and not k.startswith("cert_")},
         "seconds_solve": res.seconds,
     }
     return AlignmentOutputs(pairs=pairs, dft=dft_out, experiment=exp_out, outliers=outlier_table(res, source, target),

@@ -95,16 +95,18 @@ def _balanced(problem: Problem, opts: SolverOptions) -> Solution:
     res = sparse_sinkhorn(np.where(active_a, a, 1.0), np.where(active_b, b, 1.0), problem.rows, problem.cols,
                           problem.cost, reg=opts.reg, reg_m=math.inf, tol=opts.tol, max_iter=opts.max_iter)
     return Solution(res.rows, res.cols, res.plan, res.linear_cost, res.n_iter, res.converged,
-                    {"solver": 1.0, "error": res.error})
+                    {"solver": 1.0, "error": res.error, **res.certificate.as_info()})
 
 
 def _unbalanced(problem: Problem, opts: SolverOptions) -> Solution:
     res = sparse_sinkhorn(problem.a, problem.b, problem.rows, problem.cols, problem.cost,
                           reg=opts.reg, reg_m=opts.reg_m, tol=opts.tol, max_iter=opts.max_iter)
     info = {"error": res.error, "dual_f_max": float(np.max(res.f[np.isfinite(res.f)], initial=0.0))}
-    if problem.kth_cost is not None:
-        info["truncation_bound"] = truncation_bound(res, problem.a, problem.b, problem.kth_cost, opts.reg)
-    return Solution(res.rows, res.cols, res.plan, res.objective, res.n_iter, res.converged, info)
+    cert = res.certificate
+    if problem.kth_cost is not None:  # a kNN support: pairs never offered to the solver, bounded
+        cert = cert.with_truncation(truncation_bound(res, problem.a, problem.b, problem.kth_cost, opts.reg))
+    info.update(cert.as_info())
+    return Solution(res.rows, res.cols, res.plan, res.objective, res.n_iter, bool(res.converged and cert.holds), info)
 
 
 def _need_dense(problem: Problem, opts: SolverOptions, method: str) -> None:

@@ -55,8 +55,8 @@ _AUTO_GATE = 0.05  # omega='auto': largest log-scaling change at which the rate 
 # regime="auto": the dense kernel (all n x m entries, BLAS matrix-vector products on two threads)
 # is used when the support holds at least this fraction of all pairs and the matrix fits; below
 # it the sparse kernel's O(nnz) products win (crossover measured in benchmarks/ot_solver.py)
-DENSE_FRACTION = 0.2
-DENSE_MAX_ENTRIES = 150_000_000  # 1.2 GB per float64 matrix; the dense kernel holds two
+DENSE_FRACTION = 0.1
+DENSE_MAX_ENTRIES = 400_000_000  # 3.2 GB per float64 matrix; the dense kernel holds two (cost and kernel)
 
 # the certificate holds when the first-order residual and the mass outside the solved support
 # (both relative to the plan's mass) are below these
@@ -92,6 +92,19 @@ class Certificate:
 
     def with_truncation(self, bound: float) -> Certificate:
         return Certificate(self.residual, self.pruned_mass, float(bound), self.readmitted)
+
+    def as_info(self) -> dict[str, float]:
+        """Return the certificate as float entries of a solver ``info`` dict (keys ``cert_*``)."""
+        return {"cert_residual": self.residual, "cert_pruned_mass": self.pruned_mass,
+                "cert_truncation_bound": self.truncation_bound, "cert_readmitted": float(self.readmitted)}
+
+    @classmethod
+    def from_info(cls, info: dict[str, float]) -> Certificate | None:
+        """Read back :meth:`as_info` entries (None when a formulation gives no certificate)."""
+        if "cert_residual" not in info:
+            return None
+        return cls(float(info["cert_residual"]), float(info["cert_pruned_mass"]),
+                   float(info["cert_truncation_bound"]), int(info["cert_readmitted"]))
 
     def as_dict(self) -> dict[str, float | int | bool]:
         return {"residual": self.residual, "pruned_mass": self.pruned_mass,
@@ -206,6 +219,15 @@ class _SparseKernel:
     def components(self) -> np.ndarray:
         return component_labels(self.rows, self.cols, self.n, self.m)[1]
 
+    def start_potentials(self, fi: float) -> tuple[np.ndarray, np.ndarray]:
+        """``f = fi min_j C_ij``, then ``g = fi min_i (C_ij - f_i)``: every row and column has a kernel entry near 1."""
+        f = np.full(self.n, np.inf)
+        np.minimum.at(f, self.rows, self.cost)
+        f = np.where(np.isfinite(f), fi * f, 0.0)
+        g = np.full(self.m, np.inf)
+        np.minimum.at(g, self.cols, self.cost - f[self.rows])
+        return f, np.where(np.isfinite(g), fi * g, 0.0)
+
     def prune(self, eps, f_bar, g_bar, at: float) -> int:
         """Drop pairs whose kernel exponent is below ``-at`` (kept aside for re-admission)."""
         keep = self.exponent(eps, f_bar, g_bar) > -at
@@ -308,6 +330,14 @@ class _DenseKernel:
             return np.zeros(self.n + self.m, dtype=np.int64)
         rows, cols = np.nonzero(np.isfinite(self.C))
         return component_labels(rows, cols, self.n, self.m)[1]
+
+    def start_potentials(self, fi: float) -> tuple[np.ndarray, np.ndarray]:
+        f = self.C.min(1)
+        f = np.where(np.isfinite(f), fi * f, 0.0)
+        g = np.full(self.m, np.inf)
+        for s in range(0, self.n, 4096):  # blocked: no second n x m temporary
+            np.minimum(g, (self.C[s : s + 4096] - f[s : s + 4096, None]).min(0), out=g)
+        return f, np.where(np.isfinite(g), fi * g, 0.0)
 
     def prune(self, eps, f_bar, g_bar, at: float) -> int:
         return 0
@@ -596,6 +626,15 @@ def _solve(kernel, log_a, log_b, *, reg, reg_m, tol, max_iter, eps_start, eps_de
         e *= eps_decay
     eps_list.append(eps_target)
 
+    if init is None:
+        # a row (column) whose every kernel entry underflows at the first eps would divide by 0:
+        # then start from potentials that give each one an entry near 1 (otherwise from 0)
+        K, KT = kernel.operators(eps_list[0], f_bar, g_bar)
+        with np.errstate(over="ignore"):
+            underflow = (np.any(K(np.ones(m))[kernel.row_has] <= 0)
+                         or np.any(KT(np.ones(n))[kernel.col_has] <= 0))
+        if underflow:
+            f_bar, g_bar = kernel.start_potentials(fi)
     n_iter, err, converged, comp, n_pruned, readmitted = 0, math.inf, False, None, 0, 0
     om = 1.0
     stage = rounds = 0

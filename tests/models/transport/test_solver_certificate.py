@@ -70,7 +70,7 @@ OPTIONS = [dict(zip(("eps_start", "omega", "prune_at", "translation_invariant"),
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_sparse_solver_on_the_full_support_equals_pot_with_every_option(real_3000, opts):
-    x, y, a, b, M, _, ref = real_3000
+    _x, _y, a, b, M, _, ref = real_3000
     r, c = dense_support(a.size, b.size)
     res = sparse_sinkhorn(a, b, r, c, M.ravel(), reg=REG, reg_m=REG_M, tol=1e-9, regime="sparse", **opts)
     assert res.converged and res.certificate.holds
@@ -105,7 +105,7 @@ def test_cloud_solver_equals_pot_on_real_descriptors(descriptors, n, m, regime):
 
 
 def test_balanced_dense_kernel_equals_pot_balanced(descriptors):
-    x, y, a, b, M, _ = _problem(descriptors, 800, 200)
+    _x, _y, a, b, M, _ = _problem(descriptors, 800, 200)
     P = ot.sinkhorn(a, b, M, 0.05, stopThr=1e-12, numItermax=100000)
     r, c = dense_support(a.size, b.size)
     ref = unbalanced_objective(P.ravel(), r, c, M.ravel(), a, b, reg=0.05, reg_m=np.inf)
@@ -156,14 +156,14 @@ def test_online_path_on_cpu_equals_the_dense_reference(descriptors, reg_m):
 
 
 def test_certificate_fails_when_the_iteration_is_cut_short(real_3000):
-    x, y, a, b, M, _, _ = real_3000
+    _x, _y, a, b, M, _, _ = real_3000
     res = dense_sinkhorn(a, b, M, reg=REG, reg_m=REG_M, tol=1e-9, max_iter=5)
     assert not res.converged
     assert not res.certificate.holds and res.certificate.residual > 1e-5
 
 
 def test_sparse_solver_picks_the_dense_kernel_from_the_support_fraction(real_3000):
-    x, y, a, b, M, _, ref = real_3000
+    _x, _y, a, b, M, _, ref = real_3000
     r, c = dense_support(a.size, b.size)
     auto = sparse_sinkhorn(a, b, r, c, M.ravel(), reg=REG, reg_m=REG_M, tol=1e-9)
     assert auto.regime == "dense" and auto.objective == pytest.approx(ref, rel=1e-5)
