@@ -113,8 +113,11 @@ def build_support(
     dense_limit: int,
     knn: int,
     offset: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
     """Choose the allowed pairs: same-formula blocks (hard block), all pairs (small), or a kNN graph.
+
+    The third value is None for exact supports; for the kNN graph it is the k-th neighbour
+    cost of every source and of every target (lower bounds of the costs left out).
 
     ``offset`` (n_source,) is added to the DFT values before the kNN search (calibration).
     """
@@ -126,8 +129,8 @@ def build_support(
         r, c = dense_support(n, m)
         return r, c, None
     xs, xt = joint_embedding(std, source, target, weights, offset)
-    r, c, kth = knn_support(xs, xt, k_source=knn, k_target=knn)
-    return r, c, kth
+    r, c, kth, kth_t = knn_support(xs, xt, k_source=knn, k_target=knn, target_kth=True)
+    return r, c, (kth, kth_t)
 
 
 def align(
@@ -177,8 +180,9 @@ def align(
     if weights.value_calibration == "linear":
         calibration = fit_value_calibration(source, target)
         base_offset = calibration.apply(source.values) - np.asarray(source.values, dtype=np.float64)
-    rows, cols, kth = build_support(std, source, target, weights=weights, dense_limit=dense_limit, knn=knn,
-                                    offset=base_offset)
+    rows, cols, kths = build_support(std, source, target, weights=weights, dense_limit=dense_limit, knn=knn,
+                                     offset=base_offset)
+    kth, kth_t = kths if kths is not None else (None, None)
     if rows.size == 0:
         raise AlignmentError("no allowed pair between the domains (no composition on both sides under the hard block)")
     a, b = source.masses(), target.masses()
@@ -192,7 +196,8 @@ def align(
         if method == "mixture":
             xs, xt = joint_embedding(std, source, target, weights, offset)
         problem = Problem(a=a, b=b, rows=rows, cols=cols, cost=terms["total"], xs=xs, xt=xt,
-                          hard_block=weights.hard_block, kth_cost=kth, source=source, target=target)
+                          hard_block=weights.hard_block, kth_cost=kth, kth_cost_target=kth_t, source=source,
+                          target=target)
         sol = formulation(problem, options)
         total_iter += sol.n_iter
         if energy_additivity:
@@ -206,7 +211,7 @@ def align(
         # final plan with the final corrections, so plan and corrections agree
         terms = pair_costs(rows, cols, std=std, source=source, target=target, weights=weights, offset=offset)
         problem = Problem(a=a, b=b, rows=rows, cols=cols, cost=terms["total"], xs=None, xt=None,
-                          hard_block=weights.hard_block, kth_cost=kth)
+                          hard_block=weights.hard_block, kth_cost=kth, kth_cost_target=kth_t)
         sol = formulation(problem, options)
         total_iter += sol.n_iter
     info = dict(sol.info)

@@ -70,7 +70,8 @@ def _sub_problem(problem: Problem, edges: np.ndarray) -> tuple[Problem, np.ndarr
     tgt, c_loc = np.unique(c, return_inverse=True)
     sub = Problem(a=problem.a[src], b=problem.b[tgt], rows=r_loc.astype(np.int64), cols=c_loc.astype(np.int64),
                   cost=problem.cost[edges], xs=None, xt=None, hard_block=problem.hard_block,
-                  kth_cost=None if problem.kth_cost is None else problem.kth_cost[src])
+                  kth_cost=None if problem.kth_cost is None else problem.kth_cost[src],
+                  kth_cost_target=None if problem.kth_cost_target is None else problem.kth_cost_target[tgt])
     return sub, src, tgt
 
 

@@ -36,6 +36,7 @@ from models.transport.sinkhorn import (
     DENSE_MAX_ENTRIES,
     Certificate,
     dense_sinkhorn,
+    outside_log_bound,
     sparse_sinkhorn,
 )
 
@@ -158,7 +159,7 @@ def cloud_sinkhorn(  # noqa: PLR0913
     n_iter, rounds = res.n_iter, 0
     while True:
         total = float(res.plan.sum())
-        log_bound = _outside_log_bound(a, b, res.f, res.g, floor, cfloor, reg)
+        log_bound = outside_log_bound(a, b, res.f, res.g, floor, cfloor, reg)
         outside = float(np.exp(log_bound).sum())
         if outside <= CERT_OUTSIDE * total or rounds >= max_rounds:
             break
@@ -180,27 +181,6 @@ def cloud_sinkhorn(  # noqa: PLR0913
     return CloudResult("sparse", res.objective, total, res.f, res.g, n_iter,
                        bool(res.converged and cert.holds), cert, time.perf_counter() - t0,
                        float(found.rows.size / (n * m)), int(rows.size), rounds, res)
-
-
-def _outside_log_bound(a, b, f, g, floor, cfloor, reg) -> np.ndarray:
-    r"""Per row, the log of a bound on the plan mass at ``(f, g)`` of its pairs outside the radius support.
-
-    A pair is outside only if its cost exceeds both its row's floor and its column's floor, so
-    row i's outside mass is at most ``a_i e^{f_i/eps} (sum_{j: cf_j >= fl_i} b_j e^{(g_j - cf_j)/eps}
-    + e^{-fl_i/eps} sum_{j: cf_j < fl_i} b_j e^{g_j/eps})``: with the columns sorted by floor, a
-    suffix and a prefix log-sum-exp and one binary search per row, O((n + m) log m), no pair visited.
-    """
-    ok = np.isfinite(g)
-    order = np.argsort(cfloor[ok])
-    cf = cfloor[ok][order]
-    v = (np.log(b[ok]) + g[ok] / reg)[order]
-    u = v - cf / reg
-    suffix = np.append(np.logaddexp.accumulate(u[::-1])[::-1], -np.inf)  # LSE(u[k:])
-    prefix = np.concatenate([[-np.inf], np.logaddexp.accumulate(v)])     # LSE(v[:k])
-    k = np.searchsorted(cf, floor, side="left")
-    with np.errstate(invalid="ignore"):
-        out = np.log(a) + f / reg + np.logaddexp(suffix[k], prefix[k] - floor / reg)
-    return np.where(np.isfinite(f), out, -np.inf)
 
 
 def _excluded_pairs(x, y, a, b, scale, rows, cols, f, g, scan, reg, at, block: int = 1024):  # noqa: PLR0913

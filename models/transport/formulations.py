@@ -104,7 +104,8 @@ def _unbalanced(problem: Problem, opts: SolverOptions) -> Solution:
     info = {"error": res.error, "dual_f_max": float(np.max(res.f[np.isfinite(res.f)], initial=0.0))}
     cert = res.certificate
     if problem.kth_cost is not None:  # a kNN support: pairs never offered to the solver, bounded
-        cert = cert.with_truncation(truncation_bound(res, problem.a, problem.b, problem.kth_cost, opts.reg))
+        cert = cert.with_truncation(truncation_bound(res, problem.a, problem.b, problem.kth_cost, opts.reg,
+                                                     problem.kth_cost_target))
     info.update(cert.as_info())
     return Solution(res.rows, res.cols, res.plan, res.objective, res.n_iter, bool(res.converged and cert.holds), info)
 

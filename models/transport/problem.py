@@ -38,6 +38,7 @@ class Problem:
     xt: np.ndarray
     hard_block: bool
     kth_cost: np.ndarray | None = None  # kNN support: each source's k-th neighbour cost (lower bound off-support)
+    kth_cost_target: np.ndarray | None = None  # ... and each target's
     source: Domain | None = None  # the domains themselves, for formulations that learn a map (neural)
     target: Domain | None = None
 

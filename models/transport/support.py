@@ -74,11 +74,13 @@ def knn_support(
     k_target: int,
     chunk: int = 4096,
     threads: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    target_kth: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Union of the k nearest targets of every source and the k nearest sources of every target.
 
     Returns ``rows, cols, kth`` where ``kth`` (n,) is each source's squared distance to its
-    ``k_source``-th nearest target (used for the truncation bound). Brute force in chunks with
+    ``k_source``-th nearest target (used for the truncation bound); with ``target_kth`` also
+    each target's squared distance to its ``k_target``-th nearest source (m,). Brute force in chunks with
     torch (float32 distances for the search only; callers recompute float64 costs on the pairs).
     """
     # torch: seconds to import; only this path needs it (torch-free serving and CLI start-up)
@@ -90,8 +92,10 @@ def knn_support(
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
     n, m = xt.shape[0], yt.shape[0]
     r1, c1, kth = _brute_knn(xt, yt, min(k_source, m), chunk)
-    c2, r2, _ = _brute_knn(yt, xt, min(k_target, n), chunk)  # contiguous rows: faster than topk on d.T
+    c2, r2, kth_t = _brute_knn(yt, xt, min(k_target, n), chunk)  # contiguous rows: faster than topk on d.T
     key = np.unique(np.concatenate([r1, r2]) * m + np.concatenate([c1, c2]))
+    if target_kth:
+        return key // m, key % m, kth, kth_t
     return key // m, key % m, kth
 
 
