@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.transport.sinkhorn import Certificate, _marginal_certificate
+from models.transport.sinkhorn import Certificate, _gkl, _marginal_certificate
 
 
 @dataclass(frozen=True)
@@ -149,11 +149,6 @@ def online_sinkhorn(  # noqa: C901, PLR0913
     cert = _marginal_certificate(rn, cn, a64, b64, fn, gn, reg_m, total=total, pruned=0.0, readmitted=0)
     return OnlineResult(fn, gn, objective, linear, total, n_iter, bool(converged and cert.holds), err,
                         time.perf_counter() - t0, str(dev), cert)
-
-
-def _gkl(p: np.ndarray, q: np.ndarray) -> float:
-    pos = p > 0
-    return float(np.sum(p[pos] * np.log(p[pos] / q[pos])) - p.sum() + q.sum())
 
 
 __all__ = ["OnlineResult", "online_sinkhorn"]

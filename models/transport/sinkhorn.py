@@ -186,8 +186,6 @@ class _SparseKernel:
     plan's exponent, so the plan is the kernel scaled by the scalings.
     """
 
-    regime = "sparse"
-
     def __init__(self, rows, cols, cost, log_a, log_b) -> None:
         self.n, self.m = log_a.size, log_b.size
         self.log_a, self.log_b = log_a, log_b
@@ -297,8 +295,6 @@ class _DenseKernel:
     no pair is ever pruned. One more n x m buffer holds the kernel, refilled in place.
     """
 
-    regime = "dense"
-
     def __init__(self, cost_matrix: np.ndarray, log_a: np.ndarray, log_b: np.ndarray) -> None:
         self.n, self.m = cost_matrix.shape
         self.C = cost_matrix
@@ -309,7 +305,6 @@ class _DenseKernel:
         self.all_finite = bool(self.row_has.all() and finite.all())
         del finite
         self.K = np.empty_like(cost_matrix)
-        self.dropped = None
 
     def _fill(self, eps, f_bar, g_bar) -> np.ndarray:
         np.multiply(self.C, -1.0 / eps, out=self.K)
@@ -466,18 +461,14 @@ def sparse_sinkhorn(  # noqa: PLR0913
     fi = 1.0 if math.isinf(reg_m) else reg_m / (reg_m + reg)
     if dense:
         plan = kernel.plan(eps, f_bar, g_bar)[rows, cols]
-        kernel = None  # the n x m buffers are not needed any more
-        row_has = np.bincount(rows, minlength=n) > 0
-        col_has = np.bincount(cols, minlength=m) > 0
     else:
         rows, cols, cost = kernel.rows, kernel.cols, kernel.cost
         plan = kernel.plan(eps, f_bar, g_bar)
-        row_has, col_has = kernel.row_has, kernel.col_has
-    f = np.where(row_has, f_bar, -np.inf)
-    g = np.where(col_has, g_bar, -np.inf)
-    cert = _certificate(plan, rows, cols, a, b, f, g, reg_m,
-                        pruned=kernel.dropped_mass(eps, f_bar, g_bar, fi) if kernel is not None else 0.0,
+    f = np.where(kernel.row_has, f_bar, -np.inf)
+    g = np.where(kernel.col_has, g_bar, -np.inf)
+    cert = _certificate(plan, rows, cols, a, b, f, g, reg_m, pruned=kernel.dropped_mass(eps, f_bar, g_bar, fi),
                         readmitted=state["readmitted"])
+    del kernel  # a dense kernel's n x m buffers are not needed any more
     objective = unbalanced_objective(plan, rows, cols, cost, a, b, reg=eps, reg_m=reg_m)
     comp = state["comp"]
     return SparseSinkhornResult(
