@@ -19,7 +19,7 @@ from featurizers.chemistry import FormulaError, parse_formula, reduced_formula
 if TYPE_CHECKING:  # pymatgen's CIF reader is imported only when a CIF is read (start-up time)
     from pymatgen.core import Structure
 
-__all__ = ["InputProblem", "ParsedInput", "parse_cif", "parse_formula_input"]
+__all__ = ["InputProblem", "ParsedInput", "parse_cif", "parse_cif_text", "parse_formula_input", "parse_structure"]
 
 MAX_CIF_BYTES = 5_000_000
 
@@ -29,7 +29,7 @@ class ParsedInput:
     """A valid input: its text as given, its reduced formula and, for a CIF, its structure."""
 
     input: str
-    kind: Literal["formula", "cif"]
+    kind: Literal["formula", "cif", "structure"]
     formula: str
     structure: Structure | None = None
 
@@ -39,7 +39,7 @@ class InputProblem:
     """An input refused with a reason (shown to the user, never turned into a number)."""
 
     input: str
-    kind: Literal["formula", "cif"]
+    kind: Literal["formula", "cif", "structure"]
     reason: str
 
 
@@ -91,17 +91,26 @@ def parse_cif_text(text: str, *, name: str, max_sites: int = 500) -> ParsedInput
         return InputProblem(name, "cif", "malformed CIF: no structure could be read")
     if len(structures) > 1:
         return InputProblem(name, "cif", f"CIF holds {len(structures)} structures; give one per file")
-    structure = structures[0]
+    return parse_structure(structures[0], name=name, max_sites=max_sites, kind="cif")
+
+
+def parse_structure(structure, *, name: str, max_sites: int = 500,
+                    kind: Literal["cif", "structure"] = "structure") -> ParsedInput | InputProblem:
+    """Validate a pymatgen ``Structure`` (read from a CIF, or given in Python); ``name`` identifies it in messages."""
+    if not all(hasattr(structure, a) for a in ("is_ordered", "composition", "volume", "sites")):
+        return InputProblem(name, kind, f"not a pymatgen Structure ({type(structure).__name__})")
     if not structure.is_ordered:
         return InputProblem(
-            name, "cif", "partially occupied sites (disordered structure): give an ordered structure or the formula"
+            name, kind, "partially occupied sites (disordered structure): give an ordered structure or the formula"
         )
+    if len(structure) == 0:
+        return InputProblem(name, kind, "structure has no sites")
     if len(structure) > max_sites:
-        return InputProblem(name, "cif", f"cell has {len(structure)} sites, above the limit of {max_sites}")
+        return InputProblem(name, kind, f"cell has {len(structure)} sites, above the limit of {max_sites}")
     if not math.isfinite(structure.volume) or structure.volume <= 0:
-        return InputProblem(name, "cif", "cell has no positive volume")
+        return InputProblem(name, kind, "cell has no positive volume")
     try:
         formula = reduced_formula(structure.composition.formula.replace(" ", ""))
     except FormulaError as exc:
-        return InputProblem(name, "cif", f"composition not usable: {exc}")
-    return ParsedInput(name, "cif", formula, structure)
+        return InputProblem(name, kind, f"composition not usable: {exc}")
+    return ParsedInput(name, kind, formula, structure)

@@ -24,13 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from models import atomic_dir, write_json
 from models.properties import PROPERTY_NAMES, Property, get_property
+from models.tracking import TrackingError, log_evaluation_run, read_run_record
 from models.transport import domains_from_tables
 from pipeline import figures, readers
-from pipeline.config import DEFAULT_PARAMS, load_section
+from pipeline.config import DEFAULT_PARAMS, flatten, load_section
 from pipeline.errors import MatshiftError
 from pipeline.params.align import AlignParams
 from pipeline.params.evaluate import EvaluateParams
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameter file (default params.yaml)")
     parser.add_argument("--property", choices=PROPERTY_NAMES, required=True, help="which measured property to evaluate")
     parser.add_argument("--quick", action="store_true", help="the small evaluate.quick budget (tests, smoke runs)")
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="evaluate and write metrics/plots without logging an MLflow run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,11 +74,29 @@ def run(args: argparse.Namespace) -> int:
         figures.draw(tmp, result.result.predictions, result.result.folds, models=result.result.models,
                      unit=prop.unit, prop=prop.name)
     write_json(params.metrics_dir / f"{prop.name}.json", result.metrics, sort_keys=False)
+    if not getattr(args, "no_mlflow", False):
+        track(args, params, prop, result.metrics)
     ood = result.metrics.get("pooled_ood", {})
     log.info("%s: evaluated in %.0f s; pooled OOD MAE %s; gain of %s vs best non-OT (%s): %s", prop.name,
              result.metrics["seconds"], json.dumps({k: round(v, 4) for k, v in ood.get("mae", {}).items()}),
              ood.get("ot_model"), ood.get("best_non_ot_model"), ood.get("gain_vs_best_non_ot"))
     return 0
+
+
+def track(args: argparse.Namespace, params: EvaluateParams, prop: Property, metrics: dict) -> None:
+    """Log the evaluation to MLflow beside (as a child of) the train run of ``data/models/<property>``."""
+    train = load_section(TrainParams, "train", args.params)
+    # the one place the environment is read: MLflow's standard variable overrides params
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", train.tracking_uri)
+    try:
+        log_evaluation_run(tracking_uri=tracking_uri, experiment=train.experiment, prop=prop.name,
+                           params={"budget": "quick" if getattr(args, "quick", False) else "full",
+                                   **flatten(params)},
+                           metrics=metrics, artifacts=[params.metrics_dir / f"{prop.name}.json",
+                                                       params.plots_dir / prop.name],
+                           train_run=read_run_record(train.out_dir / prop.name))
+    except TrackingError as exc:
+        raise MatshiftError(f"{exc} (metrics and plots are written)") from exc
 
 
 def load_inputs(params: EvaluateParams, prop: Property, *, extra: tuple[str, ...], use_graphs: bool):

@@ -88,18 +88,20 @@ def predict(
     model: str | Path | None = None,
     max_sites: int = 500,
     metal: bool = True,
+    params: Path | str | None = None,
 ) -> pd.DataFrame:
     """Predict ``property`` for formulas and CIF paths (strings ending in .cif or Paths).
 
     Returns one row per input with the columns of :data:`~models.serving.COLUMNS`; invalid inputs have an
-    ``error`` and no prediction. ``metal``: band gaps use the metal classifier (see :func:`load_predictor`).
+    ``error`` and no prediction. ``metal``: band gaps use the metal classifier (see :func:`load_predictor`);
+    ``params``: the parameter file saying where the data and models are (default params.yaml).
     """
     if isinstance(inputs, str):
         inputs = [inputs]
     formulas = [i for i in inputs if isinstance(i, str) and not i.lower().endswith(".cif")]
     cifs = [Path(i) for i in inputs if isinstance(i, Path) or str(i).lower().endswith(".cif")]
     items = collect_inputs(formulas, cifs, max_sites=max_sites)
-    predictor = load_predictor(model, property=property, metal=metal)
+    predictor = load_predictor(model, property=property, metal=metal, params=Path(params) if params else None)
     return predict_items(items, predictor, unit=get_property(property).unit)
 
 

@@ -36,6 +36,7 @@ from models.properties import PROPERTY_NAMES, Property, choose_polymorphs, get_p
 from pipeline import readers
 from pipeline.config import DEFAULT_PARAMS, flatten, load_section, to_dict
 from pipeline.errors import MatshiftError
+from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,20 @@ def load_inputs(params: TrainParams, prop: Property) -> dict[str, Any]:
     return {"dft": dft.reset_index(drop=True), "experiment": exp, "descriptors": desc, "graphs": graphs}
 
 
+def bundle_inputs(params: TrainParams, prop: Property, args: argparse.Namespace) -> dict[str, Any]:
+    """Return what the registered predictor packages beside the model, read as ``matshift predict`` reads it."""
+    metal = load_section(MetalParams, "metal", args.params).out_dir
+    return {"dft": readers.read_dft(params.raw_dir, prop),
+            "index": readers.read_index(params.features_dir) if (params.features_dir / "index.parquet").is_file() else None,
+            "features_dir": params.features_dir, "neural_map": params.aligned_dir / prop.name / "neural_map",
+            "metal_dir": metal}
+
+
 def run(args: argparse.Namespace) -> int:
     # torch, PyG, scikit-learn, LightGBM, MLflow: imported when the stage runs, not for `--help`
     from models.learners import fit_property, init_from_env, is_writer, shutdown, write_outputs
     from models.serving import TrackingError, ensure_store, log_run
+    from models.tracking import write_run_record
 
     params = load_section(TrainParams, "train", args.params)
     prop = get_property(args.property)
@@ -107,14 +118,15 @@ def run(args: argparse.Namespace) -> int:
                  f" on {parallel.world} rank(s)" if parallel else "", time.perf_counter() - t0,
                  json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
         if log_mlflow:
-            log_run(
+            run_id, version = log_run(
                 tracking_uri=tracking_uri, experiment=params.experiment,
                 run_name=f"train-{prop.name}" + (f"-ddp{parallel.world}" if parallel else ""),
                 params={"property": prop.name, **world, **flatten(params)}, result=result, model_dir=out,
                 registered_name=f"matshift-{prop.name}" if params.register else None,
-                example=inputs["experiment"][["formula"]].head(5).assign(
-                    dft_value=lambda f: f["formula"].map(result.dft_reference).astype(float)),
+                example=inputs["experiment"][["formula"]].head(5), bundle=bundle_inputs(params, prop, args),
             )
+            write_run_record(out, run_id=run_id, tracking_uri=tracking_uri, experiment=params.experiment,
+                             registered=f"matshift-{prop.name}" if params.register else None, version=version)
         return 0
     finally:
         if parallel is not None:

@@ -19,7 +19,7 @@ import yaml
 
 from tests.data import ROOT
 
-PACKAGES = ("featurizers", "models", "pipeline")
+PACKAGES = ("featurizers", "matshift", "models", "pipeline")
 STAGE_MODULES = ("fetch", "featurize", "align", "train", "metal", "evaluate", "predict", "report")
 MAX_STAGE_LINES = 150
 

@@ -42,6 +42,14 @@ def params_text(root: Path, *, members: int = 2, epochs: int = 3) -> str:
             "model": {"comp_hidden": 8, "comp_layers": 1, "emb_dim": 8, "head_hidden": 8, "use_graphs": False},
             "optim": {"epochs": epochs, "pretrain_epochs": 1, "batch_size": 16, "dft_batch_size": 16},
         },
+        # `matshift evaluate --quick` on the same tables (tests/pipeline/test_mlflow_links.py)
+        "evaluate": {
+            "raw_dir": str(root / "raw"), "features_dir": str(root / "features"), "aligned_dir": str(root / "aligned"),
+            "metrics_dir": str(root / "metrics"), "plots_dir": str(root / "plots"), "ad_k": 3,
+            "quick": {"protocols": ["grouped_cv"], "models": ["stacked", "stacked_ot"], "neural_iterations": 0,
+                      "n_folds": 2, "epochs": 1, "patience": 1, "pretrain_epochs": 1, "rf_trees": 5,
+                      "shift_sample": 20},
+        },
     }
     return yaml.safe_dump(params)
 

@@ -86,7 +86,7 @@ class Predictor:
         meta_prop = ensemble.meta.get("property")
         if meta_prop and meta_prop != prop.name:
             raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {prop.name}")
-        calibration = _calibration_map(Path(neural_map), ensemble.descriptors) if neural_map is not None else None
+        calibration = calibration_map(Path(neural_map), ensemble.descriptors) if neural_map is not None else None
         metal = None
         if metal_dir is not None and prop.name == "band_gap" and (Path(metal_dir) / "metal.json").is_file():
             try:
@@ -117,9 +117,9 @@ class Predictor:
                 # a structure is looked up only when the served model uses crystal graphs
                 sid = sid if isinstance(sid, str) and uses_graphs else None
             dft_value.append(float(val))
-            structure_ids.append(sid if item.kind == "formula" else None)
-            if item.kind == "cif":
-                structure_used.append(f"user CIF ({item.input})")
+            structure_ids.append(sid if item.structure is None else None)
+            if item.structure is not None:  # a CIF file, or a Structure given through the Python API
+                structure_used.append(f"user {'CIF' if item.kind == 'cif' else 'structure'} ({item.input})")
             elif sid and sid == mid:
                 structure_used.append(f"{mid} (most stable polymorph)")
             elif sid:
@@ -133,7 +133,7 @@ class Predictor:
         graphs = self._graphs(items, structure_ids, structure_used) if uses_graphs else None
         if not uses_graphs:
             for k, item in enumerate(items):
-                if item.kind == "cif":
+                if item.structure is not None:
                     structure_used[k] += "; composition view (the served model uses composition and DFT value only)"
         frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
         out = self.ensemble.predict(frame, graphs=graphs, coverage=coverage)
@@ -184,7 +184,7 @@ class Predictor:
 
             found = load_graphs(path, ids=wanted)
             graphs = [found.get(s) if s else None for s in structure_ids]
-        cif_rows = [k for k, item in enumerate(items) if item.kind == "cif"]
+        cif_rows = [k for k, item in enumerate(items) if item.structure is not None]
         if cif_rows:
             featurizer = self._featurizer()
             for k in cif_rows:
@@ -232,7 +232,7 @@ def _resolve(ref: str | Path) -> Path:
     raise ModelNotFoundError(f"no model at {ref}: run `dvc repro` (or `matshift train`) first, or pass --model")
 
 
-def _calibration_map(directory: Path, descriptors: pd.DataFrame):
+def calibration_map(directory: Path, descriptors: pd.DataFrame):
     """Load the align stage's neural map if it saved one (for the model's descriptors); else None."""
     if not (directory / "map.json").is_file():
         return None
@@ -268,4 +268,4 @@ def dft_lookup(dft: pd.DataFrame, prop: Property, index: pd.DataFrame | None = N
     return out
 
 
-__all__ = ["ModelNotFoundError", "Predictor", "dft_lookup"]
+__all__ = ["ModelNotFoundError", "Predictor", "calibration_map", "dft_lookup"]

@@ -1,97 +1,63 @@
 """MLflow logging of a training run: parameters, per-epoch metrics, artifacts, registered model.
 
-The tracking URI is an argument (the stage decides it). With a SQLite store the schema is
-created once, up front (:func:`ensure_store`), because several processes creating it at the
-same time can fail with "database is locked".
+The tracking URI is an argument (the stage decides it); the store check and the evaluation
+run live in :mod:`models.tracking`. The registered model is the *whole predictor*
+(:mod:`models.serving.bundle`: ensemble, DFT lookup, graphs, neural map, metal classifier),
+so ``mlflow models serve`` answers as ``matshift predict`` does.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from models.serving.ensemble import EnsemblePredictor
+from featurizers.inputs import parse_formula_input
+from models.properties import get_property
+from models.serving.bundle import load_bundle, write_bundle
 from models.serving.metal import MetalPredictor
+from models.serving.output import predict_items
+from models.tracking import TrackingError, ensure_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrackingError", "ensure_store", "log_metal_run", "log_run"]
+__all__ = ["TrackingError", "ensure_store", "log_metal_run", "log_run", "served_signature"]
 
 # the checkout (or site-packages) that holds the models/ and featurizers/ packages
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be reached or created; the message says what to do."""
+def served_signature(example: pd.DataFrame, output: pd.DataFrame):
+    """Return the request (``formula``, a string per row) and the answer (:data:`~models.serving.COLUMNS`) of the served model."""
+    # MLflow: seconds to import; only when tracking or resolving a registered model
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    strings = {"input", "formula", "unit", "view", "structure_used", "error"}
+    flags = {"metal", "ad_warning"}
+    cols = [ColSpec("string" if c in strings else "boolean" if c in flags else "double", c,
+                    required=c in {"input", "unit"}) for c in output.columns]
+    return ModelSignature(inputs=Schema([ColSpec("string", "formula")]), outputs=Schema(cols))
 
 
-_FALLBACK = ("unset MLFLOW_TRACKING_URI to use the local store (train.tracking_uri, sqlite:///mlflow.db by "
-             "default), or run `matshift train --no-mlflow`")
+def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any], result, model_dir: Path,
+            registered_name: str | None, example: pd.DataFrame, bundle: dict[str, Any]) -> tuple[str, str | None]:
+    """Log one :class:`models.learners.FitResult` and the served predictor; returns the run id and model version.
 
-
-def _shown(uri: str) -> str:
-    """Return the URI without user:password@ (never put credentials in a message)."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-    return uri
-
-
-def _check_reachable(uri: str, timeout: float) -> None:
-    """Fail in seconds when a remote server does not answer (MLflow's own retries take minutes)."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise TrackingError(f"MLflow tracking server {_shown(uri)} is unreachable "
-                            f"({exc.strerror or type(exc).__name__}); {_FALLBACK}") from None
-
-
-def ensure_store(tracking_uri: str, *, attempts: int = 5, timeout: float = 5.0) -> None:
-    """Check the tracking store answers and create its schema (retrying while a SQLite lock is held).
-
-    Called before training, so an unreachable store fails in seconds, not after the run.
-    Raises :class:`TrackingError` naming the store (without credentials) and the fallback.
+    ``bundle``: the keyword arguments of :func:`models.serving.bundle.write_bundle` beside
+    ``model_dir`` and ``property`` (the DFT table, index, features and neural-map directories,
+    the metal classifier): the registered model packages them, so it needs no pipeline directory.
     """
     # MLflow: seconds to import; only when tracking or resolving a registered model
     import mlflow
 
-    _check_reachable(tracking_uri, timeout)
-    mlflow.set_tracking_uri(tracking_uri)
-    for k in range(attempts):
-        try:
-            mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
-            return
-        except Exception as exc:  # MLflow, SQLAlchemy and the OS raise many types; re-raised, chained
-            if "locked" in str(exc) and k < attempts - 1:
-                time.sleep(1.0 + k)
-                continue
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"MLflow tracking store {_shown(tracking_uri)} cannot be used ({first}); "
-                                f"{_FALLBACK}") from exc
-
-
-def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any], result, model_dir: Path,
-            registered_name: str | None, example: pd.DataFrame) -> str:
-    """Log one :class:`models.learners.FitResult`; returns the run id."""
-    # MLflow: seconds to import; only when tracking or resolving a registered model
-    import mlflow
-    from mlflow.models import infer_signature
-
-
     ensure_store(tracking_uri)
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(run_name=run_name, tags={"matshift.stage": "train",
+                                                   "matshift.property": params.get("property", "")}) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
         for variant, members in (("gnn_ot", result.members), ("gnn_no_ot", result.members_no_ot)):
             for k, m in enumerate(members):
@@ -105,20 +71,25 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
             mlflow.log_metrics({f"intervals.{k}": float(v) for k, v in result.intervals.calibration_summary().items()})
         for name in ("metrics.json", "history.csv", "learning_curves.png", "selection_predictions.csv", "ensemble.json"):
             mlflow.log_artifact(str(model_dir / name))
-        predictor = EnsemblePredictor(model_dir)
-        signature = infer_signature(example, predictor.predict(example))
-        mlflow.pyfunc.log_model(
-            # model from code: MLflow stores models/serving/pyfunc_code.py, not a pickled object
-            name="model", python_model=str(Path(__file__).with_name("pyfunc_code.py")),
-            artifacts={"model_dir": str(model_dir)},
-            signature=signature, input_example=example, registered_model_name=registered_name,
-            # ship the project's packages with the model so it loads outside this checkout
-            # (models/ and featurizers/: serving needs nothing of pipeline/)
-            code_paths=[str(_PACKAGE_ROOT / name) for name in ("models", "featurizers")],
-        )
+        with tempfile.TemporaryDirectory(prefix="matshift-bundle-") as tmp:
+            path = write_bundle(Path(tmp) / "predictor", model_dir=model_dir, property=params["property"], **bundle)
+            predictor = load_bundle(path)
+            answer = predict_items([parse_formula_input(f) for f in example["formula"]], predictor,
+                                   unit=get_property(params["property"]).unit)
+            info = mlflow.pyfunc.log_model(
+                # model from code: MLflow stores models/serving/pyfunc_code.py, not a pickled object
+                name="model", python_model=str(Path(__file__).with_name("pyfunc_code.py")),
+                artifacts={"bundle": str(path)},
+                signature=served_signature(example, answer), input_example=example[["formula"]],
+                registered_model_name=registered_name,
+                # ship the project's packages with the model so it loads outside this checkout
+                # (models/ and featurizers/: serving needs nothing of pipeline/)
+                code_paths=[str(_PACKAGE_ROOT / name) for name in ("models", "featurizers")],
+            )
+        version = str(info.registered_model_version) if registered_name and info.registered_model_version else None
         log.info("MLflow run %s logged to %s%s", run.info.run_id, tracking_uri,
-                 f", registered as {registered_name}" if registered_name else "")
-        return run.info.run_id
+                 f", registered as {registered_name} version {version}" if registered_name else "")
+        return run.info.run_id, version
 
 
 def log_metal_run(*, tracking_uri: str, experiment: str, params: dict[str, Any], metrics: dict[str, Any],

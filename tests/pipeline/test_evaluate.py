@@ -45,6 +45,8 @@ def _params(root):
     text = f"""
 align: {{reg: 0.05}}
 train:
+  tracking_uri: sqlite:///{root}/mlflow.db
+  out_dir: {root}/models
   model: {{comp_hidden: 8, comp_layers: 1, emb_dim: 8, head_hidden: 8, use_graphs: false}}
   optim: {{batch_size: 8, dft_batch_size: 8, pretrain_batch_size: 16}}
   stack: {{bags: 1, surrogate_trees: 10, surrogate_leaves: 4, trees: 20, leaves: 4, min_child_samples: 3, n_jobs: 1}}

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.serving import COLUMNS
 from pipeline import train as stage
 from pipeline.config import ConfigError
 from pipeline.errors import MissingInputError
+from pipeline.predict import predict
 from tests.data import train_inputs, train_params
 
 
@@ -34,26 +36,36 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     versions = client.search_model_versions("name='matshift-band_gap'")
     assert [int(v.version) for v in versions] == [1]
     model = mlflow.pyfunc.load_model("models:/matshift-band_gap/1")
-    pred = model.predict(pd.DataFrame({"formula": ["NaCl", "GaN"], "dft_value": [5.0, np.nan]}))
-    assert list(pred.columns) == ["prediction", "bag_spread", "lower", "upper"] and len(pred) == 2
+    # the registered model is the whole predictor: formulas in, `matshift predict`'s table out
+    answer = model.predict(pd.DataFrame({"formula": ["NaCl", "GaN", "Xx2"]}))
+    assert list(answer.columns) == COLUMNS and len(answer) == 3
+    assert "Xx" in answer.loc[2, "error"] and pd.isna(answer.loc[2, "prediction"])
+    pred = answer.iloc[:2]
     assert (pred["lower"] <= pred["prediction"]).all() and (pred["prediction"] <= pred["upper"]).all()
     assert (pred["prediction"] >= 0).all()
+    # ... with the DFT value `matshift predict` looks up (the stored table's polymorph), to the last bit
+    cli = predict(["NaCl", "GaN", "Xx2"], property="band_gap", params=args.params)
+    assert np.array_equal(cli["prediction"].to_numpy(float), answer["prediction"].to_numpy(float), equal_nan=True)
+    assert np.array_equal(cli["dft_value"].to_numpy(float), answer["dft_value"].to_numpy(float), equal_nan=True)
+    record = json.loads((out / "mlflow_run.json").read_text())
+    assert record["registered_model"] == "matshift-band_gap" and record["version"] == "1"
     # the served value is the fixed blend of the stacked model and the GNN ensemble
     from models.serving import EnsemblePredictor
 
     served = EnsemblePredictor(out)
     # the served stacked model carries the OT shift field (align stage's calibrated targets, leave-own-formula-out)
     assert served.stacked.shift_field is not None and (out / "stacked/shift_field/points.npy").is_file()
-    frame = pd.DataFrame({"formula": ["NaCl", "GaN"], "dft_value": [5.0, np.nan]})
+    frame = pd.DataFrame({"formula": ["NaCl", "GaN"], "dft_value": pred["dft_value"].to_numpy(float)})
     both = served.predict(frame)["prediction"].to_numpy()
-    assert both == pytest.approx(pred["prediction"].to_numpy())
-    stacked = served.stacked.predict(served.descriptors, ["NaCl", "GaN"], dft_value=np.array([5.0, np.nan]))
+    assert both == pytest.approx(pred["prediction"].to_numpy(float))
+    stacked = served.stacked.predict(served.descriptors, ["NaCl", "GaN"], dft_value=frame["dft_value"].to_numpy())
     served.blend_weight = 0.0
     gnn = served.predict(frame)["prediction"].to_numpy()
     assert both == pytest.approx(0.5 * stacked + 0.5 * gnn)
     run = client.search_runs(client.get_experiment_by_name("matshift").experiment_id)[0]
     assert run.data.params["optim.epochs"] == "2"
     assert "gnn_ot.m0.val_mae" in run.data.metrics
+    assert run.info.run_id == record["run_id"]
 
 
 def test_train_stage_rejects_bad_params_and_missing_inputs(tmp_path):

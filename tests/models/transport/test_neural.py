@@ -311,13 +311,13 @@ class _FakeEnsemble:
 def test_predictor_calibrates_dft_values_with_the_saved_map(calibration, tmp_path):
     from featurizers.inputs import ParsedInput
     from models.serving import ModelNotFoundError, Predictor
-    from models.serving.predictor import _calibration_map
+    from models.serving.predictor import calibration_map
 
     cal, (formulas, desc, dft, meas, _) = calibration
     table = pd.DataFrame(desc, columns=[f"d{i}" for i in range(5)])
     table.insert(0, "formula", formulas)
     cal.save(tmp_path / "neural_map", extra={"descriptor_columns": [f"d{i}" for i in range(5)]})
-    loaded = _calibration_map(tmp_path / "neural_map", table)
+    loaded = calibration_map(tmp_path / "neural_map", table)
     # F250 was never aligned nor measured in the fit; F5 has no DFT value in the lookup
     lookup = pd.DataFrame({"material_id": ["mp-250", "mp-3"], "dft_value": [dft[250], dft[3]],
                            "structure_id": [None, None]},
@@ -328,9 +328,9 @@ def test_predictor_calibrates_dft_values_with_the_saved_map(calibration, tmp_pat
     np.testing.assert_allclose(out["calibrated_dft"].to_numpy()[:2], expected)
     assert abs(out["calibrated_dft"][0] - meas[250]) < abs(dft[250] - meas[250])
     assert np.isnan(out["calibrated_dft"][2])
-    assert _calibration_map(tmp_path / "nothing", table) is None
+    assert calibration_map(tmp_path / "nothing", table) is None
     with pytest.raises(ModelNotFoundError, match="other descriptor columns"):
-        _calibration_map(tmp_path / "neural_map", table.rename(columns={"d0": "x0"}))
+        calibration_map(tmp_path / "neural_map", table.rename(columns={"d0": "x0"}))
 
 
 def test_neural_needs_formulas_on_both_sides():
