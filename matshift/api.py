@@ -79,8 +79,9 @@ def load_model(model: str | Path = "band_gap", *, params: str | Path | None = No
     if text.startswith(_URI_SCHEMES):
         return Model(load_bundle(_download(text)), source=text, max_sites=max_sites)
     path = Path(model)
-    if path.is_dir() and find_bundle(path) is not None:
-        return Model(load_bundle(find_bundle(path)), source=str(path), max_sites=max_sites)
+    bundle = find_bundle(path) if path.is_dir() else None
+    if bundle is not None:
+        return Model(load_bundle(bundle), source=str(path), max_sites=max_sites)
     if text in PROPERTY_NAMES:
         prop, ref = text, None
     elif path.is_dir():
@@ -142,8 +143,7 @@ def _one(item: Any, *, max_sites: int) -> ParsedInput | InputProblem:
     if hasattr(item, "lattice") and hasattr(item, "sites"):  # a pymatgen Structure
         return parse_structure(item, name=_structure_name(item), max_sites=max_sites)
     if hasattr(item, "element_composition"):  # a pymatgen Composition
-        problem_or_input = parse_formula_input(formula_of(item))
-        return problem_or_input
+        return parse_formula_input(formula_of(item))
     shown = repr(item)[:80]
     return InputProblem(shown, "formula", f"{shown}: not a formula, Composition, Structure or CIF path "
                         f"({type(item).__name__})")

@@ -30,7 +30,7 @@ __all__ = ["TrackingError", "ensure_store", "log_metal_run", "log_run", "served_
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def served_signature(example: pd.DataFrame, output: pd.DataFrame):
+def served_signature(output: pd.DataFrame):
     """Return the request (``formula``, a string per row) and the answer (:data:`~models.serving.COLUMNS`) of the served model."""
     # MLflow: seconds to import; only when tracking or resolving a registered model
     from mlflow.models import ModelSignature
@@ -80,7 +80,7 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
                 # model from code: MLflow stores models/serving/pyfunc_code.py, not a pickled object
                 name="model", python_model=str(Path(__file__).with_name("pyfunc_code.py")),
                 artifacts={"bundle": str(path)},
-                signature=served_signature(example, answer), input_example=example[["formula"]],
+                signature=served_signature(answer), input_example=example[["formula"]],
                 registered_model_name=registered_name,
                 # ship the project's packages with the model so it loads outside this checkout
                 # (models/ and featurizers/: serving needs nothing of pipeline/)
