@@ -141,9 +141,14 @@ def run(args: argparse.Namespace) -> int:
     if args.coverage is not None and not 0 < args.coverage < 1:
         raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
     frame = predict_items(items, predictor, unit=get_property(args.property).unit, coverage=args.coverage)
+    # inputs that parse but that the model cannot featurize (an element without Magpie data): said here, as rows
+    refused = [(i.input, e) for i, e in zip(items, frame["error"], strict=True)
+               if isinstance(i, ParsedInput) and isinstance(e, str)]
+    for text, reason in refused:
+        print(f"matshift predict: {text!r}: {reason}", file=sys.stderr)
     if args.output is not None:
         write_table(args.output, frame)
         log.info("wrote %d rows to %s", len(frame), args.output)
     else:
         print(format_table(frame))
-    return 1 if problems else 0
+    return 1 if problems or refused else 0

@@ -66,27 +66,38 @@ class EnsemblePredictor:
     def descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
         """Return the model's descriptor table, extended (and kept) with any formula of ``formulas`` it lacks.
 
+        A ``ValueError`` names the first formula that cannot be featurized (:meth:`featurize_missing`).
+        """
+        refused = self.featurize_missing(formulas)
+        if refused:
+            formula, reason = next(iter(refused.items()))
+            raise ValueError(f"formula {formula!r}: {reason}")
+        return self.descriptors
+
+    def featurize_missing(self, formulas: list[str]) -> dict[str, str]:
+        """Add the descriptors of every formula of ``formulas`` the table lacks; return the refused ones and why.
+
         A missing formula's descriptors are computed when the model's columns are ones matshift
-        computes; otherwise, or when a formula cannot be featurized, a ``ValueError`` names it.
+        computes; a formula that cannot be featurized (no Magpie data for an element, a
+        non-finite descriptor), or any missing one when the columns are unknown, is returned
+        as ``{formula: reason}`` and left out of the table.
         """
         if self.descriptors is None:
-            return None
+            return {}
         missing = sorted(set(formulas) - set(self.descriptors["formula"]))
         if not missing:
-            return self.descriptors
+            return {}
         # pymatgen and matminer only when a formula outside the training table is asked for
         from featurizers.composition import composition_descriptors, descriptor_labels
 
         cols = [c for c in self.descriptors.columns if c != "formula"]
         sets = next((c for c in (DESCRIPTOR_SETS, ("magpie",)) if descriptor_labels(c) == cols), None)
         if sets is None:
-            raise ValueError(f"no descriptors for formula {missing[0]!r} and the model's descriptor columns are unknown")
+            return {f: "no descriptors: the model's descriptor columns are not ones matshift computes" for f in missing}
         result = composition_descriptors(missing, sets=sets)
-        if result.failures:
-            bad = result.failures[0]
-            raise ValueError(f"no descriptors for formula {bad.formula!r}: {bad.reason}")
-        self.descriptors = pd.concat([self.descriptors, result.frame[["formula", *cols]]], ignore_index=True)
-        return self.descriptors
+        if len(result.frame):
+            self.descriptors = pd.concat([self.descriptors, result.frame[["formula", *cols]]], ignore_index=True)
+        return {bad.formula: f"no descriptors: {bad.reason}" for bad in result.failures}
 
     @property
     def models(self) -> list:

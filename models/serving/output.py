@@ -40,8 +40,17 @@ COLUMNS = [
 
 def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predictor, *, unit: str,
                   coverage: float | None = None) -> pd.DataFrame:
-    """One row per input in order (:data:`COLUMNS`): a prediction for a valid one, its ``error`` for an invalid one."""
+    """One row per input in order (:data:`COLUMNS`): a prediction for a valid one, its ``error`` for an invalid one.
+
+    A formula that parses but cannot be featurized (an element without Magpie data, such as
+    Og) is an invalid input too: one bad row never fails the others.
+    """
     valid = [i for i in items if isinstance(i, ParsedInput)]
+    refused = predictor.refused(valid) if valid else {}
+    if refused:
+        items = [InputProblem(i.input, i.kind, refused[i.formula]) if isinstance(i, ParsedInput)
+                 and i.formula in refused else i for i in items]
+        valid = [i for i in items if isinstance(i, ParsedInput)]
     results = predictor.predict(valid, coverage=coverage) if valid else pd.DataFrame()
     rows = []
     it = iter(results.to_dict("records"))

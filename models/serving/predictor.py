@@ -208,6 +208,10 @@ class Predictor:
     def _descriptors(self, formulas: list[str]) -> pd.DataFrame:
         return self.ensemble.descriptors_for(formulas)
 
+    def refused(self, items) -> dict[str, str]:
+        """Return ``{formula: reason}`` for the items whose composition cannot be featurized (predict refuses them)."""
+        return self.ensemble.featurize_missing([i.formula for i in items])
+
 
 def _resolve(ref: str | Path) -> Path:
     path = Path(ref)

@@ -31,16 +31,21 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def served_signature(output: pd.DataFrame):
-    """Return the request (``formula``, a string per row) and the answer (:data:`~models.serving.COLUMNS`) of the served model."""
+    """Return the request (``formula``, a string per row), the answer (:data:`~models.serving.COLUMNS`) and the params.
+
+    Params: ``coverage`` (optional, the intervals' nominal coverage; the model's own, 0.9 by
+    default, when absent). Without it in the signature, MLflow would drop the param silently.
+    """
     # MLflow: seconds to import; only when tracking or resolving a registered model
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     strings = {"input", "formula", "unit", "view", "structure_used", "error"}
     flags = {"metal", "ad_warning"}
     cols = [ColSpec("string" if c in strings else "boolean" if c in flags else "double", c,
                     required=c in {"input", "unit"}) for c in output.columns]
-    return ModelSignature(inputs=Schema([ColSpec("string", "formula")]), outputs=Schema(cols))
+    return ModelSignature(inputs=Schema([ColSpec("string", "formula")]), outputs=Schema(cols),
+                          params=ParamSchema([ParamSpec("coverage", "double", None)]))
 
 
 def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any], result, model_dir: Path,

@@ -96,3 +96,17 @@ def test_coverage_flag_changes_the_width(workdir, monkeypatch):
         assert row["coverage"] == float(cov)
     assert widths["0.95"] > widths["0.5"] > 0
     assert main(["predict", "GaN", "--params", "params.yaml", "--coverage", "1.5"]) == 1
+
+
+def test_a_formula_that_cannot_be_featurized_is_an_error_row_not_a_failed_batch(workdir, monkeypatch, capsys):
+    """Og parses but has no Magpie data: its row says so, and the other rows are predicted as they are alone."""
+    monkeypatch.chdir(workdir)
+    assert main(["predict", "GaN", "Og2", "LiSrO3", "--params", "params.yaml", "--output", "mixed.json"]) == 1
+    assert "'Og2': no descriptors" in capsys.readouterr().err
+    rows = json.loads((workdir / "mixed.json").read_text())
+    assert [r["input"] for r in rows] == ["GaN", "Og2", "LiSrO3"]
+    assert rows[1]["prediction"] is None and "Og" in rows[1]["error"] and "Magpie" in rows[1]["error"]
+    assert main(["predict", "GaN", "LiSrO3", "--params", "params.yaml", "--output", "alone.json"]) == 0
+    alone = json.loads((workdir / "alone.json").read_text())
+    assert [rows[0]["prediction"], rows[2]["prediction"]] == [r["prediction"] for r in alone]
+    assert rows[0]["error"] is None and rows[2]["error"] is None
