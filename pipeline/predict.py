@@ -133,22 +133,18 @@ def run(args: argparse.Namespace) -> int:
         items += read_input_csv(args.input, max_sites=args.max_sites)
     if not items:
         raise MatshiftError("no input: give formulas, --cif FILE ... or --input FILE.csv (see matshift predict --help)")
-    problems = [i for i in items if isinstance(i, InputProblem)]
-    for p in problems:
-        named = p.input.strip() and repr(p.input.strip()) in p.reason  # formula errors name it already
-        print(f"matshift predict: {p.reason if named else f'{p.kind} {p.input!r}: {p.reason}'}", file=sys.stderr)
     predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal)
     if args.coverage is not None and not 0 < args.coverage < 1:
         raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
     frame = predict_items(items, predictor, unit=get_property(args.property).unit, coverage=args.coverage)
-    # inputs that parse but that the model cannot featurize (an element without Magpie data): said here, as rows
-    refused = [(i.input, e) for i, e in zip(items, frame["error"], strict=True)
-               if isinstance(i, ParsedInput) and isinstance(e, str)]
-    for text, reason in refused:
-        print(f"matshift predict: {text!r}: {reason}", file=sys.stderr)
+    # refused inputs (not a formula, a bad CIF, an element without Magpie data) are rows with an error: said here too
+    bad = [(i, e) for i, e in zip(items, frame["error"], strict=True) if isinstance(e, str)]
+    for item, reason in bad:
+        named = item.input.strip() and repr(item.input.strip()) in reason  # formula errors name it already
+        print(f"matshift predict: {reason if named else f'{item.kind} {item.input!r}: {reason}'}", file=sys.stderr)
     if args.output is not None:
         write_table(args.output, frame)
         log.info("wrote %d rows to %s", len(frame), args.output)
     else:
         print(format_table(frame))
-    return 1 if problems or refused else 0
+    return 1 if bad else 0
