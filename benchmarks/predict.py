@@ -43,12 +43,13 @@ def cold(prop: str, repeats: int) -> list[float]:
     return times
 
 
-def formulas(n: int, seed: int = 0) -> list[str]:
-    exp = pd.read_parquet(ROOT / "data/raw/experiment.parquet", columns=["formula"])["formula"].unique()
-    dft = pd.read_parquet(ROOT / "data/raw/dft.parquet", columns=["formula"])["formula"].unique()
+def formulas(n: int, seed: int = 0, raw_dir: Path = ROOT / "data/raw") -> list[str]:
+    exp = pd.read_parquet(raw_dir / "experiment.parquet", columns=["formula"])["formula"].unique()
+    dft = pd.read_parquet(raw_dir / "dft.parquet", columns=["formula"])["formula"].unique()
     rng = np.random.default_rng(seed)
     unmeasured = np.setdiff1d(dft, exp)
-    return [*rng.choice(exp, n // 2, replace=False), *rng.choice(unmeasured, n - n // 2, replace=False)]
+    half = min(n // 2, len(exp), len(unmeasured))
+    return [*rng.choice(exp, half, replace=False), *rng.choice(unmeasured, half, replace=False)]
 
 
 def warm(prop: str, repeats: int, n: int) -> tuple[float, list[float], int]:
