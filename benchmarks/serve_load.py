@@ -118,6 +118,25 @@ def load_phase(server, pool: list[str], *, batch: int, clients: int, requests: i
             "max_ms": round(1000 * max(latencies, default=float("nan")), 1), "stopped_by_time": done < requests}
 
 
+def parity(server, formulas: list[str], *, model: str, tracking_uri: str, params: Path) -> dict:
+    """Largest difference between the HTTP answers, the Python API's and ``matshift predict``'s on ``formulas``."""
+    import matshift
+    from pipeline.predict import predict
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    reply = server.post(formulas_payload(formulas))
+    http = pd.DataFrame(reply.body["predictions"])
+    api = matshift.load_model(model).predict(formulas)
+    cli = predict(formulas, property="band_gap", params=params)
+    out = {"formulas": len(formulas), "predicted": int(http["prediction"].notna().sum())}
+    for name, other in (("api", api), ("cli", cli)):
+        diff = [np.nanmax(np.abs(pd.to_numeric(http[c]).to_numpy(float) - pd.to_numeric(other[c]).to_numpy(float)),
+                          initial=0.0) for c in ("prediction", "lower", "upper", "dft_value")]
+        same_nan = all((http[c].isna() == other[c].isna()).all() for c in ("prediction", "lower", "upper"))
+        out[f"max_abs_diff_http_vs_{name}"] = float(max(diff)) if same_nan else float("inf")
+    return out
+
+
 BAD = {
     "no formula column": {"dataframe_split": {"columns": ["composition"], "data": [["GaN"]]}},
     "coverage out of range": formulas_payload(["GaN"], coverage=1.5),
@@ -154,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server (default 1)")
     parser.add_argument("--raw-dir", type=Path, default=ROOT / "data/raw", help="where the formula pool is drawn from")
     parser.add_argument("--pool", type=int, default=2000, help="formulas in the pool (half measured, half DFT-only)")
+    parser.add_argument("--parity", action="store_true",
+                        help="first compare 200 answers (100 of the pool, 100 new) with the Python API's and "
+                             "matshift predict's (the pipeline's band-gap model: serve the version it registered)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/serve_load_results.json")
     args = parser.parse_args(argv)
     pool = formulas(args.pool, seed=1, raw_dir=args.raw_dir)
@@ -164,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         startup = time.perf_counter() - t0
         for b in (1, 100):  # warm-up: first requests pay lazy imports and descriptor lookups
             server.post(formulas_payload(pool[:b]))
+        match = parity(server, pool[:100] + novel[:100], model=args.model, tracking_uri=args.tracking_uri,
+                       params=ROOT / "params.yaml") if args.parity else None
         phases = [load_phase(server, pool, batch=b, clients=args.clients, requests=n, max_seconds=args.max_seconds,
                              seed=b) for b, n in zip((1, 100), args.requests[:2], strict=True)]
         phases.append(load_phase(server, novel, batch=100, clients=args.clients, requests=args.requests[2],
@@ -171,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         bad = bad_phase(server, pool, rounds=5)
     result = {"model": args.model, "server": f"mlflow models serve --env-manager local, {args.workers} worker(s)",
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average_at_start": round(load, 2),
-              "startup_s": round(startup, 1), "phases": phases, "bad_requests": bad,
+              "startup_s": round(startup, 1), "parity": match, "phases": phases, "bad_requests": bad,
               "formula_pool": f"{len(pool)} formulas: half measured, half DFT-only (benchmarks.predict.formulas, seed 1)"}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(f"# Serving load test\n\n`{' '.join(['python -m benchmarks.serve_load', *(sys.argv[1:] if argv is None else argv)])}`"
                                            f" against {args.model}\n\n{table(result)}\n")
     print(table(result))
     ok = all(p["errors"] == 0 for p in phases) and not bad["not_refused"] and bad["good_answered"] == bad["good_between"]
+    ok = ok and (match is None or max(match["max_abs_diff_http_vs_api"], match["max_abs_diff_http_vs_cli"]) <= 1e-9)
     return 0 if ok else 1
 
 
@@ -189,6 +214,11 @@ def table(result: dict) -> str:
         lines.append(f"| {p['formulas']} | {p['batch']} | {p['clients']} | {p['requests']} | {p['errors']} | {p['rows_with_error']} | {p['requests_per_s']} | "
                      f"{p['formulas_per_s']} | {p['p50_ms']} | {p['p99_ms']} |")
     bad = result["bad_requests"]
+    if result.get("parity"):
+        p = result["parity"]
+        lines.append(f"\nParity on {p['formulas']} formulas ({p['predicted']} predicted): largest difference HTTP vs "
+                     f"Python API {p['max_abs_diff_http_vs_api']:.1e}, HTTP vs `matshift predict` "
+                     f"{p['max_abs_diff_http_vs_cli']:.1e}.")
     lines.append(f"\nBad requests: {bad['refused_with_4xx']}/{bad['bad_requests']} answered with a 4xx and a message; "
                  f"{bad['good_answered']}/{bad['good_between']} good requests between them answered. "
                  f"Server start {result['startup_s']} s; {result['machine']}; load average at start "
