@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -83,7 +84,7 @@ def serve(model_uri: str, *, tracking_uri: str, cwd: Path, workers: int = 1,
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = Path(cwd) / f"mlflow-serve-{port}.log"
+    log = Path(tempfile.gettempdir()) / f"matshift-serve-{port}.log"  # the server's output, read when it fails
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     # MLflow starts `uvicorn` through the shell: the environment's bin directory must be on PATH (an activated venv)
     env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri,
