@@ -89,7 +89,8 @@ class ShiftField:
         formulas = [str(f) for f in formulas]
         if not formulas:
             return np.zeros(0)
-        d = descriptors.drop_duplicates("formula").set_index("formula")
+        # the queried rows only (first row of a repeated formula, as in the whole table): a request copies a few rows
+        d = descriptors[descriptors["formula"].isin(set(formulas))].drop_duplicates("formula").set_index("formula")
         missing = sorted(set(formulas) - set(d.index))
         if missing:
             raise ValueError(f"ShiftField: no descriptors for {len(missing)} formulas, e.g. {missing[0]!r}")

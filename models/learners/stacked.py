@@ -52,8 +52,13 @@ __all__ = [
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
-    """Numeric descriptor rows for ``formulas`` (float32), in the order given; raises on unknown formulas or NaN."""
-    d = descriptors.drop_duplicates("formula").set_index("formula")
+    """Numeric descriptor rows for ``formulas`` (float32), in the order given; raises on unknown formulas or NaN.
+
+    The rows of ``formulas`` are selected before de-duplicating and indexing (the first row of
+    a repeated formula is used, as in the whole table): a few formulas from a table of
+    tens of thousands, as a served request asks, copy a few rows, not the table.
+    """
+    d = descriptors[descriptors["formula"].isin(set(formulas))].drop_duplicates("formula").set_index("formula")
     cols = list(columns) if columns is not None else list(d.select_dtypes(include="number").columns)
     missing = sorted(set(formulas) - set(d.index))
     if missing:

@@ -147,7 +147,8 @@ class Predictor:
         if self.metal is not None:
             lower = np.where(metal | (metal_p >= 1 - cov), 0.0, lower)
             upper = np.where(metal & (metal_p >= cov), 0.0, upper)
-        features = desc.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)
+        wanted = desc[desc["formula"].isin(set(formulas))]  # the request's rows, not a copy of the whole table
+        features = wanted.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)
         ad = self.ad.score(features)
         has_graph = [g is not None for g in graphs] if graphs is not None else [False] * len(items)
         calibrated = np.full(len(items), np.nan)

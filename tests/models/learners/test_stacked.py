@@ -193,3 +193,22 @@ def test_shift_field_adds_two_ot_columns_and_survives_save_load(tmp_path):
     loaded = load_stacked(tmp_path / "stacked")
     assert loaded.shift_field is not None
     np.testing.assert_allclose(loaded.predict(desc, formulas), with_ot.predict(desc, formulas), rtol=1e-12, atol=1e-12)
+
+
+def test_descriptor_matrix_selects_the_rows_of_the_whole_table():
+    """Selecting the wanted rows first gives the matrix of indexing the whole de-duplicated table (first row wins)."""
+    from models.learners.stacked import descriptor_matrix
+
+    rng = np.random.default_rng(0)
+    names = [f"F{k}" for k in range(300)]
+    table = pd.DataFrame({"formula": rng.choice(names, 900), "a": rng.normal(size=900), "b": rng.normal(size=900),
+                          "label": "x", "c": rng.integers(0, 5, 900)})
+    whole = table.drop_duplicates("formula").set_index("formula")
+    for k in range(20):
+        wanted = list(rng.choice(table["formula"].unique(), int(rng.integers(0, 40))))
+        for columns in (None, ["b", "a"]):
+            cols = columns or ["a", "b", "c"]
+            expected = whole.loc[wanted, cols].to_numpy(np.float32)
+            assert np.array_equal(descriptor_matrix(table, wanted, columns), expected), (k, columns)
+    with pytest.raises(ValueError, match="no descriptors for 1 formulas"):
+        descriptor_matrix(table, ["F1", "nope"])
