@@ -25,6 +25,7 @@ gives it.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ from models._io import verify_manifest
 from models.learners import ConformalIntervals, descriptor_matrix, load_stacked
 
 __all__ = ["EnsemblePredictor"]
+
+
+_EXTEND_LOCK = threading.Lock()  # guards EnsemblePredictor.descriptors while a request extends it
 
 
 class EnsemblePredictor:
@@ -95,8 +99,12 @@ class EnsemblePredictor:
         if sets is None:
             return {f: "no descriptors: the model's descriptor columns are not ones matshift computes" for f in missing}
         result = composition_descriptors(missing, sets=sets)
-        if len(result.frame):
-            self.descriptors = pd.concat([self.descriptors, result.frame[["formula", *cols]]], ignore_index=True)
+        # a server predicts from several threads: append under a lock, to the table as it is now, what it still lacks
+        # (featurizing outside it), so no thread's additions are lost and no formula is added twice
+        with _EXTEND_LOCK:
+            new = result.frame[~result.frame["formula"].isin(set(self.descriptors["formula"]))]
+            if len(new):
+                self.descriptors = pd.concat([self.descriptors, new[["formula", *cols]]], ignore_index=True)
         return {bad.formula: f"no descriptors: {bad.reason}" for bad in result.failures}
 
     @property

@@ -110,3 +110,42 @@ def test_a_formula_that_cannot_be_featurized_is_an_error_row_not_a_failed_batch(
     alone = json.loads((workdir / "alone.json").read_text())
     assert [rows[0]["prediction"], rows[2]["prediction"]] == [r["prediction"] for r in alone]
     assert rows[0]["error"] is None and rows[2]["error"] is None
+
+
+def test_concurrent_requests_with_new_formulas_all_get_answers(workdir, monkeypatch):
+    """A model server predicts from several threads; each extends the descriptor table with its new formulas."""
+    import threading
+
+    from featurizers.inputs import parse_formula_input
+    from models.serving import predict_items
+    from pipeline.predict import load_predictor
+
+    monkeypatch.chdir(workdir)
+    predictor = load_predictor(None, property="band_gap", params=workdir / "params.yaml")
+    # a table the size of the pipeline's (about 50,000 formulas): extending it takes long enough for requests to overlap
+    table = predictor.ensemble.descriptors
+    padding = table.iloc[np.arange(50_000) % len(table)].assign(formula=[f"pad{k}" for k in range(50_000)])
+    predictor.ensemble.descriptors = pd.concat([table, padding], ignore_index=True)
+    cations, anions = ["Li", "Na", "K", "Rb", "Mg", "Ca", "Sr", "Ba"], ["F", "Cl", "Br", "I", "S", "Se"]
+    new = [f"{a}{n}{b}{m}{x}" for a in cations for b in cations if a < b for x in anions for n, m in ((1, 2), (3, 1))]
+    batches = [new[k::8] for k in range(8)]
+    failures, answers = [], {}
+
+    def request(k):
+        try:
+            answers[k] = predict_items([parse_formula_input(f) for f in batches[k]], predictor, unit="eV")
+        except Exception as exc:  # noqa: BLE001 - collected and shown by the assertion
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=request, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert all(answers[k]["prediction"].notna().all() and answers[k]["error"].isna().all() for k in range(8))
+    table = predictor.ensemble.descriptors
+    assert not table["formula"].duplicated().any()
+    # the same answers as one request at a time
+    alone = predict_items([parse_formula_input(f) for f in batches[3]], predictor, unit="eV")
+    assert alone["prediction"].tolist() == answers[3]["prediction"].tolist()
