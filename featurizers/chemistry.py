@@ -8,9 +8,11 @@ otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
+from collections.abc import Iterator
 
 from pymatgen.core import Composition, Element
 from pymatgen.util.string import formula_double_format
@@ -93,16 +95,24 @@ def reduced_formula(formula: str | Composition) -> str:
     ('Fe2O3', 'Fe2O3')
     """
     comp = parse_formula(formula) if isinstance(formula, str) else formula
-    reduced, _ = comp.get_reduced_composition_and_factor()
+    with _no_pauling_warning():  # pymatgen orders the elements by Pauling electronegativity
+        reduced, _ = comp.get_reduced_composition_and_factor()
     parts = sorted(reduced.items(), key=lambda kv: (_electronegativity(kv[0]), kv[0].symbol))
     return "".join(f"{el.symbol}{formula_double_format(amt)}" for el, amt in parts)
 
 
-def _electronegativity(el: Element) -> float:
+@contextlib.contextmanager
+def _no_pauling_warning() -> Iterator[None]:
+    """Silence pymatgen's "No Pauling electronegativity for Ar" (noble gases have none), and nothing else."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # noble gases have no Pauling value; sort them last
+        warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
+        yield
+
+
+def _electronegativity(el: Element) -> float:
+    with _no_pauling_warning():
         x = el.X
-    return x if math.isfinite(x) else math.inf
+    return x if math.isfinite(x) else math.inf  # no Pauling value: sorted last
 
 
 def element_fractions(formula: str | Composition) -> dict[str, float]:

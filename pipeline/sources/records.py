@@ -114,9 +114,7 @@ def check_mp_id(value: Any) -> str:
 
 def formula_key(formula: str) -> str:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # noble gases: "No Pauling electronegativity"
-            return reduced_formula(formula)
+        return reduced_formula(formula)
     except FormulaError as exc:
         raise RowError(f"unparsable formula: {exc}") from exc
 
