@@ -92,7 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"matshift: the '{args.command}' command is not available in this version", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return int(mod.run(args) or 0)
+        if args.quiet:
+            return int(mod.run(args) or 0)
+        # tqdm: imported for a stage that runs, not for `--help`
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():  # a log line is written above the progress bars, not through them
+            return int(mod.run(args) or 0)
     except (ConfigError, MatshiftError, OutputError) as exc:
         if args.debug:
             raise

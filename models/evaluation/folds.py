@@ -72,6 +72,7 @@ from models.learners import (
     predict_ensemble,
     train_model,
 )
+from models.progress import bar
 from models.transport import AlignConfig, CostWeights, Domain, NeuralAlignConfig, align
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *,
     t0 = time.perf_counter()
     runner = _FoldRunner(data, models, ad_k=ad_k, ad_threshold=ad_threshold, seed=seed, device=device)
     pred_frames, fold_rows = [], []
-    for k, fold in enumerate(folds):
+    for k, fold in enumerate(bar(folds, desc="evaluate folds", unit="fold", leave=False)):
         tf = time.perf_counter()
         out, row = runner.run(k, fold)
         row["shift_ot"] = shift_distance(runner.x_exp[fold.train], runner.x_exp[fold.test], sample=shift_sample,

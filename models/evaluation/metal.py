@@ -43,6 +43,7 @@ from models.learners import (
     choose_threshold,
     dft_metal_table,
 )
+from models.progress import bar
 from models.properties import choose_polymorphs, metal_class_conflicts, reference_per_formula
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def metal_cv(data: MetalData, folds: Sequence[Fold], *, inner_folds: int = 4, se
     formulas = data.labels.index.to_numpy()
     y = data.labels.to_numpy()
     per_formula, per_row = [], []
-    for k, fold in enumerate(folds):
+    for k, fold in enumerate(bar(folds, desc="metal folds", unit="fold", leave=False)):
         t0 = time.perf_counter()
         tr, te = np.asarray(fold.train), np.asarray(fold.test)
         clf = data.classifier_for_fold().fit(data.descriptors, formulas[tr], y[tr])

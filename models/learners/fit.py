@@ -42,6 +42,7 @@ from models.learners.training import (
     train_model,
 )
 from models.nets import save_model
+from models.progress import Steps, bar, showing
 from models.properties import Property, reference_per_formula
 
 __all__ = ["FitResult", "fit_property", "write_outputs"]
@@ -104,17 +105,22 @@ def fit_property(
     dev = determine_device(config.device)
     torch.manual_seed(config.seed)
     train_config = config.train_config(prop)
+    stack_config = config.stack_config(prop)
+    steps = Steps(f"train {prop.name}", [*(["DFT pretraining"] if train_config.pretrain_epochs else []),
+                                         "GNN members without OT", "GNN members with OT", "baselines",
+                                         *(["stacked model", "prediction intervals"] if stack_config else [])], log)
     ref = reference_per_formula(dft)
     split = _split(dft, experiment, descriptors, ref, graphs, config)
-    fitted = _fit_gnns(split, train_config, config, dev, parallel)
+    fitted = _fit_gnns(split, train_config, config, dev, parallel, steps)
     preds = {name: predict_ensemble([r.model for r in res], split.table, split.sel_rows, device=dev,
                                     clamp_min=prop.clamp_min)
              for name, res in fitted.items()}
     tr, sel = split.tr, split.sel
     d_tr, d_sel = tr["formula"].map(ref).to_numpy(float), sel["formula"].map(ref).to_numpy(float)
-    linear = LinearCalibration(clamp_min=prop.clamp_min).fit(d_tr, tr["value"].to_numpy())
-    forest = DescriptorForest(n_estimators=config.rf_trees, seed=config.seed).fit(
-        descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+    with steps("baselines"):
+        linear = LinearCalibration(clamp_min=prop.clamp_min).fit(d_tr, tr["value"].to_numpy())
+        forest = DescriptorForest(n_estimators=config.rf_trees, seed=config.seed).fit(
+            descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
     selection = pd.DataFrame({
         "formula": sel["formula"].to_numpy(), "value": sel["value"].to_numpy(), "dft_value": d_sel,
         "raw_dft": RawDFT().fit(d_tr, tr["value"]).predict(d_sel),
@@ -124,17 +130,18 @@ def fit_property(
         "gnn_ot": preds["gnn_ot"].experiment,
         "gnn_ot_std": preds["gnn_ot"].experiment_std,
     })
-    stack_config = config.stack_config(prop)
     stacked, intervals = None, None
     if stack_config is not None:
-        stacked = _fit_stacked(dft, descriptors, ref, split, selection, stack_config,
-                               extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features)
+        with steps("stacked model"):
+            stacked = _fit_stacked(dft, descriptors, ref, split, selection, stack_config,
+                                   extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features)
         served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
         w = config.stack.blend_weight
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
         try:
-            intervals = _fit_intervals(descriptors, split, stacked, replace(stack_config, bags=config.intervals.bags),
-                                       config.intervals, prop, seed=config.seed)
+            with steps("prediction intervals"):
+                intervals = _fit_intervals(descriptors, split, stacked, replace(stack_config, bags=config.intervals.bags),
+                                           config.intervals, prop, seed=config.seed)
         except ValueError as exc:  # too few measurements for the out-of-fold models: served without intervals
             log.warning("%s: no prediction intervals (%s); predictions will have lower/upper NaN", prop.name, exc)
         if intervals is not None:
@@ -167,20 +174,23 @@ def _split(dft: pd.DataFrame, experiment: pd.DataFrame, descriptors: pd.DataFram
 
 
 def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, device: torch.device,
-              parallel: DataParallelHook | None) -> dict[str, list[TrainResult]]:
+              parallel: DataParallelHook | None, steps: Steps) -> dict[str, list[TrainResult]]:
     """DFT-only pretraining, then ``config.members`` GNNs without and with OT terms (encoders shared round-robin)."""
     states = None
     if train_config.pretrain_epochs:
-        states = pretrain_members(split.table, train_config, n_members=min(config.encoders, config.members),
-                                  epochs=train_config.pretrain_epochs, batch_size=train_config.pretrain_batch_size,
-                                  seed=config.seed, device=device, parallel=parallel)
-    return {
-        name: [train_model(split.table, replace(train_config, use_ot=use_ot), seed=config.seed + k,
-                           train_rows=split.train_rows, device=device,
-                           init_state=None if states is None else states[k % len(states)], parallel=parallel)
-               for k in range(config.members)]
-        for name, use_ot in (("gnn_no_ot", False), ("gnn_ot", True))
-    }
+        with steps("DFT pretraining"):
+            states = pretrain_members(split.table, train_config, n_members=min(config.encoders, config.members),
+                                      epochs=train_config.pretrain_epochs, batch_size=train_config.pretrain_batch_size,
+                                      seed=config.seed, device=device, parallel=parallel, progress=showing())
+    fitted = {}
+    for name, use_ot, step in (("gnn_no_ot", False, "GNN members without OT"), ("gnn_ot", True, "GNN members with OT")):
+        with steps(step):
+            fitted[name] = [train_model(split.table, replace(train_config, use_ot=use_ot), seed=config.seed + k,
+                                        train_rows=split.train_rows, device=device,
+                                        init_state=None if states is None else states[k % len(states)],
+                                        parallel=parallel, progress=showing())
+                            for k in bar(range(config.members), desc=step, unit="member")]
+    return fitted
 
 
 def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, split: _Split,

@@ -41,6 +41,7 @@ import pandas as pd
 
 from models._io import sha256_file
 from models.learners.config import IntervalConfig
+from models.progress import bar
 
 __all__ = ["ConformalIntervals", "out_of_fold"]
 
@@ -60,7 +61,7 @@ def out_of_fold(fit_predict: Callable[[list[str], np.ndarray, list[str]], np.nda
     fold_of = dict(zip(groups[order], np.arange(len(groups)) % folds, strict=True))
     label = np.array([fold_of[f] for f in formulas])
     out = np.empty(len(y))
-    for k in range(folds):
+    for k in bar(range(folds), desc="out-of-fold models", unit="fold"):
         test = label == k
         out[test] = fit_predict(list(formulas[~test]), y[~test], list(formulas[test]))
     return out

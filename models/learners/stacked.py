@@ -39,6 +39,7 @@ from featurizers.chemistry import element_fractions
 from models._io import read_header, write_header
 from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField
+from models.progress import bar
 
 __all__ = [
     "DFTSurrogate",
@@ -104,7 +105,7 @@ class DFTSurrogate:
         y = ref.to_numpy(float)
         fold = np.random.default_rng(c.seed).integers(0, c.surrogate_folds, len(y))
         oof = np.empty(len(y))
-        for k in range(c.surrogate_folds):
+        for k in bar(range(c.surrogate_folds), desc="DFT surrogate", unit="fold"):
             m = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr, seed=c.seed + k)
             m.fit(x[fold != k], y[fold != k])
             oof[fold == k] = m.predict(x[fold == k])
@@ -194,7 +195,8 @@ class StackedModel:
         base = self._fit_correction(list(formulas), x, y)
         x = np.column_stack([x, base]).astype(np.float32)
         self.models_ = [_booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, objective=c.objective,
-                                 min_child_samples=c.min_child_samples).fit(x, y - base) for b in range(c.bags)]
+                                 min_child_samples=c.min_child_samples).fit(x, y - base)
+                        for b in bar(range(c.bags), desc="boosters", unit="booster")]
         return self
 
     def _fractions(self, formulas: list[str], x: np.ndarray) -> np.ndarray:

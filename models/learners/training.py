@@ -332,7 +332,7 @@ def train_model(
         state = _restore(ckpt, model, opt, sched, gen)
     stopped = False
     start_epoch = state["epoch"]
-    bar = tqdm(range(start_epoch, total), disable=not progress, desc="train", leave=False)
+    bar = tqdm(range(start_epoch, total), disable=not progress, desc="epochs", unit="epoch", leave=False, mininterval=0.5)
     for epoch in bar:
         phase = "pretrain" if epoch < pre_epochs else "train"
         model.train()
@@ -447,6 +447,7 @@ def pretrain_members(
     seed: int = 0,
     device: torch.device | None = None,
     parallel: DataParallelHook | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Tensor]]:
     """DFT-only pretraining of ``n_members`` models (seeds ``seed + 100 + k``); returns their states.
 
@@ -458,7 +459,7 @@ def pretrain_members(
                   dft_batch_size=batch_size, freeze_encoder=False)
     return [
         train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device,
-                    parallel=parallel).model.state_dict()
+                    parallel=parallel, progress=progress).model.state_dict()
         for k in range(n_members)
     ]
 
