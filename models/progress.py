@@ -17,6 +17,7 @@ line does not tear a bar.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,12 +37,14 @@ def showing() -> bool:
 
 
 def bar(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None, unit: str = "step",
-        leave: bool = False) -> tqdm:
-    """Return a tqdm bar over ``iterable`` (or a manual one of ``total``), drawn only when :func:`showing`."""
+        leave: bool = False, show: bool = True) -> tqdm:
+    """Return a tqdm bar over ``iterable`` (or a manual one of ``total``), drawn when ``show`` and :func:`showing`."""
     from tqdm.auto import tqdm  # imported on first use: keeps it out of `matshift predict`'s start-up
 
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, disable=not showing(),
-                mininterval=0.5, dynamic_ncols=True)
+    # into a log file (dvc repro > log): one line position, no cursor movement, a refresh every 10 s
+    terminal = sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, disable=not (show and showing()),
+                mininterval=0.5 if terminal else 10.0, position=None if terminal else 0, dynamic_ncols=True)
 
 
 class Steps:

@@ -33,13 +33,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from models._io import write_with
 from models.learners.config import TrainConfig
 from models.learners.losses import uot_embedding_loss
 from models.learners.table import EntryTable, grouped_split
 from models.nets import MultiFidelityNet, NetOutput
+from models.progress import bar
 
 
 class DataParallelHook(Protocol):
@@ -332,8 +332,8 @@ def train_model(
         state = _restore(ckpt, model, opt, sched, gen)
     stopped = False
     start_epoch = state["epoch"]
-    bar = tqdm(range(start_epoch, total), disable=not progress, desc="epochs", unit="epoch", leave=False, mininterval=0.5)
-    for epoch in bar:
+    epochs = bar(range(start_epoch, total), desc="epochs", unit="epoch", show=progress)
+    for epoch in epochs:
         phase = "pretrain" if epoch < pre_epochs else "train"
         model.train()
         sums = np.zeros(5)
@@ -371,7 +371,7 @@ def train_model(
             else:
                 state["bad"] += 1
         state["epoch"] = epoch + 1
-        bar.set_postfix(loss=f"{means[0]:.3f}", val=f"{val:.3f}")
+        epochs.set_postfix(loss=f"{means[0]:.3f}", val=f"{val:.3f}")
         if ckpt is not None:
             _save_checkpoint(ckpt, model, opt, sched, gen, state)
         if phase == "train" and state["bad"] >= config.patience:
