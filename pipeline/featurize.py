@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models import atomic_dir, write_json, write_parquet
+from models.progress import showing
 from pipeline import readers
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.engine import open_engine
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                  if v is not None}
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    summary = featurize(cfg)
+    summary = featurize(cfg, progress=showing())
     log.info("%d graphs, %d formulas with descriptors, %d failure rows -> %s (%.1f s)",
              summary.n_graphs, summary.n_formulas, summary.n_failures, cfg.out_dir, summary.seconds)
     return 0

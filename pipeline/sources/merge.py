@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
+from models.progress import bar as progress_bar
 from models.properties import PROPERTIES, metal_class_conflicts
 from pipeline.sources.base import DftRow, SourceTable
 from pipeline.sources.records import (
@@ -109,15 +109,14 @@ def parse_structures(
     if not tasks:
         meanwhile()
         return []
-    bar = dict(total=len(tasks), desc=desc, unit="struct", disable=None, mininterval=0.5)
     if workers <= 1 or len(tasks) < 200:
         meanwhile()
-        return [parse_structure_task(t) for t in tqdm(tasks, **bar)]
+        return [parse_structure_task(t) for t in progress_bar(tasks, desc=desc, unit="struct")]
     chunk = max(16, len(tasks) // (workers * 16))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(parse_structure_task, tasks, chunksize=chunk)  # submits every task now
         meanwhile()
-        return list(tqdm(results, **bar))
+        return list(progress_bar(results, desc=desc, total=len(tasks), unit="struct"))
 
 
 def merge_tables(

@@ -65,3 +65,22 @@ def test_a_quick_train_run_writes_progress_lines_and_q_keeps_it_quiet(tmp_path):
     quiet = _train(tmp_path, "-q")
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
+
+
+def test_featurize_shows_its_bars_and_q_hides_them(raw_dir, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("featurize:\n  cutoff: 4.5\n  n_gaussians: 20\n  n_workers: 1\n  chunk_size: 4\n")
+
+    def featurize(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *flags, "featurize", "--params", str(params),
+                               "--raw-dir", str(raw_dir), "--out-dir", str(tmp_path / "features")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    loud = featurize()
+    assert loud.returncode == 0, loud.stderr
+    assert re.search(r"crystal graphs: +\d+%.*<", loud.stderr)
+    quiet = featurize("-q")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "%|" not in quiet.stderr  # no bar; warnings still show (this raw dir lacks the metal classes)
+    assert all(" WARNING " in line for line in quiet.stderr.splitlines()), quiet.stderr
