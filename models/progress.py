@@ -54,7 +54,6 @@ class Steps:
         self.desc, self.names, self.log = desc, list(names), log
         self.done = 0
         self._bar = bar(desc=desc, total=len(self.names), leave=False)
-        self._t0 = time.perf_counter()
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -70,10 +69,3 @@ class Steps:
                       time.perf_counter() - t0)
         if self.done == len(self.names):
             self._bar.close()
-
-    def skip(self, name: str) -> None:
-        """Count ``name`` as done without running it (a step the configuration turns off)."""
-        if name in self.names:
-            self.names.remove(name)
-            self._bar.total = len(self.names)
-            self._bar.refresh()

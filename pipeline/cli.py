@@ -8,6 +8,7 @@ one-paragraph message and a non-zero exit code; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -92,12 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"matshift: the '{args.command}' command is not available in this version", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if args.quiet:
-            return int(mod.run(args) or 0)
-        # tqdm: imported for a stage that runs, not for `--help`
-        from tqdm.contrib.logging import logging_redirect_tqdm
+        redirect = contextlib.nullcontext()  # -q: no bars
+        if not args.quiet:
+            # tqdm: imported for a stage that draws bars, not for `--help` or -q
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm():  # a log line is written above the progress bars, not through them
+            redirect = logging_redirect_tqdm()  # a log line is written above the bars, not through them
+        with redirect:
             return int(mod.run(args) or 0)
     except (ConfigError, MatshiftError, OutputError) as exc:
         if args.debug:

@@ -36,6 +36,15 @@ __all__ = ["ShiftField"]
 _HEADER, _POINTS = "shift_field.json", "points.npy"
 
 
+def descriptor_rows(descriptors: pd.DataFrame, formulas: Sequence[str]) -> pd.DataFrame:
+    """Select the rows of ``formulas`` from a descriptor table, indexed by formula (first row of a repeated one).
+
+    Selected before de-duplicating and indexing: a few formulas from a table of tens of
+    thousands, as a served request asks, copy a few rows, not the table.
+    """
+    return descriptors[descriptors["formula"].isin(set(formulas))].drop_duplicates("formula").set_index("formula")
+
+
 @dataclass
 class ShiftField:
     """Per-formula OT calibration shifts and their k-nearest-neighbour extension.
@@ -89,8 +98,7 @@ class ShiftField:
         formulas = [str(f) for f in formulas]
         if not formulas:
             return np.zeros(0)
-        # the queried rows only (first row of a repeated formula, as in the whole table): a request copies a few rows
-        d = descriptors[descriptors["formula"].isin(set(formulas))].drop_duplicates("formula").set_index("formula")
+        d = descriptor_rows(descriptors, formulas)
         missing = sorted(set(formulas) - set(d.index))
         if missing:
             raise ValueError(f"ShiftField: no descriptors for {len(missing)} formulas, e.g. {missing[0]!r}")

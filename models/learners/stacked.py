@@ -38,7 +38,7 @@ import pandas as pd
 from featurizers.chemistry import element_fractions
 from models._io import read_header, write_header
 from models.learners.config import StackConfig
-from models.learners.shift_field import ShiftField
+from models.learners.shift_field import ShiftField, descriptor_rows
 from models.progress import bar
 
 __all__ = [
@@ -53,13 +53,8 @@ __all__ = [
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
-    """Numeric descriptor rows for ``formulas`` (float32), in the order given; raises on unknown formulas or NaN.
-
-    The rows of ``formulas`` are selected before de-duplicating and indexing (the first row of
-    a repeated formula is used, as in the whole table): a few formulas from a table of
-    tens of thousands, as a served request asks, copy a few rows, not the table.
-    """
-    d = descriptors[descriptors["formula"].isin(set(formulas))].drop_duplicates("formula").set_index("formula")
+    """Numeric descriptor rows for ``formulas`` (float32), in the order given; raises on unknown formulas or NaN."""
+    d = descriptor_rows(descriptors, formulas)
     cols = list(columns) if columns is not None else list(d.select_dtypes(include="number").columns)
     missing = sorted(set(formulas) - set(d.index))
     if missing:
