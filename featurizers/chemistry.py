@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pymatgen.core import Composition, Element
 from pymatgen.util.string import formula_double_format
 
-__all__ = ["FormulaError", "element_fractions", "parse_formula", "reduced_formula"]
+__all__ = ["FormulaError", "element_fractions", "no_pauling_warning", "parse_formula", "reduced_formula"]
 
 # Characters a formula may contain: element symbols, amounts, brackets, hydrate dots.
 _ALLOWED = re.compile(r"^[A-Za-z0-9.()\[\]{}·* ]+$")
@@ -95,14 +95,14 @@ def reduced_formula(formula: str | Composition) -> str:
     ('Fe2O3', 'Fe2O3')
     """
     comp = parse_formula(formula) if isinstance(formula, str) else formula
-    with _no_pauling_warning():  # pymatgen orders the elements by Pauling electronegativity
+    with no_pauling_warning():  # pymatgen orders the elements by Pauling electronegativity
         reduced, _ = comp.get_reduced_composition_and_factor()
     parts = sorted(reduced.items(), key=lambda kv: (_electronegativity(kv[0]), kv[0].symbol))
     return "".join(f"{el.symbol}{formula_double_format(amt)}" for el, amt in parts)
 
 
 @contextlib.contextmanager
-def _no_pauling_warning() -> Iterator[None]:
+def no_pauling_warning() -> Iterator[None]:
     """Silence pymatgen's "No Pauling electronegativity for Ar" (noble gases have none), and nothing else."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
@@ -110,7 +110,7 @@ def _no_pauling_warning() -> Iterator[None]:
 
 
 def _electronegativity(el: Element) -> float:
-    with _no_pauling_warning():
+    with no_pauling_warning():
         x = el.X
     return x if math.isfinite(x) else math.inf  # no Pauling value: sorted last
 

@@ -249,7 +249,8 @@ class MetalConfig:
     the LightGBM classifiers, ``bags`` of them with seeds ``seed ..`` averaged. ``surrogate_*``:
     the two composition models of DFT data (PBE gap, PBE metallic or not), cross-fitted like
     the stacked model's surrogate. ``dft_metal_gap``: a DFT entry whose PBE gap is at most
-    this (eV) counts as metallic.
+    this (eV) counts as metallic. ``bonding``: the classifiers also see
+    :func:`featurizers.bonding.bonding_descriptors` (element classes, valence-electron count).
     """
 
     trees: int = 600
@@ -264,6 +265,7 @@ class MetalConfig:
     surrogate_lr: float = 0.05
     surrogate_folds: int = 5
     dft_metal_gap: float = 0.0
+    bonding: bool = True
     seed: int = 0
     n_jobs: int = 2
 

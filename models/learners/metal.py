@@ -11,6 +11,9 @@ composition is a metal (measured gap 0), from three kinds of evidence:
   (:func:`models.properties.choose_polymorphs`) and the fraction of entries with a PBE gap of
   0. PBE wrongly metallises some narrow-gap semiconductors, so these are features, never
   the label;
+* **bonding descriptors** (:func:`featurizers.bonding.bonding_descriptors`): the fractions of
+  metals, transition metals, f-block elements, halogens, chalcogens and anion formers, the
+  valence electrons per atom and the parity of the formula unit's valence-electron count;
 * **surrogates** where no DFT entry exists: two composition models fitted on the DFT
   entries alone (no measurement involved), one of the PBE gap and one of "PBE says metal",
   cross-fitted so that a covered formula's surrogate feature is an out-of-sample estimate
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featurizers.bonding import bonding_descriptors
 from models._io import read_header, write_header
 from models.learners.config import MetalConfig
 from models.learners.stacked import DFTSurrogate, descriptor_matrix, surrogate_from_state, surrogate_state
@@ -118,13 +122,17 @@ class MetalClassifier:
         return self
 
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
-        """Descriptors, a has-DFT flag, :data:`DFT_METAL_COLUMNS` (NaN without an entry), the two surrogates."""
+        """Descriptors, a has-DFT flag, :data:`DFT_METAL_COLUMNS` (NaN without an entry), the two surrogates.
+
+        With ``config.bonding`` the :func:`~featurizers.bonding.bonding_descriptors` follow.
+        """
         formulas = list(formulas)
         x = descriptor_matrix(descriptors, formulas, self.gap_surrogate.columns_)
         dft = self.dft_table.reindex(formulas).to_numpy(float)
         has = np.isfinite(dft[:, 0]).astype(float)
         sur = [s.predict(descriptors, formulas) for s in (self.gap_surrogate, self.metal_surrogate)]
-        return np.column_stack([x, has, dft, *sur]).astype(np.float32)
+        bonding = [bonding_descriptors(formulas).to_numpy(float)] if self.config.bonding else []
+        return np.column_stack([x, has, dft, *sur, *bonding]).astype(np.float32)
 
     def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], is_metal: Sequence[int]) -> MetalClassifier:
         """Fit on measured classes (1 = metal, 0 = non-metal), one per formula."""
@@ -207,7 +215,9 @@ def load_metal(directory: Path) -> tuple[MetalClassifier, dict]:
     table = state["dft_table"]
     dft_table = pd.DataFrame({c: np.array([np.nan if v is None else v for v in table[c]], dtype=float)
                               for c in DFT_METAL_COLUMNS}, index=pd.Index(table["index"], name="formula"))
-    model = MetalClassifier(MetalConfig(**state["config"]), dft_table=dft_table,
+    # a classifier saved before the bonding descriptors existed was fitted without them
+    config = MetalConfig(**{"bonding": False, **state["config"]})
+    model = MetalClassifier(config, dft_table=dft_table,
                             gap_surrogate=surrogate_from_state(state["gap_surrogate"], directory),
                             metal_surrogate=surrogate_from_state(state["metal_surrogate"], directory))
     model.models_ = [lightgbm.Booster(model_str=(directory / name).read_text(encoding="utf-8"))

@@ -1,9 +1,13 @@
 """The metal classifier on synthetic compositions: it learns the rule, round-trips on disk, refuses bad input."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from featurizers.bonding import BONDING_COLUMNS, bonding_descriptors
 from models.learners import (
     DFT_METAL_COLUMNS,
     MetalClassifier,
@@ -52,6 +56,25 @@ def test_classifier_learns_the_rule_and_round_trips(tmp_path):
     loaded, extra = load_metal(tmp_path / "m")
     assert extra["threshold"] == 0.4
     np.testing.assert_allclose(loaded.predict_proba(desc, [formulas[i] for i in test]), p, rtol=1e-6, atol=1e-9)
+
+
+def test_bonding_descriptors_are_features_and_older_classifiers_load_without_them(tmp_path):
+    formulas, desc, metal, dft = synthetic(120)
+    with_bonding = MetalClassifier(SMALL, dft_table=dft_metal_table(dft)).fit(desc, formulas, metal)
+    without = MetalClassifier(replace(SMALL, bonding=False), dft_table=dft_metal_table(dft)).fit(desc, formulas, metal)
+    x, x0 = with_bonding.features(desc, formulas[:5]), without.features(desc, formulas[:5])
+    assert x.shape[1] == x0.shape[1] + len(BONDING_COLUMNS)
+    np.testing.assert_allclose(x[:, -len(BONDING_COLUMNS):], bonding_descriptors(formulas[:5]).to_numpy(), rtol=1e-6)
+    # a header written before the option existed has no "bonding" key: it was fitted without the descriptors
+    save_metal(without, tmp_path / "old", threshold=0.5)
+    header = tmp_path / "old" / "metal.json"
+    state = json.loads(header.read_text())
+    del state["config"]["bonding"]
+    header.write_text(json.dumps(state))
+    loaded, _ = load_metal(tmp_path / "old")
+    assert loaded.config.bonding is False
+    np.testing.assert_allclose(loaded.predict_proba(desc, formulas[:20]), without.predict_proba(desc, formulas[:20]),
+                               rtol=1e-6, atol=1e-9)
 
 
 def test_tampered_file_is_refused(tmp_path):

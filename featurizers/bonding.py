@@ -1,0 +1,74 @@
+"""Composition descriptors that tell metals from insulators: element classes and the valence-electron count.
+
+The featurize stage's Magpie statistics average element properties; they do not say directly
+whether a formula has anything to bond ionically with, nor whether its electrons can pair up.
+:func:`bonding_descriptors` adds, per formula:
+
+* the atomic fraction of metals, of transition metals, of f-block elements, of halogens, of
+  chalcogens and of the p-block anion formers (N, P, As, O, S, Se, Te, F, Cl, Br, I) and H;
+* the valence electrons per atom, counting the group's electrons (s + d for groups 1-12,
+  s + p for groups 13-18, three for a lanthanoid or actinoid);
+* the parity of the valence-electron count of the reduced formula unit (1 = odd). A formula
+  unit with an odd count cannot fill its bands in pairs, so a non-magnetic solid made of it is a
+  metal; NaN where the reduced amounts are not whole numbers.
+
+Element properties come from pymatgen's periodic table; nothing is fitted.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Composition, Element
+
+from featurizers.chemistry import no_pauling_warning, parse_formula
+
+__all__ = ["BONDING_COLUMNS", "bonding_descriptors"]
+
+#: Column order of :func:`bonding_descriptors`.
+BONDING_COLUMNS = ("metal_fraction", "transition_metal_fraction", "f_block_fraction", "halogen_fraction",
+                   "chalcogen_fraction", "anion_former_fraction", "valence_electrons_per_atom",
+                   "odd_electron_count")
+
+_HALOGENS = frozenset({"F", "Cl", "Br", "I"})
+_CHALCOGENS = frozenset({"O", "S", "Se", "Te"})
+_ANION_FORMERS = frozenset({"N", "P", "As", "H"}) | _HALOGENS | _CHALCOGENS
+
+
+@functools.cache
+def _element_row(symbol: str) -> tuple[float, ...]:
+    """(metal, transition metal, f block, halogen, chalcogen, anion former, valence electrons) of one element."""
+    el = Element(symbol)
+    f_block = el.is_lanthanoid or el.is_actinoid
+    group = el.group
+    valence = 3 if f_block else group if group <= 12 else group - 10
+    if symbol == "He":
+        valence = 2
+    return (float(el.is_metal), float(el.is_transition_metal and not f_block), float(f_block),
+            float(symbol in _HALOGENS), float(symbol in _CHALCOGENS), float(symbol in _ANION_FORMERS), float(valence))
+
+
+def _row(comp: Composition) -> list[float]:
+    fractions = comp.fractional_composition
+    table = np.array([_element_row(el.symbol) for el in fractions])
+    weights = np.array([float(amt) for amt in fractions.values()])
+    per_atom = weights @ table  # six class fractions and the mean valence count
+    reduced = comp.reduced_composition
+    amounts = np.array([float(reduced[el]) for el in fractions])
+    whole = np.allclose(amounts, np.round(amounts), atol=1e-6)
+    parity = float(round(float(np.round(amounts) @ table[:, 6])) % 2) if whole else float("nan")
+    return [*per_atom.tolist(), parity]
+
+
+def bonding_descriptors(formulas: Sequence[str | Composition]) -> pd.DataFrame:
+    """Return :data:`BONDING_COLUMNS` per formula (index: the formulas as given).
+
+    Raises :class:`featurizers.chemistry.FormulaError` naming a formula that is not chemistry.
+    """
+    comps = [parse_formula(f) if isinstance(f, str) else f for f in formulas]
+    with no_pauling_warning():  # pymatgen orders a noble gas's composition by electronegativity
+        data = np.array([_row(c) for c in comps], dtype=float).reshape(len(comps), len(BONDING_COLUMNS))
+    return pd.DataFrame(data, index=pd.Index([str(f) for f in formulas], name="formula"), columns=list(BONDING_COLUMNS))

@@ -1,0 +1,52 @@
+"""Bonding descriptors: element-class fractions, valence electrons per atom, odd electron count."""
+
+import math
+
+import numpy as np
+import pytest
+
+from featurizers.bonding import BONDING_COLUMNS, bonding_descriptors
+from featurizers.chemistry import FormulaError
+
+
+def test_values_of_known_formulas():
+    table = bonding_descriptors(["NaCl", "Al2O3", "Cu3Au", "LaB6", "KTi2F7"])
+    assert list(table.columns) == list(BONDING_COLUMNS)
+    assert list(table.index) == ["NaCl", "Al2O3", "Cu3Au", "LaB6", "KTi2F7"]
+    nacl = table.loc["NaCl"]
+    assert (nacl["metal_fraction"], nacl["halogen_fraction"], nacl["anion_former_fraction"]) == (0.5, 0.5, 0.5)
+    assert nacl["valence_electrons_per_atom"] == 4.0  # (1 + 7) / 2
+    assert nacl["odd_electron_count"] == 0.0
+    alo = table.loc["Al2O3"]
+    assert alo["chalcogen_fraction"] == pytest.approx(0.6)
+    assert alo["valence_electrons_per_atom"] == pytest.approx((2 * 3 + 3 * 6) / 5)
+    cu3au = table.loc["Cu3Au"]
+    assert (cu3au["metal_fraction"], cu3au["transition_metal_fraction"], cu3au["anion_former_fraction"]) == (1.0, 1.0, 0.0)
+    assert cu3au["valence_electrons_per_atom"] == 11.0
+    lab6 = table.loc["LaB6"]  # 3 + 6 * 3 = 21 electrons: odd; La counts as f block, not as a transition metal
+    assert lab6["odd_electron_count"] == 1.0
+    assert (lab6["f_block_fraction"], lab6["transition_metal_fraction"]) == (pytest.approx(1 / 7), 0.0)
+    assert table.loc["KTi2F7", "odd_electron_count"] == 0.0  # 1 + 2 * 4 + 7 * 7 = 58
+
+
+def test_parity_uses_the_reduced_formula_and_is_undefined_for_fractional_amounts():
+    table = bonding_descriptors(["Na2Cl2", "Fe0.5Ni0.5", "NO"])
+    assert table.loc["Na2Cl2", "odd_electron_count"] == 0.0
+    assert math.isnan(table.loc["Fe0.5Ni0.5", "odd_electron_count"])
+    assert table.loc["Fe0.5Ni0.5", "metal_fraction"] == 1.0
+    assert table.loc["NO", "odd_electron_count"] == 1.0  # 5 + 6
+
+
+def test_fractions_are_bounded_and_noble_gases_are_quiet(recwarn):
+    table = bonding_descriptors(["He", "XeF2", "Ar"])
+    fractions = table.drop(columns=["valence_electrons_per_atom", "odd_electron_count"]).to_numpy()
+    assert ((fractions >= 0) & (fractions <= 1)).all()
+    assert table.loc["He", "valence_electrons_per_atom"] == 2.0
+    assert not [w for w in recwarn if "Pauling" in str(w.message)]
+
+
+def test_bad_formula_is_named():
+    with pytest.raises(FormulaError, match="Xx2"):
+        bonding_descriptors(["NaCl", "Xx2"])
+    assert bonding_descriptors([]).shape == (0, len(BONDING_COLUMNS))
+    assert np.isfinite(bonding_descriptors(["NaCl"]).to_numpy()).all()
