@@ -8,9 +8,10 @@ whether a formula has anything to bond ionically with, nor whether its electrons
   chalcogens and of the p-block anion formers (N, P, As, O, S, Se, Te, F, Cl, Br, I) and H;
 * the valence electrons per atom, counting the group's electrons (s + d for groups 1-12,
   s + p for groups 13-18, three for a lanthanoid or actinoid);
-* the parity of the valence-electron count of the reduced formula unit (1 = odd). A formula
-  unit with an odd count cannot fill its bands in pairs, so a non-magnetic solid made of it is a
-  metal; NaN where the reduced amounts are not whole numbers.
+* the parity of the valence-electron count of the reduced formula unit (1 = odd). With an
+  odd count per primitive cell the bands cannot all be filled in pairs, so a non-magnetic
+  solid with one such formula unit per cell is a metal (a hint, not a rule: the cell may hold
+  two); NaN where the reduced amounts are not whole numbers.
 
 Element properties come from pymatgen's periodic table; nothing is fitted.
 """
@@ -68,7 +69,13 @@ def bonding_descriptors(formulas: Sequence[str | Composition]) -> pd.DataFrame:
 
     Raises :class:`featurizers.chemistry.FormulaError` naming a formula that is not chemistry.
     """
-    comps = [parse_formula(f) if isinstance(f, str) else f for f in formulas]
     with no_pauling_warning():  # pymatgen orders a noble gas's composition by electronegativity
-        data = np.array([_row(c) for c in comps], dtype=float).reshape(len(comps), len(BONDING_COLUMNS))
+        rows = [_formula_row(f) if isinstance(f, str) else _row(f) for f in formulas]
+    data = np.array(rows, dtype=float).reshape(len(rows), len(BONDING_COLUMNS))
     return pd.DataFrame(data, index=pd.Index([str(f) for f in formulas], name="formula"), columns=list(BONDING_COLUMNS))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _formula_row(formula: str) -> tuple[float, ...]:
+    """:func:`_row` of a formula string, remembered: the metal stage asks for the same formulas in every fold."""
+    return tuple(_row(parse_formula(formula)))
