@@ -19,6 +19,7 @@ it was not given: tables, paths and thresholds are arguments.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from models.serving.metal import MetalPredictor
 if TYPE_CHECKING:
     from models.transport import CalibrationMap
 
+log = logging.getLogger(__name__)
 
 class ModelNotFoundError(FileNotFoundError):
     """A model reference that does not point at a trained model."""
@@ -94,6 +96,9 @@ class Predictor:
             except (ValueError, KeyError) as exc:
                 raise ModelNotFoundError(f"metal classifier at {metal_dir} is unusable: {exc}; rerun `matshift metal` "
                                          "or pass --no-metal") from exc
+        elif metal_dir is not None and prop.name == "band_gap":
+            log.warning("no metal classifier at %s (run `matshift metal`): every band gap is the non-metal estimate, "
+                        "a metal's too; --no-metal says so without this warning", metal_dir)
         return cls(ensemble, property=prop.name, dft=None if dft is None else dft_lookup(dft, prop, index),
                    features_dir=features_dir, calibration=calibration, metal=metal)
 

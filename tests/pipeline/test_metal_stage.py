@@ -108,6 +108,23 @@ def test_predict_calls_metals_metal_and_keeps_non_metal_gaps(workdir, monkeypatc
         assert r["prediction"] == r["nonmetal_prediction"] > 0
 
 
+def test_predict_warns_when_the_classifier_is_missing(workdir, monkeypatch, caplog):
+    monkeypatch.chdir(workdir)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["metal"]["out_dir"] = str(workdir / "metal_not_there")
+    missing = workdir / "params_no_metal_dir.yaml"
+    missing.write_text(yaml.safe_dump(params))
+    with caplog.at_level("WARNING"):
+        assert main(["predict", "Cu3Au", "--params", str(missing), "--output", "nometal.json"]) == 0
+    assert "no metal classifier at" in caplog.text and "metal_not_there" in caplog.text
+    assert "run `matshift metal`" in caplog.text
+    assert json.loads((workdir / "nometal.json").read_text())[0]["metal"] is None
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # asked for explicitly: no warning
+        assert main(["predict", "Cu3Au", "--params", str(missing), "--no-metal", "--output", "nometal.json"]) == 0
+    assert "no metal classifier" not in caplog.text
+
+
 def test_predict_without_the_classifier_and_the_table(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     assert main(["predict", "Cu3Au", "GaAs", "--params", "params.yaml", "--no-metal", "--output", "plain.json"]) == 0
