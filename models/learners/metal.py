@@ -2,7 +2,7 @@ r"""Metal / non-metal classification of compositions, multi-fidelity like the ba
 
 Every measured band gap the regressors learn from is a non-metal's, so on a metal they
 answer a confident positive gap. :class:`MetalClassifier` gives the probability that a
-composition is a metal (measured gap 0), from three kinds of evidence:
+composition is a metal (measured gap 0), from four kinds of evidence:
 
 * **composition descriptors** (the featurize stage's Magpie, stoichiometry and
   valence-orbital statistics);
