@@ -76,8 +76,11 @@ def test_input_csv_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_quiet_predict_prints_no_third_party_warning(workdir):
-    """``-q``: noble gases have no Pauling electronegativity; pymatgen's warning about it is filtered where raised."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "predict", "NaCl", "Ar", "XeF2"],
+    """``-q``: noble gases have no Pauling electronegativity; pymatgen's warning about it is filtered where raised.
+
+    ``--no-metal``: the tiny pipeline has no metal classifier, and predict would say so.
+    """
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "predict", "--no-metal", "NaCl", "Ar", "XeF2"],
                           cwd=workdir, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "NaCl" in proc.stdout and "Ar" in proc.stdout
