@@ -25,7 +25,7 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,6 @@ import pandas as pd
 
 from models.evaluation import metal_cv, metal_summary, prepare_metal
 from models.evaluation.metal import MetalData
-from models.learners import MetalClassifier
 from models.properties import get_property
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.metal import load_inputs
@@ -46,21 +45,21 @@ BEFORE = {"leaves": 31, "min_child_samples": 10, "colsample": 0.5, "bonding": Fa
 
 @dataclass
 class SharedRegressor(MetalData):
-    """:class:`MetalData` whose band-gap regressor is fitted once per training set and shared."""
+    """:class:`MetalData` whose band-gap regressor is fitted once per training set; copies made by
+    ``dataclasses.replace`` share the fitted ones."""
 
-    def __post_init__(self) -> None:
-        self._fitted = {}
+    fitted: dict = field(default_factory=dict)
 
     def regressor(self, formulas, values):
         key = tuple(formulas)
-        if key not in self._fitted:
-            self._fitted[key] = super().regressor(formulas, values)
-        return self._fitted[key]
+        if key not in self.fitted:
+            self.fitted[key] = super().regressor(formulas, values)
+        return self.fitted[key]
 
 
 def row_errors(per_row: pd.DataFrame) -> pd.DataFrame:
     """Absolute error of the combined prediction per all-compositions row, with its formula and class."""
-    return per_row.assign(error=np.abs(per_row["combined"] - per_row["measured"]))[["protocol", "formula", "is_metal", "error"]]
+    return per_row.assign(error=np.abs(per_row["combined"] - per_row["measured"]))[["formula", "is_metal", "error"]]
 
 
 def paired_by_formula(before: list[pd.DataFrame], after: list[pd.DataFrame], *, n: int = 2000, seed: int = 0
@@ -95,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"before": replace(params.classifier, **BEFORE), "after": params.classifier}
     results, errors = {}, {}
     for name, config in settings.items():
-        base = data.classifier
-        arm = replace(data, classifier=MetalClassifier(config, dft_table=base.dft_table, gap_surrogate=base.gap_surrogate,
-                                                       metal_surrogate=base.metal_surrogate))
-        arm._fitted = data._fitted
+        arm = replace(data, classifier=data.classifier_for_fold(config))
         runs = {fold_name: metal_cv(arm, folds, inner_folds=params.cv.inner_folds, seed=params.classifier.seed)
                 for fold_name, folds in plan.folds.items()}
         results[name] = metal_summary(runs)["grouped_cv"]

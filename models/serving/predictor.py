@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class ModelNotFoundError(FileNotFoundError):
     """A model reference that does not point at a trained model."""
 
@@ -90,15 +91,16 @@ class Predictor:
             raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {prop.name}")
         calibration = calibration_map(Path(neural_map), ensemble.descriptors) if neural_map is not None else None
         metal = None
-        if metal_dir is not None and prop.name == "band_gap" and (Path(metal_dir) / "metal.json").is_file():
-            try:
-                metal = MetalPredictor(metal_dir)
-            except (ValueError, KeyError) as exc:
-                raise ModelNotFoundError(f"metal classifier at {metal_dir} is unusable: {exc}; rerun `matshift metal` "
-                                         "or pass --no-metal") from exc
-        elif metal_dir is not None and prop.name == "band_gap":
-            log.warning("no metal classifier at %s (run `matshift metal`): every band gap is the non-metal estimate, "
-                        "a metal's too; --no-metal says so without this warning", metal_dir)
+        if metal_dir is not None and prop.name == "band_gap":
+            if not (Path(metal_dir) / "metal.json").is_file():
+                log.warning("no metal classifier at %s (run `matshift metal`): every band gap is the non-metal "
+                            "estimate, a metal's too; --no-metal says so without this warning", metal_dir)
+            else:
+                try:
+                    metal = MetalPredictor(metal_dir)
+                except (ValueError, KeyError) as exc:
+                    raise ModelNotFoundError(f"metal classifier at {metal_dir} is unusable: {exc}; rerun "
+                                             "`matshift metal` or pass --no-metal") from exc
         return cls(ensemble, property=prop.name, dft=None if dft is None else dft_lookup(dft, prop, index),
                    features_dir=features_dir, calibration=calibration, metal=metal)
 
