@@ -107,6 +107,14 @@ class StackConfig:
     boosters fit the measurement directly). ``ot_in_correction``: with a shift field, its OT
     shift is also a linear term of that correction (besides being a booster feature).
     ``ot_neighbours``: aligned formulas averaged by the shift field the callers build for it.
+    ``monotone``: the boosters' residual is non-decreasing in the DFT-valued columns (known
+    value, best estimate, best estimate plus OT shift, corrected estimate), so the prediction
+    never falls as the DFT value rises (LightGBM monotone constraints).
+    ``extrapolate`` (set per property from ``train.stack.extrapolate``): the corrected estimate
+    gets a calibration slope (reduced major axis of measurement against it, which a cut on the
+    measured range does not flatten), and beyond the training targets' range the boosters'
+    pull back toward that range is faded out, so the prediction follows the calibrated DFT
+    trend there instead of a constant.
     """
 
     surrogate_trees: int = 300
@@ -124,6 +132,8 @@ class StackConfig:
     correction_alpha: float | None = 10.0
     ot_in_correction: bool = False
     ot_neighbours: int = 5
+    monotone: bool = False
+    extrapolate: bool = field(default=False, metadata=PARAM_DERIVED)  # train.stack.extrapolate
     clamp_min: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
     seed: int = field(default=0, metadata=PARAM_DERIVED)  # train.seed
     n_jobs: int = 2
@@ -152,13 +162,15 @@ class StackSettings:
     fitted: the served prediction is ``w * stacked + (1 - w) * gnn_ot``. ``ot_features``: the
     served stacked model takes the align stage's calibration shifts (:class:`ShiftField`).
     ``extra_fidelities``: other DFT fidelities of ``data/raw/dft.parquet`` given to the stacked
-    model where known (the property's own DFT column is skipped).
+    model where known (the property's own DFT column is skipped). ``extrapolate``: the
+    properties whose stacked model uses the extrapolating calibration (:class:`StackConfig`).
     """
 
     enabled: bool = True
     blend_weight: float = 1.0
     ot_features: bool = True
     extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
+    extrapolate: tuple[str, ...] = ("band_gap",)
     config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
 
     def __post_init__(self) -> None:
@@ -234,7 +246,8 @@ class FitConfig:
         """Return the stacked model's settings for ``prop`` (seed and clamp set), or None when the stack is off."""
         if not self.stack.enabled:
             return None
-        return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min)
+        return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min,
+                       extrapolate=prop.name in self.stack.extrapolate)
 
     def extra_fidelities(self, prop: Property) -> tuple[str, ...]:
         """Return the other DFT fidelities the stacked model takes for ``prop`` (never its own DFT column)."""

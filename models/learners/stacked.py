@@ -16,6 +16,17 @@ measurement minus the best DFT estimate on the training rows; the boosters then 
 is left (``y - corrected``, with ``corrected`` also given as a feature) and the corrected
 estimate is added back. Elements unseen in training contribute nothing to the correction.
 
+Extrapolation (``config.extrapolate``, chosen per property): trees predict a constant beyond
+the targets they were fitted on, so a model fitted on gaps up to 4 eV calls a 10 eV insulator
+about 4 eV even when its DFT value says otherwise. Three things keep the DFT trend there. The
+corrected estimate gets a calibration line whose slope is the reduced major axis of
+measurement against it (sd ratio; a least-squares slope shrinks when the measured range is
+cut, this one much less). Optionally (``config.monotone``, LightGBM monotone constraints) the
+boosters' residual is non-decreasing in every DFT-valued column, so the prediction never falls
+as the DFT value rises. Beyond the central 96% of the training targets, a booster's pull back toward that
+range is faded out linearly over one standard deviation of the targets, so the prediction
+follows the calibrated trend there (a push outward is kept, which keeps the prediction monotone).
+
 The surrogate is *cross-fitted*: for a formula in the DFT training set the feature is the
 prediction of the surrogate fitted on the other folds, so a covered formula's feature is an
 out-of-sample estimate exactly like an uncovered formula's (otherwise the feature would be a
@@ -188,11 +199,30 @@ class StackedModel:
             self.surrogate = DFTSurrogate(c).fit(descriptors, self.dft_reference)
         x = self.features(descriptors, formulas)
         base = self._fit_correction(list(formulas), x, y)
+        self.calibration_ = self.target_range_ = None
+        if c.extrapolate:
+            self.calibration_ = _major_axis(base, y)
+            base = self.calibration_[0] + self.calibration_[1] * base
+            lo, hi = np.quantile(y, [0.02, 0.98])
+            self.target_range_ = (float(lo), float(hi), float(np.std(y)) or 1.0)
         x = np.column_stack([x, base]).astype(np.float32)
-        self.models_ = [_booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, objective=c.objective,
-                                 min_child_samples=c.min_child_samples).fit(x, y - base)
-                        for b in bar(range(c.bags), desc="boosters", unit="booster")]
+        self.models_ = []
+        for b in bar(range(c.bags), desc="boosters", unit="booster"):
+            m = _booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, objective=c.objective,
+                         min_child_samples=c.min_child_samples)
+            if c.monotone:
+                m.set_params(monotone_constraints=self._monotone(x.shape[1]), monotone_constraints_method="advanced")
+            self.models_.append(m.fit(x, y - base))
         return self
+
+    def _monotone(self, n_columns: int) -> list[int]:
+        """LightGBM constraints: +1 on the known DFT value, the best estimate, best + OT shift and the corrected estimate."""
+        out = [0] * n_columns
+        for j in (self._best_column - 2, self._best_column, n_columns - 1):
+            out[j] = 1
+        if self.shift_field is not None:
+            out[n_columns - 2] = 1
+        return out
 
     def _fractions(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
         """Design of the fitted correction: element fractions (+ the OT shift column with a shift field)."""
@@ -222,8 +252,19 @@ class StackedModel:
 
     def _corrected(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
         if self.correction_ is None:
-            return np.zeros(len(x))
-        return x[:, self._best_column].astype(float) + self.correction_.predict(self._fractions(formulas, x))
+            base = np.zeros(len(x))
+        else:
+            base = x[:, self._best_column].astype(float) + self.correction_.predict(self._fractions(formulas, x))
+        return base if self.calibration_ is None else self.calibration_[0] + self.calibration_[1] * base
+
+    def _faded(self, base: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """``residual`` with its pull back toward the training targets' range faded out beyond that range."""
+        if self.target_range_ is None:
+            return residual
+        lo, hi, width = self.target_range_
+        weight = np.clip(1.0 - np.maximum(np.maximum(base - hi, lo - base), 0.0) / width, 0.0, 1.0)
+        pull = ((base > hi) & (residual < 0)) | ((base < lo) & (residual > 0))
+        return np.where(pull, weight * residual, residual)
 
     @property
     def _best_column(self) -> int:
@@ -245,7 +286,7 @@ class StackedModel:
         x = self.features(descriptors, formulas, dft_value)
         base = self._corrected(formulas, x)
         x = np.column_stack([x, base]).astype(np.float32)
-        residuals = np.stack([m.predict(x) for m in self.models_])
+        residuals = np.stack([self._faded(base, m.predict(x)) for m in self.models_])
         out = base + residuals.mean(axis=0)
         out = out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)
         return out, residuals.std(axis=0)
@@ -254,6 +295,17 @@ class StackedModel:
 # ----------------------------------------------------------------------------- storage (no pickle)
 
 _HEADER = "stacked.json"
+
+
+def _major_axis(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Intercept and slope of the reduced-major-axis line of ``y`` against ``x`` (slope sign(r) * sd(y) / sd(x))."""
+    sx, sy = float(np.std(x)), float(np.std(y))
+    r = float(np.corrcoef(x, y)[0, 1]) if sx > 0 and sy > 0 else 0.0
+    if not r > 0:
+        raise ValueError(f"StackedModel: the corrected DFT estimate does not rise with the measurement (r = {r:.3f}); "
+                         "set train.stack.extrapolate to [] for this property")
+    slope = sy / sx
+    return float(np.mean(y) - slope * np.mean(x)), slope
 
 
 class _LinearMap:
@@ -300,6 +352,8 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
         "extra_reference": {k: _series(v) for k, v in model.extra_reference.items()},
         "elements": list(model.elements_),
         "correction": correction,
+        "calibration": None if model.calibration_ is None else list(model.calibration_),
+        "target_range": None if model.target_range_ is None else list(model.target_range_),
         "boosters": boosters,
         "shift_field": None if model.shift_field is None else "shift_field",
         "surrogate": surrogate,
@@ -328,6 +382,9 @@ def load_stacked(directory: Path) -> StackedModel:
     model.elements_ = list(state["elements"])
     corr = state["correction"]
     model.correction_ = None if corr is None else _LinearMap(np.asarray(corr["coef"]), corr["intercept"])
+    # models saved before the extrapolating calibration have neither key
+    model.calibration_ = tuple(state["calibration"]) if state.get("calibration") else None
+    model.target_range_ = tuple(state["target_range"]) if state.get("target_range") else None
     model.models_ = [booster(name) for name in state["boosters"]]
     return model
 
