@@ -150,6 +150,8 @@ class StackConfig:
                 raise ValueError(f"StackConfig.{name} must be in (0, 1], got {getattr(self, name)}")
         if self.correction_alpha is not None and self.correction_alpha <= 0:
             raise ValueError(f"StackConfig.correction_alpha must be > 0 or None, got {self.correction_alpha}")
+        if self.extrapolate and self.correction_alpha is None:
+            raise ValueError("StackConfig.extrapolate calibrates the corrected DFT estimate: it needs correction_alpha")
         if self.objective not in ("regression", "regression_l1", "huber"):
             raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
 

@@ -9,11 +9,14 @@ FAST = StackConfig(surrogate_trees=150, surrogate_leaves=15, surrogate_lr=0.1, t
                    correction_alpha=None)
 
 
-def _world(seed: int = 0):
-    """DFT value d = 2a + sin(3b) known for 800 'DFT' formulas; measurement y = 1.5 d + 0.5 (+ noise)."""
+def _world(seed: int = 0, *, chemical: bool = False):
+    """DFT value d = 2a + sin(3b) known for 800 'DFT' formulas; measurement y = 1.5 d + 0.5 (+ noise).
+
+    ``chemical``: formulas Na{i}Cl that the elemental correction can parse (else placeholders X{i}).
+    """
     rng = np.random.default_rng(seed)
     n = 1100
-    formulas = [f"X{i}" for i in range(n)]
+    formulas = [f"Na{i + 1}Cl" if chemical else f"X{i}" for i in range(n)]
     desc = pd.DataFrame({"formula": formulas, "a": rng.uniform(-1, 1, n), "b": rng.uniform(-1, 1, n),
                          "c": rng.normal(size=n)})
     d = 2 * desc["a"].to_numpy() + np.sin(3 * desc["b"].to_numpy())
@@ -212,3 +215,94 @@ def test_descriptor_matrix_selects_the_rows_of_the_whole_table():
             assert np.array_equal(descriptor_matrix(table, wanted, columns), expected), (k, columns)
     with pytest.raises(ValueError, match="no descriptors for 1 formulas"):
         descriptor_matrix(table, ["F1", "nope"])
+
+
+EXTRAPOLATING = StackConfig(**{**FAST.__dict__, "correction_alpha": 1.0, "extrapolate": True})
+
+
+def _truncated_world():
+    """The planted world measured only below its 80th percentile; the top 10% are the test rows."""
+    formulas, desc, d, y, ref = _world(2, chemical=True)
+    dft_rows = np.arange(800)  # formulas with a DFT value
+    cut, top = np.quantile(y[dft_rows], [0.8, 0.9])
+    train = dft_rows[y[dft_rows] < cut]
+    test = dft_rows[y[dft_rows] >= top]
+    return formulas, desc, y, ref, train, test, cut
+
+
+def test_extrapolating_calibration_follows_the_dft_trend_beyond_the_measured_range():
+    formulas, desc, y, ref, train, test, cut = _truncated_world()
+    f_tr, f_te = [formulas[i] for i in train], [formulas[i] for i in test]
+    plain = StackedModel(StackConfig(**{**FAST.__dict__, "correction_alpha": 1.0}), dft_reference=ref)
+    plain.fit(desc, f_tr, y[train])
+    extrapolating = StackedModel(EXTRAPOLATING, dft_reference=ref).fit(desc, f_tr, y[train])
+    p_plain, p_extra = plain.predict(desc, f_te), extrapolating.predict(desc, f_te)
+    # the plain model's slope-1 correction falls short of the planted slope 1.5 beyond the cut (MAE
+    # about 0.55 here); the calibrated trend carries on (about 0.02)
+    assert mae(y[test], p_extra) < 0.2 * mae(y[test], p_plain)
+    assert np.median(p_extra) > cut + 1.0
+    assert abs(np.median(p_extra) - np.median(y[test])) < 0.2 < abs(np.median(p_plain) - np.median(y[test]))
+    # the reduced-major-axis slope is steeper than the least-squares one on the cut data
+    base = plain._corrected(f_tr, plain.features(desc, f_tr))
+    assert extrapolating.calibration_[1] > np.polyfit(base, y[train], 1)[0]
+    # inside the measured range the boosters still correct the trend (the fade does not act there)
+    inside = [formulas[i] for i in train[:100]]
+    assert mae(y[train[:100]], extrapolating.predict(desc, inside)) < 0.2
+
+
+def test_extrapolating_model_survives_save_load_and_old_files_load_without_it(tmp_path):
+    import json
+
+    from models._io import read_header, write_header
+    from models.learners import load_stacked, save_stacked
+
+    formulas, desc, y, ref, train, test, _ = _truncated_world()
+    f_tr, f_te = [formulas[i] for i in train], [formulas[i] for i in test]
+    model = StackedModel(EXTRAPOLATING, dft_reference=ref).fit(desc, f_tr, y[train])
+    save_stacked(model, tmp_path / "m")
+    loaded = load_stacked(tmp_path / "m")
+    np.testing.assert_allclose(loaded.predict(desc, f_te), model.predict(desc, f_te), rtol=1e-12, atol=1e-12)
+    assert loaded.calibration_ == model.calibration_ and loaded.target_range_ == model.target_range_
+    # a file written before the extrapolating calibration: no such keys, loads as a plain model
+    state = read_header(tmp_path / "m" / "stacked.json", classes=("StackedModel",), what="stacked model", error=ValueError)
+    files = state.pop("files")
+    for key in ("calibration", "target_range"):
+        state.pop(key)
+    state["config"] = {k: v for k, v in state["config"].items() if k not in ("extrapolate", "monotone")}
+    state.pop("cls", None)
+    write_header(tmp_path / "m" / "stacked.json", cls="StackedModel", files=files, indent=1, **json.loads(json.dumps(state)))
+    old = load_stacked(tmp_path / "m")
+    assert old.calibration_ is None and old.target_range_ is None and not old.config.extrapolate
+
+
+def test_monotone_constraints_make_the_prediction_rise_with_the_dft_value():
+    formulas, desc, _, y, ref = _world(3, chemical=True)
+    config = StackConfig(**{**FAST.__dict__, "correction_alpha": 1.0, "monotone": True})
+    model = StackedModel(config, dft_reference=ref).fit(desc, formulas[:400], y[:400])
+    sweep = np.linspace(-4.0, 6.0, 101)
+    for f in formulas[900:910]:
+        p = model.predict(desc, [f] * len(sweep), dft_value=sweep)
+        assert np.all(np.diff(p) >= -1e-12), f
+        assert p[-1] - p[0] > 5.0  # and it does move with it
+
+
+def test_extrapolate_is_chosen_per_property_and_needs_the_correction():
+    from models.learners import FitConfig
+    from models.properties import get_property
+
+    fit = FitConfig()
+    assert fit.stack_config(get_property("band_gap")).extrapolate
+    assert not fit.stack_config(get_property("formation_enthalpy")).extrapolate
+    with pytest.raises(ValueError, match="correction_alpha"):
+        StackConfig(correction_alpha=None, extrapolate=True)
+
+
+def test_fade_drops_only_the_pull_back_toward_the_training_range():
+    model = StackedModel(EXTRAPOLATING, dft_reference=pd.Series(dtype=float))
+    model.target_range_ = (0.0, 4.0, 2.0)  # central targets 0..4 eV, std 2
+    base = np.array([2.0, 4.0, 5.0, 6.0, 7.0, 5.0, -1.0, -1.0])
+    residual = np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 0.5, 0.5, -0.5])
+    # inside: kept; 1 std beyond: gone, half-way: halved; a push outward (+0.5 above, -0.5 below) kept
+    np.testing.assert_allclose(model._faded(base, residual), [-1.0, -1.0, -0.5, 0.0, 0.0, 0.5, 0.25, -0.5])
+    model.target_range_ = None
+    np.testing.assert_array_equal(model._faded(base, residual), residual)
