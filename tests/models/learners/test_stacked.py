@@ -222,7 +222,7 @@ EXTRAPOLATING = StackConfig(**{**FAST.__dict__, "correction_alpha": 1.0, "extrap
 
 def _truncated_world():
     """The planted world measured only below its 80th percentile; the top 10% are the test rows."""
-    formulas, desc, d, y, ref = _world(2, chemical=True)
+    formulas, desc, _, y, ref = _world(2, chemical=True)
     dft_rows = np.arange(800)  # formulas with a DFT value
     cut, top = np.quantile(y[dft_rows], [0.8, 0.9])
     train = dft_rows[y[dft_rows] < cut]
