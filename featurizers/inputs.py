@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -19,19 +19,25 @@ from featurizers.chemistry import FormulaError, parse_formula, reduced_formula
 if TYPE_CHECKING:  # pymatgen's CIF reader is imported only when a CIF is read (start-up time)
     from pymatgen.core import Structure
 
-__all__ = ["InputProblem", "ParsedInput", "parse_cif", "parse_cif_text", "parse_formula_input", "parse_structure"]
+__all__ = ["InputProblem", "ParsedInput", "parse_cif", "parse_cif_text", "parse_dft_value", "parse_formula_input",
+           "parse_structure"]
 
 MAX_CIF_BYTES = 5_000_000
 
 
 @dataclass(frozen=True)
 class ParsedInput:
-    """A valid input: its text as given, its reduced formula and, for a CIF, its structure."""
+    """A valid input: its text as given, its reduced formula, for a CIF its structure, and the user's own DFT value.
+
+    ``dft_value``: the caller's DFT value of this material for the property predicted (e.g. its
+    PBE gap), used instead of the mirror's polymorph; None = look the formula up.
+    """
 
     input: str
     kind: Literal["formula", "cif", "structure"]
     formula: str
     structure: Structure | None = None
+    dft_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,20 @@ class InputProblem:
     input: str
     kind: Literal["formula", "cif", "structure"]
     reason: str
+
+
+def parse_dft_value(item: ParsedInput | InputProblem, text: str) -> ParsedInput | InputProblem:
+    """Attach the user's DFT value ``text`` (empty: none) to a parsed input; a non-number or inf/NaN is a problem."""
+    text = text.strip()
+    if not text or isinstance(item, InputProblem):
+        return item
+    try:
+        value = float(text)
+    except ValueError:
+        return InputProblem(item.input, item.kind, f"dft_value {text!r} is not a number")
+    if not math.isfinite(value):
+        return InputProblem(item.input, item.kind, f"dft_value {text!r} is not a finite number")
+    return replace(item, dft_value=value)
 
 
 def parse_formula_input(text: str) -> ParsedInput | InputProblem:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_formula_input
+from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_dft_value, parse_formula_input
 from models.properties import PROPERTY_NAMES, get_property
 from models.serving import ModelNotFoundError, Predictor, format_table, predict_items, write_table
 from pipeline import readers
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("formulas", nargs="*", metavar="FORMULA", help="chemical formulas, e.g. GaAs Fe2O3")
     parser.add_argument("--cif", nargs="+", default=[], type=Path, metavar="FILE", help="CIF files to predict")
-    parser.add_argument("--input", type=Path,
-                        help="CSV with a 'formula' column and/or a 'cif' column of CIF file paths (relative to the CSV)")
+    parser.add_argument("--input", type=Path, help="CSV with a 'formula' and/or a 'cif' column (CIF paths relative to "
+                        "the CSV); optional 'dft_value': your DFT value of that material, used instead of the mirror's")
     parser.add_argument("--property", choices=PROPERTY_NAMES, default="band_gap", help="property (default: %(default)s)")
     parser.add_argument("--model", default=None,
                         help="model: a directory written by `matshift train`, or an MLflow registered model as "
@@ -64,11 +64,9 @@ def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputPro
     for _, row in frame.iterrows():
         cif = row[columns["cif"]].strip() if "cif" in columns else ""
         formula = row[columns["formula"]] if "formula" in columns else ""
-        if cif:
-            cif_path = Path(cif) if Path(cif).is_absolute() else path.parent / cif
-            items.append(parse_cif(cif_path, max_sites=max_sites))
-        else:
-            items.append(parse_formula_input(formula))
+        item = (parse_cif(Path(cif) if Path(cif).is_absolute() else path.parent / cif, max_sites=max_sites) if cif
+                else parse_formula_input(formula))
+        items.append(parse_dft_value(item, row[columns["dft_value"]]) if "dft_value" in columns else item)
     return items
 
 

@@ -123,20 +123,9 @@ class Predictor:
                 mid, val, sid = self.dft.loc[item.formula, ["material_id", "dft_value", "structure_id"]]
                 # a structure is looked up only when the served model uses crystal graphs
                 sid = sid if isinstance(sid, str) and uses_graphs else None
-            dft_value.append(float(val))
+            dft_value.append(float(val) if item.dft_value is None else float(item.dft_value))
             structure_ids.append(sid if item.structure is None else None)
-            if item.structure is not None:  # a CIF file, or a Structure given through the Python API
-                structure_used.append(f"user {'CIF' if item.kind == 'cif' else 'structure'} ({item.input})")
-            elif sid and sid == mid:
-                structure_used.append(f"{mid} (most stable polymorph)")
-            elif sid:
-                structure_used.append(f"{sid} (most stable polymorph with a structure; DFT value of {mid})")
-            elif mid and not uses_graphs:
-                structure_used.append(f"{mid} (most stable polymorph: its DFT value)")
-            else:
-                structure_used.append(f"{mid} (most stable polymorph; no structure)" if mid
-                                      else "median DFT value of its polymorphs (formation energies unknown)"
-                                      if np.isfinite(val) else "none: composition only")
+            structure_used.append(_source(item, mid, val, sid, uses_graphs=uses_graphs))
         graphs = self._graphs(items, structure_ids, structure_used) if uses_graphs else None
         if not uses_graphs:
             for k, item in enumerate(items):
@@ -281,3 +270,21 @@ def dft_lookup(dft: pd.DataFrame, prop: Property, index: pd.DataFrame | None = N
 
 
 __all__ = ["ModelNotFoundError", "Predictor", "calibration_map", "dft_lookup"]
+
+
+def _source(item, mid, val: float, sid, *, uses_graphs: bool) -> str:
+    """Say where one input's structure and DFT value came from (the ``structure_used`` column)."""
+    user = f"user {'CIF' if item.kind == 'cif' else 'structure'} ({item.input})" if item.structure is not None else None
+    if item.dft_value is not None:
+        return "user DFT value" + (f"; {user}" if user else "")
+    if user:  # a CIF file, or a Structure given through the Python API
+        return user
+    if sid and sid == mid:
+        return f"{mid} (most stable polymorph)"
+    if sid:
+        return f"{sid} (most stable polymorph with a structure; DFT value of {mid})"
+    if mid and not uses_graphs:
+        return f"{mid} (most stable polymorph: its DFT value)"
+    if mid:
+        return f"{mid} (most stable polymorph; no structure)"
+    return "median DFT value of its polymorphs (formation energies unknown)" if np.isfinite(val) else "none: composition only"

@@ -89,3 +89,20 @@ def test_quiet_predict_prints_no_third_party_warning(workdir):
     lines = proc.stderr.splitlines()
     assert lines and all(line.startswith("matshift predict: formula ") for line in lines), proc.stderr
     assert "Pauling" not in proc.stderr
+
+
+def test_input_csv_dft_value_column(workdir, monkeypatch, capsys):
+    """The user's own DFT value replaces the mirror's, says so, and a bad one is refused by row, not guessed."""
+    monkeypatch.chdir(workdir)
+    (workdir / "dft.csv").write_text("formula,dft_value\nNaCl,\nNaCl,0.5\nNaCl,6.0\nGaN,abc\nGaN,inf\n")
+    out = workdir / "dft.json"
+    assert main(["predict", "--no-metal", "--input", "dft.csv", "--output", str(out)]) == 1
+    rows = json.loads(out.read_text())
+    mirror, low, high, bad, infinite = rows
+    assert mirror["structure_used"].startswith("mp-") and mirror["dft_value"] not in (0.5, 6.0)
+    assert low["dft_value"] == 0.5 and high["dft_value"] == 6.0
+    assert low["structure_used"] == high["structure_used"] == "user DFT value"
+    assert low["prediction"] != high["prediction"]  # the value reaches the model
+    assert bad["prediction"] is None and "dft_value 'abc' is not a number" in bad["error"]
+    assert infinite["prediction"] is None and "not a finite number" in infinite["error"]
+    assert "Traceback" not in capsys.readouterr().err
