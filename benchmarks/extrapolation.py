@@ -71,7 +71,7 @@ def nested_folds(folds: list[Fold], values: np.ndarray, formulas: list[str]) -> 
     return out
 
 
-def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: list[int], bags: int,
+def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: list[int], bags: int, threads: int,
                  raw: Path | None = None) -> dict:
     prop = get_property(name)
     fit = train.fit
@@ -80,7 +80,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: l
     exp = _problem(inputs, settings, seed=params.seed)["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(settings, stack_bags=bags), fit, prop,
-                         threads=fit.stack.config.n_jobs)
+                         threads=threads)
     errors: dict[tuple[str, str, str], list[pd.DataFrame]] = {}
     for seed in seeds:
         outer = make_folds(settings, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
@@ -152,15 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--property", choices=PROPERTY_NAMES, nargs="+", default=list(PROPERTY_NAMES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--bags", type=int, default=2, help="boosters per model (the evaluate stage uses train.stack.bags)")
+    parser.add_argument("--threads", type=int, default=2, help="LightGBM threads (1 beside another CPU-heavy job: "
+                        "OpenMP threads on oversubscribed cores spin and stall both)")
     parser.add_argument("--out", type=Path, default=HERE / "extrapolation_results.json")
     args = parser.parse_args(argv)
     params = load_section(EvaluateParams, "evaluate", args.params)
     train = load_section(TrainParams, "train", args.params)
     t0 = time.perf_counter()
-    results: dict = {"properties": args.property, "seeds": args.seeds, "bags": args.bags,
+    results: dict = {"properties": args.property, "seeds": args.seeds, "bags": args.bags, "threads": args.threads,
                      "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     for name in args.property:
-        results[name] = run_property(name, params, train, args.seeds, args.bags,
+        results[name] = run_property(name, params, train, args.seeds, args.bags, args.threads,
                                      raw=args.out.with_name(f"{args.out.stem}_{name}_errors.parquet"))
     results["seconds"] = time.perf_counter() - t0
     args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
