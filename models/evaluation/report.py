@@ -64,6 +64,7 @@ def render_results(metrics: dict[str, dict]) -> str:
             parts += ["", f"Pooled OOD ({', '.join(PROTOCOL_LABELS[p] for p in ood['protocols'])}), against the best "
                       f"model without OT ({MODEL_LABELS[best]}, {_fmt(ood['mae'][best])}): {text}. "
                       "Positive = lower MAE than that model (the issue asks for +15%)."]
+        parts += _family_rows(m, models)
         cal_rows = [(p, m["protocols"][p]["calibration"]) for p in protos
                     if m["protocols"][p].get("calibration", {}).get("n_rows")]
         if cal_rows:
@@ -87,6 +88,21 @@ def render_results(metrics: dict[str, dict]) -> str:
         parts += _interval_rows(m, protos, ood)
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _family_rows(m: dict, models: list[str]) -> list[str]:
+    """MAE per held-out chemical family (family-out folds), when the metrics have it."""
+    per_fold = m["protocols"].get("family_out", {}).get("per_fold")
+    if not per_fold:
+        return []
+    names = list(per_fold)
+    rows = ["", "Family out, MAE per held-out family (test rows):", "",
+            "| model | " + " | ".join(f"{n} ({per_fold[n]['n_test_rows']})" for n in names) + " |",
+            "|---" * (len(names) + 1) + "|"]
+    for k in models:
+        if all(k in per_fold[n] for n in names):
+            rows.append(f"| {MODEL_LABELS[k]} | " + " | ".join(_fmt(per_fold[n][k]) for n in names) + " |")
+    return rows
 
 
 def _interval_rows(m: dict, protos: list[str], ood: dict) -> list[str]:

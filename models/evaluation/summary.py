@@ -43,7 +43,8 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
     """Metrics per protocol (pooled over its test rows) and the pooled out-of-distribution summary.
 
     A protocol's test rows are pooled over its folds before computing MAE, RMSE and R^2, so a
-    protocol's figure weighs every test measurement once. The OOD summary pools the rows of
+    protocol's figure weighs every test measurement once; ``per_fold`` (all protocols but grouped
+    CV, whose folds are random) gives each held-out group's own MAE. The OOD summary pools the rows of
     ``ood_protocols``; ``ot_model`` is the headline OT model (the first of :data:`OT_MODELS`
     evaluated: the served one) and ``gain_vs_best_non_ot`` is ``1 - MAE(ot_model) / min MAE(non-OT
     models)``; ``gains`` gives that ratio for every OT model. ``calibration`` (per protocol and
@@ -66,6 +67,10 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
         entry["calibration"] = _calibration_summary(g, calib)
         if "lower" in g:
             entry["intervals"] = interval_summary(g, ad_model)
+        if proto != "grouped_cv":  # named folds (a family, a crystal system, a cluster): each one's own MAE
+            entry["per_fold"] = {str(name): {"n_test_rows": len(h),
+                                             **{m: float(np.mean(np.abs(h[m] - h["value"]))) for m in models}}
+                                 for name, h in g.groupby("fold", sort=False)}
         out["protocols"][proto] = entry
     ood = p[p["protocol"].isin(ood_protocols)]
     if len(ood):

@@ -189,6 +189,11 @@ def test_summary_pools_protocols_and_computes_gain():
     assert s["protocols"]["loco"]["ad"]["mae_flagged"] == pytest.approx(0.1)
     assert s["protocols"]["grouped_cv"]["gnn_ot"]["mae"] == pytest.approx(0.0)
     assert s["protocols"]["family_out"]["shift_ot_mean"] == pytest.approx(2.0)
+    # each named fold's own MAE (a family, a cluster); none for the random grouped-CV folds
+    assert s["protocols"]["loco"]["per_fold"]["a"]["n_test_rows"] == 2
+    assert s["protocols"]["loco"]["per_fold"]["a"]["raw_dft"] == pytest.approx(1.0)
+    assert s["protocols"]["family_out"]["per_fold"]["b"]["gnn_ot"] == pytest.approx(0.1)
+    assert "per_fold" not in s["protocols"]["grouped_cv"]
 
 
 def test_subset_domain_keeps_rows_aligned(problem):

@@ -82,3 +82,16 @@ def test_repository_params_have_a_valid_evaluate_section():
     cfg = load_section(EvaluateParams, "evaluate", "params.yaml")
     assert cfg.full.protocols == ["grouped_cv", "loco", "family_out", "crystal_system_out", "range_extrapolation"]
     assert "gnn_ot" in cfg.quick.models and cfg.quick.max_measurements > 0
+
+
+def test_render_shows_each_held_out_family_when_the_metrics_have_it():
+    m = _metrics()
+    assert "per held-out family" not in render_results({"band_gap": m})  # older metrics: no table
+    fams = {"halide": 0.8, "oxide": 0.7}
+    m["protocols"]["family_out"] = {**m["protocols"]["loco"], "shift_ot_mean": 9.0,
+                                    "per_fold": {f: {"n_test_rows": 10, **{k: v for k in m["pooled_ood"]["mae"]}}
+                                                 for f, v in fams.items()}}
+    text = render_results({"band_gap": m})
+    assert "| model | halide (10) | oxide (10) |" in text
+    assert "| descriptor random forest | 0.800 | 0.700 |" in text
+
