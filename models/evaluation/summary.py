@@ -68,9 +68,8 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
         if "lower" in g:
             entry["intervals"] = interval_summary(g, ad_model)
         if proto != "grouped_cv":  # named folds (a family, a crystal system, a cluster): each one's own MAE
-            entry["per_fold"] = {str(name): {"n_test_rows": len(h),
-                                             **{m: float(np.mean(np.abs(h[m] - h["value"]))) for m in models}}
-                                 for name, h in g.groupby("fold", sort=False)}
+            entry["per_fold"] = {str(name): {"n_test_rows": len(h), **{m: regression_metrics(
+                h["value"].to_numpy(), h[m].to_numpy())["mae"] for m in models}} for name, h in g.groupby("fold", sort=False)}
         out["protocols"][proto] = entry
     ood = p[p["protocol"].isin(ood_protocols)]
     if len(ood):

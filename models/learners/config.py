@@ -180,6 +180,12 @@ class StackSettings:
             raise ValueError(f"stack.blend_weight must be in [0, 1], got {self.blend_weight}")
         if self.blend_weight > 0 and not self.enabled:
             raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
+        from models.properties import PROPERTY_NAMES  # a light module; imported here like the type above
+
+        unknown = sorted(set(self.extrapolate) - set(PROPERTY_NAMES))
+        if unknown:
+            raise ValueError(f"stack.extrapolate: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
+                             f"(valid: {', '.join(PROPERTY_NAMES)})")
 
 
 @dataclass(frozen=True)

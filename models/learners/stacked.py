@@ -202,7 +202,7 @@ class StackedModel:
         self.calibration_ = self.target_range_ = None
         if c.extrapolate:
             self.calibration_ = _major_axis(base, y)
-            base = self.calibration_[0] + self.calibration_[1] * base
+            base = self._calibrated(base)
             lo, hi = np.quantile(y, [0.02, 0.98])
             self.target_range_ = (float(lo), float(hi), float(np.std(y)) or 1.0)
         x = np.column_stack([x, base]).astype(np.float32)
@@ -255,6 +255,10 @@ class StackedModel:
             base = np.zeros(len(x))
         else:
             base = x[:, self._best_column].astype(float) + self.correction_.predict(self._fractions(formulas, x))
+        return self._calibrated(base)
+
+    def _calibrated(self, base: np.ndarray) -> np.ndarray:
+        """Apply the extrapolating calibration line to the corrected estimate (unchanged without one)."""
         return base if self.calibration_ is None else self.calibration_[0] + self.calibration_[1] * base
 
     def _faded(self, base: np.ndarray, residual: np.ndarray) -> np.ndarray:
@@ -298,7 +302,7 @@ _HEADER = "stacked.json"
 
 
 def _major_axis(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Intercept and slope of the reduced-major-axis line of ``y`` against ``x`` (slope sign(r) * sd(y) / sd(x))."""
+    """Intercept and slope (sd(y) / sd(x)) of the reduced-major-axis line of ``y`` against ``x``; r <= 0 is an error."""
     sx, sy = float(np.std(x)), float(np.std(y))
     r = float(np.corrcoef(x, y)[0, 1]) if sx > 0 and sy > 0 else 0.0
     if not r > 0:

@@ -269,9 +269,6 @@ def dft_lookup(dft: pd.DataFrame, prop: Property, index: pd.DataFrame | None = N
     return out
 
 
-__all__ = ["ModelNotFoundError", "Predictor", "calibration_map", "dft_lookup"]
-
-
 def _source(item, mid, val: float, sid, *, uses_graphs: bool) -> str:
     """Say where one input's structure and DFT value came from (the ``structure_used`` column)."""
     user = f"user {'CIF' if item.kind == 'cif' else 'structure'} ({item.input})" if item.structure is not None else None
@@ -288,3 +285,6 @@ def _source(item, mid, val: float, sid, *, uses_graphs: bool) -> str:
     if mid:
         return f"{mid} (most stable polymorph; no structure)"
     return "median DFT value of its polymorphs (formation energies unknown)" if np.isfinite(val) else "none: composition only"
+
+
+__all__ = ["ModelNotFoundError", "Predictor", "calibration_map", "dft_lookup"]

@@ -306,3 +306,10 @@ def test_fade_drops_only_the_pull_back_toward_the_training_range():
     np.testing.assert_allclose(model._faded(base, residual), [-1.0, -1.0, -0.5, 0.0, 0.0, 0.5, 0.25, -0.5])
     model.target_range_ = None
     np.testing.assert_array_equal(model._faded(base, residual), residual)
+
+
+def test_extrapolate_names_must_be_properties():
+    from models.learners.config import StackSettings
+
+    with pytest.raises(ValueError, match="unknown property \\['bandgap'\\]"):
+        StackSettings(extrapolate=("bandgap",))
