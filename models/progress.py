@@ -26,9 +26,18 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["Steps", "bar", "showing"]
+__all__ = ["Steps", "bar", "hide_bars", "showing"]
 
 T = TypeVar("T")
+
+# set in a worker process (models/parallel.py): its bars would tear the parent's on a shared stderr
+_bars_hidden = False
+
+
+def hide_bars() -> None:
+    """Draw no bar in this process from now on (log lines still appear); for worker processes."""
+    global _bars_hidden
+    _bars_hidden = True
 
 
 def showing() -> bool:
@@ -43,7 +52,7 @@ def bar(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = N
 
     # into a log file (dvc repro > log): one line position, no cursor movement, a refresh every 10 s
     terminal = sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, disable=not (show and showing()),
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, disable=_bars_hidden or not (show and showing()),
                 mininterval=0.5 if terminal else 10.0, position=None if terminal else 0, dynamic_ncols=True)
 
 

@@ -65,8 +65,9 @@ def load_inputs(params: MetalParams, train: TrainParams) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     # LightGBM, scikit-learn, MLflow: imported when the stage runs, not for `--help`
-    from models.evaluation import metal_card, metal_cv, metal_summary, prepare_metal, served_threshold
+    from models.evaluation import metal_card, metal_cv_groups, metal_summary, prepare_metal, served_threshold
     from models.learners import save_metal
+    from models.parallel import WorkerDied
     from models.serving import TrackingError, ensure_store, log_metal_run
 
     params = load_section(MetalParams, "metal", args.params)
@@ -83,19 +84,24 @@ def run(args: argparse.Namespace) -> int:
     if stack is None:
         raise MatshiftError("metal: the band-gap regressor is the stacked model; set train.stack.enabled: true")
     t0 = time.perf_counter()
-    plan = prepare_metal(**load_inputs(params, train), config=params.classifier,
-                         stack=replace(stack, bags=params.cv.regressor_bags, n_jobs=params.classifier.n_jobs),
+    # folds in worker processes: one LightGBM thread everywhere until they are done (models/parallel.py)
+    n_jobs = params.classifier.n_jobs if params.cv.workers <= 1 else 1
+    plan = prepare_metal(**load_inputs(params, train), config=replace(params.classifier, n_jobs=n_jobs),
+                         stack=replace(stack, bags=params.cv.regressor_bags, n_jobs=n_jobs),
                          cv=params.cv, extra_columns=train.fit.extra_fidelities(prop))
     if plan.counts["without_descriptors"]:
         log.warning("metal: %d labelled formulas have no descriptors and are left out (rerun `matshift featurize`)",
                     plan.counts["without_descriptors"])
-    results = {name: metal_cv(plan.data, folds, inner_folds=params.cv.inner_folds, seed=params.classifier.seed,
-                              on_fold=lambda k, n, msg: log.info("metal: fold %d/%d %s", k + 1, n, msg))
-               for name, folds in plan.folds.items()}
+    try:
+        results = metal_cv_groups(plan.data, plan.folds, inner_folds=params.cv.inner_folds,
+                                  seed=params.classifier.seed, workers=params.cv.workers,
+                                  on_fold=lambda k, n, msg: log.info("metal: fold %d/%d %s", k + 1, n, msg))
+    except WorkerDied as exc:
+        raise MatshiftError(f"metal: {exc}") from exc
     metrics = metal_summary(results)
     first = next(iter(results.values()))
     served = served_threshold(*first)
-    final = plan.data.classifier_for_fold().fit(plan.data.descriptors, list(plan.data.labels.index),
+    final = plan.data.classifier_for_fold(params.classifier).fit(plan.data.descriptors, list(plan.data.labels.index),
                                                 plan.data.labels.to_numpy())
     counts = {k: v for k, v in plan.counts.items() if k != "left_out_formulas"}
     metrics |= {"served": served, "data": counts, "seconds": round(time.perf_counter() - t0, 1)}

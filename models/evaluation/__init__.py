@@ -34,7 +34,7 @@ _LAZY = {
         "evaluate_folds", "shift_distance", "subset_domain", "training_targets",
     ),
     "metal": (
-        "MetalData", "MetalPlan", "metal_card", "metal_cv", "metal_labels", "metal_metrics", "metal_summary",
+        "MetalData", "MetalPlan", "metal_card", "metal_cv", "metal_cv_groups", "metal_labels", "metal_metrics", "metal_summary",
         "paired_bootstrap", "prepare_metal", "served_threshold",
     ),
     "run": (

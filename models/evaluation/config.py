@@ -106,7 +106,8 @@ class MetalCVSettings:
     ``family_out``, ``crystal_system_out``) runs once. Per fold the threshold comes from an
     ``inner_folds``-fold CV of the training part, and the band-gap regressor is the train
     stage's stacked model without OT with ``regressor_bags`` boosters. A formula labelled
-    metal with a measured gap above ``gap_conflict_tol`` (eV) is left out.
+    metal with a measured gap above ``gap_conflict_tol`` (eV) is left out. The folds run in
+    ``workers`` forked processes (1 = one after the other).
     """
 
     cv_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -116,6 +117,7 @@ class MetalCVSettings:
     loco_clusters: int = 5
     regressor_bags: int = 2
     gap_conflict_tol: float = 0.1
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.cv_seeds:
@@ -125,8 +127,8 @@ class MetalCVSettings:
         unknown = sorted(set(self.protocols) - set(OOD_PROTOCOLS))
         if unknown:
             raise ValueError(f"unknown protocols {unknown} (valid: {', '.join(OOD_PROTOCOLS)})")
-        if self.loco_clusters < 2 or self.regressor_bags < 1:
-            raise ValueError("loco_clusters must be >= 2 and regressor_bags >= 1")
+        if self.loco_clusters < 2 or self.regressor_bags < 1 or self.workers < 1:
+            raise ValueError("loco_clusters must be >= 2, regressor_bags and workers >= 1")
         if self.gap_conflict_tol < 0:
             raise ValueError(f"gap_conflict_tol must be >= 0, got {self.gap_conflict_tol}")
 

@@ -72,6 +72,7 @@ from models.learners import (
     predict_ensemble,
     train_model,
 )
+from models.parallel import fork_map
 from models.progress import bar
 from models.transport import AlignConfig, CostWeights, Domain, NeuralAlignConfig, align
 
@@ -221,21 +222,29 @@ RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *, shift_sample: int = 500,
                    ad_k: int = 5, ad_threshold: float = 95.0, seed: int = 0, device: torch.device | None = None,
-                   on_fold: Callable[[int, int, dict], None] | None = None) -> EvaluationResult:
+                   workers: int = 1, on_fold: Callable[[int, int, dict], None] | None = None) -> EvaluationResult:
     """Fit and score every model on every fold (see the module docstring for what each sees).
 
-    ``on_fold(k, n, row)`` is called after fold ``k`` of ``n`` with its row of the per-fold table.
+    ``workers`` > 1: the folds run in that many forked processes (:func:`models.parallel.fork_map`);
+    every fold seeds its own models, so the results equal the serial run's. ``on_fold(k, n, row)``
+    is called here, in fold order, after fold ``k`` of ``n`` with its row of the per-fold table.
     """
     t0 = time.perf_counter()
     runner = _FoldRunner(data, models, ad_k=ad_k, ad_threshold=ad_threshold, seed=seed, device=device)
-    pred_frames, fold_rows = [], []
-    for k, fold in enumerate(bar(folds, desc="evaluate folds", unit="fold", leave=False)):
+
+    def one(item: tuple[int, Fold]) -> tuple[pd.DataFrame, dict]:
+        k, fold = item
         tf = time.perf_counter()
         out, row = runner.run(k, fold)
         row["shift_ot"] = shift_distance(runner.x_exp[fold.train], runner.x_exp[fold.test], sample=shift_sample,
                                          seed=seed)
         row = runner.scores(out, row)
         row["seconds"] = time.perf_counter() - tf
+        return out, row
+
+    pred_frames, fold_rows = [], []
+    done = fork_map(one, list(enumerate(folds)), workers=workers, device="cpu" if device is None else device.type)
+    for k, (out, row) in enumerate(bar(done, desc="evaluate folds", total=len(folds), unit="fold", leave=False)):
         fold_rows.append(row)
         pred_frames.append(out)
         if on_fold is not None:

@@ -43,6 +43,7 @@ from models.learners import (
     choose_threshold,
     dft_metal_table,
 )
+from models.parallel import fork_map
 from models.progress import bar
 from models.properties import choose_polymorphs, metal_class_conflicts, reference_per_formula
 
@@ -117,43 +118,68 @@ def _fold_threshold(data: MetalData, train: np.ndarray, regressor: StackedModel,
     return choose_threshold(oof, y, cost_if_missed=predicted, cost_if_false=false_cost)
 
 
-def metal_cv(data: MetalData, folds: Sequence[Fold], *, inner_folds: int = 4, seed: int = 0,
+def metal_cv(data: MetalData, folds: Sequence[Fold], *, inner_folds: int = 4, seed: int = 0, workers: int = 1,
              on_fold: Callable[[int, int, str], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every fold (positions into ``data.labels``); returns the per-formula and the per-gap-row tables.
 
     Per formula: ``protocol``, ``fold``, ``formula``, ``is_metal``, ``probability``,
     ``threshold``, ``called_metal``. Per row of the all-compositions set: ``protocol``,
     ``fold``, ``formula``, ``is_metal``, ``measured`` (0 for a metal), ``regressor`` (the
-    band-gap model alone) and ``combined`` (0 where called metal).
+    band-gap model alone) and ``combined`` (0 where called metal). ``workers``, ``on_fold``:
+    as in :func:`metal_cv_groups`.
     """
+    return metal_cv_groups(data, {"folds": folds}, inner_folds=inner_folds, seed=seed, workers=workers,
+                           on_fold=on_fold)["folds"]
+
+
+def metal_cv_groups(data: MetalData, groups: dict[str, Sequence[Fold]], *, inner_folds: int = 4, seed: int = 0,
+                    workers: int = 1, on_fold: Callable[[int, int, str], None] | None = None
+                    ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """:func:`metal_cv` of every named group of folds, all folds in one queue; the two tables per group.
+
+    ``workers`` > 1: the folds run in that many forked processes (:func:`models.parallel.fork_map`;
+    give the models one thread each), with the serial run's results. ``on_fold(k, n, message)``
+    is called here, in order, after fold ``k`` of all ``n``.
+    """
+    items = [(name, fold) for name, folds in groups.items() for fold in folds]
+    tables: dict[str, tuple[list, list]] = {name: ([], []) for name in groups}
+    done = fork_map(lambda item: _metal_fold(data, item[1], inner_folds=inner_folds, seed=seed), items,
+                    workers=workers)
+    for k, ((name, fold), (formula_table, row_table, seconds)) in enumerate(
+            zip(items, bar(done, desc="metal folds", total=len(items), unit="fold", leave=False), strict=True)):
+        tables[name][0].append(formula_table)
+        tables[name][1].append(row_table)
+        if on_fold is not None:
+            on_fold(k, len(items), f"{fold.protocol}/{fold.name}: threshold {formula_table['threshold'].iloc[0]:.2f}, "
+                    f"{len(formula_table)} test formulas, {seconds:.0f} s")
+    return {name: (pd.concat(f, ignore_index=True), pd.concat(r, ignore_index=True)) for name, (f, r) in tables.items()}
+
+
+def _metal_fold(data: MetalData, fold: Fold, *, inner_folds: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """One fold of :func:`metal_cv`: its per-formula and per-gap-row tables and its seconds."""
+    t0 = time.perf_counter()
     formulas = data.labels.index.to_numpy()
     y = data.labels.to_numpy()
-    per_formula, per_row = [], []
-    for k, fold in enumerate(bar(folds, desc="metal folds", unit="fold", leave=False)):
-        t0 = time.perf_counter()
-        tr, te = np.asarray(fold.train), np.asarray(fold.test)
-        clf = data.classifier_for_fold().fit(data.descriptors, formulas[tr], y[tr])
-        train_gaps = data.gaps[data.gaps["formula"].isin(set(formulas[tr]))]
-        regressor = data.regressor(train_gaps["formula"], train_gaps["value"].to_numpy(float))
-        threshold = _fold_threshold(data, tr, regressor, inner_folds=inner_folds, seed=seed)
-        p = clf.predict_proba(data.descriptors, formulas[te])
-        per_formula.append(pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "formula": formulas[te],
-                                         "is_metal": y[te], "probability": p, "threshold": threshold,
-                                         "called_metal": p >= threshold}))
-        test_set = set(formulas[te])
-        metals = [f for f, c in zip(formulas[te], y[te], strict=True) if c == 1]
-        rows = pd.concat([data.gaps.loc[data.gaps["formula"].isin(test_set), ["formula", "value"]],
-                          pd.DataFrame({"formula": metals, "value": 0.0})], ignore_index=True)
-        called = pd.Series(p >= threshold, index=formulas[te])
-        gap = regressor.predict(data.descriptors, rows["formula"].tolist())
-        per_row.append(pd.DataFrame({
-            "protocol": fold.protocol, "fold": fold.name, "formula": rows["formula"].to_numpy(),
-            "is_metal": rows["formula"].map(data.labels).to_numpy(int), "measured": rows["value"].to_numpy(float),
-            "regressor": gap, "combined": np.where(rows["formula"].map(called).to_numpy(bool), 0.0, gap)}))
-        if on_fold is not None:
-            on_fold(k, len(folds), f"{fold.protocol}/{fold.name}: threshold {threshold:.2f}, "
-                    f"{len(te)} test formulas, {time.perf_counter() - t0:.0f} s")
-    return pd.concat(per_formula, ignore_index=True), pd.concat(per_row, ignore_index=True)
+    tr, te = np.asarray(fold.train), np.asarray(fold.test)
+    clf = data.classifier_for_fold().fit(data.descriptors, formulas[tr], y[tr])
+    train_gaps = data.gaps[data.gaps["formula"].isin(set(formulas[tr]))]
+    regressor = data.regressor(train_gaps["formula"], train_gaps["value"].to_numpy(float))
+    threshold = _fold_threshold(data, tr, regressor, inner_folds=inner_folds, seed=seed)
+    p = clf.predict_proba(data.descriptors, formulas[te])
+    per_formula = pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "formula": formulas[te],
+                                "is_metal": y[te], "probability": p, "threshold": threshold,
+                                "called_metal": p >= threshold})
+    test_set = set(formulas[te])
+    metals = [f for f, c in zip(formulas[te], y[te], strict=True) if c == 1]
+    rows = pd.concat([data.gaps.loc[data.gaps["formula"].isin(test_set), ["formula", "value"]],
+                      pd.DataFrame({"formula": metals, "value": 0.0})], ignore_index=True)
+    called = pd.Series(p >= threshold, index=formulas[te])
+    gap = regressor.predict(data.descriptors, rows["formula"].tolist())
+    per_row = pd.DataFrame({
+        "protocol": fold.protocol, "fold": fold.name, "formula": rows["formula"].to_numpy(),
+        "is_metal": rows["formula"].map(data.labels).to_numpy(int), "measured": rows["value"].to_numpy(float),
+        "regressor": gap, "combined": np.where(rows["formula"].map(called).to_numpy(bool), 0.0, gap)})
+    return per_formula, per_row, time.perf_counter() - t0
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:

@@ -71,12 +71,12 @@ class EvaluationRun:
 
 def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: EvalSettings, fit: FitConfig,
                       align: AlignConfig, seed: int, ad_k: int, ad_threshold: float, threads: int,
-                      device: str = "auto", budget: str = "full",
-                      on_fold: Callable[[int, int, dict], None] | None = None) -> EvaluationRun:
+                      workers: int = 1, device: str = "auto", budget: str = "full") -> EvaluationRun:
     """Run every protocol of ``settings`` for ``prop`` and summarise (see the module docstring).
 
     ``align`` is applied to ``prop`` here (:meth:`~models.transport.AlignConfig.for_property`).
-    ``threads``: LightGBM threads of the stacked models (the caller sets torch's). Raises
+    ``threads``: LightGBM threads of the stacked models (the caller sets torch's), in each of
+    ``workers`` processes that run the folds (:func:`~models.evaluation.evaluate_folds`). Raises
     ``ValueError`` for a budget the data cannot meet (no fold, a stacked model without the stack).
     """
     t0 = time.perf_counter()
@@ -113,7 +113,8 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     fitted = FoldModels(train_config=train_config, align_config=align, pretrained=pretrained, variants=settings.models,
                         members=settings.members, rf_trees=settings.rf_trees, stack=stack, neural=neural)
     result = evaluate_folds(data, folds, fitted, shift_sample=settings.shift_sample, ad_k=ad_k,
-                            ad_threshold=ad_threshold, seed=seed, device=dev, on_fold=on_fold or _log_fold(prop))
+                            ad_threshold=ad_threshold, seed=seed, device=dev, workers=workers,
+                            on_fold=_log_fold(prop))
     summary = summarise(result, ood_protocols=[p for p in OOD_PROTOCOLS if p in settings.protocols])
     metrics = {
         "property": prop.name, "unit": prop.unit, "budget": budget,

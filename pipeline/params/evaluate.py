@@ -21,6 +21,7 @@ class EvaluateParams:
     ad_k: int = 5
     ad_threshold: float = 95.0
     threads: int = 2
+    workers: int = 1
     device: str = "auto"
     full: EvalSettings = field(default_factory=EvalSettings)
     quick: EvalSettings = field(default_factory=lambda: EvalSettings(
@@ -30,8 +31,8 @@ class EvaluateParams:
     def __post_init__(self) -> None:
         if not 0 < self.ad_threshold < 100:
             raise ValueError(f"ad_threshold must be in (0, 100), got {self.ad_threshold}")
-        if self.ad_k < 1 or self.threads < 1:
-            raise ValueError("ad_k and threads must be >= 1")
+        if self.ad_k < 1 or self.threads < 1 or self.workers < 1:
+            raise ValueError("ad_k, threads and workers must be >= 1")
 
 
 __all__ = ["EvaluateParams"]

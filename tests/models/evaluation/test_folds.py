@@ -208,3 +208,22 @@ def test_fold_with_empty_side_is_rejected(problem):
     fold = Fold("x", "empty", np.arange(10), np.zeros(0, dtype=int))
     with pytest.raises(ValueError, match="fold x/empty has an empty side"):
         _run(problem, fold)
+
+
+def test_folds_in_worker_processes_give_the_serial_results_in_fold_order(problem):
+    """Each fold seeds its own models: two forked workers reproduce the serial run exactly, in fold order."""
+    folds = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=3, seed=0)
+    data = ev.FoldData(source=problem["source"], target=problem["target"], table=problem["table"],
+                       descriptors=problem["desc"], dft_reference=problem["ref"])
+    fitted = ev.FoldModels(train_config=CFG, align_config=SETTINGS, pretrained=problem["pretrained"],
+                           variants=("gnn_ot", "stacked_ot"), rf_trees=5, stack=problem["stack"], neural=NEURAL)
+    seen = []
+    runs = [ev.evaluate_folds(data, folds, fitted, shift_sample=50, ad_k=3, seed=0, workers=w,
+                              on_fold=lambda k, n, row: seen.append((k, n, row["fold"]))) for w in (1, 2)]
+    assert seen[:3] == seen[3:] == [(k, 3, f.name) for k, f in enumerate(folds)]
+    serial, forked = (r.predictions for r in runs)
+    numeric = serial.select_dtypes("number").columns
+    pd.testing.assert_frame_equal(forked.drop(columns=numeric), serial.drop(columns=numeric))
+    np.testing.assert_array_equal(forked[numeric].to_numpy(), serial[numeric].to_numpy())
+    timing = [c for c in runs[0].folds if "seconds" in c]
+    pd.testing.assert_frame_equal(runs[1].folds.drop(columns=timing), runs[0].folds.drop(columns=timing))

@@ -7,6 +7,7 @@ from models.evaluation import (
     MetalData,
     grouped_kfold,
     metal_cv,
+    metal_cv_groups,
     metal_labels,
     metal_metrics,
     paired_bootstrap,
@@ -33,7 +34,7 @@ def test_paired_bootstrap_interval_covers_the_mean_difference():
     assert low < diff < high and low < 0 < high
 
 
-def test_cross_validation_is_leak_free_and_the_classifier_helps_the_all_compositions_error():
+def _metal_data():
     formulas, desc, metal, dft = synthetic(240, seed=1)
     rng = np.random.default_rng(2)
     nonmetals = [f for f, m in zip(formulas, metal, strict=True) if m == 0]
@@ -47,6 +48,11 @@ def test_cross_validation_is_leak_free_and_the_classifier_helps_the_all_composit
     data = MetalData(labels=labels, gaps=gaps, descriptors=desc, classifier=clf,
                      stack=StackConfig(trees=40, leaves=7, bags=1, n_jobs=1, surrogate_trees=20, clamp_min=0.0),
                      dft_reference=ref, extra_reference={}, gap_surrogate=clf.gap_surrogate)
+    return data, labels, gaps, metal
+
+
+def test_cross_validation_is_leak_free_and_the_classifier_helps_the_all_compositions_error():
+    data, labels, gaps, metal = _metal_data()
     folds = grouped_kfold(list(labels.index), n_folds=3, seed=0)
     per_formula, per_row = metal_cv(data, folds, inner_folds=3)
     # every labelled formula is tested exactly once, by a fold that did not train on it
@@ -69,3 +75,16 @@ def test_cross_validation_is_leak_free_and_the_classifier_helps_the_all_composit
 
 def test_config_defaults_are_valid():
     assert MetalConfig().surrogate_config().surrogate_trees == MetalConfig().surrogate_trees
+
+
+def test_folds_in_worker_processes_give_the_serial_tables_per_group():
+    data, labels, _, _ = _metal_data()
+    groups = {"a": grouped_kfold(list(labels.index), n_folds=3, seed=0),
+              "b": grouped_kfold(list(labels.index), n_folds=2, seed=1)}
+    lines = []
+    serial = {name: metal_cv(data, folds, inner_folds=3) for name, folds in groups.items()}
+    forked = metal_cv_groups(data, groups, inner_folds=3, workers=2, on_fold=lambda k, n, msg: lines.append((k, n)))
+    assert lines == [(k, 5) for k in range(5)]
+    for name in groups:
+        for got, want in zip(forked[name], serial[name], strict=True):
+            pd.testing.assert_frame_equal(got, want)
