@@ -218,8 +218,9 @@ class FitConfig:
     """Everything :func:`models.learners.fit_property` fits for one property (``train`` in params.yaml, less paths).
 
     ``members`` GNNs per variant (seeds ``seed, seed + 1, ...``) share ``encoders``
-    DFT-pretrained composition encoders round-robin; ``selection_fraction`` of the measured
-    formulas (grouped) are held out to compare every model on the same unseen formulas.
+    DFT-pretrained composition encoders round-robin, and train in ``workers`` forked processes
+    (1 = one after the other, here); ``selection_fraction`` of the measured formulas (grouped)
+    are held out to compare every model on the same unseen formulas.
     """
 
     seed: int = 0
@@ -228,6 +229,7 @@ class FitConfig:
     selection_fraction: float = 0.2
     rf_trees: int = 300
     device: str = "auto"
+    workers: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     # the train stage's recipe: a DFT-pretrained composition encoder, frozen while the heads fine-tune
     optim: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, pretrain_epochs=4, dft_batch_size=128,
@@ -245,6 +247,8 @@ class FitConfig:
             raise ValueError(f"selection_fraction must be in (0, 0.5), got {self.selection_fraction}")
         if self.rf_trees < 1:
             raise ValueError(f"rf_trees must be >= 1, got {self.rf_trees}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
     def train_config(self, prop: Property) -> TrainConfig:
         """Return the GNN training settings for ``prop``: ``optim`` with ``model`` and the property's clamp."""

@@ -42,6 +42,7 @@ from models.learners.training import (
     train_model,
 )
 from models.nets import save_model
+from models.parallel import fork_map
 from models.progress import Steps, bar, showing
 from models.properties import Property, reference_per_formula
 
@@ -175,21 +176,31 @@ def _split(dft: pd.DataFrame, experiment: pd.DataFrame, descriptors: pd.DataFram
 
 def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, device: torch.device,
               parallel: DataParallelHook | None, steps: Steps) -> dict[str, list[TrainResult]]:
-    """DFT-only pretraining, then ``config.members`` GNNs without and with OT terms (encoders shared round-robin)."""
+    """DFT-only pretraining, then ``config.members`` GNNs without and with OT terms (encoders shared round-robin).
+
+    Encoders and members train in ``config.workers`` forked processes of one torch thread each
+    (:func:`models.parallel.fork_map`; not with data-parallel ranks or a GPU), each seeded as
+    in the serial loop.
+    """
+    workers = config.workers if parallel is None else 1
     states = None
     if train_config.pretrain_epochs:
         with steps("DFT pretraining"):
             states = pretrain_members(split.table, train_config, n_members=min(config.encoders, config.members),
                                       epochs=train_config.pretrain_epochs, batch_size=train_config.pretrain_batch_size,
-                                      seed=config.seed, device=device, parallel=parallel, progress=showing())
+                                      seed=config.seed, device=device, parallel=parallel, progress=showing(),
+                                      workers=workers)
     fitted = {}
     for name, use_ot, step in (("gnn_no_ot", False, "GNN members without OT"), ("gnn_ot", True, "GNN members with OT")):
+        def member(k: int, use_ot: bool = use_ot) -> TrainResult:
+            return train_model(split.table, replace(train_config, use_ot=use_ot), seed=config.seed + k,
+                               train_rows=split.train_rows, device=device,
+                               init_state=None if states is None else states[k % len(states)],
+                               parallel=parallel, progress=showing() and workers <= 1)
+
         with steps(step):
-            fitted[name] = [train_model(split.table, replace(train_config, use_ot=use_ot), seed=config.seed + k,
-                                        train_rows=split.train_rows, device=device,
-                                        init_state=None if states is None else states[k % len(states)],
-                                        parallel=parallel, progress=showing())
-                            for k in bar(range(config.members), desc=step, unit="member")]
+            done = fork_map(member, range(config.members), workers=workers, device=device.type)
+            fitted[name] = list(bar(done, desc=step, total=config.members, unit="member"))
     return fitted
 
 

@@ -39,6 +39,7 @@ from models.learners.config import TrainConfig
 from models.learners.losses import uot_embedding_loss
 from models.learners.table import EntryTable, grouped_split
 from models.nets import MultiFidelityNet, NetOutput
+from models.parallel import fork_map
 from models.progress import bar
 
 
@@ -448,20 +449,24 @@ def pretrain_members(
     device: torch.device | None = None,
     parallel: DataParallelHook | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> list[dict[str, Tensor]]:
     """DFT-only pretraining of ``n_members`` models (seeds ``seed + 100 + k``); returns their states.
 
     Only rows without a measurement are used, so the states can be shared by every CV fold
-    without leaking experimental labels.
+    without leaking experimental labels. ``workers`` > 1: the members train in forked
+    processes (:func:`models.parallel.fork_map`), each seeded as in the serial loop.
     """
     dft_rows = np.flatnonzero(~table.is_experiment)
     cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05,
                   dft_batch_size=batch_size, freeze_encoder=False)
-    return [
-        train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device,
-                    parallel=parallel, progress=progress).model.state_dict()
-        for k in range(n_members)
-    ]
+
+    def member(k: int) -> dict[str, Tensor]:
+        return train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device, parallel=parallel,
+                           progress=progress).model.state_dict()
+
+    return list(fork_map(member, range(n_members), workers=workers if parallel is None else 1,
+                         device="cpu" if device is None else device.type))
 
 
 __all__ = [

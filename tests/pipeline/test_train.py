@@ -108,3 +108,29 @@ def test_distributed_training_fits_the_model_of_the_plain_run(tmp_path, monkeypa
     assert plain["parallel"] is None and ddp["parallel"] is not None and ddp["parallel"].world == 1
     assert replace(ddp["config"], device=plain["config"].device) == plain["config"]
     assert ddp["config"].stack.blend_weight == 0.5 and ddp["config"].stack.config.trees == 20
+
+
+def test_members_trained_in_worker_processes_are_the_serial_members(tmp_path):
+    """train.workers: 2 trains the encoders and members in forked processes; each is seeded as in the loop."""
+    import torch
+
+    from models.serving import EnsemblePredictor
+
+    predictions = []
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        root.mkdir()
+        train_inputs(root)
+        params = train_params(root, workers=workers, members=3, encoders=2)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the workers run one thread each: the serial run too, for bitwise-equal sums
+        try:
+            assert stage.run(argparse.Namespace(params=params, property="band_gap", no_mlflow=True)) == 0
+        finally:
+            torch.set_num_threads(threads)
+        served = EnsemblePredictor(root / "models/band_gap")
+        served.blend_weight = 0.0  # the GNN ensemble alone
+        frame = pd.DataFrame({"formula": ["NaCl", "GaN", "MgO"], "dft_value": [5.0, 1.7, 4.5]})
+        metrics = json.loads((root / "models/band_gap/metrics.json").read_text())
+        predictions.append([*served.predict(frame)["prediction"], metrics["mae_gnn_ot"], metrics["mae_gnn_no_ot"]])
+    np.testing.assert_array_equal(predictions[1], predictions[0])
