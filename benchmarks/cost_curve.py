@@ -1,0 +1,243 @@
+"""Cost curve of the pipeline: time and peak memory per stage at 1x, 3x and 10x the mirror.
+
+``python -m benchmarks.cost_curve [--scales 1 3 10] [--work DIR] [--keep]``; writes
+``benchmarks/cost_curve_results.{json,md}`` and prints the table. Each stage runs as the user
+runs it (``matshift <stage> --params P``, a subprocess) on inputs scaled from the mirror:
+
+- **1x** is ``matshift fetch`` of the mirror itself (timed: the fetch stage's real cost).
+- **k x** keeps every real row of ``data/raw`` and adds ``(k - 1)`` times as many DFT entries:
+  the crystal side gets real perovskite structures (``scale/perov5_heat_ref.json.zip``, read
+  in place; beyond its 18,928 cells the same cells again under an isotropic strain of 1%,
+  2%, ..., so that every added structure is a distinct cell), the composition side synthetic
+  entries drawn around real ones (a real entry's formula with one element's amount raised by
+  one, or the same formula as a new polymorph, and its DFT values plus 5% of the column's
+  spread). The measurements stay as they are: a larger DFT database does not bring more
+  experiments. The scaled tables are written under ``--work`` (outside the repository); the
+  fetch stage is not rerun on them (it reads only the mirror's files), so its cost above 1x
+  is not measured here.
+- Stages timed per scale: ``featurize``, ``align --property band_gap`` and ``train
+  --property band_gap`` under the benchmark's training budget (:data:`TRAIN_BUDGET`: fewer
+  GNN members and epochs than params.yaml, so that 10x finishes on 2 cores; every other
+  setting is params.yaml's). The metal and evaluate stages are not scaled here: evaluate
+  subsamples the DFT side to ``evaluate.full.max_dft`` entries per fold.
+
+Peak memory is the largest sum of resident memory over the stage's process tree (the stage
+and its worker processes), sampled every 0.2 s with psutil. The growth exponent of a stage
+is the least-squares slope of log(seconds) against log(DFT entries) over the scales; the
+projection to the Materials Project's size (:data:`MP_ENTRIES` entries,
+:data:`MP_STRUCTURES` structures) extends each stage's curve from its largest measured
+point with that exponent (structures for featurize, entries otherwise). The machine is
+shared: the load average is recorded before every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from benchmarks.mirror import perovskites
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "cost_curve_results"
+MP_ENTRIES = 400_000  # "several hundred thousand DFT entries" from the MP API (issue 20)
+MP_STRUCTURES = 150_000
+# the benchmark's train budget (params.yaml's `train` keys it overrides): 2 GNN members, 1 encoder,
+# 1 pretraining and at most 10 fine-tuning epochs, 2 bags of boosters
+TRAIN_BUDGET = {"members": 2, "encoders": 1, "optim": {"pretrain_epochs": 1, "epochs": 10, "patience": 4},
+                "stack": {"bags": 2}}
+NUMERIC = ("band_gap_pbe", "formation_energy_per_atom", "e_above_hull")
+
+
+def _params(work: Path, scale: int) -> Path:
+    """params.yaml with every path under ``work`` (inputs of ``scale``) and the train budget applied."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw, feats, aligned = work / f"raw_{scale}", work / f"features_{scale}", work / f"aligned_{scale}"
+    params["properties"] = ["band_gap"]
+    params["fetch"]["out_dir"] = str(work / "raw_1")
+    params["featurize"] |= {"raw_dir": str(raw), "out_dir": str(feats)}
+    params["align"] |= {"raw_dir": str(raw), "features_dir": str(feats), "out_dir": str(aligned)}
+    train = params["train"]
+    train |= {"raw_dir": str(raw), "features_dir": str(feats), "aligned_dir": str(aligned),
+              "out_dir": str(work / f"models_{scale}"), "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+              "register": False, "members": TRAIN_BUDGET["members"], "encoders": TRAIN_BUDGET["encoders"]}
+    train["optim"] |= TRAIN_BUDGET["optim"]
+    train["stack"] |= TRAIN_BUDGET["stack"]
+    params["metal"]["out_dir"] = str(work / "no_metal_model")  # the band-gap bundle goes without the classifier
+    path = work / f"params_{scale}.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def _strained(cell: dict[str, Any], factor: float) -> dict[str, Any]:
+    matrix = (np.asarray(cell["lattice"]["matrix"], float) * factor).tolist()
+    return {"lattice": {"matrix": matrix}, "sites": cell["sites"]}
+
+
+def _raised(formula: str, rng: np.random.Generator) -> str:
+    from pymatgen.core import Composition  # deferred: pymatgen only when a scaled table is built
+
+    comp = Composition(formula)
+    el = list(comp)[int(rng.integers(len(comp)))]
+    amounts = comp.get_el_amt_dict() | {el.symbol: comp[el] + 1}
+    return Composition(amounts).reduced_formula
+
+
+def scaled_raw(raw_1: Path, out: Path, scale: int, *, seed: int = 0) -> dict[str, int]:
+    """Write ``out`` = the fetch output ``raw_1`` with ``(scale - 1)`` x its DFT entries added; return the counts."""
+    from pymatgen.core import Composition  # deferred: as above
+
+    dft = pd.read_parquet(raw_1 / "dft.parquet")
+    rng = np.random.default_rng(seed + scale)
+    n_add = (scale - 1) * len(dft)
+    n_struct_add = (scale - 1) * int(dft["structure"].notna().sum())
+    cells = perovskites()
+    ids = list(cells)
+    spread = {c: float(np.nanstd(dft[c])) for c in NUMERIC}
+    donors = dft.iloc[rng.integers(len(dft), size=n_add)].reset_index(drop=True)
+    added = pd.DataFrame({"material_id": [f"syn-{scale}-{i}" for i in range(n_add)]})
+    formulas, structures, nsites = [], [], []
+    for i in range(n_add):
+        if i < n_struct_add:
+            key = ids[i % len(ids)]
+            cell = _strained(cells[key], 1.0 + 0.01 * (i // len(ids)))
+            species = [s["species"][0]["element"] for s in cell["sites"]]
+            formulas.append(Composition(dict(pd.Series(species).value_counts())).reduced_formula)
+            structures.append(json.dumps(cell))
+            nsites.append(len(species))
+        else:
+            f = donors.at[i, "formula"]
+            formulas.append(_raised(f, rng) if rng.random() < 0.5 else f)
+            structures.append(None)
+            nsites.append(0)
+    added["formula"] = formulas
+    added["structure"] = structures
+    for c in dft.columns:
+        if c in NUMERIC:
+            v = donors[c].to_numpy(float) + rng.normal(0, 0.05 * spread[c], n_add)
+            added[c] = np.clip(v, 0, None) if c != "formation_energy_per_atom" else v
+        elif c.startswith("band_gap_"):
+            added[c] = np.nan
+    added["nsites"] = nsites
+    added["partial_occupancy"] = False
+    added["source"] = "synthetic"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in raw_1.iterdir():
+        if f.name != "dft.parquet":
+            shutil.copy2(f, out / f.name)
+    pd.concat([dft, added[dft.columns]], ignore_index=True).to_parquet(out / "dft.parquet", index=False)
+    return {"dft_entries": len(dft) + n_add, "structures": int(dft["structure"].notna().sum()) + n_struct_add}
+
+
+def run_stage(args: list[str], log: Path) -> dict[str, float]:
+    """Run ``matshift *args``; return its wall seconds and the peak resident memory of its process tree."""
+    import psutil  # deferred: only the benchmark samples memory
+
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("matshift")), "-q", *args], cwd=ROOT, stdout=fh,
+                                stderr=subprocess.STDOUT)
+        root = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"matshift {' '.join(args)} failed ({proc.returncode}); see {log}")
+    return {"seconds": round(seconds, 1), "peak_mib": round(peak / 2**20), "load_before": round(load, 2)}
+
+
+def exponent(sizes: list[int], seconds: list[float]) -> float:
+    """Least-squares slope of log(seconds) on log(size)."""
+    if len(sizes) < 2:
+        return math.nan
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 3, 10])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/matshift-cost-curve"))
+    ap.add_argument("--keep", action="store_true", help="keep the scaled inputs and outputs under --work")
+    a = ap.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    fetch = run_stage(["fetch", "--params", str(_params(a.work, 1))], a.work / "fetch.log")
+    rows.append({"stage": "fetch", "scale": 1, **fetch})
+    print(json.dumps(rows[-1]), flush=True)
+    for scale in a.scales:
+        counts = scaled_raw(a.work / "raw_1", a.work / f"raw_{scale}", scale) if scale > 1 else \
+            {"dft_entries": len(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["material_id"])),
+             "structures": int(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["structure"])["structure"]
+                               .notna().sum())}
+        params = str(_params(a.work, scale))
+        for stage, extra in (("featurize", []), ("align", ["--property", "band_gap"]),
+                             ("train", ["--property", "band_gap"])):
+            r = run_stage([stage, "--params", params, *extra], a.work / f"{stage}_{scale}.log")
+            rows.append({"stage": stage, "scale": scale, **counts, **r})
+            print(json.dumps(rows[-1]), flush=True)
+        if not a.keep and scale > 1:
+            for d in ("raw", "features", "aligned", "models"):
+                shutil.rmtree(a.work / f"{d}_{scale}", ignore_errors=True)
+    summary = summarise(rows)
+    RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary,
+                                                        "train_budget": TRAIN_BUDGET}, indent=1) + "\n")
+    RESULTS.with_suffix(".md").write_text(markdown(rows, summary))
+    print(markdown(rows, summary))
+    return 0
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per stage: the growth exponent and the projection to the Materials Project's size."""
+    out = {}
+    for stage in ("featurize", "align", "train"):
+        r = [x for x in rows if x["stage"] == stage]
+        if not r:
+            continue
+        size_key, target = ("structures", MP_STRUCTURES) if stage == "featurize" else ("dft_entries", MP_ENTRIES)
+        sizes, secs = [x[size_key] for x in r], [x["seconds"] for x in r]
+        b = exponent(sizes, secs)
+        last = r[-1]
+        projected = last["seconds"] * (target / last[size_key]) ** b if math.isfinite(b) else math.nan
+        out[stage] = {"exponent": round(b, 2), "size": size_key, "mp_size": target,
+                      "projected_minutes_at_mp": round(projected / 60, 1)}
+    return out
+
+
+def markdown(rows: list[dict], summary: dict) -> str:
+    scales = sorted({x["scale"] for x in rows if x["stage"] != "fetch"})
+    lines = ["| stage | " + " | ".join(f"{s}x: s / peak MiB" for s in scales) + " | exponent | at MP size |",
+             "|---|" + "---:|" * (len(scales) + 2)]
+    for stage in ("fetch", "featurize", "align", "train"):
+        cells = []
+        for s in scales:
+            r = [x for x in rows if x["stage"] == stage and x["scale"] == s]
+            cells.append(f"{r[0]['seconds']:.0f} / {r[0]['peak_mib']}" if r else "")
+        sm = summary.get(stage, {})
+        mp = f"{sm['projected_minutes_at_mp']} min ({sm['mp_size']:,} {sm['size'].replace('_', ' ')})" if sm else ""
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {sm.get('exponent', '')} | {mp} |")
+    sizes = {x["scale"]: (x["dft_entries"], x["structures"]) for x in rows if "dft_entries" in x}
+    lines += ["", "Inputs: " + "; ".join(f"{s}x = {e:,} DFT entries, {n:,} structures" for s, (e, n) in
+                                          sorted(sizes.items())) + "."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
