@@ -65,7 +65,8 @@ def _params(work: Path, scale: int) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw, feats, aligned = work / f"raw_{scale}", work / f"features_{scale}", work / f"aligned_{scale}"
     params["properties"] = ["band_gap"]
-    params["fetch"]["out_dir"] = str(work / "raw_1")
+    # paths in a params file are relative to its folder: the mirror's too
+    params["fetch"] |= {"out_dir": str(work / "raw_1"), "mirror": str((ROOT / params["fetch"]["mirror"]).resolve())}
     params["featurize"] |= {"raw_dir": str(raw), "out_dir": str(feats)}
     params["align"] |= {"raw_dir": str(raw), "features_dir": str(feats), "out_dir": str(aligned)}
     train = params["train"]

@@ -35,6 +35,7 @@ from models import atomic_dir
 from models.properties import PROPERTY_NAMES, Property, choose_polymorphs, get_property
 from pipeline import readers
 from pipeline.config import DEFAULT_PARAMS, flatten, load_section, to_dict
+from pipeline.engine import open_engine
 from pipeline.errors import MatshiftError
 from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
@@ -106,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
             except TrackingError as exc:
                 raise MatshiftError(str(exc)) from exc
         t0 = time.perf_counter()
-        result = fit_property(dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"],
-                              graphs=inputs["graphs"], config=fit, prop=prop, parallel=parallel)
+        with open_engine(params.engine, n_workers=fit.workers, scheduler_address=params.scheduler_address) as engine:
+            result = fit_property(dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"],
+                                  graphs=inputs["graphs"], config=fit, prop=prop, parallel=parallel,
+                                  dask_client=getattr(engine, "client", None))
         if not is_writer(parallel):
             return 0
         world = {} if parallel is None else {"ddp_world_size": parallel.world}

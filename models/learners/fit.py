@@ -31,7 +31,7 @@ from models.learners.baselines import DescriptorForest, LinearCalibration, RawDF
 from models.learners.config import FitConfig, IntervalConfig, StackConfig, TrainConfig
 from models.learners.intervals import ConformalIntervals, out_of_fold
 from models.learners.shift_field import ShiftField
-from models.learners.stacked import StackedModel, descriptor_matrix, save_stacked
+from models.learners.stacked import DFTSurrogate, StackedModel, descriptor_matrix, save_stacked
 from models.learners.table import EntryTable, grouped_split
 from models.learners.training import (
     DataParallelHook,
@@ -90,6 +90,7 @@ def fit_property(
     prop: Property,
     graphs: dict[str, Any] | None = None,
     parallel: DataParallelHook | None = None,
+    dask_client: Any = None,
 ) -> FitResult:
     """Fit everything for ``prop`` with ``config``; see the module docstring.
 
@@ -101,6 +102,8 @@ def fit_property(
     extended to every composition by :class:`models.learners.ShiftField`; the stacked model
     without them is fitted beside it (same surrogate) as the no-OT comparison. ``parallel``
     shares each GNN minibatch among data-parallel ranks (:mod:`models.learners.distributed`).
+    ``dask_client`` (a ``dask.distributed.Client``): the stacked model's DFT surrogate is fitted
+    on that cluster with LightGBM's Dask interface (:meth:`DFTSurrogate.fit`).
     """
     t0 = time.perf_counter()
     dev = determine_device(config.device)
@@ -135,7 +138,8 @@ def fit_property(
     if stack_config is not None:
         with steps("stacked model"):
             stacked = _fit_stacked(dft, descriptors, ref, split, selection, stack_config,
-                                   extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features)
+                                   extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features,
+                                   client=dask_client)
         served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
         w = config.stack.blend_weight
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
@@ -206,11 +210,13 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
 
 def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, split: _Split,
                  selection: pd.DataFrame, stack_config: StackConfig, *, extra_fidelities: tuple[str, ...],
-                 ot_features: bool) -> StackedModel:
+                 ot_features: bool, client: Any = None) -> StackedModel:
     """Fit the stacked model without OT and, with ``ot_features``, with the shift field (returned: the served one)."""
     tr, sel = split.tr, split.sel
     extra = {c: reference_per_formula(dft, value=c) for c in extra_fidelities if c in dft}
-    stacked = StackedModel(stack_config, dft_reference=ref, extra_reference=extra).fit(
+    # on a Dask cluster: the DFT surrogate (the part that grows with the DFT side); else StackedModel fits it
+    surrogate = None if client is None else DFTSurrogate(stack_config).fit(descriptors, ref, client=client)
+    stacked = StackedModel(stack_config, dft_reference=ref, extra_reference=extra, surrogate=surrogate).fit(
         descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
     selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
     if not (ot_features and {"calibrated_target", "confidence"} <= set(dft.columns)):

@@ -39,9 +39,11 @@ fitted state ends in ``_``) and take frames keyed by ``formula``; bad input rais
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,6 +90,25 @@ def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: i
     )
 
 
+def _fit_on(model, x: np.ndarray, y: np.ndarray, client: Any):
+    """Fit ``model`` (an ``LGBMRegressor``) here, or with ``client`` on a Dask cluster; return a local model."""
+    if client is None:
+        return model.fit(x, y)
+    # LightGBM's Dask interface and dask.array: only when a cluster is given
+    import dask.array as da
+    import lightgbm as lgb
+
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    rows = -(-len(y) // n_workers)  # one block of rows per worker
+    params = {k: v for k, v in model.get_params().items() if k != "n_jobs"}  # the workers' threads count
+    distributed = lgb.DaskLGBMRegressor(client=client, **params)
+    with warnings.catch_warnings():
+        # LightGBM's wrapper passes its own n_jobs default and then says it ignores it: nothing to act on
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored", category=UserWarning)
+        distributed.fit(da.from_array(x, chunks=(rows, x.shape[1])), da.from_array(y, chunks=rows))
+    return distributed.to_local()
+
+
 class DFTSurrogate:
     """Composition model of the DFT property, trained on DFT labels only (cross-fitted).
 
@@ -99,8 +120,16 @@ class DFTSurrogate:
     def __init__(self, config: StackConfig | None = None):
         self.config = config or StackConfig()
 
-    def fit(self, descriptors: pd.DataFrame, dft_reference: pd.Series) -> DFTSurrogate:
-        """``dft_reference``: one DFT value per formula (index = formula), e.g. from ``reference_per_formula``."""
+    def fit(self, descriptors: pd.DataFrame, dft_reference: pd.Series, *, client: Any = None) -> DFTSurrogate:
+        """``dft_reference``: one DFT value per formula (index = formula), e.g. from ``reference_per_formula``.
+
+        ``client``: a ``dask.distributed.Client``; the six LightGBM fits (five out-of-fold and
+        the full one) then run on its workers through LightGBM's own Dask interface, the rows
+        split evenly among them (data-parallel trees: the DFT side is what grows to Materials
+        Project size). The fitted models are ordinary local ones; bins and bagging draws are
+        per worker, so the trees differ from a local fit's while their accuracy does not
+        (tests/models/learners/test_stacked.py).
+        """
         c = self.config
         ref = dft_reference.dropna()
         ref = ref[~ref.index.duplicated()]
@@ -113,11 +142,11 @@ class DFTSurrogate:
         oof = np.empty(len(y))
         for k in bar(range(c.surrogate_folds), desc="DFT surrogate", unit="fold"):
             m = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr, seed=c.seed + k)
-            m.fit(x[fold != k], y[fold != k])
+            m = _fit_on(m, x[fold != k], y[fold != k], client)
             oof[fold == k] = m.predict(x[fold == k])
         self.out_of_fold_ = pd.Series(oof, index=ref.index)
-        self.model_ = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
-                               seed=c.seed).fit(x, y)
+        self.model_ = _fit_on(_booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
+                                       seed=c.seed), x, y, client)
         self.mae_ = float(np.mean(np.abs(oof - y)))
         return self
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from models import PARAM_INLINE
 from models.learners import FitConfig
+from pipeline.config import check_engine
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,13 @@ class TrainParams:
     tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides it
     experiment: str = "matshift"
     register: bool = True
+    # dask: the stacked model's DFT surrogate on a Dask cluster (LightGBM's Dask interface); a
+    # LocalCluster of `workers` processes when scheduler_address is null
+    engine: Literal["local", "dask"] = "local"
+    scheduler_address: str | None = None
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine, self.scheduler_address)
 
 
 __all__ = ["TrainParams"]

@@ -134,3 +134,26 @@ def test_members_trained_in_worker_processes_are_the_serial_members(tmp_path):
         metrics = json.loads((root / "models/band_gap/metrics.json").read_text())
         predictions.append([*served.predict(frame)["prediction"], metrics["mae_gnn_ot"], metrics["mae_gnn_no_ot"]])
     np.testing.assert_array_equal(predictions[1], predictions[0])
+
+
+def test_train_stage_fits_the_dft_surrogate_on_a_dask_cluster(tmp_path):
+    """train.engine: dask starts a LocalCluster of train.workers processes for the surrogate's LightGBM fits."""
+    pytest.importorskip("distributed")
+    from models.learners import load_stacked
+
+    train_inputs(tmp_path)
+    params = train_params(tmp_path, engine="dask", workers=2)
+    assert stage.run(argparse.Namespace(params=params, property="band_gap", no_mlflow=True)) == 0
+    stacked = load_stacked(tmp_path / "models/band_gap/stacked")
+    assert np.isfinite(stacked.surrogate.mae_) and len(stacked.surrogate.out_of_fold_) > 0
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"engine": "spark"}, r"train.*engine"),
+    ({"scheduler_address": "tcp://10.0.0.1:8786"}, r"scheduler_address is only used by engine 'dask'"),
+    ({"workers": 0}, r"workers must be >= 1"),
+])
+def test_train_stage_names_bad_engine_settings(tmp_path, extra, match):
+    train_inputs(tmp_path)
+    with pytest.raises(ConfigError, match=match):
+        stage.run(argparse.Namespace(params=train_params(tmp_path, **extra), property="band_gap", no_mlflow=True))

@@ -38,6 +38,25 @@ def test_surrogate_is_cross_fitted_and_predicts_unseen_formulas():
     assert mae(d[800:], sur.predict(desc, formulas[800:])) < 0.25 * np.mean(np.abs(d - d.mean()))
 
 
+def test_surrogate_on_a_dask_cluster_learns_what_the_local_fit_learns():
+    """LightGBM's Dask interface on 2 worker processes: local models back, as accurate as the local fit."""
+    distributed = pytest.importorskip("distributed")
+    formulas, desc, d, _, ref = _world()
+    local = DFTSurrogate(FAST).fit(desc, ref)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        spread = DFTSurrogate(FAST).fit(desc, ref, client=client)
+    import lightgbm as lgb
+
+    assert isinstance(spread.model_, lgb.LGBMRegressor)  # an ordinary local model: saved and served as before
+    assert spread.mae_ < 0.25 * np.mean(np.abs(d - d.mean()))
+    assert spread.mae_ == pytest.approx(local.mae_, rel=0.3)
+    new = formulas[800:]
+    # bins and bagging draws are per worker, so the trees differ; what they learned does not
+    assert mae(d[800:], spread.predict(desc, new)) == pytest.approx(mae(d[800:], local.predict(desc, new)), rel=0.3)
+    assert np.corrcoef(spread.predict(desc, new), local.predict(desc, new))[0, 1] > 0.99
+
+
 def test_stacked_model_uses_the_dft_surrogate_where_no_dft_value_is_known():
     formulas, desc, _, y, ref = _world()
     # few measurements (the realistic regime): 60 for training, all test formulas without DFT entries
