@@ -22,7 +22,9 @@ runs it (``matshift <stage> --params P``, a subprocess) on inputs scaled from th
   subsamples the DFT side to ``evaluate.full.max_dft`` entries per fold.
 
 Peak memory is the largest sum of resident memory over the stage's process tree (the stage
-and its worker processes), sampled every 0.2 s with psutil. The growth exponent of a stage
+and its worker processes), sampled every 0.2 s with psutil: pages a forked worker shares
+with its parent count once per process, so for the stages with worker processes (train,
+featurize) it is an upper bound. The growth exponent of a stage
 is the least-squares slope of log(seconds) against log(DFT entries) over the scales; the
 projection to the Materials Project's size (:data:`MP_ENTRIES` entries,
 :data:`MP_STRUCTURES` structures) extends each stage's curve from its largest measured
@@ -60,7 +62,7 @@ TRAIN_BUDGET = {"members": 2, "encoders": 1, "optim": {"pretrain_epochs": 1, "ep
 NUMERIC = ("band_gap_pbe", "formation_energy_per_atom", "e_above_hull")
 
 
-def _params(work: Path, scale: int) -> Path:
+def stage_params(work: Path, scale: int) -> Path:
     """params.yaml with every path under ``work`` (inputs of ``scale``) and the train budget applied."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw, feats, aligned = work / f"raw_{scale}", work / f"features_{scale}", work / f"aligned_{scale}"
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     rows = []
-    fetch = run_stage(["fetch", "--params", str(_params(a.work, 1))], a.work / "fetch.log")
+    fetch = run_stage(["fetch", "--params", str(stage_params(a.work, 1))], a.work / "fetch.log")
     rows.append({"stage": "fetch", "scale": 1, **fetch})
     print(json.dumps(rows[-1]), flush=True)
     for scale in a.scales:
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             {"dft_entries": len(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["material_id"])),
              "structures": int(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["structure"])["structure"]
                                .notna().sum())}
-        params = str(_params(a.work, scale))
+        params = str(stage_params(a.work, scale))
         for stage, extra in (("featurize", []), ("align", ["--property", "band_gap"]),
                              ("train", ["--property", "band_gap"])):
             r = run_stage([stage, "--params", params, *extra], a.work / f"{stage}_{scale}.log")
