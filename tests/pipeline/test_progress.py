@@ -41,9 +41,9 @@ def test_bars_follow_the_logging_level():
         root.setLevel(level)
 
 
-def _train(root: Path, *flags: str) -> subprocess.CompletedProcess:
+def _train(root: Path, *flags: str, mlflow: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *flags, "train", "--property", "band_gap",
-                           "--params", str(root / "params.yaml"), "--no-mlflow"],
+                           "--params", str(root / "params.yaml"), *([] if mlflow else ["--no-mlflow"])],
                           cwd=root, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -65,6 +65,10 @@ def test_a_quick_train_run_writes_progress_lines_and_q_keeps_it_quiet(tmp_path):
     quiet = _train(tmp_path, "-q")
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
+    # logging to MLflow too: its own INFO lines and "Downloading artifacts" bars follow -q
+    quiet = _train(tmp_path, "-q", mlflow=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "mlflow" not in quiet.stderr and "artifacts" not in quiet.stderr, quiet.stderr
 
 
 def test_featurize_shows_its_bars_and_q_hides_them(raw_dir, tmp_path):
