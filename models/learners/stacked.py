@@ -100,12 +100,20 @@ def _fit_on(model, x: np.ndarray, y: np.ndarray, client: Any):
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     rows = -(-len(y) // n_workers)  # one block of rows per worker
+    starts = range(0, len(y), rows)
+    # the blocks go to the workers as data (scatter spreads a list over them), not inside the task graph
+
+    def blocks(a: np.ndarray) -> da.Array:
+        parts = client.scatter([a[i:i + rows] for i in starts])
+        return da.concatenate([da.from_delayed(p, shape=(min(rows, len(a) - i), *a.shape[1:]), dtype=a.dtype)
+                               for p, i in zip(parts, starts, strict=True)])
+
     params = {k: v for k, v in model.get_params().items() if k != "n_jobs"}  # the workers' threads count
     distributed = lgb.DaskLGBMRegressor(client=client, **params)
     with warnings.catch_warnings():
         # LightGBM's wrapper passes its own n_jobs default and then says it ignores it: nothing to act on
         warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored", category=UserWarning)
-        distributed.fit(da.from_array(x, chunks=(rows, x.shape[1])), da.from_array(y, chunks=rows))
+        distributed.fit(blocks(x), blocks(y))
     return distributed.to_local()
 
 
