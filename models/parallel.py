@@ -76,8 +76,9 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, device: 
     ``workers <= 1``, a single item, a call from inside a worker, or :func:`can_fork` false
     (``device`` other than ``"cpu"``): a plain loop here. In a worker every OpenMP and BLAS
     runtime runs one thread; LightGBM models that ``fn`` fits or predicts with must have
-    ``n_jobs=1`` (after the parent ran LightGBM on more threads, a worker that does so hangs). An exception raised by ``fn`` is re-raised here, and the
-    pieces not yet started are cancelled. Raises :class:`WorkerDied` when a worker dies.
+    ``n_jobs=1`` (after the parent ran LightGBM on more threads, a worker that does so hangs).
+    An exception raised by ``fn`` is re-raised here, and the pieces not yet started are
+    cancelled. Raises :class:`WorkerDied` when a worker dies.
     """
     global _WORK
     items = list(items)
@@ -86,7 +87,7 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, device: 
         yield from map(fn, items)
         return
     if _WORK is not None:
-        raise RuntimeError("fork_map does not nest: a worker's pieces run in that worker")
+        raise RuntimeError("fork_map runs one pool at a time per process: finish the other one first")
     _WORK = (fn, items)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_start_worker)
