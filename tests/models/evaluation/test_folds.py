@@ -211,7 +211,7 @@ def test_fold_with_empty_side_is_rejected(problem):
 
 
 def test_folds_in_worker_processes_give_the_serial_results_in_fold_order(problem):
-    """Each fold seeds its own models: two forked workers reproduce the serial run exactly, in fold order."""
+    """Each fold seeds its own models: two forked workers reproduce the serial run, in fold order."""
     folds = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=3, seed=0)
     data = ev.FoldData(source=problem["source"], target=problem["target"], table=problem["table"],
                        descriptors=problem["desc"], dft_reference=problem["ref"])
@@ -224,6 +224,8 @@ def test_folds_in_worker_processes_give_the_serial_results_in_fold_order(problem
     serial, forked = (r.predictions for r in runs)
     numeric = serial.select_dtypes("number").columns
     pd.testing.assert_frame_equal(forked.drop(columns=numeric), serial.drop(columns=numeric))
-    np.testing.assert_array_equal(forked[numeric].to_numpy(), serial[numeric].to_numpy())
+    # equal up to summation order (the random forest averages its trees on threads: 1 ulp apart)
+    np.testing.assert_allclose(forked[numeric].to_numpy(), serial[numeric].to_numpy(), rtol=1e-12, atol=1e-12)
     timing = [c for c in runs[0].folds if "seconds" in c]
-    pd.testing.assert_frame_equal(runs[1].folds.drop(columns=timing), runs[0].folds.drop(columns=timing))
+    pd.testing.assert_frame_equal(runs[1].folds.drop(columns=timing), runs[0].folds.drop(columns=timing),
+                                  check_exact=False, rtol=1e-12, atol=1e-12)
