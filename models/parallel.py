@@ -43,9 +43,13 @@ class WorkerDied(RuntimeError):
     """A worker process ended without returning its piece (killed, e.g. by the out-of-memory killer)."""
 
 
-def can_fork(device: str = "cpu") -> bool:
-    """Return whether :func:`fork_map` may fork here: a platform with fork and work that stays off the GPU."""
-    return device == "cpu" and sys.platform != "win32" and "fork" in multiprocessing.get_all_start_methods()
+def can_fork(device: Any = "cpu") -> bool:
+    """Return whether :func:`fork_map` may fork here: a platform with fork and work that stays off the GPU.
+
+    ``device``: a name (``"cpu"``, ``"cuda"``), a ``torch.device`` (its ``type``), or None (CPU).
+    """
+    kind = "cpu" if device is None else getattr(device, "type", device)
+    return kind == "cpu" and sys.platform != "win32" and "fork" in multiprocessing.get_all_start_methods()
 
 
 def _start_worker() -> None:
@@ -70,11 +74,11 @@ def _piece(i: int) -> Any:
     return fn(items[i])
 
 
-def fork_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, device: str = "cpu") -> Iterator[R]:
+def fork_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int, device: Any = "cpu") -> Iterator[R]:
     """Yield ``fn(item)`` for each of ``items`` in order, computed by up to ``workers`` forked processes.
 
     ``workers <= 1``, a single item, a call from inside a worker, or :func:`can_fork` false
-    (``device`` other than ``"cpu"``): a plain loop here. In a worker every OpenMP and BLAS
+    (``device`` not the CPU): a plain loop here. In a worker every OpenMP and BLAS
     runtime runs one thread; LightGBM models that ``fn`` fits or predicts with must have
     ``n_jobs=1`` (after the parent ran LightGBM on more threads, a worker that does so hangs).
     An exception raised by ``fn`` is re-raised here, and the pieces not yet started are

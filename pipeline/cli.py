@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from models import OutputError
+from models.parallel import WorkerDied
 from pipeline.config import ConfigError
 from pipeline.errors import MatshiftError
 
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             redirect = logging_redirect_tqdm()  # a log line is written above the bars, not through them
         with redirect:
             return int(mod.run(args) or 0)
-    except (ConfigError, MatshiftError, OutputError) as exc:
+    except (ConfigError, MatshiftError, OutputError, WorkerDied) as exc:
         if args.debug:
             raise
         print(f"matshift {args.command}: error: {exc}", file=sys.stderr)

@@ -8,8 +8,9 @@ that are pure (the same piece gives the same result on any worker), is what make
 outputs identical for every engine; the tests compare them.
 
 ``local``
-    ``n_workers <= 1``: a plain loop in this process; otherwise a fork-based process pool
-    (what the stages used before engines existed).
+    ``n_workers <= 1``: a plain loop in this process; otherwise forked processes that inherit
+    the pieces (:func:`models.parallel.fork_map`, the pool the evaluate, metal and train
+    stages use for their folds and members).
 ``dask``
     a ``dask.distributed`` client: on a fresh ``LocalCluster`` (``n_workers`` processes, one
     thread each: the work holds the GIL) when no scheduler address is given, on the running
@@ -22,13 +23,12 @@ Dask is imported only when the ``dask`` engine is opened, so the local path need
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from models.parallel import fork_map
 from pipeline.config import ENGINES, check_engine
 from pipeline.errors import MatshiftError
 
@@ -54,12 +54,7 @@ class LocalEngine:
     name: str = "local"
 
     def map(self, fn: Callable[..., Any], *iterables: Sequence[Any]) -> Iterator[Any]:
-        if self.n_workers <= 1:
-            yield from map(fn, *iterables)
-            return
-        with ProcessPoolExecutor(max_workers=self.n_workers,
-                                 mp_context=multiprocessing.get_context("fork")) as pool:
-            yield from pool.map(fn, *iterables)
+        yield from fork_map(lambda args: fn(*args), list(zip(*iterables, strict=False)), workers=self.n_workers)
 
 
 @dataclass

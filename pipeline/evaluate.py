@@ -52,7 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # torch, PyG, scikit-learn, LightGBM: imported when the stage runs, not for `--help`
     from models.evaluation import evaluate_property, plot_tables, set_threads
-    from models.parallel import WorkerDied
 
     params = load_section(EvaluateParams, "evaluate", args.params)
     prop = get_property(args.property)
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_property(inputs, prop=prop, settings=settings, fit=fit, align=align, seed=params.seed,
                                    ad_k=params.ad_k, ad_threshold=params.ad_threshold, threads=params.threads,
                                    workers=params.workers, device=params.device, budget="quick" if quick else "full")
-    except (ValueError, WorkerDied) as exc:
+    except ValueError as exc:
         raise MatshiftError(f"evaluate {prop.name}: {exc}") from exc
     params.metrics_dir.mkdir(parents=True, exist_ok=True)
     with atomic_dir(params.plots_dir / prop.name) as tmp:

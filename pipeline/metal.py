@@ -67,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
     # LightGBM, scikit-learn, MLflow: imported when the stage runs, not for `--help`
     from models.evaluation import metal_card, metal_cv_groups, metal_summary, prepare_metal, served_threshold
     from models.learners import save_metal
-    from models.parallel import WorkerDied
     from models.serving import TrackingError, ensure_store, log_metal_run
 
     params = load_section(MetalParams, "metal", args.params)
@@ -92,12 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if plan.counts["without_descriptors"]:
         log.warning("metal: %d labelled formulas have no descriptors and are left out (rerun `matshift featurize`)",
                     plan.counts["without_descriptors"])
-    try:
-        results = metal_cv_groups(plan.data, plan.folds, inner_folds=params.cv.inner_folds,
-                                  seed=params.classifier.seed, workers=params.cv.workers,
-                                  on_fold=lambda k, n, msg: log.info("metal: fold %d/%d %s", k + 1, n, msg))
-    except WorkerDied as exc:
-        raise MatshiftError(f"metal: {exc}") from exc
+    results = metal_cv_groups(plan.data, plan.folds, inner_folds=params.cv.inner_folds, seed=params.classifier.seed,
+                              workers=params.cv.workers,
+                              on_fold=lambda k, n, msg: log.info("metal: fold %d/%d %s", k + 1, n, msg))
     metrics = metal_summary(results)
     first = next(iter(results.values()))
     served = served_threshold(*first)

@@ -243,7 +243,7 @@ def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *,
         return out, row
 
     pred_frames, fold_rows = [], []
-    done = fork_map(one, list(enumerate(folds)), workers=workers, device="cpu" if device is None else device.type)
+    done = fork_map(one, list(enumerate(folds)), workers=workers, device=device)
     for k, (out, row) in enumerate(bar(done, desc="evaluate folds", total=len(folds), unit="fold", leave=False)):
         fold_rows.append(row)
         pred_frames.append(out)

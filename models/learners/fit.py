@@ -203,7 +203,7 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
                                parallel=parallel, progress=showing() and workers <= 1)
 
         with steps(step):
-            done = fork_map(member, range(config.members), workers=workers, device=device.type)
+            done = fork_map(member, range(config.members), workers=workers, device=device)
             fitted[name] = list(bar(done, desc=step, total=config.members, unit="member"))
     return fitted
 

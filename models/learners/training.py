@@ -465,8 +465,7 @@ def pretrain_members(
         return train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device, parallel=parallel,
                            progress=progress).model.state_dict()
 
-    return list(fork_map(member, range(n_members), workers=workers if parallel is None else 1,
-                         device="cpu" if device is None else device.type))
+    return list(fork_map(member, range(n_members), workers=workers if parallel is None else 1, device=device))
 
 
 __all__ = [

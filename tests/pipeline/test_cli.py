@@ -42,3 +42,24 @@ def test_unknown_option_of_a_stage_is_a_usage_error(capsys):
         main(["predict", "--no-such-option"])
     assert exc.value.code == 2
     assert "--no-such-option" in capsys.readouterr().err
+
+
+def test_a_dead_worker_process_is_an_error_message_not_a_traceback(capsys, monkeypatch):
+    """Any stage whose folds or members run in worker processes (models/parallel.py): one place turns it into a line."""
+    import types
+
+    import pipeline.cli as cli
+    from models.parallel import WorkerDied
+
+    def run(args):
+        raise WorkerDied("a worker process died while running 19 pieces on 2 processes (out of memory?); "
+                         "run them in one process (workers: 1)")
+
+    real = cli._import
+    monkeypatch.setattr(cli, "_import", lambda module: types.SimpleNamespace(add_arguments=lambda parser: None, run=run)
+                        if module == "pipeline.metal"
+                        else real(module))
+    assert main(["-q", "metal"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("matshift metal: error: a worker process died") and "workers: 1" in err
+    assert "Traceback" not in err and "unexpected" not in err
