@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_dft_value, parse_formula_input
 from models.properties import PROPERTY_NAMES, get_property
 from models.serving import ModelNotFoundError, Predictor, format_table, predict_items, write_table
 from pipeline import readers
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.errors import MatshiftError
+from pipeline.inputs import collect_inputs, read_input_csv
 from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
 
@@ -45,38 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(data/models/metal); every row gets the non-metal gap estimate")
     parser.add_argument("--coverage", type=float, default=None, help="nominal coverage of the conformal prediction "
                         "intervals `lower`..`upper` (default: the model's, train.intervals.coverage = 0.9)")
-
-
-def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputProblem]:
-    """Read a CSV of formulas and/or CIF paths; a missing or malformed file is an error."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError as exc:
-        raise MatshiftError(f"input file {path} does not exist") from exc
-    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the name: a message, not a traceback
-        raise MatshiftError(f"input file {path!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise MatshiftError(f"input file {path} is not a readable CSV: {exc}") from exc
-    columns = {c.strip().lower(): c for c in frame.columns}
-    if "formula" not in columns and "cif" not in columns:
-        raise MatshiftError(f"input file {path} needs a 'formula' or 'cif' column; it has {list(frame.columns)}")
-    items: list[ParsedInput | InputProblem] = []
-    for _, row in frame.iterrows():
-        cif = row[columns["cif"]].strip() if "cif" in columns else ""
-        formula = row[columns["formula"]] if "formula" in columns else ""
-        item = (parse_cif(Path(cif) if Path(cif).is_absolute() else path.parent / cif, max_sites=max_sites) if cif
-                else parse_formula_input(formula))
-        items.append(parse_dft_value(item, row[columns["dft_value"]]) if "dft_value" in columns else item)
-    return items
-
-
-def collect_inputs(
-    formulas: Iterable[str] = (), cifs: Iterable[Path | str] = (), *, max_sites: int = 500
-) -> list[ParsedInput | InputProblem]:
-    """Validate formulas and CIF paths in the order given."""
-    items: list[ParsedInput | InputProblem] = [parse_formula_input(f) for f in formulas]
-    items += [parse_cif(Path(c), max_sites=max_sites) for c in cifs]
-    return items
+    parser.add_argument("--polymorph-window", type=float, default=0.2, metavar="EV_PER_ATOM",
+                        help="a formula's DFT polymorphs within this formation energy of its most stable one give the range "
+                        "polymorph_low..polymorph_high, which the interval covers (0 = off; a CIF takes its own "
+                        "polymorph's DFT value instead; default: %(default)s)")
 
 
 def predict(
@@ -87,40 +59,50 @@ def predict(
     max_sites: int = 500,
     metal: bool = True,
     params: Path | str | None = None,
+    polymorph_window: float = 0.2,
 ) -> pd.DataFrame:
     """Predict ``property`` for formulas and CIF paths (strings ending in .cif or Paths).
 
     Returns one row per input with the columns of :data:`~models.serving.COLUMNS`; invalid inputs have an
     ``error`` and no prediction. ``metal``: band gaps use the metal classifier (see :func:`load_predictor`);
-    ``params``: the parameter file saying where the data and models are (default params.yaml).
+    ``params``: the parameter file saying where the data and models are (default params.yaml);
+    ``polymorph_window``: as ``matshift predict --polymorph-window`` (eV/atom).
     """
     if isinstance(inputs, str):
         inputs = [inputs]
     formulas = [i for i in inputs if isinstance(i, str) and not i.lower().endswith(".cif")]
     cifs = [Path(i) for i in inputs if isinstance(i, Path) or str(i).lower().endswith(".cif")]
     items = collect_inputs(formulas, cifs, max_sites=max_sites)
-    predictor = load_predictor(model, property=property, metal=metal, params=Path(params) if params else None)
+    predictor = load_predictor(model, property=property, metal=metal, params=Path(params) if params else None,
+                               polymorph_window=polymorph_window)
     return predict_items(items, predictor, unit=get_property(property).unit)
 
 
-def load_predictor(model: str | Path | None, *, property: str, params: Path | None = None, metal: bool = True):
+def load_predictor(model: str | Path | None, *, property: str, params: Path | None = None, metal: bool = True,
+                   polymorph_window: float = 0.2):
     """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor.
 
     The DFT table, the crystal graphs and the align stage's neural map are read from the
     ``train`` section's directories of ``params`` (params.yaml when it exists, else the
     defaults): the data the served model was trained with; band gaps add the metal classifier
-    (``metal`` section's ``out_dir``) when it exists and ``metal`` is true: 0 eV for a metal.
+    (``metal`` section's ``out_dir``) when it exists and ``metal`` is true: 0 eV for a metal. The DFT
+    structures are read only when a user's structure is matched to a polymorph.
     """
+    if not polymorph_window >= 0:
+        raise MatshiftError(f"--polymorph-window {polymorph_window}: give a formation-energy window >= 0 eV/atom")
     prop = get_property(property)
     path = params if params is not None else DEFAULT_PARAMS
     dirs = load_section(TrainParams, "train", path) if path.is_file() else TrainParams()
     metal_dir = (load_section(MetalParams, "metal", path) if path.is_file() else MetalParams()).out_dir if metal else None
-    dft = readers.read_dft(dirs.raw_dir, prop) if (dirs.raw_dir / "dft.parquet").is_file() else None
+    has_dft = (dirs.raw_dir / "dft.parquet").is_file()
+    dft = readers.read_dft(dirs.raw_dir, prop, extra=dirs.fit.extra_fidelities(prop)) if has_dft else None
     index = readers.read_index(dirs.features_dir) if (dirs.features_dir / "index.parquet").is_file() else None
     try:
         return Predictor.load(model if model is not None else dirs.out_dir / prop.name, prop=prop, dft=dft,
                               index=index, features_dir=dirs.features_dir,
-                              neural_map=dirs.aligned_dir / prop.name / "neural_map", metal_dir=metal_dir)
+                              neural_map=dirs.aligned_dir / prop.name / "neural_map", metal_dir=metal_dir,
+                              structures=(lambda ids: readers.read_structures(dirs.raw_dir, ids)) if has_dft else None,
+                              polymorph_window=polymorph_window)
     except ModelNotFoundError as exc:
         raise MatshiftError(str(exc)) from exc
 
@@ -131,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         items += read_input_csv(args.input, max_sites=args.max_sites)
     if not items:
         raise MatshiftError("no input: give formulas, --cif FILE ... or --input FILE.csv (see matshift predict --help)")
-    predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal)
+    predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal,
+                               polymorph_window=args.polymorph_window)
     if args.coverage is not None and not 0 < args.coverage < 1:
         raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
     frame = predict_items(items, predictor, unit=get_property(args.property).unit, coverage=args.coverage)

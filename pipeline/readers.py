@@ -80,6 +80,15 @@ def read_dft(raw_dir: Path, prop: Property, extra: Sequence[str] = ()) -> pd.Dat
     return frame
 
 
+def read_structures(raw_dir: Path, material_ids: Sequence[str]) -> pd.Series:
+    """``material_id`` -> structure (pymatgen JSON) of those of ``material_ids`` whose DFT entry has one."""
+    frame = read_table(raw_dir / "dft.parquet", ["material_id"], only=["structure"])
+    if "structure" not in frame:
+        return pd.Series(dtype=object)
+    frame = frame[frame["material_id"].isin(set(material_ids)) & frame["structure"].notna()]
+    return frame.drop_duplicates("material_id").set_index("material_id")["structure"]
+
+
 def read_measurements(raw_dir: Path, prop: Property) -> pd.DataFrame:
     """Read the measurements of ``prop``: ``exp_id``, ``formula``, ``value`` (finite), ``property``."""
     path = raw_dir / "experiment.parquet"

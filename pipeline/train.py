@@ -78,7 +78,8 @@ def load_inputs(params: TrainParams, prop: Property) -> dict[str, Any]:
 def bundle_inputs(params: TrainParams, prop: Property, args: argparse.Namespace) -> dict[str, Any]:
     """Return what the registered predictor packages beside the model, read as ``matshift predict`` reads it."""
     metal = load_section(MetalParams, "metal", args.params).out_dir
-    return {"dft": readers.read_dft(params.raw_dir, prop),
+    return {"dft": readers.read_dft(params.raw_dir, prop, extra=params.fit.extra_fidelities(prop)),
+            "structures": lambda ids: readers.read_structures(params.raw_dir, ids),
             "index": readers.read_index(params.features_dir) if (params.features_dir / "index.parquet").is_file() else None,
             "features_dir": params.features_dir, "neural_map": params.aligned_dir / prop.name / "neural_map",
             "metal_dir": metal}

@@ -263,7 +263,7 @@ def test_cli_predict_flags_exactly_the_invalid_inputs(tokens):
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True: fake)
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True, polymorph_window=0.2: fake)
         mp.setattr(cli, "build_parser", _PARSER)  # built once: 1,000 runs of main() stay fast
         try:
             code = main(["predict", "--", *tokens])
@@ -296,7 +296,7 @@ def test_cli_predict_arguments_never_give_a_traceback(argv):
         contextlib.redirect_stderr(err),
     ):
         mp.chdir(_EMPTY_DIR)
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True: _FakePredictor())
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True, polymorph_window=0.2: _FakePredictor())
         mp.setattr(cli, "build_parser", _PARSER)
         try:
             code = main(["predict", *argv])

@@ -199,7 +199,8 @@ class StackedModel:
         self.surrogate = surrogate
         self.extra_reference = {k: v.dropna()[~v.dropna().index.duplicated()] for k, v in (extra_reference or {}).items()}
 
-    def features(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
+    def features(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None,
+                 extra_value: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Descriptor columns, :attr:`MF_COLUMNS`, the extra references, then the OT columns.
 
         ``MF_COLUMNS`` hold NaN in ``dft_value`` where none is known; the OT columns (the
@@ -207,6 +208,9 @@ class StackedModel:
 
         ``dft_value``: per-row DFT values to use instead of the training-time lookup (serving
         passes the caller's, NaN where unknown); None looks formulas up in ``dft_reference``.
+        ``extra_value``: the same for extra references by name (serving passes a chosen
+        polymorph's own HSE, GLLB-SC or SCAN value, NaN where that polymorph has none); the
+        references it does not name are looked up by formula.
         """
         formulas = list(formulas)
         x = descriptor_matrix(descriptors, formulas, self.surrogate.columns_)
@@ -219,7 +223,17 @@ class StackedModel:
                 raise ValueError(f"StackedModel: {len(formulas)} formulas but dft_value of shape {known.shape}")
         has = ~np.isnan(known)
         best = np.where(has, known, sur)
-        extra = [np.array(pd.Series(formulas).map(ref), dtype=float) for ref in self.extra_reference.values()]
+        given = extra_value or {}
+        unknown = sorted(set(given) - set(self.extra_reference))
+        if unknown:
+            raise ValueError(f"StackedModel: extra_value names {unknown}, the model's extra references are "
+                             f"{list(self.extra_reference)}")
+        extra = []
+        for name, ref in self.extra_reference.items():
+            column = np.asarray(given[name], float) if name in given else np.array(pd.Series(formulas).map(ref), dtype=float)
+            if column.shape != (len(formulas),):
+                raise ValueError(f"StackedModel: {len(formulas)} formulas but extra_value[{name!r}] of shape {column.shape}")
+            extra.append(column)
         if self.shift_field is not None:
             shift = self.shift_field.predict(descriptors, formulas)
             extra += [shift, best + shift]
@@ -316,15 +330,17 @@ class StackedModel:
         """Column of the OT shift in :meth:`features` (after the extra references; needs a shift field)."""
         return self._best_column + len(self.extra_reference) + 1
 
-    def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None) -> np.ndarray:
-        """Predicted measurement per formula (see :meth:`features` for ``dft_value``)."""
-        return self.predict_with_spread(descriptors, formulas, dft_value)[0]
+    def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None,
+                extra_value: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Predicted measurement per formula (see :meth:`features` for ``dft_value`` and ``extra_value``)."""
+        return self.predict_with_spread(descriptors, formulas, dft_value, extra_value)[0]
 
     def predict_with_spread(self, descriptors: pd.DataFrame, formulas: Sequence[str],
-                            dft_value: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            dft_value: np.ndarray | None = None,
+                            extra_value: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Prediction and the standard deviation over the bagged boosters (0 with one bag)."""
         formulas = list(formulas)
-        x = self.features(descriptors, formulas, dft_value)
+        x = self.features(descriptors, formulas, dft_value, extra_value)
         base = self._corrected(formulas, x)
         x = np.column_stack([x, base]).astype(np.float32)
         residuals = np.stack([self._faded(base, m.predict(x)) for m in self.models_])

@@ -9,6 +9,7 @@ deployed model must give the same answers without those directories, so
     bundle.json        property, format, which optional parts are present
     model/             the trained ensemble (``matshift train``'s directory, manifest checked)
     lookup.parquet     per formula: material_id, dft_value, structure_id (dft_lookup: the polymorph rule)
+    polymorphs.parquet the formulas with several DFT polymorphs: each one's values and structure (Polymorphs)
     graphs.pt          the looked-up structures' crystal graphs (only when the served value uses them)
     graph_config.json  the featurizer settings, for a user's structure (same condition)
     neural_map/        the align stage's neural calibration map, when it saved one
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +32,7 @@ from models._io import write_json
 from models.properties import get_property
 from models.serving.ensemble import EnsemblePredictor
 from models.serving.metal import MetalPredictor
+from models.serving.polymorphs import Polymorphs
 from models.serving.predictor import ModelNotFoundError, Predictor, calibration_map, dft_lookup
 
 BUNDLE_FORMAT = "matshift-predictor/1"
@@ -39,21 +42,28 @@ __all__ = ["BUNDLE_FORMAT", "find_bundle", "load_bundle", "write_bundle"]
 
 def write_bundle(dest: Path, *, model_dir: Path, property: str, dft: pd.DataFrame | None,
                  index: pd.DataFrame | None = None, features_dir: Path | None = None,
-                 neural_map: Path | None = None, metal_dir: Path | None = None) -> Path:
+                 neural_map: Path | None = None, metal_dir: Path | None = None,
+                 structures: pd.Series | Callable[[list[str]], pd.Series] | None = None) -> Path:
     """Copy everything :meth:`Predictor.load` would read for ``model_dir`` into ``dest`` (created).
 
     Arguments as in :meth:`Predictor.load`: ``dft`` is the DFT table (None: composition only),
-    ``index`` the featurize stage's, ``features_dir`` holds ``graphs.pt``/``graph_config.json``.
+    ``index`` the featurize stage's, ``features_dir`` holds ``graphs.pt``/``graph_config.json``,
+    ``structures`` the DFT structures (only those of formulas with several polymorphs are kept).
     """
     prop = get_property(property)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=False)
     shutil.copytree(model_dir, dest / "model")
     ensemble = EnsemblePredictor(dest / "model")
-    parts: dict[str, bool] = {"lookup": dft is not None, "graphs": False, "neural_map": False, "metal": False}
+    parts: dict[str, bool] = {"lookup": dft is not None, "graphs": False, "neural_map": False, "metal": False,
+                              "polymorphs": False}
     lookup = dft_lookup(dft, prop, index) if dft is not None else None
     if lookup is not None:
         lookup.reset_index(names="formula").to_parquet(dest / "lookup.parquet", index=False)
+        polymorphs = Polymorphs.from_dft(dft, prop, extra=tuple(ensemble.extra_fidelities), structures=structures)
+        if polymorphs is not None:
+            polymorphs.save(dest / "polymorphs.parquet")
+            parts["polymorphs"] = True
     if features_dir is not None and ensemble.uses_graphs:
         graphs_path, config = Path(features_dir) / "graphs.pt", Path(features_dir) / "graph_config.json"
         if config.is_file():
@@ -100,5 +110,7 @@ def load_bundle(path: Path) -> Predictor:
         lookup["structure_id"] = lookup["structure_id"].astype(object).where(lookup["structure_id"].notna(), None)
     calibration = calibration_map(path / "neural_map", ensemble.descriptors) if parts.get("neural_map") else None
     metal = MetalPredictor(path / "metal") if parts.get("metal") else None
+    # bundles written before polymorphs were packaged have no such part: every input then takes its formula's polymorph
+    polymorphs = Polymorphs.load(path / "polymorphs.parquet") if parts.get("polymorphs") else None
     return Predictor(ensemble, property=prop.name, dft=lookup, features_dir=path, calibration=calibration,
-                     metal=metal)
+                     metal=metal, polymorphs=polymorphs)

@@ -3,7 +3,9 @@
 The MLflow ``pyfunc`` wrapper lives in :mod:`models.serving.pyfunc`, so serving does not import MLflow.
 
 Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, the DFT value
-of the composition when known, NaN otherwise). Output: a DataFrame with ``prediction``,
+of the composition when known, NaN otherwise) and columns named as the stacked model's other
+fidelities (:attr:`EnsemblePredictor.extra_fidelities`, e.g. ``band_gap_hse``: that material's
+value, NaN where unknown; a fidelity without a column is looked up by formula). Output: a DataFrame with ``prediction``,
 ``bag_spread`` (the ensemble's standard deviation: a diagnostic, not an error bar) and, when
 the train stage calibrated conformal intervals (``ensemble.json`` key ``intervals``),
 ``lower`` / ``upper`` at the nominal coverage (:class:`models.learners.ConformalIntervals`),
@@ -66,6 +68,18 @@ class EnsemblePredictor:
             self.blend_weight = float(stacked["blend_weight"])
         intervals = self.meta.get("intervals")
         self.intervals = ConformalIntervals.load(directory / intervals["dir"]) if intervals and self.stacked else None
+
+    @property
+    def extra_fidelities(self) -> list[str]:
+        """The other DFT fidelities the served stacked model takes (looked up by formula unless given per row)."""
+        return list(self.stacked.extra_reference) if self.stacked is not None else []
+
+    def extra_lookup(self, formulas: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per fidelity of :attr:`extra_fidelities`: the value training looked up for each formula (NaN: none)."""
+        if self.stacked is None:
+            return {}
+        return {name: pd.Series(list(formulas), dtype=object).map(ref).to_numpy(float)
+                for name, ref in self.stacked.extra_reference.items()}
 
     def descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
         """Return the model's descriptor table, extended (and kept) with any formula of ``formulas`` it lacks.
@@ -144,8 +158,9 @@ class EnsemblePredictor:
         ref = pd.Series(dft, index=formulas)
         ref = ref[~ref.index.duplicated()].dropna()
         desc = self.descriptors_for(formulas)
+        extra = {c: frame[c].astype(float).to_numpy() for c in self.extra_fidelities if c in frame}
         if self.gnn_weight == 0:  # the stacked model alone: no GNN, no torch
-            value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
+            value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft, extra_value=extra)
             return self._with_intervals(value, spread, desc, formulas, coverage)
         # torch: only a blend with GNN members needs the entry table
         from models.learners import EntryTable, predict_ensemble
@@ -167,7 +182,7 @@ class EnsemblePredictor:
             # uncertainty of the blend: the two ensembles' spreads (GNN members, stacked bags)
             # combined as if independent
             w = self.blend_weight
-            stacked, stacked_spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft)
+            stacked, stacked_spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft, extra_value=extra)
             value = w * stacked + (1 - w) * value
             spread = np.sqrt((w * stacked_spread) ** 2 + ((1 - w) * spread) ** 2)
         return self._with_intervals(value, spread, desc, formulas, coverage)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from models.learners import ApplicabilityDomain
 from models.properties import Property, choose_polymorphs
 from models.serving.ensemble import EnsemblePredictor
 from models.serving.metal import MetalPredictor
+from models.serving.polymorphs import PolymorphMatch, Polymorphs
 
 if TYPE_CHECKING:
     from models.transport import CalibrationMap
@@ -47,8 +49,14 @@ class Predictor:
 
     def __init__(self, ensemble: EnsemblePredictor, *, property: str, dft: pd.DataFrame | None,
                  ad_threshold: float = 95.0, features_dir: Path | str | None = None,
-                 calibration: CalibrationMap | None = None, metal: MetalPredictor | None = None):
+                 calibration: CalibrationMap | None = None, metal: MetalPredictor | None = None,
+                 polymorphs: Polymorphs | None = None, polymorph_window: float = 0.2):
         self.ensemble = ensemble
+        # a formula's DFT polymorphs: a user's structure matched to one, the spread over those within the window
+        self.polymorphs = polymorphs
+        if not polymorph_window >= 0:
+            raise ValueError(f"polymorph_window must be >= 0 eV/atom, got {polymorph_window}")
+        self.polymorph_window = float(polymorph_window)
         self.metal = metal  # band gaps: P(metal) and the metal call (0 eV) per row
         intervals = ensemble.intervals
         self.coverage = intervals.config.coverage if intervals is not None else 0.9
@@ -74,7 +82,9 @@ class Predictor:
     @classmethod
     def load(cls, ref: str | Path, *, prop: Property, dft: pd.DataFrame | None = None,
              index: pd.DataFrame | None = None, features_dir: Path | str | None = None,
-             neural_map: Path | str | None = None, metal_dir: Path | str | None = None) -> Predictor:
+             neural_map: Path | str | None = None, metal_dir: Path | str | None = None,
+             structures: pd.Series | Callable[[list[str]], pd.Series] | None = None,
+             polymorph_window: float = 0.2) -> Predictor:
         """Load the model at ``ref`` (a directory written by ``matshift train``, or ``NAME/VERSION`` in MLflow).
 
         ``dft``: the DFT entries (``material_id``, ``formula``, the property's DFT column,
@@ -84,6 +94,10 @@ class Predictor:
         directory, used when it exists. Without ``dft`` every input is predicted from its
         composition alone. ``metal_dir``: a ``matshift metal`` classifier, used for band gaps
         when it exists (a missing directory means no metal calls; a broken one is an error).
+        ``structures``: ``material_id`` -> pymatgen JSON of the DFT entries (or a callable giving
+        them for a list of ids), for matching a user's structure to a polymorph; ``polymorph_window``
+        (eV/atom): see :class:`models.serving.Polymorphs` (``dft`` should then carry the model's
+        other fidelities' columns too, so a matched polymorph brings its own).
         """
         ensemble = EnsemblePredictor(_resolve(ref))
         meta_prop = ensemble.meta.get("property")
@@ -101,8 +115,11 @@ class Predictor:
                 except (ValueError, KeyError) as exc:
                     raise ModelNotFoundError(f"metal classifier at {metal_dir} is unusable: {exc}; rerun "
                                              "`matshift metal` or pass --no-metal") from exc
+        polymorphs = None if dft is None else Polymorphs.from_dft(dft, prop, extra=tuple(ensemble.extra_fidelities),
+                                                                   structures=structures)
         return cls(ensemble, property=prop.name, dft=None if dft is None else dft_lookup(dft, prop, index),
-                   features_dir=features_dir, calibration=calibration, metal=metal)
+                   features_dir=features_dir, calibration=calibration, metal=metal, polymorphs=polymorphs,
+                   polymorph_window=polymorph_window)
 
     def predict(self, items, *, coverage: float | None = None) -> pd.DataFrame:
         """One row per item: the prediction, its conformal interval at ``coverage`` (default the model's, 0.9), the rest.
@@ -116,30 +133,54 @@ class Predictor:
         formulas = [i.formula for i in items]
         desc = self._descriptors(formulas)
         dft_value, structure_used, structure_ids = [], [], []
+        chosen: dict[int, pd.Series] = {}  # row -> the polymorph (table row) a user's structure stands for
         uses_graphs = self.ensemble.uses_graphs
-        for item in items:
+        for k, item in enumerate(items):
             mid, val, sid = None, np.nan, None
             if self.dft is not None and item.formula in self.dft.index:
                 mid, val, sid = self.dft.loc[item.formula, ["material_id", "dft_value", "structure_id"]]
                 # a structure is looked up only when the served model uses crystal graphs
                 sid = sid if isinstance(sid, str) and uses_graphs else None
+            match, why = self._match(item)
+            if match is not None:
+                val, chosen[k] = float(match.row["dft_value"]), match.row
             dft_value.append(float(val) if item.dft_value is None else float(item.dft_value))
             structure_ids.append(sid if item.structure is None else None)
-            structure_used.append(_source(item, mid, val, sid, uses_graphs=uses_graphs))
+            note = _source(item, mid, val, sid, uses_graphs=uses_graphs)
+            structure_used.append(note + (f"; {match.describe()}" if match is not None else f"; {why}" if why else ""))
         graphs = self._graphs(items, structure_ids, structure_used) if uses_graphs else None
         if not uses_graphs:
             for k, item in enumerate(items):
                 if item.structure is not None:
                     structure_used[k] += "; composition view (the served model uses composition and DFT value only)"
-        frame = pd.DataFrame({"formula": formulas, "dft_value": dft_value})
-        out = self.ensemble.predict(frame, graphs=graphs, coverage=coverage)
-        value, spread = out["prediction"].to_numpy(float), out["bag_spread"].to_numpy(float)
+        # the spread over polymorphs: formula inputs without a DFT value of their own, one row per polymorph in the window
+        spread = {k: rows for k, item in enumerate(items) if item.structure is None and item.dft_value is None
+                  and self.polymorphs is not None and len(rows := self.polymorphs.window(item.formula,
+                                                                                         self.polymorph_window)) > 1}
+        frame = self._frame(formulas, dft_value, chosen, spread)
+        if graphs is not None:
+            graphs = [*graphs, *([None] * (len(frame) - len(items)))]
+        every = self.ensemble.predict(frame, graphs=graphs, coverage=coverage)
+        out, extra_out = every.iloc[:len(items)].reset_index(drop=True), every.iloc[len(items):]
+        value, spread_bag = out["prediction"].to_numpy(float), out["bag_spread"].to_numpy(float)
+        cov = self.coverage if coverage is None else float(coverage)
+        lower, upper = (out[c].to_numpy(float) if c in out else np.full(len(items), np.nan) for c in ("lower", "upper"))
+        n_poly, poly_low, poly_high = np.zeros(len(items), dtype=int), np.full(len(items), np.nan), np.full(len(items), np.nan)
+        start = 0
+        for k, rows in spread.items():
+            part = extra_out.iloc[start:start + len(rows)]
+            start += len(rows)
+            n_poly[k] = len(rows)
+            poly_low[k], poly_high[k] = part["prediction"].min(), part["prediction"].max()
+            if "lower" in part:  # the interval covers every polymorph's
+                lower[k] = np.nanmin([lower[k], part["lower"].min()])
+                upper[k] = np.nanmax([upper[k], part["upper"].max()])
+            structure_used[k] += (f"; {len(rows)} polymorphs within {self.polymorph_window:g} eV/atom predict "
+                                  f"{poly_low[k]:.2f} to {poly_high[k]:.2f}: interval widened to cover them")
         metal_p, metal = np.full(len(items), np.nan), np.zeros(len(items), dtype=bool)
         if self.metal is not None:
             calls = self.metal.predict(formulas, desc)
             metal_p, metal = calls["metal_probability"].to_numpy(float), calls["metal"].to_numpy(bool)
-        cov = self.coverage if coverage is None else float(coverage)
-        lower, upper = (out[c].to_numpy(float) if c in out else np.full(len(items), np.nan) for c in ("lower", "upper"))
         if self.metal is not None:
             lower = np.where(metal | (metal_p >= 1 - cov), 0.0, lower)
             upper = np.where(metal & (metal_p >= cov), 0.0, upper)
@@ -158,7 +199,7 @@ class Predictor:
                 "lower": lower,
                 "upper": upper,
                 "coverage": cov if self.ensemble.intervals is not None else np.nan,
-                "bag_spread": np.where(metal, np.nan, spread),
+                "bag_spread": np.where(metal, np.nan, spread_bag),
                 "metal": metal if self.metal is not None else [None] * len(items),
                 "metal_probability": metal_p,
                 "nonmetal_prediction": value if self.metal is not None else np.full(len(items), np.nan),
@@ -166,11 +207,47 @@ class Predictor:
                          for g, v in zip(has_graph, dft_value, strict=True)],
                 "structure_used": structure_used,
                 "dft_value": dft_value,
+                "polymorphs": n_poly,
+                "polymorph_low": poly_low,
+                "polymorph_high": poly_high,
                 "calibrated_dft": calibrated,
                 "ad_score": ad,
                 "ad_warning": ad > self.ad_threshold,
             }
         )
+
+    def _match(self, item) -> tuple[PolymorphMatch | None, str | None]:
+        """Match a user's structure to its DFT polymorph (none without a structure or with the user's DFT value)."""
+        if item.structure is None or item.dft_value is not None or self.polymorphs is None:
+            return None, None
+        if item.formula not in self.polymorphs:
+            return None, None
+        try:
+            return self.polymorphs.match(item.structure, item.formula), None
+        except ValueError as exc:  # a structure the fingerprint cannot read: the formula's polymorph, said so
+            return None, f"not matched to a DFT polymorph ({exc}): the most stable one's DFT value"
+
+    def _frame(self, formulas: list[str], dft_value: list[float], chosen: dict[int, pd.Series],
+               spread: dict[int, pd.DataFrame]) -> pd.DataFrame:
+        """Build the ensemble's input: one row per item, then one per polymorph of each spread, with their fidelities.
+
+        A row's other fidelities (HSE, ...) are its formula's as in training, except for a matched or
+        spread polymorph: that entry's own values (NaN where it has none).
+        """
+        names = self.ensemble.extra_fidelities
+        own = self.ensemble.extra_lookup(formulas)
+        extra = {n: [float(v) for v in own[n]] for n in names}
+        for k, row in chosen.items():
+            for n in names:
+                if n in row.index:
+                    extra[n][k] = float(row[n])
+        rows_formula, rows_dft = list(formulas), list(dft_value)
+        for k, rows in spread.items():
+            rows_formula += [formulas[k]] * len(rows)
+            rows_dft += rows["dft_value"].astype(float).tolist()
+            for n in names:
+                extra[n] += rows[n].astype(float).tolist() if n in rows else [float(own[n][k])] * len(rows)
+        return pd.DataFrame({"formula": rows_formula, "dft_value": rows_dft, **extra})
 
     def _graphs(self, items, structure_ids: list[str | None], notes: list[str]) -> list:
         """Crystal graph per item: a DFT polymorph's from graphs.pt, or the user's CIF featurized."""

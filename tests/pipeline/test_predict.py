@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline import train as train_stage
@@ -106,3 +107,72 @@ def test_input_csv_dft_value_column(workdir, monkeypatch, capsys):
     assert bad["prediction"] is None and "dft_value 'abc' is not a number" in bad["error"]
     assert infinite["prediction"] is None and "not a finite number" in infinite["error"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def carbon_workdir(tmp_path_factory):
+    """The tiny model, trained with two carbon polymorphs (graphite 0 eV, lonsdaleite 3.3 eV) among the DFT entries."""
+    from tests.models.serving.test_polymorphs import graphite, lonsdaleite
+
+    root = tmp_path_factory.mktemp("predict_carbon")
+    train_inputs(root)
+    dft = pd.read_parquet(root / "raw/dft.parquet")
+    carbon = pd.DataFrame({"material_id": ["mp-g", "mp-l"], "formula": "C",
+                           "structure": [json.dumps(s().as_dict()) for s in (graphite, lonsdaleite)],
+                           "band_gap_pbe": [0.0, 3.3], "formation_energy_per_atom": [0.0, 0.16], "e_above_hull": 0.0})
+    dft = dft[dft["formula"] != "C"].assign(band_gap_hse=np.nan)  # C is a training formula: its polymorphs replace its entry
+    pd.concat([dft, carbon.assign(band_gap_hse=[0.0, 4.5])], ignore_index=True).to_parquet(root / "raw/dft.parquet")
+    assert train_stage.run(argparse.Namespace(params=train_params(root), property="band_gap", no_mlflow=True)) == 0
+    (root / "data").mkdir()
+    (root / "raw").rename(root / "data" / "raw")
+    (root / "models").rename(root / "data" / "models")
+    (root / "params.yaml").unlink()
+    return root
+
+
+def test_diamond_and_graphite_cif_take_their_own_polymorph(carbon_workdir, monkeypatch, capsys):
+    """A CIF takes its polymorph's DFT value (exact match, else the nearest by density and coordination); a bare
+    formula keeps the most stable one and shows the range over its polymorphs, which its interval covers."""
+    from tests.models.serving.test_polymorphs import diamond, graphite
+
+    monkeypatch.chdir(carbon_workdir)
+    diamond().to(filename=str(carbon_workdir / "diamond.cif"))
+    graphite(a=2.47, c=6.70).to(filename=str(carbon_workdir / "graphite.cif"))
+    out = carbon_workdir / "carbon.json"
+    assert main(["predict", "C", "--cif", "diamond.cif", "graphite.cif", "--no-metal", "--output", str(out)]) == 0
+    formula, dia, gra = json.loads(out.read_text())
+    assert gra["dft_value"] == 0.0 and "matches mp-g (StructureMatcher)" in gra["structure_used"]
+    assert dia["dft_value"] == 3.3 and "nearest by density and coordination: mp-l" in dia["structure_used"]
+    assert dia["prediction"] > gra["prediction"] + 0.5
+    assert dia["polymorphs"] == gra["polymorphs"] == 0  # a structure names its polymorph: no range
+    assert formula["dft_value"] == 0.0 and formula["prediction"] == pytest.approx(gra["prediction"])
+    assert formula["polymorphs"] == 2
+    assert formula["polymorph_low"] == pytest.approx(gra["prediction"])
+    assert formula["polymorph_high"] == pytest.approx(dia["prediction"])  # lonsdaleite's value and own HSE value
+    assert formula["lower"] <= formula["polymorph_low"] and formula["upper"] >= formula["polymorph_high"]
+    assert formula["upper"] > gra["upper"]  # widened beyond the graphite prediction's own interval
+    assert main(["predict", "C", "--no-metal", "--polymorph-window", "0.1", "--output", str(out)]) == 0
+    narrow = json.loads(out.read_text())[0]
+    assert narrow["polymorphs"] == 0 and narrow["polymorph_low"] is None and narrow["upper"] == gra["upper"]
+    assert main(["predict", "C", "--polymorph-window", "-1"]) != 0
+    assert "--polymorph-window -1.0: give a formation-energy window >= 0 eV/atom" in capsys.readouterr().err
+
+
+def test_bundle_packages_the_polymorphs(carbon_workdir, tmp_path):
+    """The registered predictor (one directory, no pipeline data) matches a CIF to its polymorph as `matshift predict`."""
+    from featurizers.inputs import parse_cif, parse_formula_input
+    from models.properties import get_property
+    from models.serving import load_bundle, predict_items, write_bundle
+    from pipeline import readers
+    from tests.models.serving.test_polymorphs import diamond
+
+    raw = carbon_workdir / "data/raw"
+    prop = get_property("band_gap")
+    path = write_bundle(tmp_path / "bundle", model_dir=carbon_workdir / "data/models/band_gap", property="band_gap",
+                        dft=readers.read_dft(raw, prop, extra=("band_gap_hse",)),
+                        structures=lambda ids: readers.read_structures(raw, ids))
+    assert json.loads((path / "bundle.json").read_text())["parts"]["polymorphs"]
+    diamond().to(filename=str(tmp_path / "diamond.cif"))
+    rows = predict_items([parse_cif(tmp_path / "diamond.cif"), parse_formula_input("C")], load_bundle(path), unit="eV")
+    assert rows["dft_value"].tolist() == [3.3, 0.0] and rows["polymorphs"].tolist() == [0, 2]
+    assert "mp-l" in rows.loc[0, "structure_used"]

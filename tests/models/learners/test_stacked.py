@@ -90,6 +90,14 @@ def test_stacked_model_takes_caller_dft_values_and_clamps():
     x_extra = extra.features(desc, formulas[:3])
     assert x_extra.shape[1] == x_lookup.shape[1] + 1
     assert np.isnan(x_extra[[0, 2], -1]).all() and x_extra[1, -1] == 7.0
+    # per-row values (a chosen polymorph's own) replace the lookup, NaN meaning unknown, not "look it up"
+    x_given = extra.features(desc, formulas[:3], extra_value={"hse": np.array([1.5, np.nan, 2.5])})
+    assert x_given[0, -1] == 1.5 and np.isnan(x_given[1, -1]) and x_given[2, -1] == 2.5
+    assert np.array_equal(x_given[:, :-1], x_extra[:, :-1], equal_nan=True)
+    with pytest.raises(ValueError, match=r"extra_value names \['gllb'\]"):
+        extra.features(desc, formulas[:3], extra_value={"gllb": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"extra_value\['hse'\] of shape \(2,\)"):
+        extra.features(desc, formulas[:3], extra_value={"hse": np.zeros(2)})
     clamped = StackedModel(FAST.__class__(**{**FAST.__dict__, "clamp_min": 0.0}), dft_reference=ref,
                            surrogate=model.surrogate).fit(desc, formulas[:300], y[:300])
     assert clamped.predict(desc, formulas[300:500]).min() >= 0.0
