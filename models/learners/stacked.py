@@ -335,6 +335,48 @@ class StackedModel:
         """Predicted measurement per formula (see :meth:`features` for ``dft_value`` and ``extra_value``)."""
         return self.predict_with_spread(descriptors, formulas, dft_value, extra_value)[0]
 
+    def rearranged(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray,
+                   extra_value: dict[str, np.ndarray] | None = None, *, points: int = 256) -> np.ndarray:
+        """Prediction per row made non-decreasing in its DFT value: the monotone rearrangement of the model's response.
+
+        The boosters are not constrained to rise with the DFT value (that cost accuracy, see
+        ``config.monotone``), so the prediction as a function of a caller's DFT value can dip.
+        Per formula (and its other inputs), the response is evaluated on ``points`` evenly spaced
+        DFT values spanning the DFT reference's range and sorted (the monotone rearrangement, the
+        1-D optimal transport map of those values onto themselves); a row's DFT value is then
+        read off the sorted curve by linear interpolation, and beyond the range it continues
+        with the calibrated DFT estimate's slope. The result is non-decreasing in the DFT value
+        for each formula, whatever the value; where the response already rises, it differs from
+        :meth:`predict` by at most the step between neighbouring grid values. Rows without a
+        finite DFT value are refused (use :meth:`predict`).
+        """
+        formulas = list(formulas)
+        d = np.asarray(dft_value, float)
+        if d.shape != (len(formulas),) or not np.isfinite(d).all():
+            raise ValueError(f"StackedModel.rearranged: {len(formulas)} formulas need as many finite DFT values")
+        ref = self.dft_reference.to_numpy(float)
+        lo, hi = float(np.nanmin(ref)), float(np.nanmax(ref))
+        grid = np.linspace(lo, hi, points)
+        slope = 1.0 if self.calibration_ is None else max(float(self.calibration_[1]), 0.0)
+        extra = {k: np.asarray(v, float) for k, v in (extra_value or {}).items()}
+        # one curve per distinct (formula, other inputs): a sweep of one formula is predicted once
+        keys = [(f, *(round(float(v[i]), 12) if np.isfinite(v[i]) else None for v in extra.values()))
+                for i, f in enumerate(formulas)]
+        groups: dict[tuple, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        firsts = [rows[0] for rows in groups.values()]
+        curve_formulas = [formulas[i] for i in firsts for _ in grid]
+        curve_extra = {k: np.repeat(v[firsts], points) for k, v in extra.items()}
+        curves = self.predict(descriptors, curve_formulas, np.tile(grid, len(firsts)), curve_extra)
+        out = np.empty(len(formulas))
+        for c, rows in enumerate(groups.values()):
+            sorted_curve = np.sort(curves[c * points:(c + 1) * points])
+            x = d[rows]
+            inside = np.interp(np.clip(x, lo, hi), grid, sorted_curve)
+            out[rows] = inside + slope * (np.maximum(x - hi, 0.0) - np.maximum(lo - x, 0.0))
+        return out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)
+
     def predict_with_spread(self, descriptors: pd.DataFrame, formulas: Sequence[str],
                             dft_value: np.ndarray | None = None,
                             extra_value: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:

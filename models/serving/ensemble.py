@@ -5,7 +5,10 @@ The MLflow ``pyfunc`` wrapper lives in :mod:`models.serving.pyfunc`, so serving 
 Input: a DataFrame with ``formula`` (str) and optionally ``dft_value`` (float, the DFT value
 of the composition when known, NaN otherwise) and columns named as the stacked model's other
 fidelities (:attr:`EnsemblePredictor.extra_fidelities`, e.g. ``band_gap_hse``: that material's
-value, NaN where unknown; a fidelity without a column is looked up by formula). Output: a DataFrame with ``prediction``,
+value, NaN where unknown; a fidelity without a column is looked up by formula), and ``user_dft``
+(bool): the row's ``dft_value`` is the caller's own, so its stacked prediction is the monotone
+rearrangement of the model's response in the DFT value (:meth:`StackedModel.rearranged`):
+it never falls as the caller's value rises. Output: a DataFrame with ``prediction``,
 ``bag_spread`` (the ensemble's standard deviation: a diagnostic, not an error bar) and, when
 the train stage calibrated conformal intervals (``ensemble.json`` key ``intervals``),
 ``lower`` / ``upper`` at the nominal coverage (:class:`models.learners.ConformalIntervals`),
@@ -160,7 +163,7 @@ class EnsemblePredictor:
         desc = self.descriptors_for(formulas)
         extra = {c: frame[c].astype(float).to_numpy() for c in self.extra_fidelities if c in frame}
         if self.gnn_weight == 0:  # the stacked model alone: no GNN, no torch
-            value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft, extra_value=extra)
+            value, spread = self._stacked(frame, desc, formulas, dft, extra)
             return self._with_intervals(value, spread, desc, formulas, coverage)
         # torch: only a blend with GNN members needs the entry table
         from models.learners import EntryTable, predict_ensemble
@@ -182,10 +185,23 @@ class EnsemblePredictor:
             # uncertainty of the blend: the two ensembles' spreads (GNN members, stacked bags)
             # combined as if independent
             w = self.blend_weight
-            stacked, stacked_spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft, extra_value=extra)
+            stacked, stacked_spread = self._stacked(frame, desc, formulas, dft, extra)
             value = w * stacked + (1 - w) * value
             spread = np.sqrt((w * stacked_spread) ** 2 + ((1 - w) * spread) ** 2)
         return self._with_intervals(value, spread, desc, formulas, coverage)
+
+    def _stacked(self, frame: pd.DataFrame, desc: pd.DataFrame, formulas: list[str], dft: np.ndarray,
+                 extra: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Predict with the stacked model (value, bag spread); rows marked ``user_dft`` rise with their DFT value."""
+        value, spread = self.stacked.predict_with_spread(desc, formulas, dft_value=dft, extra_value=extra)
+        mine = frame["user_dft"].fillna(False).astype(bool).to_numpy() if "user_dft" in frame else np.zeros(len(frame), bool)
+        mine &= np.isfinite(dft)
+        if mine.any():
+            rows = np.flatnonzero(mine)
+            value = value.copy()
+            value[rows] = self.stacked.rearranged(desc, [formulas[i] for i in rows], dft[rows],
+                                                  {k: v[rows] for k, v in extra.items()})
+        return value, spread
 
     def _with_intervals(self, value: np.ndarray, spread: np.ndarray, desc: pd.DataFrame, formulas: list[str],
                         coverage: float | None) -> pd.DataFrame:

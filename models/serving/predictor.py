@@ -157,7 +157,7 @@ class Predictor:
         spread = {k: rows for k, item in enumerate(items) if item.structure is None and item.dft_value is None
                   and self.polymorphs is not None and len(rows := self.polymorphs.window(item.formula,
                                                                                          self.polymorph_window)) > 1}
-        frame = self._frame(formulas, dft_value, chosen, spread)
+        frame = self._frame(formulas, dft_value, [i.dft_value for i in items], chosen, spread)
         if graphs is not None:
             graphs = [*graphs, *([None] * (len(frame) - len(items)))]
         every = self.ensemble.predict(frame, graphs=graphs, coverage=coverage)
@@ -227,8 +227,8 @@ class Predictor:
         except ValueError as exc:  # a structure the fingerprint cannot read: the formula's polymorph, said so
             return None, f"not matched to a DFT polymorph ({exc}): the most stable one's DFT value"
 
-    def _frame(self, formulas: list[str], dft_value: list[float], chosen: dict[int, pd.Series],
-               spread: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    def _frame(self, formulas: list[str], dft_value: list[float], user_dft: list[float | None],
+               chosen: dict[int, pd.Series], spread: dict[int, pd.DataFrame]) -> pd.DataFrame:
         """Build the ensemble's input: one row per item, then one per polymorph of each spread, with their fidelities.
 
         A row's other fidelities (HSE, ...) are its formula's as in training, except for a matched or
@@ -247,7 +247,8 @@ class Predictor:
             rows_dft += rows["dft_value"].astype(float).tolist()
             for n in names:
                 extra[n] += rows[n].astype(float).tolist() if n in rows else [float(own[n][k])] * len(rows)
-        return pd.DataFrame({"formula": rows_formula, "dft_value": rows_dft, **extra})
+        user = [item_dft is not None for item_dft in user_dft] + [False] * (len(rows_formula) - len(formulas))
+        return pd.DataFrame({"formula": rows_formula, "dft_value": rows_dft, "user_dft": user, **extra})
 
     def _graphs(self, items, structure_ids: list[str | None], notes: list[str]) -> list:
         """Crystal graph per item: a DFT polymorph's from graphs.pt, or the user's CIF featurized."""

@@ -176,3 +176,24 @@ def test_bundle_packages_the_polymorphs(carbon_workdir, tmp_path):
     rows = predict_items([parse_cif(tmp_path / "diamond.cif"), parse_formula_input("C")], load_bundle(path), unit="eV")
     assert rows["dft_value"].tolist() == [3.3, 0.0] and rows["polymorphs"].tolist() == [0, 2]
     assert "mp-l" in rows.loc[0, "structure_used"]
+
+
+def test_prediction_rises_with_the_users_dft_value(workdir, monkeypatch):
+    """A user's DFT value goes through the monotone rearrangement (never falls as it rises); the mirror's does not."""
+    from featurizers.inputs import parse_dft_value, parse_formula_input
+    from models.serving import predict_items
+    from pipeline.predict import load_predictor
+
+    monkeypatch.chdir(workdir)
+    predictor = load_predictor(None, property="band_gap", metal=False)
+    predictor.ensemble.blend_weight = 1.0  # the served default: the stacked model alone
+    sweep = np.linspace(0.0, 8.0, 81)
+    items = [parse_formula_input("NaCl"), *(parse_dft_value(parse_formula_input("NaCl"), f"{v:.2f}") for v in sweep)]
+    rows = predict_items(items, predictor, unit="eV")
+    pred = rows["prediction"].to_numpy(float)
+    assert np.diff(pred[1:]).min() >= 0.0 and pred[-1] > pred[1]
+    stacked, desc = predictor.ensemble.stacked, predictor.ensemble.descriptors
+    extra = predictor.ensemble.extra_lookup(["NaCl"] * len(sweep))
+    assert pred[1:] == pytest.approx(stacked.rearranged(desc, ["NaCl"] * len(sweep), sweep, extra))
+    mirror = rows.loc[0, "dft_value"]
+    assert pred[0] == pytest.approx(stacked.predict(desc, ["NaCl"], np.array([mirror]))[0])  # the evaluated model

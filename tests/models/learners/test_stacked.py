@@ -104,6 +104,27 @@ def test_stacked_model_takes_caller_dft_values_and_clamps():
     assert model.predict(desc, formulas[300:500]).min() < 0.0  # the planted targets go negative
 
 
+def test_rearranged_prediction_rises_with_the_dft_value():
+    formulas, desc, d, _, ref = _world(2)
+    # a planted dip: measurements fall by 1.5 where the DFT value is in (0.5, 1.0)
+    y = 1.5 * d + 0.5 - 1.5 * ((d > 0.5) & (d < 1.0))
+    model = StackedModel(FAST, dft_reference=ref).fit(desc, formulas[:800], y[:800])
+    sweep = np.linspace(-4.0, 5.0, 181)  # beyond the DFT reference's range at both ends
+    one = [formulas[3]] * len(sweep)
+    plain = model.predict(desc, one, dft_value=sweep)
+    assert np.diff(plain).min() < -0.3  # the boosters learned the dip: the plain response falls
+    mono = model.rearranged(desc, one, sweep)
+    assert np.diff(mono).min() >= 0.0
+    above = (sweep > 1.5) & (sweep < ref.max())  # past the dip the rearranged response is the model's own
+    assert np.abs(mono[above] - plain[above]).mean() < 0.1
+    # several formulas in one call: each gets its own curve, as alone
+    mixed = model.rearranged(desc, [formulas[3], formulas[4], formulas[3]], np.array([0.2, 0.2, 2.0]))
+    alone = model.rearranged(desc, [formulas[4]], np.array([0.2]))
+    assert mixed[0] == pytest.approx(mono[np.argmin(np.abs(sweep - 0.2))]) and mixed[1] == pytest.approx(alone[0])
+    with pytest.raises(ValueError, match="finite DFT values"):
+        model.rearranged(desc, one[:2], np.array([0.1, np.nan]))
+
+
 def test_stacked_model_rejects_bad_input():
     formulas, desc, _, y, ref = _world()
     model = StackedModel(FAST, dft_reference=ref)
