@@ -14,6 +14,8 @@ option, validated from ``params.yaml``'s ``align`` section) and :func:`align` (o
   online reductions in torch (the GPU path, no n x m matrix); ``formulations``: one solver per method on a
   :class:`Problem`; ``alignment``: :func:`align` and its result; ``blocks``: the same solved
   block by block on an engine; ``diagnostics``: the align stage's tables and ``align.json``;
+* ``mixture``: a composition as the mass-conserving mixture of DFT compounds of lowest formation
+  energy (the lower convex hull, an LP), a DFT estimate where the formula has no entry;
 * ``neural`` (torch, imported on first use): the input-convex neural OT map.
 """
 
@@ -30,6 +32,7 @@ from models.transport import (
     diagnostics,
     domains,
     formulations,
+    mixture,
     online,
     pairsearch,
     penalties,
@@ -44,6 +47,7 @@ from models.transport.config import *
 from models.transport.diagnostics import *
 from models.transport.domains import *
 from models.transport.formulations import *
+from models.transport.mixture import *
 from models.transport.online import *
 from models.transport.pairsearch import *
 from models.transport.penalties import *
@@ -63,4 +67,4 @@ _LAZY = {
 }
 __getattr__ = lazy_exports(__name__, {name: module for module, names in _LAZY.items() for name in names})
 
-__all__ = [*config.__all__, *problem.__all__, *penalties.__all__, *domains.__all__, *pairsearch.__all__, *support.__all__, *sinkhorn.__all__, *clouds.__all__, *online.__all__, *formulations.__all__, *alignment.__all__, *blocks.__all__, *diagnostics.__all__, *(name for names in _LAZY.values() for name in names)]
+__all__ = [*config.__all__, *problem.__all__, *penalties.__all__, *domains.__all__, *pairsearch.__all__, *support.__all__, *sinkhorn.__all__, *clouds.__all__, *online.__all__, *formulations.__all__, *mixture.__all__, *alignment.__all__, *blocks.__all__, *diagnostics.__all__, *(name for names in _LAZY.values() for name in names)]

@@ -300,6 +300,10 @@ class _FakeEnsemble:
         self.meta = {"property": "band_gap"}
         self.uses_graphs = False
         self.intervals = None
+        self.extra_fidelities = []  # no stacked model: no other DFT fidelities
+
+    def extra_lookup(self, formulas) -> dict:
+        return {}
 
     def descriptors_for(self, formulas) -> pd.DataFrame:
         return self.descriptors
