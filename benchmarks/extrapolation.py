@@ -29,24 +29,19 @@ Run after ``dvc repro featurize`` (reads ``data/raw``, ``data/features``):
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
 from models.evaluation.config import OOD_PROTOCOLS
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, family_folds, make_folds, range_extrapolation
 from models.learners import StackedModel
-from models.properties import PROPERTY_NAMES, get_property
-from pipeline.config import DEFAULT_PARAMS, load_section
+from models.properties import get_property
 from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
@@ -148,32 +143,14 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--property", choices=PROPERTY_NAMES, nargs="+", default=list(PROPERTY_NAMES))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--bags", type=int, default=2, help="boosters per model (the evaluate stage uses train.stack.bags)")
+    parser = seeded.parser(__doc__, HERE / "extrapolation_results.json",
+                           bags_help="boosters per model (the evaluate stage uses train.stack.bags)")
     parser.add_argument("--threads", type=int, default=2, help="LightGBM threads (1 beside another CPU-heavy job: "
                         "OpenMP threads on oversubscribed cores spin and stall both)")
-    parser.add_argument("--load", default="", help="what else ran on the machine meanwhile (written into the results)")
-    parser.add_argument("--out", type=Path, default=HERE / "extrapolation_results.json")
     args = parser.parse_args(argv)
-    params = load_section(EvaluateParams, "evaluate", args.params)
-    train = load_section(TrainParams, "train", args.params)
-    t0 = time.perf_counter()
-    results: dict = {"properties": args.property, "seeds": args.seeds, "bags": args.bags, "threads": args.threads,
-                     "load": args.load,
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    for name in args.property:
-        results[name] = run_property(name, params, train, args.seeds, args.bags, args.threads,
-                                     raw=args.out.with_name(f"{args.out.stem}_{name}_errors.parquet"))
-    results["seconds"] = time.perf_counter() - t0
-    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    text = markdown(results)
-    args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
-
+    return seeded.run(args, lambda name, params, train: run_property(
+        name, params, train, args.seeds, args.bags, args.threads,
+        raw=args.out.with_name(f"{args.out.stem}_{name}_errors.parquet")), markdown, threads=args.threads)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,10 +22,7 @@ Run after ``dvc repro featurize``: ``PYTHONPATH=. python -m benchmarks.mixture``
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
 from models.evaluation.config import OOD_PROTOCOLS
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import make_folds
 from models.learners import StackedModel
-from models.properties import PROPERTY_NAMES, STABILITY, choose_polymorphs, get_property
+from models.properties import STABILITY, choose_polymorphs, get_property
 from models.transport import hull_mixtures
-from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
@@ -151,29 +148,11 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--property", choices=PROPERTY_NAMES, nargs="+", default=list(PROPERTY_NAMES))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--bags", type=int, default=2)
+    parser = seeded.parser(__doc__, HERE / "mixture_results.json")
     parser.add_argument("--sample", type=int, default=3000, help="DFT formulas for the estimate comparison")
-    parser.add_argument("--load", default="", help="what else ran on the machine meanwhile")
-    parser.add_argument("--out", type=Path, default=HERE / "mixture_results.json")
     args = parser.parse_args(argv)
-    params = load_section(EvaluateParams, "evaluate", args.params)
-    train = load_section(TrainParams, "train", args.params)
-    t0 = time.perf_counter()
-    results: dict = {"properties": args.property, "seeds": args.seeds, "bags": args.bags, "sample": args.sample,
-                     "load": args.load, "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
-    for name in args.property:
-        results[name] = run_property(name, params, train, train.raw_dir, args.seeds, args.bags, args.sample)
-    results["seconds"] = time.perf_counter() - t0
-    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    text = markdown(results)
-    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
-    print(text)
-    return 0
-
+    return seeded.run(args, lambda name, params, train: run_property(name, params, train, train.raw_dir, args.seeds,
+                                                                     args.bags, args.sample), markdown, sample=args.sample)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -172,11 +172,12 @@ class Predictor:
             start += len(rows)
             n_poly[k] = len(rows)
             poly_low[k], poly_high[k] = part["prediction"].min(), part["prediction"].max()
-            if "lower" in part:  # the interval covers every polymorph's
+            covered = "lower" in part and np.isfinite(part[["lower", "upper"]].to_numpy(float)).all()
+            if covered:  # the interval covers every polymorph's
                 lower[k] = np.nanmin([lower[k], part["lower"].min()])
                 upper[k] = np.nanmax([upper[k], part["upper"].max()])
             structure_used[k] += (f"; {len(rows)} polymorphs within {self.polymorph_window:g} eV/atom predict "
-                                  f"{poly_low[k]:.2f} to {poly_high[k]:.2f}: interval widened to cover them")
+                                  f"{poly_low[k]:.2f} to {poly_high[k]:.2f}" + (": the interval covers them" if covered else ""))
         metal_p, metal = np.full(len(items), np.nan), np.zeros(len(items), dtype=bool)
         if self.metal is not None:
             calls = self.metal.predict(formulas, desc)

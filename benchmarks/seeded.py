@@ -1,0 +1,52 @@
+"""The command line and result files shared by the seeded model benchmarks (extrapolation, mixture, rearrangement).
+
+Each runs per property over seeds on the evaluate stage's folds and writes
+``<out>.json`` (everything) and ``<out>.md`` (the table), printing the table too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from models.properties import PROPERTY_NAMES
+from pipeline.config import DEFAULT_PARAMS, load_section
+from pipeline.params.evaluate import EvaluateParams
+from pipeline.params.train import TrainParams
+
+__all__ = ["parser", "run"]
+
+
+def parser(doc: str, out: Path, *, bags_help: str | None = None) -> argparse.ArgumentParser:
+    """``--params --property --seeds --bags --load --out``; the caller adds its own options."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    p.add_argument("--property", choices=PROPERTY_NAMES, nargs="+", default=list(PROPERTY_NAMES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--bags", type=int, default=2, help=bags_help)
+    p.add_argument("--load", default="", help="what else ran on the machine meanwhile (written into the results)")
+    p.add_argument("--out", type=Path, default=out)
+    return p
+
+
+def run(args: argparse.Namespace, per_property: Callable[[str, EvaluateParams, TrainParams], dict],
+        markdown: Callable[[dict], str], **settings) -> int:
+    """Run ``per_property`` for each of ``args.property``; write and print the results (``settings`` recorded in them)."""
+    params = load_section(EvaluateParams, "evaluate", args.params)
+    train = load_section(TrainParams, "train", args.params)
+    t0 = time.perf_counter()
+    results: dict = {"properties": args.property, "seeds": args.seeds, "bags": args.bags, **settings, "load": args.load,
+                     "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    for name in args.property:
+        results[name] = per_property(name, params, train)
+    results["seconds"] = time.perf_counter() - t0
+    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    text = markdown(results).rstrip("\n")
+    args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
