@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("formulas", nargs="*", metavar="FORMULA", help="chemical formulas, e.g. GaAs Fe2O3")
     parser.add_argument("--cif", nargs="+", default=[], type=Path, metavar="FILE", help="CIF files to predict")
     parser.add_argument("--input", type=Path, help="CSV with a 'formula' and/or a 'cif' column (CIF paths relative to "
-                        "the CSV); optional 'dft_value': your DFT value of that material, used instead of the mirror's")
+                        "the CSV); optional 'dft_value': your DFT value of that material, used instead of the mirror's (the "
+                        "prediction never falls as it rises)")
     parser.add_argument("--property", choices=PROPERTY_NAMES, default="band_gap", help="property (default: %(default)s)")
     parser.add_argument("--model", default=None,
                         help="model: a directory written by `matshift train`, or an MLflow registered model as "
