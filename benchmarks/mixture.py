@@ -32,6 +32,7 @@ import pandas as pd
 
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
+from featurizers.chemistry import element_fractions
 from models.evaluation.config import OOD_PROTOCOLS
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import make_folds
@@ -75,12 +76,15 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, raw: Pat
     oof = stack.surrogate.out_of_fold_
     rng = np.random.default_rng(0)
     picked = sorted(rng.choice(oof.index.to_numpy(), size=min(sample, len(oof)), replace=False))
+    # one LP per formula, for the sample and the measured formulas together (own DFT entries left out)
+    wanted = sorted(set(picked) | set(formulas))
     t0 = time.perf_counter()
-    mix = hull_mixtures(reference, picked, value_columns=[GAP])
-    lp_seconds = (time.perf_counter() - t0) / len(picked)
+    every = hull_mixtures(reference, wanted, value_columns=[GAP])
+    lp_seconds = (time.perf_counter() - t0) / len(wanted)
+    mix = every.loc[picked]
     mixed = mix["hull_energy"] if name == "formation_enthalpy" else mix[f"mixture_{GAP}"]
     table = pd.DataFrame({"truth": stack.dft_reference.loc[picked].to_numpy(float), "surrogate": oof.loc[picked].to_numpy(),
-                          "mixture": mixed.to_numpy(float), "elements": [len(f) for f in mix.index.map(_elements)],
+                          "mixture": mixed.to_numpy(float), "elements": [len(element_fractions(f)) for f in picked],
                           "elements_only": mix["elements_only"].fillna(True).astype(bool).to_numpy()})
     table = table[np.isfinite(table["mixture"])]
     groups = {"all": table, **{f"{k} elements": g for k, g in table.groupby(table["elements"].clip(upper=4))},
@@ -88,8 +92,8 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, raw: Pat
     estimate = {k: {"n": len(g), "surrogate": float((g["surrogate"] - g["truth"]).abs().mean()),
                     "mixture": float((g["mixture"] - g["truth"]).abs().mean())} for k, g in groups.items() if len(g)}
     print(name, "estimate", json.dumps(estimate), flush=True)
-    # stacked: the mixture columns for every measured formula (own DFT entries left out), with and without
-    extra = mixture_columns(name, hull_mixtures(reference, sorted(set(formulas)), value_columns=[GAP]))
+    # stacked: the mixture columns for every measured formula, with and without
+    extra = mixture_columns(name, every.loc[sorted(set(formulas))])
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in seeds:
         folds = make_folds(settings, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
@@ -118,12 +122,6 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, raw: Pat
                              "diff": {"mean": diff, "ci95": [lo, hi]}}
     return {"unit": prop.unit, "estimate": estimate, "lp_ms_per_formula": 1000 * lp_seconds,
             "columns": list(extra), "stacked": stacked}
-
-
-def _elements(formula: str) -> list[str]:
-    from featurizers.chemistry import element_fractions
-
-    return list(element_fractions(formula))
 
 
 def markdown(results: dict) -> str:

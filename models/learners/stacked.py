@@ -229,8 +229,8 @@ class StackedModel:
             raise ValueError(f"StackedModel: extra_value names {unknown}, the model's extra references are "
                              f"{list(self.extra_reference)}")
         extra = []
-        for name, ref in self.extra_reference.items():
-            column = np.asarray(given[name], float) if name in given else np.array(pd.Series(formulas).map(ref), dtype=float)
+        for name, looked_up in self.extra_lookup(formulas).items():
+            column = np.asarray(given[name], float) if name in given else looked_up
             if column.shape != (len(formulas),):
                 raise ValueError(f"StackedModel: {len(formulas)} formulas but extra_value[{name!r}] of shape {column.shape}")
             extra.append(column)
@@ -238,6 +238,11 @@ class StackedModel:
             shift = self.shift_field.predict(descriptors, formulas)
             extra += [shift, best + shift]
         return np.column_stack([x, sur, known, has.astype(float), best, *extra]).astype(np.float32)
+
+    def extra_lookup(self, formulas: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per extra reference: its value for each formula, looked up as in training (NaN where unknown)."""
+        keys = pd.Series(list(formulas), dtype=object)
+        return {name: keys.map(ref).to_numpy(float) for name, ref in self.extra_reference.items()}
 
     def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], y: np.ndarray) -> StackedModel:
         c = self.config

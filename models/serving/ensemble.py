@@ -79,10 +79,7 @@ class EnsemblePredictor:
 
     def extra_lookup(self, formulas: Sequence[str]) -> dict[str, np.ndarray]:
         """Per fidelity of :attr:`extra_fidelities`: the value training looked up for each formula (NaN: none)."""
-        if self.stacked is None:
-            return {}
-        return {name: pd.Series(list(formulas), dtype=object).map(ref).to_numpy(float)
-                for name, ref in self.stacked.extra_reference.items()}
+        return {} if self.stacked is None else self.stacked.extra_lookup(formulas)
 
     def descriptors_for(self, formulas: list[str]) -> pd.DataFrame | None:
         """Return the model's descriptor table, extended (and kept) with any formula of ``formulas`` it lacks.

@@ -32,12 +32,18 @@ import pandas as pd
 
 from models.properties import STABILITY, Property
 
-__all__ = ["PolymorphMatch", "Polymorphs", "fingerprint"]
+__all__ = ["PolymorphMatch", "Polymorphs", "fingerprint", "valued_entries"]
 
 #: first-shell cut, as a multiple of each site's nearest-neighbour distance
 SHELL = 1.2
 #: a 10% change of volume per atom weighs as much as one neighbour more or less
 VOLUME_SCALE = 0.1
+
+
+def valued_entries(dft: pd.DataFrame, prop: Property) -> pd.DataFrame:
+    """Return the DFT entries with a finite value of ``prop``, its DFT column renamed ``dft_value``."""
+    frame = dft.rename(columns={prop.dft_column: "dft_value"})
+    return frame[np.isfinite(frame["dft_value"].to_numpy(float))]
 
 
 def fingerprint(structure) -> tuple[float, float]:
@@ -108,8 +114,7 @@ class Polymorphs:
     def from_dft(cls, dft: pd.DataFrame, prop: Property, *, extra: tuple[str, ...] = (),
                  structures: pd.Series | Callable[[list[str]], pd.Series] | None = None) -> Polymorphs | None:
         """From the DFT table (``read_dft``'s columns): entries with a value whose formula has two or more; None if none."""
-        frame = dft.rename(columns={prop.dft_column: "dft_value"})
-        frame = frame[np.isfinite(frame["dft_value"].to_numpy(float))]
+        frame = valued_entries(dft, prop)
         counts = frame["formula"].value_counts()
         frame = frame[frame["formula"].isin(counts.index[counts > 1])]
         if frame.empty:
@@ -170,15 +175,19 @@ class Polymorphs:
         # pymatgen: only when a user's structure is matched
         from pymatgen.core import Structure
 
-        source = self._structures
-        found = source if isinstance(source, pd.Series) else source(ids)
-        found = found[~found.index.duplicated()]
+        found = self._structures_for(ids)
         for m in ids:
             text = found.get(m) if m in found.index else None
             try:
                 self._parsed[m] = Structure.from_dict(json.loads(text)) if isinstance(text, str) else None
             except (ValueError, KeyError, TypeError):  # an unreadable stored structure: that polymorph is not matched
                 self._parsed[m] = None
+
+    def _structures_for(self, ids: list[str]) -> pd.Series:
+        """``material_id`` -> stored structure JSON for ``ids`` (from the Series, or read through the callable)."""
+        source = self._structures
+        found = source if isinstance(source, pd.Series) else source(ids)
+        return found[~found.index.duplicated()]
 
     def _fingerprint(self, material_id: str) -> tuple[float, float] | None:
         if material_id not in self._fingerprints:
@@ -194,9 +203,8 @@ class Polymorphs:
         """Write the table and the structures of its entries (when known) as one parquet file."""
         frame = self.table.copy()
         if self._structures is not None:
-            ids = list(frame["material_id"])
-            found = self._structures if isinstance(self._structures, pd.Series) else self._structures(ids)
-            frame["structure"] = [found.get(m) if m in found.index else None for m in ids]
+            found = self._structures_for(list(frame["material_id"]))
+            frame["structure"] = [found.get(m) if m in found.index else None for m in frame["material_id"]]
         frame.to_parquet(path, index=False)
 
     @classmethod

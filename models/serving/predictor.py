@@ -32,7 +32,7 @@ from models.learners import ApplicabilityDomain
 from models.properties import Property, choose_polymorphs
 from models.serving.ensemble import EnsemblePredictor
 from models.serving.metal import MetalPredictor
-from models.serving.polymorphs import PolymorphMatch, Polymorphs
+from models.serving.polymorphs import PolymorphMatch, Polymorphs, valued_entries
 
 if TYPE_CHECKING:
     from models.transport import CalibrationMap
@@ -337,8 +337,7 @@ def dft_lookup(dft: pd.DataFrame, prop: Property, index: pd.DataFrame | None = N
     all entries with a value, and the polymorph among those with a crystal graph (``index``
     marks them; without it no structure is looked up).
     """
-    frame = dft.rename(columns={prop.dft_column: "dft_value"})
-    frame = frame[np.isfinite(frame["dft_value"].to_numpy(float))]
+    frame = valued_entries(dft, prop)
     out = choose_polymorphs(frame)[["material_id", "dft_value"]].copy()
     out["structure_id"] = None
     if index is not None:
