@@ -14,9 +14,13 @@ MAE (mean ± std over the fold seeds), and the paired difference after - before 
 bootstrap interval that resamples formulas (the same draw for every seed; a formula's
 measurement rows move together).
 
+Other pairs of settings: ``--before`` / ``--after`` take JSON overrides of ``metal.classifier``
+(e.g. ``--before '{}' --after '{"cost_weight_floor": 0.5}'`` for the cost-weighted fit against
+params.yaml's); ``--seeds`` limits the fold seeds.
+
 Run after ``dvc repro metal`` (it reads ``data/raw`` and ``data/features``):
 ``PYTHONPATH=. python -m benchmarks.metal_features``; writes
-``benchmarks/metal_features_results.{json,md}`` (also printed).
+``benchmarks/metal_features_results.{json,md}`` (also printed; ``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -82,16 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--out", type=Path, default=HERE / "metal_features_results.json")
+    parser.add_argument("--before", type=json.loads, default=BEFORE, help="JSON overrides of metal.classifier")
+    parser.add_argument("--after", type=json.loads, default={}, help="JSON overrides of metal.classifier")
+    parser.add_argument("--seeds", type=int, nargs="+", help="fold seeds (default metal.cv_seeds)")
     args = parser.parse_args(argv)
     params = load_section(MetalParams, "metal", args.params)
     train = load_section(TrainParams, "train", args.params)
     prop = get_property("band_gap")
     stack = replace(train.fit.stack_config(prop), bags=params.cv.regressor_bags, n_jobs=params.classifier.n_jobs)
     t0 = time.perf_counter()
-    plan = prepare_metal(**load_inputs(params, train), config=params.classifier, stack=stack,
-                         cv=replace(params.cv, protocols=[]), extra_columns=train.fit.extra_fidelities(prop))
+    cv = replace(params.cv, protocols=[], cv_seeds=args.seeds or params.cv.cv_seeds)
+    plan = prepare_metal(**load_inputs(params, train), config=params.classifier, stack=stack, cv=cv,
+                         extra_columns=train.fit.extra_fidelities(prop))
     data = SharedRegressor(**{f: getattr(plan.data, f) for f in MetalData.__dataclass_fields__})
-    settings = {"before": replace(params.classifier, **BEFORE), "after": params.classifier}
+    settings = {"before": replace(params.classifier, **args.before), "after": replace(params.classifier, **args.after)}
     results, errors = {}, {}
     for name, config in settings.items():
         arm = replace(data, classifier=data.classifier_for_fold(config))
@@ -108,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, cls in (("mae_all", None), ("mae_nonmetal", 0), ("mae_metal", 1)):
         pick = (lambda e: e) if cls is None else (lambda e, c=cls: e[e["is_metal"] == c])
         paired[label] = paired_by_formula([pick(e) for e in errors["before"]], [pick(e) for e in errors["after"]])
-    out = {"settings": {k: {f: getattr(v, f) for f in ("leaves", "min_child_samples", "colsample", "bonding")}
-                        for k, v in settings.items()},
-           "grouped_cv": results, "paired_after_minus_before": paired, "seeds": list(params.cv.cv_seeds),
+    out = {"settings": {"before": args.before, "after": args.after},
+           "grouped_cv": results, "paired_after_minus_before": paired, "seeds": list(cv.cv_seeds),
            "seconds": round(time.perf_counter() - t0, 1), "machine": f"{platform.machine()}, {platform.processor() or '?'}"}
     args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     lines = ["| grouped 5-fold CV, mean ± std over fold seeds | before | after | after - before (95% CI, by formula) |",

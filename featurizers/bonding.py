@@ -14,6 +14,12 @@ whether a formula has anything to bond ionically with, nor whether its electrons
   two); NaN where the reduced amounts are not whole numbers.
 
 Element properties come from pymatgen's periodic table; nothing is fitted.
+
+:func:`ionic_descriptors` adds matminer's ``IonProperty`` (Ward et al. 2016) per formula:
+whether the formula can be charge-balanced with each element in one of its common
+oxidation states (an intermetallic such as Cu3Au cannot; Al2O3 can), and the maximum and
+composition-weighted mean ionic character of its element pairs. The fast mode takes one
+oxidation state per element: a mixed-valence compound (Fe3O4) counts as not balanced.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from pymatgen.core import Composition, Element
 
 from featurizers.chemistry import no_pauling_warning, parse_formula
 
-__all__ = ["BONDING_COLUMNS", "bonding_descriptors"]
+__all__ = ["BONDING_COLUMNS", "IONIC_COLUMNS", "bonding_descriptors", "ionic_descriptors"]
 
 #: Column order of :func:`bonding_descriptors`.
 BONDING_COLUMNS = ("metal_fraction", "transition_metal_fraction", "f_block_fraction", "halogen_fraction",
                    "chalcogen_fraction", "anion_former_fraction", "valence_electrons_per_atom",
                    "odd_electron_count")
+
+#: Column order of :func:`ionic_descriptors`.
+IONIC_COLUMNS = ("charge_balanced", "max_ionic_char", "avg_ionic_char")
 
 _HALOGENS = frozenset({"F", "Cl", "Br", "I"})
 _CHALCOGENS = frozenset({"O", "S", "Se", "Te"})
@@ -79,3 +88,29 @@ def bonding_descriptors(formulas: Sequence[str | Composition]) -> pd.DataFrame:
 def _formula_row(formula: str) -> tuple[float, ...]:
     """:func:`_row` of a formula string, remembered: the metal stage asks for the same formulas in every fold."""
     return tuple(_row(parse_formula(formula)))
+
+
+@functools.cache
+def _ion_property():
+    # matminer: imported when the first ionic descriptor is asked for
+    from matminer.featurizers.composition import IonProperty
+
+    return IonProperty(fast=True)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ionic_row(formula: str) -> tuple[float, float, float]:
+    comp = parse_formula(formula)
+    with no_pauling_warning():
+        balanced, max_char, avg_char = _ion_property().featurize(comp)
+    return float(bool(balanced)), float(max_char), float(avg_char)
+
+
+def ionic_descriptors(formulas: Sequence[str]) -> pd.DataFrame:
+    """Return :data:`IONIC_COLUMNS` per formula (index: the formulas as given; see the module docstring).
+
+    Raises :class:`featurizers.chemistry.FormulaError` naming a formula that is not chemistry.
+    """
+    rows = [_ionic_row(str(f)) for f in formulas]
+    data = np.array(rows, dtype=float).reshape(len(rows), len(IONIC_COLUMNS))
+    return pd.DataFrame(data, index=pd.Index([str(f) for f in formulas], name="formula"), columns=list(IONIC_COLUMNS))

@@ -276,6 +276,8 @@ class MetalConfig:
     the stacked model's surrogate. ``dft_metal_gap``: a DFT entry whose PBE gap is at most
     this (eV) counts as metallic. ``bonding``: the classifiers also see
     :func:`featurizers.bonding.bonding_descriptors` (element classes, valence-electron count).
+    ``ionic``: they also see :func:`featurizers.bonding.ionic_descriptors` (charge balance with
+    common oxidation states, ionic character).
     """
 
     trees: int = 600
@@ -291,6 +293,7 @@ class MetalConfig:
     surrogate_folds: int = 5
     dft_metal_gap: float = 0.0
     bonding: bool = True
+    ionic: bool = False
     seed: int = 0
     n_jobs: int = 2
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featurizers.bonding import bonding_descriptors
+from featurizers.bonding import bonding_descriptors, ionic_descriptors
 from models._io import read_header, write_header
 from models.learners.config import MetalConfig
 from models.learners.stacked import DFTSurrogate, descriptor_matrix, surrogate_from_state, surrogate_state
@@ -124,7 +124,8 @@ class MetalClassifier:
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
         """Descriptors, a has-DFT flag, :data:`DFT_METAL_COLUMNS` (NaN without an entry), the two surrogates.
 
-        With ``config.bonding`` the :func:`~featurizers.bonding.bonding_descriptors` follow.
+        With ``config.bonding`` the :func:`~featurizers.bonding.bonding_descriptors` follow, with
+        ``config.ionic`` then the :func:`~featurizers.bonding.ionic_descriptors`.
         """
         formulas = list(formulas)
         x = descriptor_matrix(descriptors, formulas, self.gap_surrogate.columns_)
@@ -132,7 +133,8 @@ class MetalClassifier:
         has = np.isfinite(dft[:, 0]).astype(float)
         sur = [s.predict(descriptors, formulas) for s in (self.gap_surrogate, self.metal_surrogate)]
         bonding = [bonding_descriptors(formulas).to_numpy(float)] if self.config.bonding else []
-        return np.column_stack([x, has, dft, *sur, *bonding]).astype(np.float32)
+        ionic = [ionic_descriptors(formulas).to_numpy(float)] if self.config.ionic else []
+        return np.column_stack([x, has, dft, *sur, *bonding, *ionic]).astype(np.float32)
 
     def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], is_metal: Sequence[int]) -> MetalClassifier:
         """Fit on measured classes (1 = metal, 0 = non-metal), one per formula."""
@@ -215,8 +217,8 @@ def load_metal(directory: Path) -> tuple[MetalClassifier, dict]:
     table = state["dft_table"]
     dft_table = pd.DataFrame({c: np.array([np.nan if v is None else v for v in table[c]], dtype=float)
                               for c in DFT_METAL_COLUMNS}, index=pd.Index(table["index"], name="formula"))
-    # a classifier saved before the bonding descriptors existed was fitted without them
-    config = MetalConfig(**{"bonding": False, **state["config"]})
+    # a classifier saved before the bonding / ionic descriptors existed was fitted without them
+    config = MetalConfig(**{"bonding": False, "ionic": False, **state["config"]})
     model = MetalClassifier(config, dft_table=dft_table,
                             gap_surrogate=surrogate_from_state(state["gap_surrogate"], directory),
                             metal_surrogate=surrogate_from_state(state["metal_surrogate"], directory))

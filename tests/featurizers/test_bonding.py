@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from featurizers import bonding
-from featurizers.bonding import BONDING_COLUMNS, bonding_descriptors
+from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS, bonding_descriptors, ionic_descriptors
 from featurizers.chemistry import FormulaError
 
 
@@ -52,3 +52,21 @@ def test_bad_formula_is_named():
         bonding_descriptors(["NaCl", "Xx2"])
     assert bonding_descriptors([]).shape == (0, len(BONDING_COLUMNS))
     assert np.isfinite(bonding_descriptors(["NaCl"]).to_numpy()).all()
+
+
+def test_ionic_descriptors_tell_charge_balanced_salts_from_intermetallics(recwarn):
+    bonding._ionic_row.cache_clear()
+    table = ionic_descriptors(["Al2O3", "NaCl", "GaAs", "Cu3Au", "Fe", "Fe3O4", "Hg0.7Cd0.3Te", "XeF2"])
+    assert list(table.columns) == list(IONIC_COLUMNS)
+    assert table["charge_balanced"].to_dict() == {
+        "Al2O3": 1.0, "NaCl": 1.0, "GaAs": 1.0, "Cu3Au": 0.0,  # no common anion state of Au
+        "Fe": 1.0,  # an element is neutral by itself
+        "Fe3O4": 0.0,  # mixed valence: one oxidation state per element cannot balance it
+        "Hg0.7Cd0.3Te": 1.0, "XeF2": 1.0}
+    # ionic character 1 - exp(-(dX)^2 / 4) of the most different pair: NaCl (dX = 2.23) above GaAs (0.37)
+    assert table.loc["NaCl", "max_ionic_char"] == pytest.approx(1 - math.exp(-0.25 * (3.16 - 0.93) ** 2), abs=1e-3)
+    assert table.loc["GaAs", "max_ionic_char"] < 0.05 < table.loc["Al2O3", "max_ionic_char"]
+    assert table.loc["Fe", "max_ionic_char"] == table.loc["Fe", "avg_ionic_char"] == 0.0
+    assert not [w for w in recwarn if "Pauling" in str(w.message)]
+    with pytest.raises(FormulaError, match="Qq"):
+        ionic_descriptors(["NaCl", "Qq"])

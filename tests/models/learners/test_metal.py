@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featurizers.bonding import BONDING_COLUMNS, bonding_descriptors
+from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS, bonding_descriptors, ionic_descriptors
 from models.learners import (
     DFT_METAL_COLUMNS,
     MetalClassifier,
@@ -65,14 +65,18 @@ def test_bonding_descriptors_are_features_and_older_classifiers_load_without_the
     x, x0 = with_bonding.features(desc, formulas[:5]), without.features(desc, formulas[:5])
     assert x.shape[1] == x0.shape[1] + len(BONDING_COLUMNS)
     np.testing.assert_allclose(x[:, -len(BONDING_COLUMNS):], bonding_descriptors(formulas[:5]).to_numpy(), rtol=1e-6)
-    # a header written before the option existed has no "bonding" key: it was fitted without the descriptors
+    ionic = MetalClassifier(replace(SMALL, ionic=True), dft_table=dft_metal_table(dft)).fit(desc, formulas, metal)
+    xi = ionic.features(desc, formulas[:5])
+    assert xi.shape[1] == x.shape[1] + len(IONIC_COLUMNS)
+    np.testing.assert_allclose(xi[:, -len(IONIC_COLUMNS):], ionic_descriptors(formulas[:5]).to_numpy(), rtol=1e-6)
+    # a header written before the options existed has no "bonding" / "ionic" key: fitted without those descriptors
     save_metal(without, tmp_path / "old", threshold=0.5)
     header = tmp_path / "old" / "metal.json"
     state = json.loads(header.read_text())
-    del state["config"]["bonding"]
+    del state["config"]["bonding"], state["config"]["ionic"]
     header.write_text(json.dumps(state))
     loaded, _ = load_metal(tmp_path / "old")
-    assert loaded.config.bonding is False
+    assert loaded.config.bonding is False and loaded.config.ionic is False
     np.testing.assert_allclose(loaded.predict_proba(desc, formulas[:20]), without.predict_proba(desc, formulas[:20]),
                                rtol=1e-6, atol=1e-9)
 
