@@ -14,7 +14,8 @@ Per fold, on the fold's training formulas only:
 3. the threshold is :func:`models.learners.choose_threshold` on the inner out-of-fold
    probabilities, a missed metal costing the regressor's prediction for it (metals never
    train the regressor, so that prediction is out of sample) and a false metal its measured
-   gaps (summed over its measurement rows, which the all-compositions MAE counts).
+   gaps (summed over its measurement rows, which the all-compositions MAE counts): the
+   threshold nearest 0.5 whose summed cost is within one standard error of the minimum.
 
 The test formulas then get P(metal), the call at that threshold, the regressor's gap and the
 combined prediction (0 eV when called metal). The DFT surrogates and the per-formula DFT
@@ -300,8 +301,9 @@ def prepare_metal(*, classes: pd.DataFrame, gaps: pd.DataFrame, dft: pd.DataFram
 def served_threshold(per_formula: pd.DataFrame, per_row: pd.DataFrame) -> dict[str, float]:
     """Return the served threshold, chosen on one CV's pooled out-of-fold rows, and the scores there.
 
-    Costs as in the folds: a missed metal costs the regressor's prediction for it, a false
-    metal its measured gaps summed over its rows.
+    Costs and rule as in the folds: a missed metal costs the regressor's prediction for it, a
+    false metal its measured gaps summed over its rows; the threshold nearest 0.5 within one
+    standard error of the least cost.
     """
     f = per_formula["formula"]
     missed = f.map(per_row[per_row["is_metal"] == 1].groupby("formula")["regressor"].mean()).fillna(0.0)

@@ -161,20 +161,34 @@ class MetalClassifier:
 
 
 def choose_threshold(probability: np.ndarray, is_metal: np.ndarray, cost_if_missed: np.ndarray,
-                     cost_if_false: np.ndarray, *, grid: np.ndarray | None = None) -> float:
+                     cost_if_false: np.ndarray, *, grid: np.ndarray | None = None, one_se: bool = True) -> float:
     """Return the probability above which a row is called metal, minimising the band-gap error the calls add.
 
     Called a metal, a row's gap is 0: a non-metal then costs ``cost_if_false`` (its measured
     gap); called a non-metal, a metal costs ``cost_if_missed`` (the gap the regressor predicts
     for it). The summed cost over out-of-fold ``probability`` of training rows is minimised
-    over ``grid`` (default 0.05 .. 0.95); ties go to the threshold nearest 0.5.
+    over ``grid`` (default 0.05 .. 0.95); ties go to the threshold nearest 0.5 (``one_se=False``:
+    exact ties only).
+
+    ``one_se`` (default): every threshold whose summed cost exceeds the minimum by less than one
+    standard error of that excess (over rows) counts as tied. The cost curve is flat over a
+    wide range of thresholds, and the exact minimum of one training set wanders across it;
+    with calibrated probabilities and comparable costs 0.5 is the optimum, so the rule keeps
+    it unless the data show a better threshold beyond their noise.
     """
     p = np.asarray(probability, float)
     y = np.asarray(is_metal).astype(bool)
     missed, false = np.asarray(cost_if_missed, float), np.asarray(cost_if_false, float)
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else np.asarray(grid, float)
-    costs = np.array([np.sum(missed[y & (p < t)]) + np.sum(false[~y & (p >= t)]) for t in grid])
-    best = np.flatnonzero(costs <= costs.min() + 1e-9)
+    # per row and threshold: the cost that row adds when the calls are made at that threshold
+    rows = np.where(y[None, :], missed[None, :] * (p[None, :] < grid[:, None]),
+                    false[None, :] * (p[None, :] >= grid[:, None]))
+    costs = rows.sum(axis=1)
+    tolerance = np.full(len(grid), 1e-9)
+    if one_se and len(p) > 1:
+        excess = rows - rows[np.argmin(costs)]
+        tolerance += np.sqrt(len(p)) * excess.std(axis=1, ddof=1)
+    best = np.flatnonzero(costs <= costs.min() + tolerance)
     return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])
 
 

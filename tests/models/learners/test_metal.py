@@ -124,8 +124,25 @@ def test_threshold_minimises_the_added_error():
     # a non-metal at p=0.6 with a 3 eV gap must not be called metal; the metal at p=0.2 costs 0.5 eV if missed
     missed = np.array([0, 0, 0, 1.0, 0.5, 1.0])
     false = np.array([1.0, 1.0, 3.0, 0, 0, 0])
-    t = choose_threshold(p, y, cost_if_missed=missed, cost_if_false=false)
+    t = choose_threshold(p, y, cost_if_missed=missed, cost_if_false=false, one_se=False)
     assert 0.6 < t <= 0.7
     # with a cheap false call at 0.6 and an expensive missed metal at 0.2, the threshold drops below 0.2
-    t = choose_threshold(p, y, cost_if_missed=np.array([0, 0, 0, 1.0, 4.0, 1.0]), cost_if_false=np.array([1, 1, 0.1, 0, 0, 0]))
+    t = choose_threshold(p, y, cost_if_missed=np.array([0, 0, 0, 1.0, 4.0, 1.0]), cost_if_false=np.array([1, 1, 0.1, 0, 0, 0]),
+                         one_se=False)
     assert t <= 0.2
+
+
+def test_one_standard_error_rule_keeps_one_half_unless_the_data_show_better():
+    rng = np.random.default_rng(0)
+    n = 2000
+    p = rng.uniform(size=n)
+    y = rng.uniform(size=n) < p  # calibrated probabilities, equal costs: 0.5 is the optimum
+    cost = np.ones(n)
+    exact = np.array([choose_threshold(p[k::4], y[k::4], cost[k::4], cost[k::4], one_se=False) for k in range(4)])
+    rule = np.array([choose_threshold(p[k::4], y[k::4], cost[k::4], cost[k::4]) for k in range(4)])
+    assert np.abs(exact - 0.5).max() > 0.15  # the exact minimum of a subsample wanders (0.68 in one)
+    assert (np.abs(rule - 0.5) <= np.abs(exact - 0.5)).all()  # the rule only ever moves toward 0.5
+    assert np.abs(rule - 0.5).max() < 0.1
+    # a false metal 5x as costly as a missed one moves the optimum to 5/6: far beyond the noise, so it moves
+    t = choose_threshold(p, y, cost_if_missed=cost, cost_if_false=5 * cost)
+    assert 0.7 < t < 0.9
