@@ -15,8 +15,8 @@ bootstrap interval that resamples formulas (the same draw for every seed; a form
 measurement rows move together).
 
 Other pairs of settings: ``--before`` / ``--after`` take JSON overrides of ``metal.classifier``
-(e.g. ``--before '{}' --after '{"cost_weight_floor": 0.5}'`` for the cost-weighted fit against
-params.yaml's); ``--seeds`` limits the fold seeds.
+(e.g. ``--before '{"ionic": false}' --after '{}'``: params.yaml's classifier without and with
+the IonProperty descriptors); ``--seeds`` limits the fold seeds.
 
 Run after ``dvc repro metal`` (it reads ``data/raw`` and ``data/features``):
 ``PYTHONPATH=. python -m benchmarks.metal_features``; writes
