@@ -24,7 +24,7 @@ from models.properties import get_property
 from pipeline import readers
 
 
-def row_errors(predictions: pd.DataFrame, gaps: pd.DataFrame) -> list[pd.DataFrame]:
+def seed_errors(predictions: pd.DataFrame, gaps: pd.DataFrame) -> list[pd.DataFrame]:
     """Per grouped-CV fold seed: formula, class and absolute error of each all-compositions row."""
     cv = predictions[predictions["protocol"].str.startswith("grouped_cv")]
     formulas = cv["formula"].nunique()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the Markdown table here as well")
     args = parser.parse_args(argv)
     gaps = readers.read_measurements(args.raw_dir, get_property("band_gap"))[["formula", "value"]]
-    before, after = (row_errors(pd.read_csv(p), gaps) for p in (args.before, args.after))
+    before, after = (seed_errors(pd.read_csv(p), gaps) for p in (args.before, args.after))
     lines = ["| grouped 5-fold CV, per fold seed | before | after | after - before (95% CI, by formula) |",
              "|---|---|---|---|"]
     for label, cls in (("all-compositions MAE (eV)", None), ("non-metal MAE (eV)", 0), ("metal MAE (eV)", 1)):

@@ -80,8 +80,13 @@ def bonding_descriptors(formulas: Sequence[str | Composition]) -> pd.DataFrame:
     """
     with no_pauling_warning():  # pymatgen orders a noble gas's composition by electronegativity
         rows = [_formula_row(f) if isinstance(f, str) else _row(f) for f in formulas]
-    data = np.array(rows, dtype=float).reshape(len(rows), len(BONDING_COLUMNS))
-    return pd.DataFrame(data, index=pd.Index([str(f) for f in formulas], name="formula"), columns=list(BONDING_COLUMNS))
+    return _table(rows, formulas, BONDING_COLUMNS)
+
+
+def _table(rows: list, formulas: Sequence, columns: tuple[str, ...]) -> pd.DataFrame:
+    """One row of ``columns`` per formula, indexed by the formulas as given (an empty list gives an empty table)."""
+    data = np.array(rows, dtype=float).reshape(len(rows), len(columns))
+    return pd.DataFrame(data, index=pd.Index([str(f) for f in formulas], name="formula"), columns=list(columns))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -111,6 +116,4 @@ def ionic_descriptors(formulas: Sequence[str]) -> pd.DataFrame:
 
     Raises :class:`featurizers.chemistry.FormulaError` naming a formula that is not chemistry.
     """
-    rows = [_ionic_row(str(f)) for f in formulas]
-    data = np.array(rows, dtype=float).reshape(len(rows), len(IONIC_COLUMNS))
-    return pd.DataFrame(data, index=pd.Index([str(f) for f in formulas], name="formula"), columns=list(IONIC_COLUMNS))
+    return _table([_ionic_row(str(f)) for f in formulas], formulas, IONIC_COLUMNS)
