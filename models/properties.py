@@ -42,6 +42,7 @@ class Property:
     measurement_file: str  # the mirror file (under ../shared/datasets) its measurements come from
     clamp_min: float | None  # predictions are clipped below at this value (None: no bound)
     additive: bool  # DFT-to-experiment shifts are additive over elements (energy additivity in align)
+    element_value: float | None = None  # what a pure element has by definition (None: nothing fixed)
 
 
 PROPERTIES: dict[str, Property] = {
@@ -51,7 +52,8 @@ PROPERTIES: dict[str, Property] = {
                  measurement_file="experiment/expt_gap_zhuo2018.csv", clamp_min=0.0, additive=False),
         Property(name="formation_enthalpy", label="formation enthalpy", unit="eV/atom",
                  dft_column="formation_energy_per_atom",
-                 measurement_file="experiment/expt_formation_enthalpy_ssub.csv", clamp_min=None, additive=True),
+                 measurement_file="experiment/expt_formation_enthalpy_ssub.csv", clamp_min=None, additive=True,
+                 element_value=0.0),
     )
 }
 PROPERTY_NAMES: tuple[str, ...] = tuple(PROPERTIES)

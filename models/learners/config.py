@@ -115,6 +115,11 @@ class StackConfig:
     measured range does not flatten), and beyond the training targets' range the boosters'
     pull back toward that range is faded out, so the prediction follows the calibrated DFT
     trend there instead of a constant.
+    ``bonding`` (set per property from ``train.stack.bonding``): the boosters also see the
+    element-class fractions, valence-electron count, charge balance and ionic character of
+    :mod:`featurizers.bonding`. ``element_value`` (the property's, :mod:`models.properties`): a
+    pure element is predicted this value, which it has by definition (0 eV/atom formation
+    enthalpy of an element in its reference state); None: elements are predicted like compounds.
     """
 
     surrogate_trees: int = 300
@@ -135,6 +140,8 @@ class StackConfig:
     monotone: bool = False
     extrapolate: bool = field(default=False, metadata=PARAM_DERIVED)  # train.stack.extrapolate
     clamp_min: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
+    bonding: bool = field(default=False, metadata=PARAM_DERIVED)  # train.stack.bonding
+    element_value: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
     seed: int = field(default=0, metadata=PARAM_DERIVED)  # train.seed
     n_jobs: int = 2
 
@@ -165,7 +172,8 @@ class StackSettings:
     served stacked model takes the align stage's calibration shifts (:class:`ShiftField`).
     ``extra_fidelities``: other DFT fidelities of ``data/raw/dft.parquet`` given to the stacked
     model where known (the property's own DFT column is skipped). ``extrapolate``: the
-    properties whose stacked model uses the extrapolating calibration (:class:`StackConfig`).
+    properties whose stacked model uses the extrapolating calibration, ``bonding`` those whose
+    boosters also see the bonding and ionic descriptors (:class:`StackConfig`).
     """
 
     enabled: bool = True
@@ -173,6 +181,7 @@ class StackSettings:
     ot_features: bool = True
     extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
     extrapolate: tuple[str, ...] = ("band_gap",)
+    bonding: tuple[str, ...] = ()
     config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
 
     def __post_init__(self) -> None:
@@ -182,10 +191,11 @@ class StackSettings:
             raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
         from models.properties import PROPERTY_NAMES  # a light module; imported here like the type above
 
-        unknown = sorted(set(self.extrapolate) - set(PROPERTY_NAMES))
-        if unknown:
-            raise ValueError(f"stack.extrapolate: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
-                             f"(valid: {', '.join(PROPERTY_NAMES)})")
+        for key in ("extrapolate", "bonding"):
+            unknown = sorted(set(getattr(self, key)) - set(PROPERTY_NAMES))
+            if unknown:
+                raise ValueError(f"stack.{key}: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
+                                 f"(valid: {', '.join(PROPERTY_NAMES)})")
 
 
 @dataclass(frozen=True)
@@ -258,8 +268,8 @@ class FitConfig:
         """Return the stacked model's settings for ``prop`` (seed and clamp set), or None when the stack is off."""
         if not self.stack.enabled:
             return None
-        return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min,
-                       extrapolate=prop.name in self.stack.extrapolate)
+        return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min, element_value=prop.element_value,
+                       extrapolate=prop.name in self.stack.extrapolate, bonding=prop.name in self.stack.bonding)
 
     def extra_fidelities(self, prop: Property) -> tuple[str, ...]:
         """Return the other DFT fidelities the stacked model takes for ``prop`` (never its own DFT column)."""

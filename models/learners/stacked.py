@@ -27,6 +27,13 @@ as the DFT value rises. Beyond the central 96% of the training targets, a booste
 range is faded out linearly over one standard deviation of the targets, so the prediction
 follows the calibrated trend there (a push outward is kept, which keeps the prediction monotone).
 
+Chemistry that transfers (``config.bonding``, chosen per property): the boosters also see the
+element-class fractions, valence-electron count, charge balance and ionic character of
+:mod:`featurizers.bonding`, after the descriptors. Elements (``config.element_value``): a
+formula of one element is predicted the value it has by definition (formation enthalpy 0 of an
+element in its reference state), with no spread; trees fitted on compounds alone would not
+know it.
+
 The surrogate is *cross-fitted*: for a formula in the DFT training set the feature is the
 prediction of the surrogate fitted on the other folds, so a covered formula's feature is an
 out-of-sample estimate exactly like an uncovered formula's (otherwise the feature would be a
@@ -39,6 +46,7 @@ fitted state ends in ``_``) and take frames keyed by ``formula``; bad input rais
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -48,6 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS, bonding_descriptors, ionic_descriptors
 from featurizers.chemistry import element_fractions
 from models._io import read_header, write_header
 from models.learners.config import StackConfig
@@ -63,6 +72,11 @@ __all__ = [
     "surrogate_from_state",
     "surrogate_state",
 ]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_element(formula: str) -> bool:
+    return len(element_fractions(formula)) == 1
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
@@ -201,7 +215,7 @@ class StackedModel:
 
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None,
                  extra_value: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Descriptor columns, :attr:`MF_COLUMNS`, the extra references, then the OT columns.
+        """Descriptor columns (with ``config.bonding`` the bonding ones), :attr:`MF_COLUMNS`, extra references, OT columns.
 
         ``MF_COLUMNS`` hold NaN in ``dft_value`` where none is known; the OT columns (the
         neighbours' shift and the best estimate plus it) are there only with a shift field.
@@ -214,6 +228,8 @@ class StackedModel:
         """
         formulas = list(formulas)
         x = descriptor_matrix(descriptors, formulas, self.surrogate.columns_)
+        if self.config.bonding:
+            x = np.column_stack([x, bonding_descriptors(formulas).to_numpy(float), ionic_descriptors(formulas).to_numpy(float)])
         sur = self.surrogate.predict(descriptors, formulas)
         if dft_value is None:
             known = pd.Series(formulas).map(self.dft_reference).to_numpy(float)
@@ -328,7 +344,19 @@ class StackedModel:
 
     @property
     def _best_column(self) -> int:
-        return len(self.surrogate.columns_) + len(self.MF_COLUMNS) - 1
+        bonding = len(BONDING_COLUMNS) + len(IONIC_COLUMNS) if self.config.bonding else 0
+        return len(self.surrogate.columns_) + bonding + len(self.MF_COLUMNS) - 1
+
+    def _fixed(self, formulas: list[str], out: np.ndarray, spread: np.ndarray | None = None) -> np.ndarray:
+        """Clamp ``out`` at ``config.clamp_min``; set pure elements to ``config.element_value`` (spread 0), in place."""
+        if self.config.clamp_min is not None:
+            np.maximum(out, self.config.clamp_min, out=out)
+        if self.config.element_value is not None:
+            element = np.array([_is_element(f) for f in formulas], dtype=bool)
+            out[element] = self.config.element_value
+            if spread is not None:
+                spread[element] = 0.0
+        return out
 
     @property
     def _shift_column(self) -> int:
@@ -380,7 +408,7 @@ class StackedModel:
             x = d[rows]
             inside = np.interp(np.clip(x, lo, hi), grid, sorted_curve)
             out[rows] = inside + slope * (np.maximum(x - hi, 0.0) - np.maximum(lo - x, 0.0))
-        return out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)
+        return self._fixed(formulas, out)
 
     def predict_with_spread(self, descriptors: pd.DataFrame, formulas: Sequence[str],
                             dft_value: np.ndarray | None = None,
@@ -391,9 +419,8 @@ class StackedModel:
         base = self._corrected(formulas, x)
         x = np.column_stack([x, base]).astype(np.float32)
         residuals = np.stack([self._faded(base, m.predict(x)) for m in self.models_])
-        out = base + residuals.mean(axis=0)
-        out = out if self.config.clamp_min is None else np.maximum(out, self.config.clamp_min)
-        return out, residuals.std(axis=0)
+        spread = residuals.std(axis=0)
+        return self._fixed(formulas, base + residuals.mean(axis=0), spread), spread
 
 
 # ----------------------------------------------------------------------------- storage (no pickle)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -361,3 +363,70 @@ def test_extrapolate_names_must_be_properties():
 
     with pytest.raises(ValueError, match="unknown property \\['bandgap'\\]"):
         StackSettings(extrapolate=("bandgap",))
+
+
+def test_stack_options_are_chosen_per_property():
+    from models.learners import FitConfig
+    from models.learners.config import StackSettings
+    from models.properties import get_property
+
+    fit = FitConfig(stack=StackSettings(bonding=("band_gap",)))
+    gap, enthalpy = (fit.stack_config(get_property(n)) for n in ("band_gap", "formation_enthalpy"))
+    assert gap.bonding and not enthalpy.bonding
+    # an element in its reference state has formation enthalpy 0 by definition; a gap it has not
+    assert enthalpy.element_value == 0.0 and gap.element_value is None
+    with pytest.raises(ValueError, match="stack.bonding: unknown property \\['gap'\\]"):
+        StackSettings(bonding=("gap",))
+
+
+def _compounds_and_elements(seed: int = 3):
+    """240 binary compounds with y = 2a - 0.5 (between -2.5 and -0.3 eV/atom) and a DFT value near it; four pure elements."""
+    rng = np.random.default_rng(seed)
+    metals, anions = ["Na", "K", "Li", "Mg", "Ca", "Sr", "Ba", "Al"], ["F", "Cl", "Br", "O", "S", "N"]
+    compounds = [f"{m}{k}{x}" for m in metals for x in anions for k in range(1, 6)]
+    elements = ["Fe", "O2", "Si", "Cu"]
+    formulas = compounds + elements
+    desc = pd.DataFrame({"formula": formulas, "a": rng.uniform(-1, 0.1, len(formulas)), "b": rng.normal(size=len(formulas))})
+    y = 2 * desc["a"].to_numpy()[: len(compounds)] - 0.5
+    ref = pd.Series(y + rng.normal(0, 0.05, len(y)), index=compounds)
+    return compounds, elements, desc, y, ref
+
+
+def test_pure_elements_get_the_value_they_have_by_definition():
+    compounds, elements, desc, y, ref = _compounds_and_elements()
+    fitted = {v: StackedModel(replace(FAST, element_value=v), dft_reference=ref).fit(desc, compounds, y)
+              for v in (None, 0.0)}
+    free, fixed = (fitted[v].predict_with_spread(desc, elements + compounds[:20]) for v in (None, 0.0))
+    # trees fitted on compounds far below 0 put an element far below 0 too; with the value fixed it is exactly 0
+    assert np.all(free[0][:4] < -0.2)
+    np.testing.assert_array_equal(fixed[0][:4], 0.0)
+    np.testing.assert_array_equal(fixed[1][:4], 0.0)
+    assert free[1][:4].max() > 0  # the two boosters disagree
+    # compounds are untouched: the same boosters
+    np.testing.assert_array_equal(fixed[0][4:], free[0][4:])
+    # a caller's DFT values (and the monotone rearrangement) do not move an element either
+    sweep = fitted[0.0].rearranged(desc, ["Fe"] * 3 + ["Na1F"] * 3, np.array([-2.0, 0.0, 5.0] * 2))
+    np.testing.assert_array_equal(sweep[:3], 0.0)
+    assert np.all(np.diff(sweep[3:]) >= 0) and sweep[5] > sweep[3]
+
+
+def test_bonding_columns_follow_the_descriptors_and_survive_save_load(tmp_path):
+    from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS
+    from models.learners import load_stacked, save_stacked
+
+    compounds, _, desc, y, ref = _compounds_and_elements(4)
+    plain = StackedModel(FAST, dft_reference=ref).fit(desc, compounds, y)
+    model = StackedModel(replace(FAST, bonding=True), dft_reference=ref).fit(desc, compounds, y)
+    x0, x1 = plain.features(desc, compounds), model.features(desc, compounds)
+    width = len(BONDING_COLUMNS) + len(IONIC_COLUMNS)
+    assert x1.shape[1] == x0.shape[1] + width
+    np.testing.assert_array_equal(x1[:, :2], x0[:, :2])  # the descriptors first
+    # the best-estimate column still holds the known DFT value (all compounds have one here)
+    np.testing.assert_allclose(x1[:, model._best_column], ref.loc[compounds].to_numpy(), rtol=1e-6)
+    # charge balance (NaCl-like Na1F balanced, Na2F not) is read from the formula
+    balanced = x1[:, 2 + len(BONDING_COLUMNS)]
+    assert balanced[compounds.index("Na1F")] == 1.0 and balanced[compounds.index("Na2F")] == 0.0
+    save_stacked(model, tmp_path / "m")
+    loaded = load_stacked(tmp_path / "m")
+    assert loaded.config.bonding
+    np.testing.assert_allclose(loaded.predict(desc, compounds[:30]), model.predict(desc, compounds[:30]), atol=1e-12)

@@ -1,0 +1,118 @@
+"""Two settings of the stacked model, paired on the evaluate stage's folds: does an option change any MAE?
+
+For each property, the stacked model as the evaluate stage builds it (``train.stack`` for that
+property, shared DFT surrogate, without OT features, ``--bags`` boosters) is fitted on every
+fold of ``evaluate.full``'s protocols twice, with ``--before`` and with ``--after`` applied to
+its :class:`models.learners.StackConfig` (JSON overrides, e.g. ``'{"bonding": true}'`` or
+``'{"element_value": null}'``), for each of ``--seeds`` (the fold and booster seed). Per
+protocol and for the pooled OOD protocols: MAE mean ± std over seeds, and the paired
+difference after - before with a 95% bootstrap interval over formulas (one draw for all
+seeds). Also the MAE of the pure elements and of the compounds apart.
+
+Run after ``dvc repro align``: ``PYTHONPATH=. python -m benchmarks.stack_options --property
+formation_enthalpy --before '{"element_value": null}' --after '{}' --out benchmarks/elements_results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import seeded
+from benchmarks.metal_features import paired_by_formula
+from featurizers.chemistry import element_fractions
+from models.evaluation.config import OOD_PROTOCOLS
+from models.evaluation.run import _problem, stack_inputs
+from models.evaluation.splits import make_folds
+from models.learners import StackedModel
+from models.properties import get_property
+from pipeline.evaluate import load_inputs
+from pipeline.params.evaluate import EvaluateParams
+from pipeline.params.train import TrainParams
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_property(name: str, params: EvaluateParams, train: TrainParams, settings: dict[str, dict], seeds: list[int],
+                 bags: int, threads: int) -> dict:
+    prop = get_property(name)
+    full = params.full
+    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
+    exp = _problem(inputs, full, seed=params.seed)["experiment"]
+    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
+    element = np.array([len(element_fractions(f)) == 1 for f in formulas])
+    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
+    errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for seed in seeds:
+        folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
+        for setting, overrides in settings.items():
+            config = replace(stack.config, seed=seed, **overrides)
+            rows = []
+            for f in folds:
+                model = StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
+                                     extra_reference=stack.extra_reference)
+                model.fit(inputs.descriptors, [formulas[i] for i in f.train], y[f.train])
+                pred = model.predict(inputs.descriptors, [formulas[i] for i in f.test])
+                rows.append(pd.DataFrame({"protocol": f.protocol, "formula": [formulas[i] for i in f.test],
+                                          "element": element[f.test], "error": np.abs(pred - y[f.test])}))
+            tab = pd.concat(rows, ignore_index=True)
+            tab = pd.concat([tab, tab[tab["protocol"].isin(OOD_PROTOCOLS)].assign(protocol="pooled_ood")])
+            for protocol, part in tab.groupby("protocol"):
+                errors.setdefault((protocol, setting), []).append(part.reset_index(drop=True))
+            print(f"{name} seed {seed} {setting:6s} " + " ".join(f"{p} {g['error'].mean():.4f}"
+                                                              for p, g in tab.groupby("protocol")), flush=True)
+    out = {}
+    for protocol in sorted({p for p, _ in errors}):
+        before, after = errors[(protocol, "before")], errors[(protocol, "after")]
+        diff, lo, hi = paired_by_formula(before, after)
+        out[protocol] = {"rows": len(before[0]), "elements": int(before[0]["element"].sum()), "diff": {"mean": diff,
+                         "ci95": [lo, hi]}}
+        for s, parts in (("before", before), ("after", after)):
+            out[protocol][s] = {part: {"mean": float(np.mean([p.loc[mask(p), "error"].mean() for p in parts])),
+                                       "std": float(np.std([p.loc[mask(p), "error"].mean() for p in parts]))}
+                                for part, mask in (("all", lambda p: p["error"].notna()), ("compounds", lambda p: ~p["element"]),
+                                                   ("elements", lambda p: p["element"]))}
+    return {"unit": prop.unit, "protocols": out}
+
+
+def _cell(d: dict) -> str:
+    return "-" if np.isnan(d["mean"]) else f"{d['mean']:.4f} ± {d['std']:.4f}"
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Two settings of the stacked model (benchmarks/stack_options.py)", "",
+             f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model without OT; "
+             f"before = `{json.dumps(results['before'])}`, after = `{json.dumps(results['after'])}` (StackConfig overrides "
+             f"of params.yaml's settings); {results['seconds']:.0f} s{'; ' + results['load'] if results.get('load') else ''}.",
+             "MAE mean ± std over seeds; difference after - before with a 95% bootstrap interval over formulas.", ""]
+    for name in results["properties"]:
+        r = results[name]
+        lines += [f"## {name} ({r['unit']})", "", "| protocol | rows (elements) | before | after | diff [95% CI] | "
+                  "compounds before | compounds after | elements before | elements after |", "|---|---|---|---|---|---|---|---|---|"]
+        for p, s in r["protocols"].items():
+            d = s["diff"]
+            lines.append(f"| {p} | {s['rows']} ({s['elements']}) | {_cell(s['before']['all'])} | {_cell(s['after']['all'])} | "
+                         f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {_cell(s['before']['compounds'])} | "
+                         f"{_cell(s['after']['compounds'])} | {_cell(s['before']['elements'])} | {_cell(s['after']['elements'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = seeded.parser(__doc__, HERE / "stack_options_results.json")
+    parser.add_argument("--before", type=json.loads, default={}, help="JSON overrides of the property's StackConfig")
+    parser.add_argument("--after", type=json.loads, default={}, help="JSON overrides of the property's StackConfig")
+    parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
+    args = parser.parse_args(argv)
+    settings = {"before": args.before, "after": args.after}
+    return seeded.run(args, lambda name, params, train: run_property(name, params, train, settings, args.seeds,
+                                                                                 args.bags, args.threads),
+                      markdown, before=args.before, after=args.after)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
