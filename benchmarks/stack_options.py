@@ -9,6 +9,12 @@ protocol and for the pooled OOD protocols: MAE mean ± std over seeds, and the p
 difference after - before with a 95% bootstrap interval over formulas (one draw for all
 seeds). Also the MAE of the pure elements and of the compounds apart.
 
+``--nested``: the same on folds inside the *training* parts of the evaluate stage's folds,
+so that no test row of the evaluate stage is seen (where a setting is chosen): each grouped-CV
+training part split in 3 grouped folds, and :func:`benchmarks.extrapolation.nested_folds`
+(the range fold's own top 10%; halide, oxide and pnictide held out inside the halide and oxide
+family-out training parts).
+
 Run after ``dvc repro align``: ``PYTHONPATH=. python -m benchmarks.stack_options --property
 formation_enthalpy --before '{"element_value": null}' --after '{}' --out benchmarks/elements_results.json``.
 """
@@ -23,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import seeded
+from benchmarks.extrapolation import nested_folds
 from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_fractions
 from models.evaluation.config import OOD_PROTOCOLS
 from models.evaluation.run import _problem, stack_inputs
-from models.evaluation.splits import make_folds
+from models.evaluation.splits import Fold, grouped_kfold, make_folds
 from models.learners import StackedModel
 from models.properties import get_property
 from pipeline.evaluate import load_inputs
@@ -37,8 +44,18 @@ from pipeline.params.train import TrainParams
 HERE = Path(__file__).resolve().parent
 
 
+def inner_folds(folds: list[Fold], values: np.ndarray, formulas: list[str], *, seed: int) -> list[Fold]:
+    """Folds inside the training parts of ``folds`` (see the module docstring)."""
+    out = nested_folds(folds, values, formulas)
+    for f in folds:
+        if f.protocol == "grouped_cv":
+            out += [Fold("grouped_cv", f"in-{f.name}/{g.name}", f.train[g.train], f.train[g.test])
+                    for g in grouped_kfold([formulas[i] for i in f.train], n_folds=3, seed=seed)]
+    return out
+
+
 def run_property(name: str, params: EvaluateParams, train: TrainParams, settings: dict[str, dict], seeds: list[int],
-                 bags: int, threads: int) -> dict:
+                 bags: int, threads: int, nested: bool = False) -> dict:
     prop = get_property(name)
     full = params.full
     inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
@@ -49,6 +66,8 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in seeds:
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
+        if nested:
+            folds = inner_folds(folds, y, formulas, seed=seed)
         for setting, overrides in settings.items():
             config = replace(stack.config, seed=seed, **overrides)
             rows = []
@@ -76,7 +95,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
                                        "std": float(np.std([p.loc[mask(p), "error"].mean() for p in parts]))}
                                 for part, mask in (("all", lambda p: p["error"].notna()), ("compounds", lambda p: ~p["element"]),
                                                    ("elements", lambda p: p["element"]))}
-    return {"unit": prop.unit, "protocols": out}
+    return {"unit": prop.unit, "folds": "nested" if nested else "outer", "protocols": out}
 
 
 def _cell(d: dict) -> str:
@@ -91,7 +110,7 @@ def markdown(results: dict) -> str:
              "MAE mean ± std over seeds; difference after - before with a 95% bootstrap interval over formulas.", ""]
     for name in results["properties"]:
         r = results[name]
-        lines += [f"## {name} ({r['unit']})", "", "| protocol | rows (elements) | before | after | diff [95% CI] | "
+        lines += [f"## {name} ({r['unit']}), {r.get('folds', 'outer')} folds", "", "| protocol | rows (elements) | before | after | diff [95% CI] | "
                   "compounds before | compounds after | elements before | elements after |", "|---|---|---|---|---|---|---|---|---|"]
         for p, s in r["protocols"].items():
             d = s["diff"]
@@ -107,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=json.loads, default={}, help="JSON overrides of the property's StackConfig")
     parser.add_argument("--after", type=json.loads, default={}, help="JSON overrides of the property's StackConfig")
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
+    parser.add_argument("--nested", action="store_true", help="folds inside the evaluate folds' training parts")
     args = parser.parse_args(argv)
     settings = {"before": args.before, "after": args.after}
     return seeded.run(args, lambda name, params, train: run_property(name, params, train, settings, args.seeds,
-                                                                                 args.bags, args.threads),
-                      markdown, before=args.before, after=args.after)
+                                                                                 args.bags, args.threads, args.nested),
+                      markdown, before=args.before, after=args.after, nested=args.nested)
 
 
 if __name__ == "__main__":
