@@ -265,7 +265,7 @@ class FitConfig:
         return replace(self.optim, model=self.model, clamp_min=prop.clamp_min)
 
     def stack_config(self, prop: Property) -> StackConfig | None:
-        """Return the stacked model's settings for ``prop`` (seed and clamp set), or None when the stack is off."""
+        """Return the stacked model's settings for ``prop`` (seed, clamp, element value and per-property options set), or None when the stack is off."""
         if not self.stack.enabled:
             return None
         return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min, element_value=prop.element_value,

@@ -347,7 +347,7 @@ class StackedModel:
         bonding = len(BONDING_COLUMNS) + len(IONIC_COLUMNS) if self.config.bonding else 0
         return len(self.surrogate.columns_) + bonding + len(self.MF_COLUMNS) - 1
 
-    def _fixed(self, formulas: list[str], out: np.ndarray, spread: np.ndarray | None = None) -> np.ndarray:
+    def apply_bounds(self, formulas: list[str], out: np.ndarray, spread: np.ndarray | None = None) -> np.ndarray:
         """Clamp ``out`` at ``config.clamp_min``; set pure elements to ``config.element_value`` (spread 0), in place."""
         if self.config.clamp_min is not None:
             np.maximum(out, self.config.clamp_min, out=out)
@@ -408,7 +408,7 @@ class StackedModel:
             x = d[rows]
             inside = np.interp(np.clip(x, lo, hi), grid, sorted_curve)
             out[rows] = inside + slope * (np.maximum(x - hi, 0.0) - np.maximum(lo - x, 0.0))
-        return self._fixed(formulas, out)
+        return self.apply_bounds(formulas, out)
 
     def predict_with_spread(self, descriptors: pd.DataFrame, formulas: Sequence[str],
                             dft_value: np.ndarray | None = None,
@@ -420,7 +420,7 @@ class StackedModel:
         x = np.column_stack([x, base]).astype(np.float32)
         residuals = np.stack([self._faded(base, m.predict(x)) for m in self.models_])
         spread = residuals.std(axis=0)
-        return self._fixed(formulas, base + residuals.mean(axis=0), spread), spread
+        return self.apply_bounds(formulas, base + residuals.mean(axis=0), spread), spread
 
 
 # ----------------------------------------------------------------------------- storage (no pickle)

@@ -185,6 +185,8 @@ class EnsemblePredictor:
             stacked, stacked_spread = self._stacked(frame, desc, formulas, dft, extra)
             value = w * stacked + (1 - w) * value
             spread = np.sqrt((w * stacked_spread) ** 2 + ((1 - w) * spread) ** 2)
+            # the blend keeps what the property fixes (a pure element's formation enthalpy is 0)
+            value = self.stacked.apply_bounds(formulas, np.array(value, float), spread)
         return self._with_intervals(value, spread, desc, formulas, coverage)
 
     def _stacked(self, frame: pd.DataFrame, desc: pd.DataFrame, formulas: list[str], dft: np.ndarray,

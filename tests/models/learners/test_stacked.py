@@ -375,7 +375,7 @@ def test_stack_options_are_chosen_per_property():
     assert gap.bonding and not enthalpy.bonding
     # an element in its reference state has formation enthalpy 0 by definition; a gap it has not
     assert enthalpy.element_value == 0.0 and gap.element_value is None
-    with pytest.raises(ValueError, match="stack.bonding: unknown property \\['gap'\\]"):
+    with pytest.raises(ValueError, match=r"stack\.bonding: unknown property \['gap'\]"):
         StackSettings(bonding=("gap",))
 
 
@@ -408,6 +408,12 @@ def test_pure_elements_get_the_value_they_have_by_definition():
     sweep = fitted[0.0].rearranged(desc, ["Fe"] * 3 + ["Na1F"] * 3, np.array([-2.0, 0.0, 5.0] * 2))
     np.testing.assert_array_equal(sweep[:3], 0.0)
     assert np.all(np.diff(sweep[3:]) >= 0) and sweep[5] > sweep[3]
+    # a blend with another model's values (serving with blend_weight < 1) keeps the elements' value
+    blend, spread = 0.5 * fixed[0] - 0.5, np.full(len(fixed[0]), 0.1)
+    bounded = fitted[0.0].apply_bounds(elements + compounds[:20], blend.copy(), spread)
+    np.testing.assert_array_equal(bounded[:4], 0.0)
+    np.testing.assert_array_equal(bounded[4:], blend[4:])
+    np.testing.assert_array_equal(spread, [0.0] * 4 + [0.1] * 20)
 
 
 def test_bonding_columns_follow_the_descriptors_and_survive_save_load(tmp_path):
