@@ -79,7 +79,8 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
                 rows.append(pd.DataFrame({"protocol": f.protocol, "formula": [formulas[i] for i in f.test],
                                           "element": element[f.test], "error": np.abs(pred - y[f.test])}))
             tab = pd.concat(rows, ignore_index=True)
-            tab = pd.concat([tab, tab[tab["protocol"].isin(OOD_PROTOCOLS)].assign(protocol="pooled_ood")])
+            if not nested:  # the nested folds have one OOD protocol: its pool would be a copy of it
+                tab = pd.concat([tab, tab[tab["protocol"].isin(OOD_PROTOCOLS)].assign(protocol="pooled_ood")])
             for protocol, part in tab.groupby("protocol"):
                 errors.setdefault((protocol, setting), []).append(part.reset_index(drop=True))
             print(f"{name} seed {seed} {setting:6s} " + " ".join(f"{p} {g['error'].mean():.4f}"
