@@ -37,10 +37,8 @@ import pandas as pd
 
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
-from models.evaluation.config import OOD_PROTOCOLS
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, family_folds, make_folds, range_extrapolation
-from models.learners import StackedModel
 from models.properties import get_property
 from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
@@ -81,19 +79,10 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: l
         outer = make_folds(settings, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
         for kind, folds in (("nested", nested_folds(outer, y, formulas)), ("outer", outer)):
             for setting, change in SETTINGS.items():
-                config = replace(stack.config, seed=seed, **change)
-                rows = []
-                for f in folds:
-                    model = StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
-                                         extra_reference=stack.extra_reference)
-                    model.fit(inputs.descriptors, [formulas[i] for i in f.train], y[f.train])
-                    pred = model.predict(inputs.descriptors, [formulas[i] for i in f.test])
-                    rows.append(pd.DataFrame({"protocol": f.protocol, "fold": f.name, "row": f.test,
-                                              "formula": [formulas[i] for i in f.test],
-                                              "error": np.abs(pred - y[f.test])}))
-                table = pd.concat(rows, ignore_index=True)
+                table = seeded.fold_errors(replace(stack.config, seed=seed, **change), stack, inputs.descriptors,
+                                           formulas, y, folds)
                 if kind == "outer":  # the nested folds have one OOD protocol: its pool would be a copy of it
-                    table = pd.concat([table, table[table["protocol"].isin(OOD_PROTOCOLS)].assign(protocol="pooled_ood")])
+                    table = seeded.with_pooled_ood(table)
                 for protocol, part in table.groupby("protocol"):
                     errors.setdefault((kind, protocol, setting), []).append(part.reset_index(drop=True))
                 print(f"{name} seed {seed} {kind:6s} {setting:11s} "

@@ -33,10 +33,8 @@ import pandas as pd
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_fractions
-from models.evaluation.config import OOD_PROTOCOLS
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import make_folds
-from models.learners import StackedModel
 from models.properties import STABILITY, choose_polymorphs, get_property
 from models.transport import hull_mixtures
 from pipeline.evaluate import load_inputs
@@ -98,16 +96,9 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, raw: Pat
     for seed in seeds:
         folds = make_folds(settings, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
         for setting, more in (("without", {}), ("with", extra)):
-            rows = []
-            for f in folds:
-                model = StackedModel(replace(stack.config, seed=seed), dft_reference=stack.dft_reference,
-                                     surrogate=stack.surrogate, extra_reference={**stack.extra_reference, **more})
-                model.fit(inputs.descriptors, [formulas[i] for i in f.train], y[f.train])
-                pred = model.predict(inputs.descriptors, [formulas[i] for i in f.test])
-                rows.append(pd.DataFrame({"protocol": f.protocol, "formula": [formulas[i] for i in f.test],
-                                          "error": np.abs(pred - y[f.test])}))
-            tab = pd.concat(rows, ignore_index=True)
-            tab = pd.concat([tab, tab[tab["protocol"].isin(OOD_PROTOCOLS)].assign(protocol="pooled_ood")])
+            tab = seeded.with_pooled_ood(seeded.fold_errors(replace(stack.config, seed=seed), stack, inputs.descriptors,
+                                                            formulas, y, folds,
+                                                            extra_reference={**stack.extra_reference, **more}))
             for protocol, part in tab.groupby("protocol"):
                 errors.setdefault((protocol, setting), []).append(part.reset_index(drop=True))
             print(f"{name} seed {seed} {setting:7s} " + " ".join(f"{p} {g['error'].mean():.4f}"

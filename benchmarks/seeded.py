@@ -1,7 +1,8 @@
-"""The command line and result files shared by the seeded model benchmarks (extrapolation, mixture, rearrangement).
+"""The command line, result files and fold loop shared by the seeded model benchmarks.
 
-Each runs per property over seeds on the evaluate stage's folds and writes
-``<out>.json`` (everything) and ``<out>.md`` (the table), printing the table too.
+Each (extrapolation, mixture, rearrangement, stack_options) runs per property over seeds on the
+evaluate stage's folds and writes ``<out>.json`` (everything) and ``<out>.md`` (the table),
+printing the table too. :func:`fold_errors` fits the stacked model on every fold's training part.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from models.evaluation.config import OOD_PROTOCOLS
+from models.learners import StackConfig, StackedModel
 from models.properties import PROPERTY_NAMES
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
-__all__ = ["parser", "run"]
+__all__ = ["fold_errors", "parser", "run", "with_pooled_ood"]
 
 
 def parser(doc: str, out: Path, *, bags_help: str | None = None) -> argparse.ArgumentParser:
@@ -50,3 +56,26 @@ def run(args: argparse.Namespace, per_property: Callable[[str, EvaluateParams, T
     args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
     print(text)
     return 0
+
+
+def fold_errors(config: StackConfig, stack, descriptors: pd.DataFrame, formulas: list[str], y: np.ndarray, folds: list,
+                *, extra_reference: dict[str, pd.Series] | None = None) -> pd.DataFrame:
+    """Fit the stacked model on each fold's training part; per test row: protocol, fold, row, formula, absolute error.
+
+    ``stack``: the evaluate stage's shared inputs (:func:`models.evaluation.run.stack_inputs`: DFT
+    references and surrogate); ``extra_reference`` replaces its extra references when given.
+    """
+    extra = stack.extra_reference if extra_reference is None else extra_reference
+    rows = []
+    for f in folds:
+        model = StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate, extra_reference=extra)
+        model.fit(descriptors, [formulas[i] for i in f.train], y[f.train])
+        pred = model.predict(descriptors, [formulas[i] for i in f.test])
+        rows.append(pd.DataFrame({"protocol": f.protocol, "fold": f.name, "row": f.test,
+                                  "formula": [formulas[i] for i in f.test], "error": np.abs(pred - y[f.test])}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def with_pooled_ood(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus its OOD protocols' rows again as protocol ``pooled_ood``."""
+    return pd.concat([table, table[table["protocol"].isin(OOD_PROTOCOLS)].assign(protocol="pooled_ood")])

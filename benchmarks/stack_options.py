@@ -32,10 +32,8 @@ from benchmarks import seeded
 from benchmarks.extrapolation import nested_folds
 from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_fractions
-from models.evaluation.config import OOD_PROTOCOLS
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, grouped_kfold, make_folds
-from models.learners import StackedModel
 from models.properties import get_property
 from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
@@ -69,18 +67,11 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
         if nested:
             folds = inner_folds(folds, y, formulas, seed=seed)
         for setting, overrides in settings.items():
-            config = replace(stack.config, seed=seed, **overrides)
-            rows = []
-            for f in folds:
-                model = StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
-                                     extra_reference=stack.extra_reference)
-                model.fit(inputs.descriptors, [formulas[i] for i in f.train], y[f.train])
-                pred = model.predict(inputs.descriptors, [formulas[i] for i in f.test])
-                rows.append(pd.DataFrame({"protocol": f.protocol, "formula": [formulas[i] for i in f.test],
-                                          "element": element[f.test], "error": np.abs(pred - y[f.test])}))
-            tab = pd.concat(rows, ignore_index=True)
+            tab = seeded.fold_errors(replace(stack.config, seed=seed, **overrides), stack, inputs.descriptors, formulas,
+                                     y, folds)
+            tab["element"] = element[tab["row"].to_numpy()]
             if not nested:  # the nested folds have one OOD protocol: its pool would be a copy of it
-                tab = pd.concat([tab, tab[tab["protocol"].isin(OOD_PROTOCOLS)].assign(protocol="pooled_ood")])
+                tab = seeded.with_pooled_ood(tab)
             for protocol, part in tab.groupby("protocol"):
                 errors.setdefault((protocol, setting), []).append(part.reset_index(drop=True))
             print(f"{name} seed {seed} {setting:6s} " + " ".join(f"{p} {g['error'].mean():.4f}"
