@@ -31,7 +31,7 @@ import pandas as pd
 from benchmarks import seeded
 from benchmarks.extrapolation import nested_folds
 from benchmarks.metal_features import paired_by_formula
-from featurizers.chemistry import element_fractions
+from featurizers.chemistry import is_element
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, grouped_kfold, make_folds
 from models.properties import get_property
@@ -59,7 +59,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
     inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
     exp = _problem(inputs, full, seed=params.seed)["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    element = np.array([len(element_fractions(f)) == 1 for f in formulas])
+    element = np.array([is_element(f) for f in formulas])
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in seeds:
@@ -83,11 +83,16 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
         out[protocol] = {"rows": len(before[0]), "elements": int(before[0]["element"].sum()), "diff": {"mean": diff,
                          "ci95": [lo, hi]}}
         for s, parts in (("before", before), ("after", after)):
-            out[protocol][s] = {part: {"mean": float(np.mean([p.loc[mask(p), "error"].mean() for p in parts])),
-                                       "std": float(np.std([p.loc[mask(p), "error"].mean() for p in parts]))}
-                                for part, mask in (("all", lambda p: p["error"].notna()), ("compounds", lambda p: ~p["element"]),
-                                                   ("elements", lambda p: p["element"]))}
+            out[protocol][s] = {"all": _spread([p["error"] for p in parts]),
+                                "compounds": _spread([p.loc[~p["element"], "error"] for p in parts]),
+                                "elements": _spread([p.loc[p["element"], "error"] for p in parts])}
     return {"unit": prop.unit, "folds": "nested" if nested else "outer", "protocols": out}
+
+
+def _spread(errors: list[pd.Series]) -> dict[str, float]:
+    """Mean and std over seeds of the MAE of each seed's ``errors`` (NaN for empty ones)."""
+    maes = [e.mean() for e in errors]
+    return {"mean": float(np.mean(maes)), "std": float(np.std(maes))}
 
 
 def _cell(d: dict) -> str:

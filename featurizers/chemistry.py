@@ -9,6 +9,7 @@ otherwise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import warnings
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pymatgen.core import Composition, Element
 from pymatgen.util.string import formula_double_format
 
-__all__ = ["FormulaError", "element_fractions", "no_pauling_warning", "parse_formula", "reduced_formula"]
+__all__ = ["FormulaError", "element_fractions", "is_element", "no_pauling_warning", "parse_formula", "reduced_formula"]
 
 # Characters a formula may contain: element symbols, amounts, brackets, hydrate dots.
 _ALLOWED = re.compile(r"^[A-Za-z0-9.()\[\]{}·* ]+$")
@@ -120,3 +121,9 @@ def element_fractions(formula: str | Composition) -> dict[str, float]:
     comp = parse_formula(formula) if isinstance(formula, str) else formula
     frac = comp.fractional_composition
     return {el.symbol: float(amt) for el, amt in frac.items()}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def is_element(formula: str) -> bool:
+    """Whether ``formula`` is a pure element ("Fe", "O2"); remembered, as models ask per row in every fold."""
+    return len(element_fractions(formula)) == 1

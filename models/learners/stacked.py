@@ -46,7 +46,6 @@ fitted state ends in ``_``) and take frames keyed by ``formula``; bad input rais
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -57,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS, bonding_descriptors, ionic_descriptors
-from featurizers.chemistry import element_fractions
+from featurizers.chemistry import element_fractions, is_element
 from models._io import read_header, write_header
 from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField, descriptor_rows
@@ -72,11 +71,6 @@ __all__ = [
     "surrogate_from_state",
     "surrogate_state",
 ]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _is_element(formula: str) -> bool:
-    return len(element_fractions(formula)) == 1
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
@@ -352,7 +346,7 @@ class StackedModel:
         if self.config.clamp_min is not None:
             np.maximum(out, self.config.clamp_min, out=out)
         if self.config.element_value is not None:
-            element = np.array([_is_element(f) for f in formulas], dtype=bool)
+            element = np.array([is_element(f) for f in formulas], dtype=bool)
             out[element] = self.config.element_value
             if spread is not None:
                 spread[element] = 0.0

@@ -1,6 +1,6 @@
 import pytest
 
-from featurizers.chemistry import FormulaError, element_fractions, reduced_formula
+from featurizers.chemistry import FormulaError, element_fractions, is_element, reduced_formula
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,8 @@ def test_invalid_formulas_name_the_input(formula, message):
 def test_fractions_sum_to_one():
     fr = element_fractions("Fe2O3")
     assert fr == pytest.approx({"Fe": 0.4, "O": 0.6})
+
+
+def test_is_element_means_one_element_whatever_the_amount():
+    assert is_element("Fe") and is_element("O2") and is_element("C60")
+    assert not is_element("NaCl") and not is_element("Fe0.5Ni0.5")
