@@ -101,6 +101,8 @@ class StackConfig:
     """Options of the stacked model (chosen on seed-1 folds, see benchmarks/cv_experiment_results.md).
 
     ``surrogate_*`` configure the DFT surrogate, the rest the model of the measurements.
+    ``max_bin`` / ``surrogate_max_bin``: LightGBM's histogram bins per feature (fewer = faster
+    trees; 255 is LightGBM's default).
     ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
     boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
     ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
@@ -126,6 +128,7 @@ class StackConfig:
     surrogate_leaves: int = 63
     surrogate_lr: float = 0.05
     surrogate_folds: int = 5
+    surrogate_max_bin: int = 255
     trees: int = 800
     leaves: int = 31
     lr: float = 0.03
@@ -133,6 +136,7 @@ class StackConfig:
     colsample: float = 0.5
     subsample: float = 0.8
     objective: str = "regression"
+    max_bin: int = 255
     bags: int = 5
     correction_alpha: float | None = 10.0
     ot_in_correction: bool = False
@@ -150,6 +154,9 @@ class StackConfig:
                      "ot_neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StackConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_bin", "surrogate_max_bin"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"StackConfig.{name} must be >= 2, got {getattr(self, name)}")
         if self.surrogate_folds < 2:
             raise ValueError(f"StackConfig.surrogate_folds must be >= 2, got {self.surrogate_folds}")
         for name in ("colsample", "subsample", "lr", "surrogate_lr"):
@@ -281,7 +288,8 @@ class MetalConfig:
     """Options of the metal classifier (:class:`models.learners.MetalClassifier`; ``metal.classifier`` in params.yaml).
 
     ``trees`` / ``leaves`` / ``lr`` / ``min_child_samples`` / ``colsample`` / ``subsample``:
-    the LightGBM classifiers, ``bags`` of them with seeds ``seed ..`` averaged. ``surrogate_*``:
+    the LightGBM classifiers, ``bags`` of them with seeds ``seed ..`` averaged; ``max_bin``
+    their histogram bins per feature (as :class:`StackConfig`'s). ``surrogate_*``:
     the two composition models of DFT data (PBE gap, PBE metallic or not), cross-fitted like
     the stacked model's surrogate. ``dft_metal_gap``: a DFT entry whose PBE gap is at most
     this (eV) counts as metallic. ``bonding``: the classifiers also see
@@ -297,10 +305,12 @@ class MetalConfig:
     colsample: float = 0.5
     subsample: float = 0.8
     bags: int = 3
+    max_bin: int = 255
     surrogate_trees: int = 300
     surrogate_leaves: int = 63
     surrogate_lr: float = 0.05
     surrogate_folds: int = 5
+    surrogate_max_bin: int = 255
     dft_metal_gap: float = 0.0
     bonding: bool = True
     ionic: bool = False
@@ -311,6 +321,9 @@ class MetalConfig:
         for name in ("trees", "leaves", "min_child_samples", "bags", "surrogate_trees", "surrogate_leaves", "n_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MetalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_bin", "surrogate_max_bin"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"MetalConfig.{name} must be >= 2, got {getattr(self, name)}")
         if self.surrogate_folds < 2:
             raise ValueError(f"MetalConfig.surrogate_folds must be >= 2, got {self.surrogate_folds}")
         for name in ("colsample", "subsample", "lr", "surrogate_lr"):
@@ -323,7 +336,8 @@ class MetalConfig:
         """Return the :class:`StackConfig` a :class:`~models.learners.DFTSurrogate` of these settings takes."""
         return StackConfig(surrogate_trees=self.surrogate_trees, surrogate_leaves=self.surrogate_leaves,
                            surrogate_lr=self.surrogate_lr, surrogate_folds=self.surrogate_folds,
-                           colsample=self.colsample, subsample=self.subsample, seed=self.seed, n_jobs=self.n_jobs)
+                           surrogate_max_bin=self.surrogate_max_bin, colsample=self.colsample,
+                           subsample=self.subsample, seed=self.seed, n_jobs=self.n_jobs)
 
 
 __all__ = ["FitConfig", "IntervalConfig", "MetalConfig", "ModelConfig", "StackConfig", "StackSettings", "TrainConfig"]

@@ -78,7 +78,7 @@ def _classifier(config: MetalConfig, seed: int):
     return lgb.LGBMClassifier(
         n_estimators=config.trees, num_leaves=config.leaves, learning_rate=config.lr, subsample=config.subsample,
         subsample_freq=1, colsample_bytree=config.colsample, min_child_samples=config.min_child_samples,
-        random_state=seed, n_jobs=config.n_jobs, verbose=-1,
+        max_bin=config.max_bin, random_state=seed, n_jobs=config.n_jobs, verbose=-1,
     )
 
 

@@ -86,15 +86,15 @@ def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], column
     return x
 
 
-def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, objective: str = "regression",
-             min_child_samples: int = 20):
+def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, max_bin: int,
+             objective: str = "regression", min_child_samples: int = 20):
     # LightGBM: only when a booster is fitted or loaded
     import lightgbm as lgb
 
     return lgb.LGBMRegressor(
         objective=objective, n_estimators=trees, num_leaves=leaves, learning_rate=lr, subsample=config.subsample,
         subsample_freq=1, colsample_bytree=config.colsample, min_child_samples=min_child_samples,
-        random_state=seed, n_jobs=config.n_jobs, verbose=-1,
+        max_bin=max_bin, random_state=seed, n_jobs=config.n_jobs, verbose=-1,
     )
 
 
@@ -157,12 +157,13 @@ class DFTSurrogate:
         fold = np.random.default_rng(c.seed).integers(0, c.surrogate_folds, len(y))
         oof = np.empty(len(y))
         for k in bar(range(c.surrogate_folds), desc="DFT surrogate", unit="fold"):
-            m = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr, seed=c.seed + k)
+            m = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr, seed=c.seed + k,
+                         max_bin=c.surrogate_max_bin)
             m = _fit_on(m, x[fold != k], y[fold != k], client)
             oof[fold == k] = m.predict(x[fold == k])
         self.out_of_fold_ = pd.Series(oof, index=ref.index)
         self.model_ = _fit_on(_booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
-                                       seed=c.seed), x, y, client)
+                                       seed=c.seed, max_bin=c.surrogate_max_bin), x, y, client)
         self.mae_ = float(np.mean(np.abs(oof - y)))
         return self
 
@@ -274,8 +275,8 @@ class StackedModel:
         x = np.column_stack([x, base]).astype(np.float32)
         self.models_ = []
         for b in bar(range(c.bags), desc="boosters", unit="booster"):
-            m = _booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, objective=c.objective,
-                         min_child_samples=c.min_child_samples)
+            m = _booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, max_bin=c.max_bin,
+                         objective=c.objective, min_child_samples=c.min_child_samples)
             if c.monotone:
                 m.set_params(monotone_constraints=self._monotone(x.shape[1]), monotone_constraints_method="advanced")
             self.models_.append(m.fit(x, y - base))

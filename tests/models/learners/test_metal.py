@@ -116,6 +116,18 @@ def test_config_validation_names_the_field():
         MetalConfig(bags=0)
     with pytest.raises(ValueError, match=r"MetalConfig\.lr"):
         MetalConfig(lr=2.0)
+    with pytest.raises(ValueError, match=r"MetalConfig\.max_bin must be >= 2, got 1"):
+        MetalConfig(max_bin=1)
+
+
+def test_histogram_bins_reach_the_classifiers_and_the_surrogates():
+    formulas, desc, metal, dft = synthetic()
+    config = replace(SMALL, max_bin=31, surrogate_max_bin=15)
+    clf = MetalClassifier(config, dft_table=dft_metal_table(dft)).fit(desc, formulas[:200], metal[:200])
+    assert {m.get_params()["max_bin"] for m in clf.models_} == {31}
+    assert {s.model_.get_params()["max_bin"] for s in (clf.gap_surrogate, clf.metal_surrogate)} == {15}
+    p = clf.predict_proba(desc, formulas[200:300])
+    assert ((p >= 0.5) == metal[200:300]).mean() > 0.85
 
 
 def test_threshold_minimises_the_added_error():

@@ -127,6 +127,25 @@ def test_rearranged_prediction_rises_with_the_dft_value():
         model.rearranged(desc, one[:2], np.array([0.1, np.nan]))
 
 
+def test_histogram_bins_reach_every_booster_and_coarse_bins_learn_the_same_function():
+    """``max_bin`` / ``surrogate_max_bin``: LightGBM's bins per feature (the speed setting of params.yaml)."""
+    formulas, desc, d, y, ref = _world()
+    coarse = replace(FAST, max_bin=63, surrogate_max_bin=31)
+    fine = StackedModel(FAST, dft_reference=ref).fit(desc, formulas[:900], y[:900])
+    fast = StackedModel(coarse, dft_reference=ref).fit(desc, formulas[:900], y[:900])
+    assert {m.get_params()["max_bin"] for m in fast.models_} == {63}
+    assert fast.surrogate.model_.get_params()["max_bin"] == 31
+    assert {m.get_params()["max_bin"] for m in fine.models_} == {255}  # LightGBM's own default
+    new = formulas[900:]
+    p_fine, p_fast = fine.predict(desc, new), fast.predict(desc, new)
+    assert not np.allclose(p_fine, p_fast)  # other split points: other trees
+    assert mae(y[900:], p_fast) < 0.1 * np.mean(np.abs(y - y.mean()))
+    assert mae(y[900:], p_fast) == pytest.approx(mae(y[900:], p_fine), rel=0.5)
+    for key in ("max_bin", "surrogate_max_bin"):
+        with pytest.raises(ValueError, match=f"StackConfig.{key} must be >= 2, got 1"):
+            StackConfig(**{key: 1})
+
+
 def test_stacked_model_rejects_bad_input():
     formulas, desc, _, y, ref = _world()
     model = StackedModel(FAST, dft_reference=ref)
