@@ -129,7 +129,7 @@ def test_rearranged_prediction_rises_with_the_dft_value():
 
 def test_histogram_bins_reach_every_booster_and_coarse_bins_learn_the_same_function():
     """``max_bin`` / ``surrogate_max_bin``: LightGBM's bins per feature (the speed setting of params.yaml)."""
-    formulas, desc, d, y, ref = _world()
+    formulas, desc, _, y, ref = _world()
     coarse = replace(FAST, max_bin=63, surrogate_max_bin=31)
     fine = StackedModel(FAST, dft_reference=ref).fit(desc, formulas[:900], y[:900])
     fast = StackedModel(coarse, dft_reference=ref).fit(desc, formulas[:900], y[:900])
