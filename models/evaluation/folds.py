@@ -386,13 +386,14 @@ class _FoldRunner:
             info["interval_skipped"] = str(exc)
             return
         columns = stack.surrogate.columns_
-        cal = ConformalIntervals(settings, clamp_min=config.clamp_min).fit(
+        cal = ConformalIntervals(settings, clamp_min=config.clamp_min,
+                                 elements_apart=config.element_value is not None).fit(
             descriptor_matrix(desc, f_tr, columns), f_tr, self.y_all[tr] - oof)
         pred = out[served].to_numpy(float)
         sigma = cal.difficulty(descriptor_matrix(desc, f_te, columns), f_te)  # the kNN queries, once for every level
-        out["lower"], out["upper"] = cal.bounds(pred, sigma)
+        out["lower"], out["upper"] = cal.bounds(pred, sigma, formulas=f_te)
         for level in RELIABILITY_LEVELS:
-            lo, hi = cal.bounds(pred, sigma, coverage=level)
+            lo, hi = cal.bounds(pred, sigma, coverage=level, formulas=f_te)
             out[f"in_{round(100 * level)}"] = (out["value"] >= lo) & (out["value"] <= hi)
         info["interval_seconds"] = time.perf_counter() - t_iv
 

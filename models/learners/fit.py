@@ -248,7 +248,8 @@ def _fit_intervals(descriptors: pd.DataFrame, split: _Split, stacked: StackedMod
     y = tr["value"].to_numpy(float)
     oof = out_of_fold(fit_predict, tr["formula"].tolist(), y, folds=settings.folds, seed=seed)
     x = descriptor_matrix(descriptors, tr["formula"].tolist(), stacked.surrogate.columns_)
-    return ConformalIntervals(settings, clamp_min=prop.clamp_min).fit(x, tr["formula"].tolist(), y - oof)
+    return ConformalIntervals(settings, clamp_min=prop.clamp_min, elements_apart=prop.element_value is not None).fit(
+        x, tr["formula"].tolist(), y - oof)
 
 
 def _selection_metrics(selection: pd.DataFrame) -> dict[str, float]:

@@ -1,5 +1,7 @@
 """Conformal intervals on synthetic heteroscedastic data: coverage, adaptivity, storage, refusals."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,50 @@ def test_round_trip_clamp_and_refusals(calibrated, tmp_path):
         ConformalIntervals().fit(np.ones((3, 2)), ["A", "B", "C"], np.array([0.1, np.nan, 0.2]))
     with pytest.raises(ValueError, match="IntervalConfig"):
         IntervalConfig(folds=1)
+
+
+def _mixed(n_compounds: int, elements: list[str], seed: int):
+    """Compounds with noise 0.3 and pure elements with noise 0.01 around a prediction of 0, in one descriptor cloud."""
+    rng = np.random.default_rng(seed)
+    formulas = [f"Na{i + 1}Cl" for i in range(n_compounds)] + elements
+    residuals = np.r_[rng.normal(0, 0.3, n_compounds), rng.normal(0, 0.01, len(elements))]
+    return rng.normal(size=(len(formulas), 3)), formulas, residuals
+
+
+ELEMENTS = ["Fe", "Cu", "Al", "Ni", "Co", "Ti", "Zn", "Mg", "Ca", "K", "Na", "Li", "Cr", "Mn", "V", "Sc", "Ga",
+            "Ge", "Sn", "Pb", "Bi", "Sb", "Ag", "Au", "Pt", "Pd", "Rh", "Ir", "Os", "Ru"]
+
+
+def test_elements_apart_calibrates_pure_elements_on_their_own_residuals(tmp_path):
+    """Mondrian categories: an element's interval comes from the elements' scatter, a compound's from the compounds'."""
+    x, formulas, r = _mixed(600, ELEMENTS, 0)
+    pooled = ConformalIntervals(IntervalConfig(coverage=0.9)).fit(x, formulas, r)
+    apart = ConformalIntervals(IntervalConfig(coverage=0.9), elements_apart=True).fit(x, formulas, r)
+    xq, fq, rq = _mixed(2000, ELEMENTS * 20, 1)
+    element = np.array([f in ELEMENTS for f in fq])
+    lo_p, hi_p = pooled.interval(np.zeros(len(fq)), xq, fq)
+    lo_a, hi_a = apart.interval(np.zeros(len(fq)), xq, fq)
+    # pooled: the elements get compound-sized intervals; apart: about 30x narrower, still covering them
+    assert (hi_a - lo_a)[element].mean() < 0.1 * (hi_p - lo_p)[element].mean()
+    assert ((rq >= lo_a) & (rq <= hi_a))[element].mean() >= 0.85
+    # the compounds lose the elements' small scores from their calibration: a little wider, coverage nominal
+    assert ((rq >= lo_a) & (rq <= hi_a))[~element].mean() == pytest.approx(0.9, abs=0.03)
+    assert (hi_a - lo_a)[~element].mean() >= (hi_p - lo_p)[~element].mean()
+    # bounds() with precomputed difficulties needs the formulas to pick the category
+    sigma = apart.difficulty(xq, fq)
+    with pytest.raises(ValueError, match="elements_apart needs the rows' formulas"):
+        apart.bounds(np.zeros(len(fq)), sigma)
+    np.testing.assert_allclose(apart.bounds(np.zeros(len(fq)), sigma, formulas=fq)[1], hi_a)
+    # a level the 30 element rows cannot support (0.99 needs >= 99) falls back to the pooled calibration: finite
+    lo99, hi99 = apart.interval(np.zeros(len(fq)), xq, fq, coverage=0.99)
+    assert np.isfinite(lo99).all() and np.isfinite(hi99).all()
+    np.testing.assert_allclose(hi99[element], pooled.interval(np.zeros(len(fq)), xq, fq, coverage=0.99)[1][element])
+    assert apart.calibration_summary()["n_calibration_elements"] == 30
+    # stored and loaded with its categories; a file without the key (older) loads pooled
+    apart.save(tmp_path / "iv")
+    np.testing.assert_allclose(ConformalIntervals.load(tmp_path / "iv").interval(np.zeros(len(fq)), xq, fq)[1], hi_a)
+    pooled.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "intervals.json").read_text())
+    del meta["elements_apart"]
+    (tmp_path / "old" / "intervals.json").write_text(json.dumps(meta))
+    assert ConformalIntervals.load(tmp_path / "old").elements_apart is False
