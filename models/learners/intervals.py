@@ -30,8 +30,8 @@ measurements: see the README.
 each calibrated on its own rows' normalised residuals. An element's prediction is a
 definition, not a model's guess, so its error is the measurements' scatter about it; pooled
 with the compounds' residuals it got the compounds' widths (Fe: +-0.41 eV/atom). A category
-with too few calibration rows for the asked coverage (fewer than ``coverage / (1 - coverage)``)
-falls back to the pooled calibration, which is always finite.
+with too few calibration rows for the asked coverage (about ``coverage / (1 - coverage)``: 9 at
+0.9, 19 at 0.95) falls back to the pooled calibration.
 
 Stored without pickle (JSON + NumPy arrays; crepes' calibration is refitted on load, which
 is a sort).
@@ -173,7 +173,8 @@ class ConformalIntervals:
             element = _elements(np.asarray(formulas, dtype=object))
             for key, (regressor, n) in self.categories_.items():
                 rows = element == key
-                if rows.any() and n >= coverage / (1.0 - coverage) - 1e-9:  # else the pooled bounds stay
+                # crepes' own test of a finite quantile (its index int((1 - c)(n + 1)) - 1 >= 0); else the pooled bounds stay
+                if rows.any() and int((1.0 - coverage) * (n + 1)) >= 1:
                     bounds[rows] = regressor.predict_int(y_hat=prediction[rows], sigmas=sigma[rows],
                                                          confidence=coverage)
         lower, upper = bounds[:, 0], bounds[:, 1]

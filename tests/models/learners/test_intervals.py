@@ -94,6 +94,7 @@ ELEMENTS = ["Fe", "Cu", "Al", "Ni", "Co", "Ti", "Zn", "Mg", "Ca", "K", "Na", "Li
             "Ge", "Sn", "Pb", "Bi", "Sb", "Ag", "Au", "Pt", "Pd", "Rh", "Ir", "Os", "Ru"]
 
 
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_elements_apart_calibrates_pure_elements_on_their_own_residuals(tmp_path):
     """Mondrian categories: an element's interval comes from the elements' scatter, a compound's from the compounds'."""
     x, formulas, r = _mixed(600, ELEMENTS, 0)
@@ -119,6 +120,16 @@ def test_elements_apart_calibrates_pure_elements_on_their_own_residuals(tmp_path
     assert np.isfinite(lo99).all() and np.isfinite(hi99).all()
     np.testing.assert_allclose(hi99[element], pooled.interval(np.zeros(len(fq)), xq, fq, coverage=0.99)[1][element])
     assert apart.calibration_summary()["n_calibration_elements"] == 30
+    # the edge as crepes computes it (in floats): 4 element rows are too few at 0.8 (pooled bounds, finite,
+    # no crepes warning: the module runs with warnings as errors), 5 are enough (their own, narrower)
+    for n_el, own in ((4, False), (5, True)):
+        rows = slice(0, 600 + n_el)
+        apart_n = ConformalIntervals(IntervalConfig(coverage=0.8), elements_apart=True).fit(x[rows], formulas[rows], r[rows])
+        pooled_n = ConformalIntervals(IntervalConfig(coverage=0.8)).fit(x[rows], formulas[rows], r[rows])
+        hi_own = apart_n.interval(np.zeros(len(fq)), xq, fq)[1][element]
+        hi_pooled = pooled_n.interval(np.zeros(len(fq)), xq, fq)[1][element]
+        assert np.isfinite(hi_own).all()
+        assert (hi_own.mean() < 0.5 * hi_pooled.mean()) if own else np.allclose(hi_own, hi_pooled)
     # stored and loaded with its categories; a file without the key (older) loads pooled
     apart.save(tmp_path / "iv")
     np.testing.assert_allclose(ConformalIntervals.load(tmp_path / "iv").interval(np.zeros(len(fq)), xq, fq)[1], hi_a)
