@@ -31,7 +31,7 @@ import pandas as pd
 from benchmarks import seeded
 from benchmarks.extrapolation import nested_folds
 from benchmarks.metal_features import paired_by_formula
-from featurizers.chemistry import is_element
+from featurizers.chemistry import element_mask
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, grouped_kfold, make_folds
 from models.properties import get_property
@@ -59,7 +59,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
     inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
     exp = _problem(inputs, full, seed=params.seed)["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    element = np.array([is_element(f) for f in formulas])
+    element = element_mask(formulas)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in seeds:

@@ -13,12 +13,13 @@ import functools
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 from pymatgen.core import Composition, Element
 from pymatgen.util.string import formula_double_format
 
-__all__ = ["FormulaError", "element_fractions", "is_element", "no_pauling_warning", "parse_formula", "reduced_formula"]
+__all__ = ["FormulaError", "element_fractions", "element_mask", "is_element", "no_pauling_warning", "parse_formula", "reduced_formula"]
 
 # Characters a formula may contain: element symbols, amounts, brackets, hydrate dots.
 _ALLOWED = re.compile(r"^[A-Za-z0-9.()\[\]{}·* ]+$")
@@ -127,3 +128,8 @@ def element_fractions(formula: str | Composition) -> dict[str, float]:
 def is_element(formula: str) -> bool:
     """Whether ``formula`` is a pure element ("Fe", "O2"); remembered, as models ask per row in every fold."""
     return len(element_fractions(formula)) == 1
+
+
+def element_mask(formulas: Iterable[str]) -> np.ndarray:
+    """:func:`is_element` of each formula, as a boolean array (a model's rows, a calibration set)."""
+    return np.fromiter((is_element(str(f)) for f in formulas), dtype=bool)

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featurizers.chemistry import is_element
+from featurizers.chemistry import element_mask
 from models._io import sha256_file
 from models.learners.config import IntervalConfig
 from models.progress import bar
@@ -116,7 +116,7 @@ class ConformalIntervals:
         # Mondrian categories (elements_apart): {is element: (regressor of that category's rows, row count)}
         self.categories_: dict[bool, tuple[ConformalRegressor, int]] = {}
         if self.elements_apart:
-            element = _elements(self.formulas_)
+            element = element_mask(self.formulas_)
             for key in (False, True):
                 rows = element == key
                 if rows.any():
@@ -170,7 +170,7 @@ class ConformalIntervals:
         if self.elements_apart:
             if formulas is None or len(formulas) != len(prediction):
                 raise ValueError("ConformalIntervals.bounds: elements_apart needs the rows' formulas")
-            element = _elements(np.asarray(formulas, dtype=object))
+            element = element_mask(formulas)
             for key, (regressor, n) in self.categories_.items():
                 rows = element == key
                 # crepes' own test of a finite quantile (its index int((1 - c)(n + 1)) - 1 >= 0); else the pooled bounds stay
@@ -191,7 +191,7 @@ class ConformalIntervals:
                "abs_residual_q90": q(np.abs(self.residuals_), 0.9), "sigma_median": q(self.sigmas_, 0.5),
                "sigma_q90": q(self.sigmas_, 0.9), "normalised_score_q90": q(score, 0.9)}
         if self.elements_apart:
-            element = _elements(self.formulas_)
+            element = element_mask(self.formulas_)
             out["n_calibration_elements"] = int(element.sum())
             if element.any():
                 out["abs_residual_q90_elements"] = q(np.abs(self.residuals_[element]), 0.9)
@@ -229,8 +229,3 @@ class ConformalIntervals:
         self.sigmas_ = self._sigma(*self._neighbours(self.x_, self.formulas_))
         self._calibrate()
         return self
-
-
-def _elements(formulas: np.ndarray) -> np.ndarray:
-    """Whether each formula is a pure element (the Mondrian category of ``elements_apart``)."""
-    return np.array([is_element(str(f)) for f in formulas], dtype=bool)

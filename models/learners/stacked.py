@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS, bonding_descriptors, ionic_descriptors
-from featurizers.chemistry import element_fractions, is_element
+from featurizers.chemistry import element_fractions, element_mask
 from models._io import read_header, write_header
 from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField, descriptor_rows
@@ -347,7 +347,7 @@ class StackedModel:
         if self.config.clamp_min is not None:
             np.maximum(out, self.config.clamp_min, out=out)
         if self.config.element_value is not None:
-            element = np.array([is_element(f) for f in formulas], dtype=bool)
+            element = element_mask(formulas)
             out[element] = self.config.element_value
             if spread is not None:
                 spread[element] = 0.0

@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from featurizers.chemistry import FormulaError, element_fractions, is_element, reduced_formula
+from featurizers.chemistry import FormulaError, element_fractions, element_mask, is_element, reduced_formula
 
 
 @pytest.mark.parametrize(
@@ -44,3 +45,5 @@ def test_fractions_sum_to_one():
 def test_is_element_means_one_element_whatever_the_amount():
     assert is_element("Fe") and is_element("O2") and is_element("C60")
     assert not is_element("NaCl") and not is_element("Fe0.5Ni0.5")
+    mask = element_mask(np.array(["Fe", "NaCl", "O2"], dtype=object))
+    assert mask.dtype == bool and mask.tolist() == [True, False, True]
