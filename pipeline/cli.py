@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("pipeline.fetch", "read DFT and experimental sources into data/raw/"),
     "featurize": ("pipeline.featurize", "crystal graphs and composition descriptors into data/features/"),
     "align": ("pipeline.align", "unbalanced OT from DFT to experiment into data/aligned/<property>/"),
+    "surrogate": ("pipeline.surrogate", "the stacked models' DFT surrogate, fitted once on DFT labels into "
+                  "data/surrogates/<property>/"),
     "train": ("pipeline.train", "train the GNN and baselines, log to MLflow"),
     "metal": ("pipeline.metal", "metal / non-metal classifier for band-gap predictions, cross-validated, into "
               "data/models/metal/"),

@@ -1,8 +1,9 @@
 """``matshift evaluate --property P [--quick]``: leak-free out-of-distribution evaluation.
 
-Reads ``data/raw/``, ``data/features/`` and the align stage's measurement masses
+Reads ``data/raw/``, ``data/features/``, the align stage's measurement masses
 (``data/aligned/<property>/experiment.parquet``, used only for the mass-against-error
-plot), and the ``align`` and ``train`` sections of params.yaml through the same schemas as
+plot), the surrogate stage's DFT surrogate (``data/surrogates/<property>/``, shared by every
+fold; fitted here when absent or not this run's), and the ``align`` and ``train`` sections of params.yaml through the same schemas as
 those stages (the alignment and every model are refitted per fold with exactly those
 settings, apart from the documented cheaper per-fold training budget in
 ``evaluate.full``/``evaluate.quick``). :func:`models.evaluation.evaluate_property` does the
@@ -37,6 +38,7 @@ from pipeline.errors import MatshiftError
 from pipeline.params.align import AlignParams
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
+from pipeline.shared import read_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
     params = load_section(EvaluateParams, "evaluate", args.params)
     prop = get_property(args.property)
     align = load_section(AlignParams, "align", args.params).config
-    fit = load_section(TrainParams, "train", args.params).fit
+    train = load_section(TrainParams, "train", args.params)
+    fit = train.fit
     quick = getattr(args, "quick", False)
     settings = params.quick if quick else params.full
     set_threads(params.threads)
-    inputs = load_inputs(params, prop, extra=fit.extra_fidelities(prop), use_graphs=settings.use_graphs)
+    inputs = load_inputs(params, prop, extra=fit.extra_fidelities(prop), use_graphs=settings.use_graphs,
+                         surrogate_dir=train.surrogate_dir if fit.stack.enabled else None)
     try:
         result = evaluate_property(inputs, prop=prop, settings=settings, fit=fit, align=align, seed=params.seed,
                                    ad_k=params.ad_k, ad_threshold=params.ad_threshold, threads=params.threads,
@@ -99,8 +103,12 @@ def track(args: argparse.Namespace, params: EvaluateParams, prop: Property, metr
         raise MatshiftError(f"{exc} (metrics and plots are written)") from exc
 
 
-def load_inputs(params: EvaluateParams, prop: Property, *, extra: tuple[str, ...], use_graphs: bool):
-    """Read the tables :func:`models.evaluation.evaluate_property` needs, read by their contract names."""
+def load_inputs(params: EvaluateParams, prop: Property, *, extra: tuple[str, ...], use_graphs: bool,
+                surrogate_dir: Path | None = None):
+    """Read the tables :func:`models.evaluation.evaluate_property` needs, read by their contract names.
+
+    ``surrogate_dir``: where the surrogate stage wrote its DFT surrogates (None: the stacked models fit their own).
+    """
     # torch, PyG, scikit-learn: imported when the stage runs, not for `--help`
     from models.evaluation import EvaluationInputs
 
@@ -119,4 +127,5 @@ def load_inputs(params: EvaluateParams, prop: Property, *, extra: tuple[str, ...
     return EvaluationInputs(source=source, target=target, dft=readers.read_dft(params.raw_dir, prop, extra=extra),
                             index=readers.read_index(params.features_dir),
                             descriptors=readers.read_descriptors(params.features_dir), graphs=graphs,
-                            transported_mass=mass)
+                            transported_mass=mass,
+                            surrogate=None if surrogate_dir is None else read_surrogate(surrogate_dir / prop.name))

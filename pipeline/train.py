@@ -1,8 +1,10 @@
 r"""``matshift train --property P``: fit the served model, the GNNs and the baselines; log to MLflow.
 
 Reads ``data/raw/`` (DFT and experiment tables), ``data/features/descriptors.parquet`` (and
-``graphs.pt`` with ``train.model.use_graphs``) and ``data/aligned/<property>/`` (OT-calibrated
-targets with confidence; ``align.json`` must say converged); fits everything
+``graphs.pt`` with ``train.model.use_graphs``), ``data/aligned/<property>/`` (OT-calibrated
+targets with confidence; ``align.json`` must say converged) and the surrogate stage's
+``data/surrogates/<property>/`` (the stacked model's DFT surrogate; fitted here when absent or
+not this run's); fits everything
 :func:`models.learners.fit_property` fits with the ``train`` section's
 :class:`~models.learners.FitConfig`; writes ``data/models/<property>/`` (docs/ARCHITECTURE.md)
 and an MLflow run with the model registered as ``matshift-<property>``. Tracking URI:
@@ -39,6 +41,7 @@ from pipeline.engine import open_engine
 from pipeline.errors import MatshiftError
 from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
+from pipeline.shared import read_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,9 @@ def load_inputs(params: TrainParams, prop: Property) -> dict[str, Any]:
         # a measurement uses the crystal graph of its formula's polymorph among those with a graph
         exp["material_id"] = exp["formula"].map(
             choose_polymorphs(dft, eligible=dft["material_id"].isin(graphs))["material_id"])
-    return {"dft": dft.reset_index(drop=True), "experiment": exp, "descriptors": desc, "graphs": graphs}
+    surrogate = read_surrogate(params.surrogate_dir / prop.name) if stack.enabled else None
+    return {"dft": dft.reset_index(drop=True), "experiment": exp, "descriptors": desc, "graphs": graphs,
+            "surrogate": surrogate}
 
 
 def bundle_inputs(params: TrainParams, prop: Property, args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         with open_engine(params.engine, n_workers=fit.workers, scheduler_address=params.scheduler_address) as engine:
             result = fit_property(dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"],
                                   graphs=inputs["graphs"], config=fit, prop=prop, parallel=parallel,
-                                  dask_client=getattr(engine, "client", None))
+                                  dask_client=getattr(engine, "client", None), surrogate=inputs["surrogate"])
         if not is_writer(parallel):
             return 0
         world = {} if parallel is None else {"ddp_world_size": parallel.world}

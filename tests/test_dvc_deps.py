@@ -22,7 +22,7 @@ import yaml
 from tests.data import ROOT
 
 PACKAGES = ("featurizers", "models", "pipeline")
-STAGES = ("fetch", "featurize", "align", "train", "metal", "evaluate")
+STAGES = ("fetch", "featurize", "align", "surrogate", "train", "metal", "evaluate")
 # read as files, not imported: MLflow stores the model-from-code files the train and metal stages log
 FILES_READ = {"train": {"models/serving/pyfunc_code.py"}, "metal": {"models/serving/pyfunc_metal_code.py"}}
 

@@ -48,6 +48,8 @@ class EvaluationInputs:
     by ``id`` (``crystal_system``). ``graphs``: crystal graphs by material id, or None.
     ``transported_mass``: the align stage's mass per ``exp_id`` relative to its marginal
     (for the mass-against-error plot only; it never reaches a model), or None.
+    ``surrogate``: the surrogate stage's fitted DFT surrogate (:func:`stack_inputs` checks that
+    it is the one it would fit, else fits its own), or None.
     """
 
     source: Domain
@@ -57,6 +59,7 @@ class EvaluationInputs:
     descriptors: pd.DataFrame
     graphs: dict[str, Any] | None = None
     transported_mass: pd.Series | None = None
+    surrogate: DFTSurrogate | None = None
 
 
 @dataclass
@@ -101,8 +104,8 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
                                   seed=seed, device=dev) if any(m.startswith("gnn_") for m in settings.models) else []
     pretrain_s = time.perf_counter() - tp0
     log.info("%s: %d DFT-pretrained encoder(s) in %.0f s", prop.name, len(pretrained), pretrain_s)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, settings, fold_fit, prop, threads=threads) if any(
-        m.startswith("stacked") for m in settings.models) else None
+    stack = stack_inputs(inputs.dft, inputs.descriptors, settings, fold_fit, prop, threads=threads,
+                         surrogate=inputs.surrogate) if any(m.startswith("stacked") for m in settings.models) else None
     neural = None
     if settings.neural_iterations:
         neural = align.options.neural
@@ -169,12 +172,15 @@ def _problem(inputs: EvaluationInputs, settings: EvalSettings, *, seed: int) -> 
 
 
 def stack_inputs(dft: pd.DataFrame, descriptors: pd.DataFrame, settings: EvalSettings, fit: FitConfig,
-                 prop: Property, *, threads: int) -> StackInputs:
+                 prop: Property, *, threads: int, surrogate: DFTSurrogate | None = None) -> StackInputs:
     """Build the stacked models' shared inputs: per-formula DFT references of all DFT entries, the DFT surrogate.
 
     Both come from DFT labels only (no measurement), so every fold may share them. LightGBM
     gets ``threads``: two properties evaluated side by side with the train stage's 2 threads
     each oversubscribe 2 cores, and OpenMP's spinning then stalls both for minutes.
+    ``surrogate``: one fitted beforehand (the surrogate stage's), used when
+    :meth:`DFTSurrogate.mismatch` finds it is the one fitted here; otherwise fitted here, with a
+    warning saying why.
     """
     config = fit.stack_config(prop)
     if config is None:
@@ -184,9 +190,17 @@ def stack_inputs(dft: pd.DataFrame, descriptors: pd.DataFrame, settings: EvalSet
     ref = reference_per_formula(dft.assign(dft_value=dft[prop.dft_column]))
     extra = {c: reference_per_formula(dft, value=c) for c in fit.extra_fidelities(prop) if c in dft}
     t0 = time.perf_counter()
-    surrogate = DFTSurrogate(config).fit(descriptors, ref)
-    log.info("%s: DFT surrogate of the stacked models (DFT labels only; out-of-fold MAE %.4f on %d formulas) in %.0f s",
-             prop.name, surrogate.mae_, len(ref), time.perf_counter() - t0)
+    why = None if surrogate is None else surrogate.mismatch(config, descriptors, ref)
+    if surrogate is not None and why is None:
+        surrogate = surrogate.for_config(config)
+        log.info("%s: DFT surrogate of the stacked models from the surrogate stage (out-of-fold MAE %.4f on %d "
+                 "formulas)", prop.name, surrogate.mae_, len(surrogate.out_of_fold_))
+    else:
+        if why:
+            log.warning("%s: the shared DFT surrogate is not this run's (%s); fitting it here", prop.name, why)
+        surrogate = DFTSurrogate(config).fit(descriptors, ref)
+        log.info("%s: DFT surrogate of the stacked models (DFT labels only; out-of-fold MAE %.4f on %d formulas) in "
+                 "%.0f s", prop.name, surrogate.mae_, len(ref), time.perf_counter() - t0)
     return StackInputs(config=config, dft_reference=ref, surrogate=surrogate, extra_reference=extra,
                        intervals=fit.intervals)
 

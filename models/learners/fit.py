@@ -91,6 +91,7 @@ def fit_property(
     graphs: dict[str, Any] | None = None,
     parallel: DataParallelHook | None = None,
     dask_client: Any = None,
+    surrogate: DFTSurrogate | None = None,
 ) -> FitResult:
     """Fit everything for ``prop`` with ``config``; see the module docstring.
 
@@ -103,7 +104,9 @@ def fit_property(
     without them is fitted beside it (same surrogate) as the no-OT comparison. ``parallel``
     shares each GNN minibatch among data-parallel ranks (:mod:`models.learners.distributed`).
     ``dask_client`` (a ``dask.distributed.Client``): the stacked model's DFT surrogate is fitted
-    on that cluster with LightGBM's Dask interface (:meth:`DFTSurrogate.fit`).
+    on that cluster with LightGBM's Dask interface (:meth:`DFTSurrogate.fit`). ``surrogate``: one
+    fitted beforehand (the surrogate stage's), used when :meth:`DFTSurrogate.mismatch` finds it is
+    the one this fit would give; otherwise it is fitted here, with a warning saying why.
     """
     t0 = time.perf_counter()
     dev = determine_device(config.device)
@@ -114,6 +117,14 @@ def fit_property(
                                          "GNN members without OT", "GNN members with OT", "baselines",
                                          *(["stacked model", "prediction intervals"] if stack_config else [])], log)
     ref = reference_per_formula(dft)
+    if surrogate is not None and stack_config is not None:
+        why = surrogate.mismatch(stack_config, descriptors, ref)
+        if why:
+            log.warning("train %s: the shared DFT surrogate is not this run's (%s); fitting it here", prop.name, why)
+        else:
+            log.info("train %s: DFT surrogate from the surrogate stage (out-of-fold MAE %.4f on %d formulas)",
+                     prop.name, surrogate.mae_, len(surrogate.out_of_fold_))
+        surrogate = None if why else surrogate.for_config(stack_config)
     split = _split(dft, experiment, descriptors, ref, graphs, config)
     fitted = _fit_gnns(split, train_config, config, dev, parallel, steps)
     preds = {name: predict_ensemble([r.model for r in res], split.table, split.sel_rows, device=dev,
@@ -139,7 +150,7 @@ def fit_property(
         with steps("stacked model"):
             stacked = _fit_stacked(dft, descriptors, ref, split, selection, stack_config,
                                    extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features,
-                                   client=dask_client)
+                                   client=dask_client, surrogate=surrogate)
         served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
         w = config.stack.blend_weight
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
@@ -210,12 +221,16 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
 
 def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, split: _Split,
                  selection: pd.DataFrame, stack_config: StackConfig, *, extra_fidelities: tuple[str, ...],
-                 ot_features: bool, client: Any = None) -> StackedModel:
-    """Fit the stacked model without OT and, with ``ot_features``, with the shift field (returned: the served one)."""
+                 ot_features: bool, client: Any = None, surrogate: DFTSurrogate | None = None) -> StackedModel:
+    """Fit the stacked model without OT and, with ``ot_features``, with the shift field (returned: the served one).
+
+    ``surrogate``: the DFT surrogate to share (checked by the caller); None fits it here.
+    """
     tr, sel = split.tr, split.sel
     extra = {c: reference_per_formula(dft, value=c) for c in extra_fidelities if c in dft}
     # on a Dask cluster: the DFT surrogate (the part that grows with the DFT side); else StackedModel fits it
-    surrogate = None if client is None else DFTSurrogate(stack_config).fit(descriptors, ref, client=client)
+    if surrogate is None and client is not None:
+        surrogate = DFTSurrogate(stack_config).fit(descriptors, ref, client=client)
     stacked = StackedModel(stack_config, dft_reference=ref, extra_reference=extra, surrogate=surrogate).fit(
         descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
     selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())

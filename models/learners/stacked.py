@@ -46,6 +46,9 @@ fitted state ends in ``_``) and take frames keyed by ``formula``; bad input rais
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -63,14 +66,21 @@ from models.learners.shift_field import ShiftField, descriptor_rows
 from models.progress import bar
 
 __all__ = [
+    "SURROGATE_FIELDS",
     "DFTSurrogate",
     "StackedModel",
     "descriptor_matrix",
     "load_stacked",
+    "load_surrogate",
     "save_stacked",
+    "save_surrogate",
     "surrogate_from_state",
     "surrogate_state",
 ]
+
+#: The :class:`StackConfig` fields a fitted :class:`DFTSurrogate` depends on (``n_jobs`` sets only its threads).
+SURROGATE_FIELDS = ("surrogate_trees", "surrogate_leaves", "surrogate_lr", "surrogate_folds", "surrogate_max_bin",
+                    "colsample", "subsample", "seed")
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
@@ -165,6 +175,7 @@ class DFTSurrogate:
         self.model_ = _fit_on(_booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
                                        seed=c.seed, max_bin=c.surrogate_max_bin), x, y, client)
         self.mae_ = float(np.mean(np.abs(oof - y)))
+        self.fingerprint_ = _fingerprint(self.columns_, ref, x)
         return self
 
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
@@ -173,9 +184,55 @@ class DFTSurrogate:
         out = np.array(pd.Series(formulas).map(self.out_of_fold_), dtype=float)  # a writable copy
         new = np.isnan(out)
         if new.any():
-            out[new] = self.model_.predict(descriptor_matrix(descriptors, [f for f, n in zip(formulas, new, strict=True) if n],
-                                                             self.columns_))
+            x = descriptor_matrix(descriptors, [f for f, n in zip(formulas, new, strict=True) if n], self.columns_)
+            # a loaded surrogate holds a bare Booster, which would take every core: give it the config's threads
+            kwargs = {} if hasattr(self.model_, "booster_") else {"num_threads": self.config.n_jobs}
+            out[new] = self.model_.predict(x, **kwargs)
         return out
+
+    def mismatch(self, config: StackConfig, descriptors: pd.DataFrame, dft_reference: pd.Series) -> str | None:
+        """Why this fitted surrogate is not the one :meth:`fit` would give for these inputs; None when it is.
+
+        A surrogate fitted once and shared (the surrogate stage's, ``data/surrogates/``) is reused
+        only when its :data:`SURROGATE_FIELDS` equal ``config``'s and it was fitted on the same DFT
+        references and descriptor rows (sha256 of both; a surrogate without one never matches).
+        """
+        fields = [f for f in SURROGATE_FIELDS if getattr(self.config, f) != getattr(config, f)]
+        if fields:
+            return "settings differ: " + ", ".join(f"{f} {getattr(self.config, f)} != {getattr(config, f)}"
+                                                     for f in fields)
+        ref = dft_reference.dropna()
+        ref = ref[~ref.index.duplicated()]
+        columns = list(descriptors.drop(columns="formula").select_dtypes(include="number").columns)
+        try:
+            x = descriptor_matrix(descriptors, ref.index, columns)
+        except ValueError as exc:
+            return f"descriptors: {exc}"
+        if getattr(self, "fingerprint_", None) != _fingerprint(columns, ref, x):
+            return f"fitted on other DFT references or descriptors ({len(self.out_of_fold_)} formulas, now {len(ref)})"
+        return None
+
+    def for_config(self, config: StackConfig) -> DFTSurrogate:
+        """Return a shallow copy carrying ``config`` (its :data:`SURROGATE_FIELDS` must be this one's), as if fitted with it.
+
+        A shared surrogate then predicts with the caller's threads (``n_jobs``: one per forked
+        fold worker) and is saved with the caller's settings, exactly like one fitted there.
+        """
+        fields = [f for f in SURROGATE_FIELDS if getattr(self.config, f) != getattr(config, f)]
+        if fields:
+            raise ValueError(f"DFTSurrogate.for_config: the surrogate was fitted with other {', '.join(fields)}")
+        out = copy.copy(self)
+        out.config = config
+        return out
+
+
+def _fingerprint(columns: Sequence[str], ref: pd.Series, x: np.ndarray) -> str:
+    """sha256 of what a surrogate's fit reads: descriptor column names, reference formulas and values, descriptor rows."""
+    h = hashlib.sha256(json.dumps(list(columns)).encode())
+    h.update("\n".join(map(str, ref.index)).encode())
+    h.update(np.ascontiguousarray(ref.to_numpy(float)).tobytes())
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 class StackedModel:
@@ -519,7 +576,8 @@ def surrogate_state(surrogate: DFTSurrogate, directory: Path, name: str) -> dict
     """Write a fitted surrogate's booster as ``directory / name``; return the rest of it as JSON-ready data."""
     (directory / name).write_text(_booster_text(surrogate.model_), encoding="utf-8")
     return {"config": asdict(surrogate.config), "columns": list(surrogate.columns_), "mae": surrogate.mae_,
-            "out_of_fold": _series(surrogate.out_of_fold_), "booster": name}
+            "out_of_fold": _series(surrogate.out_of_fold_), "booster": name,
+            "fingerprint": getattr(surrogate, "fingerprint_", None)}
 
 
 def surrogate_from_state(state: dict, directory: Path) -> DFTSurrogate:
@@ -531,7 +589,25 @@ def surrogate_from_state(state: dict, directory: Path) -> DFTSurrogate:
     sur.columns_, sur.mae_ = list(state["columns"]), float(state["mae"])
     sur.out_of_fold_ = _unseries(state["out_of_fold"])
     sur.model_ = lightgbm.Booster(model_str=(directory / state["booster"]).read_text(encoding="utf-8"))
+    sur.fingerprint_ = state.get("fingerprint")  # None in files written before it was stored
     return sur
+
+
+_SURROGATE_HEADER = "surrogate.json"
+
+
+def save_surrogate(surrogate: DFTSurrogate, directory: Path) -> None:
+    """Write a fitted surrogate on its own (the surrogate stage's ``data/surrogates/<property>/``): JSON + LightGBM text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = surrogate_state(surrogate, directory, "surrogate.txt")
+    write_header(directory / _SURROGATE_HEADER, cls="DFTSurrogate", files=["surrogate.txt"], indent=None, **state)
+
+
+def load_surrogate(directory: Path) -> DFTSurrogate:
+    """Rebuild a :func:`save_surrogate` surrogate; raises ``ValueError`` naming the file when it is missing or altered."""
+    state = read_header(Path(directory) / _SURROGATE_HEADER, classes=("DFTSurrogate",), required=["surrogate.txt"],
+                        what="DFT surrogate", error=ValueError)
+    return surrogate_from_state(state, Path(directory))
 
 
 def _booster_text(m) -> str:

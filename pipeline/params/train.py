@@ -20,6 +20,8 @@ class TrainParams:
     features_dir: Path = Path("data/features")
     aligned_dir: Path = Path("data/aligned")
     out_dir: Path = Path("data/models")
+    # the surrogate stage's DFT surrogates (one directory per property), shared by train and evaluate
+    surrogate_dir: Path = Path("data/surrogates")
     tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides it
     experiment: str = "matshift"
     register: bool = True

@@ -24,7 +24,7 @@ def store(tmp_path_factory):
     try:
         os.chdir(root)  # MLflow puts artifacts under ./mlruns
         for prop in PROPERTY_NAMES:
-            for stage in ("align", "train", "evaluate"):
+            for stage in ("align", "surrogate", "train", "evaluate"):
                 argv = [stage, "--params", str(params), "--property", prop] + (["--quick"] if stage == "evaluate"
                                                                                 else [])
                 codes[(stage, prop)] = main(argv)

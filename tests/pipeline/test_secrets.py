@@ -23,7 +23,7 @@ def run():
 
 
 def test_every_stage_ran_with_the_canary_set(run):
-    assert run.codes == {"fetch": 0, "featurize": 0, "align": 0, "train": 0}, run.output[-3000:]
+    assert run.codes == {"fetch": 0, "featurize": 0, "align": 0, "surrogate": 0, "train": 0}, run.output[-3000:]
     # the key really was used: fetch read the (fake) Materials Project API with it
     import pandas as pd
 
@@ -35,7 +35,7 @@ def test_every_stage_ran_with_the_canary_set(run):
 def test_no_written_byte_contains_the_canary(run):
     files = [p for p in run.root.rglob("*") if p.is_file()]
     names = {p.relative_to(run.root).parts[0] for p in files}
-    assert {"raw_mp", "features_mp", "aligned", "models", "mlflow.db", "mlruns"} <= names
+    assert {"raw_mp", "features_mp", "aligned", "surrogates", "models", "mlflow.db", "mlruns"} <= names
     assert len(files) > 40
     assert _leaks(run.root) == []
 

@@ -455,3 +455,42 @@ def test_bonding_columns_follow_the_descriptors_and_survive_save_load(tmp_path):
     loaded = load_stacked(tmp_path / "m")
     assert loaded.config.bonding
     np.testing.assert_allclose(loaded.predict(desc, compounds[:30]), model.predict(desc, compounds[:30]), atol=1e-12)
+
+
+def test_a_saved_surrogate_predicts_as_fitted_and_is_reused_only_for_its_own_inputs(tmp_path):
+    """The surrogate stage's file: identical predictions after loading; ``mismatch`` names what differs."""
+    from models.learners import load_surrogate, save_surrogate
+
+    formulas, desc, _, _, ref = _world()
+    sur = DFTSurrogate(FAST).fit(desc, ref)
+    save_surrogate(sur, tmp_path / "s")
+    loaded = load_surrogate(tmp_path / "s")
+    for fs in (formulas[:800], formulas[800:]):  # out of fold, then the full model
+        np.testing.assert_array_equal(loaded.predict(desc, fs), sur.predict(desc, fs))
+    assert loaded.mismatch(FAST, desc, ref) is None
+    # settings of the model of the measurements do not matter; the surrogate's own do
+    assert loaded.mismatch(replace(FAST, trees=5, bags=1, n_jobs=2), desc, ref) is None
+    assert "surrogate_trees 150 != 151" in loaded.mismatch(replace(FAST, surrogate_trees=151), desc, ref)
+    assert "seed" in loaded.mismatch(replace(FAST, seed=1), desc, ref)
+    # other DFT references, another value, other descriptor rows or columns: not the same fit
+    assert loaded.mismatch(FAST, desc, ref.iloc[:-1]) is not None
+    assert loaded.mismatch(FAST, desc, ref.where(ref.index != "X3", 0.0)) is not None
+    assert loaded.mismatch(FAST, desc.assign(c=desc["c"] + 1e-3), ref) is not None
+    assert loaded.mismatch(FAST, desc.drop(columns="c"), ref) is not None
+    # a reused surrogate takes the caller's settings (threads; saved with the caller's model) ...
+    caller = replace(FAST, n_jobs=2, trees=5)
+    assert loaded.for_config(caller).config == caller and loaded.config == FAST
+    # ... and refuses settings it was not fitted with
+    with pytest.raises(ValueError, match="surrogate_lr"):
+        loaded.for_config(replace(FAST, surrogate_lr=0.2))
+
+
+def test_a_surrogate_file_altered_after_it_was_written_is_refused(tmp_path):
+    from models.learners import load_surrogate, save_surrogate
+
+    _, desc, _, _, ref = _world()
+    save_surrogate(DFTSurrogate(FAST).fit(desc, ref), tmp_path / "s")
+    booster = tmp_path / "s" / "surrogate.txt"
+    booster.write_text(booster.read_text().replace("learning_rate", "learning_rat"))
+    with pytest.raises(ValueError, match=r"surrogate\.txt"):
+        load_surrogate(tmp_path / "s")

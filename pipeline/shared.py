@@ -1,0 +1,37 @@
+"""What a stage reads of another stage's fitted models: the surrogate stage's DFT surrogate.
+
+Kept out of :mod:`pipeline.readers` (the data tables every stage reads, LightGBM-free) and out
+of the stages themselves (no stage imports another).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import MissingInputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["read_surrogate"]
+
+
+def read_surrogate(directory: Path) -> Any:
+    """Return the surrogate stage's DFT surrogate in ``directory`` (``data/surrogates/<property>/``), or None without one.
+
+    Its consumers (train, evaluate) check that it is the one they would fit before using it.
+    An altered or unreadable one is a :class:`~pipeline.errors.MissingInputError` naming it.
+    """
+    # LightGBM: only when a surrogate is read
+    from models.learners import load_surrogate
+
+    if not (directory / "surrogate.json").exists():
+        log.info("no shared DFT surrogate at %s (`matshift surrogate`, dvc repro): the stacked models fit their own",
+                 directory)
+        return None
+    try:
+        return load_surrogate(directory)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise MissingInputError(f"cannot read the DFT surrogate at {directory}: {exc}; rerun `matshift surrogate "
+                                f"--property {directory.name}` (dvc repro)") from exc
