@@ -68,6 +68,7 @@ from models.learners import (
     StackedModel,
     TrainConfig,
     descriptor_matrix,
+    frozen_embeddings,
     out_of_fold,
     predict_ensemble,
     train_model,
@@ -284,6 +285,10 @@ class _FoldRunner:
         # the stage's own (unbalanced) alignment also feeds stacked_ot and the shift-field calibration
         self.needed = sorted({GNN_VARIANTS[v].alignment for v in self.gnn_variants} - {None} | {"unbalanced"})
         self.calibrations = ["calib_ot_knn", *(["calib_neural"] if models.neural is not None else [])]
+        # every fold's GNN variants start from these encoders, frozen, on the same table: their output once, here
+        frozen = self.gnn_variants and models.train_config.freeze_encoder
+        self.embeddings = ([frozen_embeddings(data.table, models.train_config, state, device=device)
+                            for state in models.pretrained] if frozen else [None])
 
     def run(self, k: int, fold: Fold) -> tuple[pd.DataFrame, dict]:
         """Fit every model on the fold; return their test-row predictions and the fold's timings and diagnostics."""
@@ -417,7 +422,8 @@ class _FoldRunner:
             cfg = replace(base, use_ot=v.use_ot, w_calibrated=base.w_calibrated if v.w_calibrated is None else v.w_calibrated)
             fitted = [train_model(fold_table, cfg, seed=self.seed + 1000 * k + m, train_rows=train_rows,
                                   device=self.device,
-                                  init_state=copy.deepcopy(models.pretrained[m % len(models.pretrained)])).model
+                                  init_state=copy.deepcopy(models.pretrained[m % len(models.pretrained)]),
+                                  embeddings=self.embeddings[m % len(self.embeddings)]).model
                       for m in range(models.members)]
             pred = predict_ensemble(fitted, fold_table, n_dft + te, device=self.device, clamp_min=base.clamp_min)
             out[name] = pred.experiment

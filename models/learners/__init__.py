@@ -43,7 +43,7 @@ _LAZY = {
     ),
     "training": (
         "DataParallelHook", "EnsembleResult", "EpochRecord", "Prediction", "TrainResult", "build_model",
-        "determine_device", "predict", "predict_ensemble", "pretrain_members", "seed_everything",
+        "determine_device", "frozen_embeddings", "predict", "predict_ensemble", "pretrain_members", "seed_everything",
         "train_ensemble", "train_model",
     ),
     "distributed": (

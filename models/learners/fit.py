@@ -37,6 +37,7 @@ from models.learners.training import (
     DataParallelHook,
     TrainResult,
     determine_device,
+    frozen_embeddings,
     predict_ensemble,
     pretrain_members,
     train_model,
@@ -205,13 +206,19 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
                                       epochs=train_config.pretrain_epochs, batch_size=train_config.pretrain_batch_size,
                                       seed=config.seed, device=device, parallel=parallel, progress=showing(),
                                       workers=workers)
+    # a frozen encoder's output is the same for every member it starts: computed once per encoder, in the workers
+    embeddings = [None] * len(states or [None])
+    if states is not None and train_config.freeze_encoder:
+        embeddings = list(fork_map(lambda state: frozen_embeddings(split.table, train_config, state, device=device),
+                                   states, workers=workers, device=device))
     fitted = {}
     for name, use_ot, step in (("gnn_no_ot", False, "GNN members without OT"), ("gnn_ot", True, "GNN members with OT")):
         def member(k: int, use_ot: bool = use_ot) -> TrainResult:
             return train_model(split.table, replace(train_config, use_ot=use_ot), seed=config.seed + k,
                                train_rows=split.train_rows, device=device,
                                init_state=None if states is None else states[k % len(states)],
-                               parallel=parallel, progress=showing() and workers <= 1)
+                               parallel=parallel, progress=showing() and workers <= 1,
+                               embeddings=embeddings[k % len(embeddings)])
 
         with steps(step):
             done = fork_map(member, range(config.members), workers=workers, device=device)

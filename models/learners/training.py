@@ -204,8 +204,8 @@ def _split_rows(table: EntryTable, rows: np.ndarray, config: TrainConfig, seed: 
                  dft_labelled=dft_rows[~np.isnan(table.y_dft[dft_rows])])
 
 
-def _initial_model(table: EntryTable, config: TrainConfig, rows: _Rows, init_state: dict[str, Tensor] | None,
-                   device: torch.device) -> tuple[MultiFidelityNet, Tensor | None]:
+def _initial_model(table: EntryTable, config: TrainConfig, rows: _Rows | None, init_state: dict[str, Tensor] | None,
+                   device: torch.device, embeddings: Tensor | None = None) -> tuple[MultiFidelityNet, Tensor | None]:
     """Build the model to train (from ``init_state`` or freshly scaled) and, with a frozen encoder, its embeddings."""
     model = build_model(config, table)
     if init_state is not None:
@@ -218,12 +218,33 @@ def _initial_model(table: EntryTable, config: TrainConfig, rows: _Rows, init_sta
         _fit_scaler(model, table, np.concatenate([rows.exp_train, rows.dft_rows]))
     model.to(device)
     if not config.freeze_encoder:
+        if embeddings is not None:
+            raise ValueError("embeddings are the output of a frozen encoder: they need freeze_encoder")
         return model, None
     if init_state is None:
         raise ValueError("freeze_encoder needs init_state (a pretrained composition encoder)")
     for p in model.composition.parameters():
         p.requires_grad_(False)
-    return model, _composition_embeddings(model, table, device)
+    if embeddings is None:
+        return model, _composition_embeddings(model, table, device)
+    if tuple(embeddings.shape) != (len(table), model.composition.out_dim):
+        raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} for a table of {len(table)} rows and an "
+                         f"encoder of width {model.composition.out_dim}")
+    return model, embeddings.to(device)
+
+
+def frozen_embeddings(table: EntryTable, config: TrainConfig, init_state: dict[str, Tensor], *,
+                      device: torch.device | None = None) -> Tensor:
+    """Return what :func:`train_model` computes first with ``freeze_encoder``: the frozen encoder's output per table row.
+
+    Members that start from the same ``init_state`` on the same table (the train stage's members
+    sharing an encoder, every evaluate fold's GNN variants) get it once from here
+    (``train_model(..., embeddings=...)``) instead of each recomputing it; the tensor is the same.
+    """
+    if not config.freeze_encoder:
+        raise ValueError("frozen_embeddings needs config.freeze_encoder")
+    _, out = _initial_model(table, config, None, init_state, device or torch.device("cpu"))
+    return out
 
 
 def _total_steps(config: TrainConfig, rows: _Rows, pre_epochs: int, total: int) -> int:
@@ -303,6 +324,7 @@ def train_model(
     stop_after: int | None = None,
     progress: bool = False,
     parallel: DataParallelHook | None = None,
+    embeddings: Tensor | None = None,
 ) -> TrainResult:
     """Train one member on ``train_rows`` of ``table`` (all rows by default).
 
@@ -314,12 +336,14 @@ def train_model(
     ``stop_after`` ends this call after that many epochs (time-sliced runs; resume later).
     ``parallel`` (data-parallel training, :class:`models.learners.DataParallel`) keeps
     this rank's share of each minibatch and averages gradients over ranks after backward.
+    ``embeddings``: with ``freeze_encoder``, :func:`frozen_embeddings` of ``init_state`` on this
+    table, computed once for members that share it (None: computed here).
     """
     device = device or torch.device("cpu")
     seed_everything(seed)
     rows_all = np.arange(len(table)) if train_rows is None else np.asarray(train_rows)
     rows = _split_rows(table, rows_all, config, seed)
-    model, cached = _initial_model(table, config, rows, init_state, device)
+    model, cached = _initial_model(table, config, rows, init_state, device, embeddings)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -476,6 +500,7 @@ __all__ = [
     "TrainResult",
     "build_model",
     "determine_device",
+    "frozen_embeddings",
     "predict",
     "predict_ensemble",
     "pretrain_members",

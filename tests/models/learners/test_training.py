@@ -182,3 +182,26 @@ def test_freeze_encoder_trains_heads_only():
     assert not torch.equal(new["exp_head.0.weight"], state["exp_head.0.weight"])
     with pytest.raises(ValueError, match="freeze_encoder needs init_state"):
         train_model(table, cfg, seed=0)
+
+
+def test_embeddings_computed_once_give_the_member_a_frozen_encoder_computes_itself():
+    """The train stage's members sharing an encoder, and every evaluate fold, take the encoder's output once."""
+    from models.learners import frozen_embeddings, pretrain_members
+
+    table = synthetic_table()
+    cfg = TrainConfig(epochs=3, batch_size=16, dft_batch_size=16, model=SMALL, freeze_encoder=True)
+    state = pretrain_members(table, cfg, n_members=1, epochs=1, batch_size=8)[0]
+    emb = frozen_embeddings(table, cfg, state)
+    assert emb.shape == (len(table), SMALL.emb_dim) and not emb.requires_grad
+    own = train_model(table, cfg, seed=0, init_state=state)
+    shared = train_model(table, cfg, seed=0, init_state=state, embeddings=emb)
+    assert [h.val_mae for h in shared.history] == [h.val_mae for h in own.history]
+    a, b = own.model.state_dict(), shared.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # embeddings of another table, or with an encoder that trains, are refused
+    with pytest.raises(ValueError, match="embeddings of shape"):
+        train_model(table, cfg, seed=0, init_state=state, embeddings=emb[:-1])
+    with pytest.raises(ValueError, match="need freeze_encoder"):
+        train_model(table, replace(cfg, freeze_encoder=False), seed=0, init_state=state, embeddings=emb)
+    with pytest.raises(ValueError, match=r"needs config\.freeze_encoder"):
+        frozen_embeddings(table, replace(cfg, freeze_encoder=False), state)
