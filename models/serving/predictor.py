@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from featurizers.chemistry import element_mask
 from featurizers.crystal_graph import CrystalGraphFeaturizer, StructureError, load_graphs
 from models.learners import ApplicabilityDomain
 from models.properties import Property, choose_polymorphs
@@ -72,6 +73,9 @@ class Predictor:
         if len(ref) <= 5:
             ref = desc
         self.ad_reference = "training measurements" if ref is not desc else "all training compositions"
+        # a pure element is a kind of input a model may never have been trained on (the mirror measures no band
+        # gap of an element): its descriptors can still sit near compounds', so the distance alone would not say it
+        self.elements_measured = bool(element_mask(measured).any()) if measured else True
         self.ad = ApplicabilityDomain.fit(ref[self.columns].to_numpy(np.float64))
         # formula -> material_id / dft_value of the most stable polymorph, and structure_id of the
         # most stable polymorph that has a crystal graph (the one training paired with measurements)
@@ -188,6 +192,9 @@ class Predictor:
         wanted = desc[desc["formula"].isin(set(formulas))]  # the request's rows, not a copy of the whole table
         features = wanted.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)
         ad = self.ad.score(features)
+        unseen = element_mask(formulas) & (not self.elements_measured)
+        for k in np.flatnonzero(unseen):
+            structure_used[k] += "; no pure element among the training measurements: extrapolated from compounds"
         has_graph = [g is not None for g in graphs] if graphs is not None else [False] * len(items)
         calibrated = np.full(len(items), np.nan)
         has = np.isfinite(dft_value)
@@ -213,7 +220,7 @@ class Predictor:
                 "polymorph_high": poly_high,
                 "calibrated_dft": calibrated,
                 "ad_score": ad,
-                "ad_warning": ad > self.ad_threshold,
+                "ad_warning": (ad > self.ad_threshold) | unseen,
             }
         )
 

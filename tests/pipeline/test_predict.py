@@ -197,3 +197,23 @@ def test_prediction_rises_with_the_users_dft_value(workdir, monkeypatch):
     assert pred[1:] == pytest.approx(stacked.rearranged(desc, ["NaCl"] * len(sweep), sweep, extra))
     mirror = rows.loc[0, "dft_value"]
     assert pred[0] == pytest.approx(stacked.predict(desc, ["NaCl"], np.array([mirror]))[0])  # the evaluated model
+
+
+def test_a_pure_element_is_flagged_when_no_element_was_measured(workdir):
+    """No band gap of an element is measured in the mirror: a pure element is then outside what the model saw."""
+    from featurizers.inputs import parse_formula_input
+    from models.serving import EnsemblePredictor
+    from models.serving.predictor import Predictor
+
+    model = workdir / "data" / "models" / "band_gap"
+    items = [parse_formula_input(f) for f in ("Si", "NaCl")]
+    ensemble = EnsemblePredictor(model)
+    assert {"Si", "NaCl"} <= set(ensemble.measured_formulas)  # the tiny model measured both
+    seen = Predictor(ensemble, property="band_gap", dft=None, ad_threshold=100.0).predict(items)
+    assert not seen["ad_warning"].any() and "no pure element" not in " ".join(seen["structure_used"])
+    ensemble.measured_formulas = [f for f in ensemble.measured_formulas if f not in ("Si", "C")]
+    unseen = Predictor(ensemble, property="band_gap", dft=None, ad_threshold=100.0).predict(items)
+    assert unseen["ad_warning"].tolist() == [True, False]
+    assert "no pure element among the training measurements" in unseen["structure_used"][0]
+    # the number itself is the model's either way
+    np.testing.assert_array_equal(unseen["prediction"], seen["prediction"])
