@@ -192,9 +192,7 @@ class Predictor:
         wanted = desc[desc["formula"].isin(set(formulas))]  # the request's rows, not a copy of the whole table
         features = wanted.set_index("formula").loc[formulas, self.columns].to_numpy(np.float64)
         ad = self.ad.score(features)
-        unseen = element_mask(formulas) & (not self.elements_measured)
-        for k in np.flatnonzero(unseen):
-            structure_used[k] += "; no pure element among the training measurements: extrapolated from compounds"
+        unseen = self._unseen_elements(formulas, structure_used)
         has_graph = [g is not None for g in graphs] if graphs is not None else [False] * len(items)
         calibrated = np.full(len(items), np.nan)
         has = np.isfinite(dft_value)
@@ -223,6 +221,13 @@ class Predictor:
                 "ad_warning": (ad > self.ad_threshold) | unseen,
             }
         )
+
+    def _unseen_elements(self, formulas: list[str], notes: list[str]) -> np.ndarray:
+        """Which inputs are pure elements when the training measurements hold none (each note says so)."""
+        unseen = element_mask(formulas) & (not self.elements_measured)
+        for k in np.flatnonzero(unseen):
+            notes[k] += "; no pure element among the training measurements: extrapolated from compounds"
+        return unseen
 
     def _match(self, item) -> tuple[PolymorphMatch | None, str | None]:
         """Match a user's structure to its DFT polymorph (none without a structure or with the user's DFT value)."""

@@ -26,13 +26,20 @@ def _inputs():
     return dft, desc, prop, fit
 
 
-def test_a_matching_shared_surrogate_is_used_with_the_callers_threads(caplog):
+def _with(caplog, surrogate_of):
+    """Stack inputs built without a shared surrogate, then with ``surrogate_of(own stack inputs)``; and the log."""
     dft, desc, prop, fit = _inputs()
     own = stack_inputs(dft, desc, EvalSettings(), fit, prop, threads=1)
-    shared = DFTSurrogate(replace(own.config, n_jobs=2)).fit(desc, own.dft_reference)
+    caplog.clear()
     with caplog.at_level(logging.INFO):
-        got = stack_inputs(dft, desc, EvalSettings(), fit, prop, threads=1, surrogate=shared)
-    assert "from the surrogate stage" in caplog.text
+        got = stack_inputs(dft, desc, EvalSettings(), fit, prop, threads=1, surrogate=surrogate_of(own, desc))
+    return own, got, desc, caplog.text
+
+
+def test_a_matching_shared_surrogate_is_used_with_the_callers_threads(caplog):
+    own, got, desc, log = _with(caplog, lambda own, desc: DFTSurrogate(replace(own.config, n_jobs=2)).fit(
+        desc, own.dft_reference))
+    assert "from the surrogate stage" in log
     assert got.surrogate.config == own.config  # the fold workers' one thread, as if fitted here
     # out of fold for the DFT formulas, the full model for one it never saw
     new = pd.concat([desc, pd.DataFrame({"formula": ["Na999Cl"], "d0": [0.3], "d1": [0.0], "d2": [1.0]})])
@@ -41,17 +48,12 @@ def test_a_matching_shared_surrogate_is_used_with_the_callers_threads(caplog):
 
 
 def test_a_stale_shared_surrogate_is_refitted_and_the_log_says_why(caplog):
-    dft, desc, prop, fit = _inputs()
-    own = stack_inputs(dft, desc, EvalSettings(), fit, prop, threads=1)
-    stale = DFTSurrogate(replace(own.config, surrogate_trees=41)).fit(desc, own.dft_reference)
-    with caplog.at_level(logging.INFO):
-        got = stack_inputs(dft, desc, EvalSettings(), fit, prop, threads=1, surrogate=stale)
-    assert "is not this run's (settings differ: surrogate_trees 41 != 40)" in caplog.text
+    own, got, _, log = _with(caplog, lambda own, desc: DFTSurrogate(replace(own.config, surrogate_trees=41)).fit(
+        desc, own.dft_reference))
+    assert "is not this run's (settings differ: surrogate_trees 41 != 40)" in log
     np.testing.assert_array_equal(got.surrogate.out_of_fold_.to_numpy(), own.surrogate.out_of_fold_.to_numpy())
     # fitted on other DFT data (one value changed): refitted as well
-    other = DFTSurrogate(own.config).fit(desc, own.dft_reference.where(own.dft_reference.index != "Na7Cl", 9.0))
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        got = stack_inputs(dft, desc, EvalSettings(), fit, prop, threads=1, surrogate=other)
-    assert "fitted on other DFT references or descriptors" in caplog.text
+    own, got, _, log = _with(caplog, lambda own, desc: DFTSurrogate(own.config).fit(
+        desc, own.dft_reference.where(own.dft_reference.index != "Na7Cl", 9.0)))
+    assert "fitted on other DFT references or descriptors" in log
     np.testing.assert_array_equal(got.surrogate.out_of_fold_.to_numpy(), own.surrogate.out_of_fold_.to_numpy())
