@@ -197,7 +197,7 @@ class DFTSurrogate:
         only when its :data:`SURROGATE_FIELDS` equal ``config``'s and it was fitted on the same DFT
         references and descriptor rows (sha256 of both; a surrogate without one never matches).
         """
-        fields = [f for f in SURROGATE_FIELDS if getattr(self.config, f) != getattr(config, f)]
+        fields = self._differing(config)
         if fields:
             return "settings differ: " + ", ".join(f"{f} {getattr(self.config, f)} != {getattr(config, f)}"
                                                      for f in fields)
@@ -218,12 +218,15 @@ class DFTSurrogate:
         A shared surrogate then predicts with the caller's threads (``n_jobs``: one per forked
         fold worker) and is saved with the caller's settings, exactly like one fitted there.
         """
-        fields = [f for f in SURROGATE_FIELDS if getattr(self.config, f) != getattr(config, f)]
+        fields = self._differing(config)
         if fields:
             raise ValueError(f"DFTSurrogate.for_config: the surrogate was fitted with other {', '.join(fields)}")
         out = copy.copy(self)
         out.config = config
         return out
+
+    def _differing(self, config: StackConfig) -> list[str]:
+        return [f for f in SURROGATE_FIELDS if getattr(self.config, f) != getattr(config, f)]
 
 
 def _fingerprint(columns: Sequence[str], ref: pd.Series, x: np.ndarray) -> str:

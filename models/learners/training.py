@@ -241,8 +241,8 @@ def frozen_embeddings(table: EntryTable, config: TrainConfig, init_state: dict[s
     sharing an encoder, every evaluate fold's GNN variants) get it once from here
     (``train_model(..., embeddings=...)``) instead of each recomputing it; the tensor is the same.
     """
-    if not config.freeze_encoder:
-        raise ValueError("frozen_embeddings needs config.freeze_encoder")
+    if not config.freeze_encoder or init_state is None:
+        raise ValueError("frozen_embeddings needs config.freeze_encoder and the encoder's init_state")
     _, out = _initial_model(table, config, None, init_state, device or torch.device("cpu"))
     return out
 

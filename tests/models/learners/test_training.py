@@ -205,3 +205,5 @@ def test_embeddings_computed_once_give_the_member_a_frozen_encoder_computes_itse
         train_model(table, replace(cfg, freeze_encoder=False), seed=0, init_state=state, embeddings=emb)
     with pytest.raises(ValueError, match=r"needs config\.freeze_encoder"):
         frozen_embeddings(table, replace(cfg, freeze_encoder=False), state)
+    with pytest.raises(ValueError, match="init_state"):
+        frozen_embeddings(table, cfg, None)
