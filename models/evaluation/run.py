@@ -28,7 +28,14 @@ from models.evaluation.config import OOD_PROTOCOLS, EvalSettings
 from models.evaluation.folds import FoldData, FoldModels, StackInputs, evaluate_folds, subset_domain
 from models.evaluation.splits import make_folds
 from models.evaluation.summary import EvaluationResult, summarise
-from models.learners import DFTSurrogate, EntryTable, FitConfig, determine_device, pretrain_members
+from models.learners import (
+    DFTSurrogate,
+    EntryTable,
+    FitConfig,
+    determine_device,
+    pretrain_members,
+    reuse_surrogate,
+)
 from models.properties import STABILITY, Property, choose_polymorphs, reference_per_formula
 from models.transport import AlignConfig, Domain
 
@@ -178,9 +185,8 @@ def stack_inputs(dft: pd.DataFrame, descriptors: pd.DataFrame, settings: EvalSet
     Both come from DFT labels only (no measurement), so every fold may share them. LightGBM
     gets ``threads``: two properties evaluated side by side with the train stage's 2 threads
     each oversubscribe 2 cores, and OpenMP's spinning then stalls both for minutes.
-    ``surrogate``: one fitted beforehand (the surrogate stage's), used when
-    :meth:`DFTSurrogate.mismatch` finds it is the one fitted here; otherwise fitted here, with a
-    warning saying why.
+    ``surrogate``: one fitted beforehand (the surrogate stage's), used as
+    :func:`models.learners.reuse_surrogate` decides; otherwise fitted here.
     """
     config = fit.stack_config(prop)
     if config is None:
@@ -190,14 +196,8 @@ def stack_inputs(dft: pd.DataFrame, descriptors: pd.DataFrame, settings: EvalSet
     ref = reference_per_formula(dft.assign(dft_value=dft[prop.dft_column]))
     extra = {c: reference_per_formula(dft, value=c) for c in fit.extra_fidelities(prop) if c in dft}
     t0 = time.perf_counter()
-    why = None if surrogate is None else surrogate.mismatch(config, descriptors, ref)
-    if surrogate is not None and why is None:
-        surrogate = surrogate.for_config(config)
-        log.info("%s: DFT surrogate of the stacked models from the surrogate stage (out-of-fold MAE %.4f on %d "
-                 "formulas)", prop.name, surrogate.mae_, len(surrogate.out_of_fold_))
-    else:
-        if why:
-            log.warning("%s: the shared DFT surrogate is not this run's (%s); fitting it here", prop.name, why)
+    surrogate = reuse_surrogate(surrogate, config, descriptors, ref, who=prop.name)
+    if surrogate is None:
         surrogate = DFTSurrogate(config).fit(descriptors, ref)
         log.info("%s: DFT surrogate of the stacked models (DFT labels only; out-of-fold MAE %.4f on %d formulas) in "
                  "%.0f s", prop.name, surrogate.mae_, len(ref), time.perf_counter() - t0)

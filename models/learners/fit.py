@@ -31,7 +31,13 @@ from models.learners.baselines import DescriptorForest, LinearCalibration, RawDF
 from models.learners.config import FitConfig, IntervalConfig, StackConfig, TrainConfig
 from models.learners.intervals import ConformalIntervals, out_of_fold
 from models.learners.shift_field import ShiftField
-from models.learners.stacked import DFTSurrogate, StackedModel, descriptor_matrix, save_stacked
+from models.learners.stacked import (
+    DFTSurrogate,
+    StackedModel,
+    descriptor_matrix,
+    reuse_surrogate,
+    save_stacked,
+)
 from models.learners.table import EntryTable, grouped_split
 from models.learners.training import (
     DataParallelHook,
@@ -106,8 +112,8 @@ def fit_property(
     shares each GNN minibatch among data-parallel ranks (:mod:`models.learners.distributed`).
     ``dask_client`` (a ``dask.distributed.Client``): the stacked model's DFT surrogate is fitted
     on that cluster with LightGBM's Dask interface (:meth:`DFTSurrogate.fit`). ``surrogate``: one
-    fitted beforehand (the surrogate stage's), used when :meth:`DFTSurrogate.mismatch` finds it is
-    the one this fit would give; otherwise it is fitted here, with a warning saying why.
+    fitted beforehand (the surrogate stage's), used as :func:`reuse_surrogate` decides; otherwise
+    it is fitted here.
     """
     t0 = time.perf_counter()
     dev = determine_device(config.device)
@@ -118,14 +124,8 @@ def fit_property(
                                          "GNN members without OT", "GNN members with OT", "baselines",
                                          *(["stacked model", "prediction intervals"] if stack_config else [])], log)
     ref = reference_per_formula(dft)
-    if surrogate is not None and stack_config is not None:
-        why = surrogate.mismatch(stack_config, descriptors, ref)
-        if why:
-            log.warning("train %s: the shared DFT surrogate is not this run's (%s); fitting it here", prop.name, why)
-        else:
-            log.info("train %s: DFT surrogate from the surrogate stage (out-of-fold MAE %.4f on %d formulas)",
-                     prop.name, surrogate.mae_, len(surrogate.out_of_fold_))
-        surrogate = None if why else surrogate.for_config(stack_config)
+    if stack_config is not None:
+        surrogate = reuse_surrogate(surrogate, stack_config, descriptors, ref, who=f"train {prop.name}")
     split = _split(dft, experiment, descriptors, ref, graphs, config)
     fitted = _fit_gnns(split, train_config, config, dev, parallel, steps)
     preds = {name: predict_ensemble([r.model for r in res], split.table, split.sel_rows, device=dev,
@@ -207,7 +207,7 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
                                       seed=config.seed, device=device, parallel=parallel, progress=showing(),
                                       workers=workers)
     # a frozen encoder's output is the same for every member it starts: computed once per encoder, in the workers
-    embeddings = [None] * len(states or [None])
+    embeddings = [None]
     if states is not None and train_config.freeze_encoder:
         embeddings = list(fork_map(lambda state: frozen_embeddings(split.table, train_config, state, device=device),
                                    states, workers=workers, device=device))

@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -65,6 +66,8 @@ from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField, descriptor_rows
 from models.progress import bar
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SURROGATE_FIELDS",
     "DFTSurrogate",
@@ -72,6 +75,7 @@ __all__ = [
     "descriptor_matrix",
     "load_stacked",
     "load_surrogate",
+    "reuse_surrogate",
     "save_stacked",
     "save_surrogate",
     "surrogate_from_state",
@@ -157,11 +161,10 @@ class DFTSurrogate:
         (tests/models/learners/test_stacked.py).
         """
         c = self.config
-        ref = dft_reference.dropna()
-        ref = ref[~ref.index.duplicated()]
+        ref = _known(dft_reference)
         if len(ref) < 2 * c.surrogate_folds:
             raise ValueError(f"DFTSurrogate: need >= {2 * c.surrogate_folds} DFT formulas, got {len(ref)}")
-        self.columns_ = list(descriptors.drop(columns="formula").select_dtypes(include="number").columns)
+        self.columns_ = _numeric_columns(descriptors)
         x = descriptor_matrix(descriptors, ref.index, self.columns_)
         y = ref.to_numpy(float)
         fold = np.random.default_rng(c.seed).integers(0, c.surrogate_folds, len(y))
@@ -201,9 +204,7 @@ class DFTSurrogate:
         if fields:
             return "settings differ: " + ", ".join(f"{f} {getattr(self.config, f)} != {getattr(config, f)}"
                                                      for f in fields)
-        ref = dft_reference.dropna()
-        ref = ref[~ref.index.duplicated()]
-        columns = list(descriptors.drop(columns="formula").select_dtypes(include="number").columns)
+        ref, columns = _known(dft_reference), _numeric_columns(descriptors)
         try:
             x = descriptor_matrix(descriptors, ref.index, columns)
         except ValueError as exc:
@@ -227,6 +228,35 @@ class DFTSurrogate:
 
     def _differing(self, config: StackConfig) -> list[str]:
         return [f for f in SURROGATE_FIELDS if getattr(self.config, f) != getattr(config, f)]
+
+
+def reuse_surrogate(surrogate: DFTSurrogate | None, config: StackConfig, descriptors: pd.DataFrame,
+                    dft_reference: pd.Series, *, who: str) -> DFTSurrogate | None:
+    """Return ``surrogate`` (the surrogate stage's) carrying ``config`` when it is the fit ``config`` would give, else None.
+
+    The one rule for a shared surrogate (train's served model, evaluate's folds): reused only when
+    :meth:`DFTSurrogate.mismatch` finds nothing, logged either way under ``who`` (a mismatch is a
+    warning saying why; the caller then fits its own).
+    """
+    if surrogate is None:
+        return None
+    why = surrogate.mismatch(config, descriptors, dft_reference)
+    if why:
+        log.warning("%s: the shared DFT surrogate is not this run's (%s); fitting it here", who, why)
+        return None
+    log.info("%s: DFT surrogate from the surrogate stage (out-of-fold MAE %.4f on %d formulas)", who, surrogate.mae_,
+             len(surrogate.out_of_fold_))
+    return surrogate.for_config(config)
+
+
+def _known(dft_reference: pd.Series) -> pd.Series:
+    """Return the DFT references a surrogate learns: known values, one per formula."""
+    ref = dft_reference.dropna()
+    return ref[~ref.index.duplicated()]
+
+
+def _numeric_columns(descriptors: pd.DataFrame) -> list[str]:
+    return list(descriptors.drop(columns="formula").select_dtypes(include="number").columns)
 
 
 def _fingerprint(columns: Sequence[str], ref: pd.Series, x: np.ndarray) -> str:
