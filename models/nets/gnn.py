@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch_geometric.nn import CGConv, global_mean_pool
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils import scatter, to_dense_batch
 
 from models._io import read_header, write_header, write_with
 
@@ -39,6 +40,7 @@ __all__ = [
     "ModelFileError",
     "MultiFidelityNet",
     "NetOutput",
+    "cgconv_factored",
     "load_model",
     "save_model",
 ]
@@ -73,7 +75,10 @@ class CrystalGraphEncoder(nn.Module):
 
     Each layer is :class:`~torch_geometric.nn.CGConv` with a residual connection,
     :math:`h_i \leftarrow h_i + \sum_j \sigma(W_f z_{ij} + b_f) \odot g(W_s z_{ij} + b_s)`,
-    :math:`z_{ij} = [h_i, h_j, e_{ij}]`; graphs are mean-pooled over atoms.
+    :math:`z_{ij} = [h_i, h_j, e_{ij}]`; graphs are mean-pooled over atoms. The layers keep
+    PyG's ``CGConv`` parameters and state-dict keys, and are evaluated by :func:`cgconv_factored`
+    (the same function with (2C + D) / D = 4.2x fewer multiply-adds per edge at the default widths;
+    tests hold it to ``CGConv.forward``).
 
     Args:
         node_dim: width of ``x`` (node features from the featurizer).
@@ -103,7 +108,7 @@ class CrystalGraphEncoder(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor, num_graphs: int | None = None) -> Tensor:
         h = self.embed(x)
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = h + conv(norm(h), edge_index, edge_attr)
+            h = h + cgconv_factored(conv, norm(h), edge_index, edge_attr)
         return self.out(global_mean_pool(h, batch, size=num_graphs))
 
     def __repr__(self) -> str:
@@ -111,6 +116,28 @@ class CrystalGraphEncoder(nn.Module):
             f"{type(self).__name__}(node_dim={self.node_dim}, edge_dim={self.edge_dim}, "
             f"hidden={self.hidden}, num_layers={self.num_layers}, out_dim={self.out_dim})"
         )
+
+
+def cgconv_factored(conv: CGConv, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+    r"""``conv(x, edge_index, edge_attr)`` for a ``CGConv`` with ``aggr="mean"``, no batch norm, one node set.
+
+    ``CGConv`` applies its two linear layers to every edge's :math:`z_{ij} = [x_i, x_j, e_{ij}]`
+    (width :math:`2C + D`). They are linear, so :math:`W z_{ij} = W_a x_i + W_b x_j + W_e e_{ij}`:
+    here the node parts are computed once per node and gathered, and only the :math:`D`-wide edge
+    part is multiplied per edge (on crystal graphs, about 40 edges per atom, that is most of the
+    work of the layer and of its backward pass). Same parameters, same result up to float rounding.
+    """
+    if conv.bn is not None or conv.aggr != "mean" or conv.flow != "source_to_target":
+        raise ValueError("cgconv_factored: only CGConv(aggr='mean', batch_norm=False) with the default flow")
+    c = x.shape[1]
+    w = torch.cat([conv.lin_f.weight, conv.lin_s.weight])  # [2C, 2C + D]: rows f then s, columns x_i, x_j, e
+    b = None if conv.lin_f.bias is None else torch.cat([conv.lin_f.bias, conv.lin_s.bias])
+    src, dst = edge_index[0], edge_index[1]  # x_j = x[src] sends to x_i = x[dst]
+    nodes = F.linear(x, torch.cat([w[:, :c], w[:, c : 2 * c]]))  # [N, 4C]: the x_i part, then the x_j part
+    z = F.linear(edge_attr, w[:, 2 * c :], b) + nodes[:, : 2 * c].index_select(0, dst)
+    z += nodes[:, 2 * c :].index_select(0, src)
+    msg = z[:, :c].sigmoid() * F.softplus(z[:, c:])
+    return scatter(msg, dst, dim=0, dim_size=x.shape[0], reduce="mean") + x
 
 
 class _WeightedAttention(nn.Module):

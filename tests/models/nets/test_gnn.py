@@ -5,9 +5,18 @@ import pandas as pd
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
+from torch_geometric.nn import CGConv, global_mean_pool
 
 from models.learners import EntryTable
-from models.nets import CompositionEncoder, ModelFileError, MultiFidelityNet, load_model, save_model
+from models.nets import (
+    CompositionEncoder,
+    CrystalGraphEncoder,
+    ModelFileError,
+    MultiFidelityNet,
+    cgconv_factored,
+    load_model,
+    save_model,
+)
 
 
 def _flat(z_rows, w_rows):
@@ -46,6 +55,37 @@ def _graphs(n_graphs: int) -> Batch:
         ei = torch.tensor([[i, j] for i in range(n) for j in range(n) if i != j]).T
         data.append(Data(x=torch.randn(n, 5, generator=g), edge_index=ei, edge_attr=torch.rand(ei.shape[1], 7, generator=g)))
     return Batch.from_data_list(data)
+
+
+def test_factored_cgconv_is_pyg_cgconv():
+    # PyG's CGConv is the reference: same output and gradients, also for an atom without incoming edges
+    torch.manual_seed(0)
+    conv = CGConv(6, dim=7, aggr="mean")
+    graphs = _graphs(3)
+    keep = graphs.edge_index[1] != 0  # atom 0 receives nothing: its mean message is 0
+    ei, ea = graphs.edge_index[:, keep], graphs.edge_attr[keep]
+    x = torch.randn(graphs.num_nodes, 6, requires_grad=True)
+    ref, ours = conv(x, ei, ea), cgconv_factored(conv, x, ei, ea)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert torch.allclose(ours[0], x[0])
+    params = [x, conv.lin_f.weight, conv.lin_s.weight, conv.lin_f.bias]
+    for a, b in zip(torch.autograd.grad(ref.square().sum(), params), torch.autograd.grad(ours.square().sum(), params),
+                    strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="only CGConv"):
+        cgconv_factored(CGConv(6, dim=7, aggr="add"), x, ei, ea)
+
+
+def test_crystal_graph_encoder_keeps_the_cgconv_layers():
+    torch.manual_seed(0)
+    enc = CrystalGraphEncoder(node_dim=5, edge_dim=7, hidden=8, num_layers=2, out_dim=4)
+    graphs = _graphs(3)
+    h = enc.embed(graphs.x)
+    for conv, norm in zip(enc.convs, enc.norms, strict=True):
+        h = h + conv(norm(h), graphs.edge_index, graphs.edge_attr)
+    ref = enc.out(global_mean_pool(h, graphs.batch, size=3))
+    assert torch.allclose(enc(graphs.x, graphs.edge_index, graphs.edge_attr, graphs.batch, num_graphs=3), ref, atol=1e-5)
+    assert all(isinstance(c, CGConv) for c in enc.convs)  # saved models keep PyG's parameter names
 
 
 def test_multifidelity_net_shapes_and_reference():
