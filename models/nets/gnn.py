@@ -124,7 +124,7 @@ def cgconv_factored(conv: CGConv, x: Tensor, edge_index: Tensor, edge_attr: Tens
     ``CGConv`` applies its two linear layers to every edge's :math:`z_{ij} = [x_i, x_j, e_{ij}]`
     (width :math:`2C + D`). They are linear, so :math:`W z_{ij} = W_a x_i + W_b x_j + W_e e_{ij}`:
     here the node parts are computed once per node and gathered, and only the :math:`D`-wide edge
-    part is multiplied per edge (on crystal graphs, about 40 edges per atom, that is most of the
+    part is multiplied per edge (on the mirror's crystal graphs, about 30 edges per atom, that is most of the
     work of the layer and of its backward pass). Same parameters, same result up to float rounding.
     """
     if conv.bn is not None or conv.aggr != "mean" or conv.flow != "source_to_target":
