@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from featurizers.chemistry import FormulaError, element_fractions, element_mask, is_element, reduced_formula
+from featurizers.chemistry import (
+    FormulaError,
+    element_fractions,
+    element_mask,
+    is_element,
+    parse_formula,
+    reduced_formula,
+)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +47,16 @@ def test_invalid_formulas_name_the_input(formula, message):
 def test_fractions_sum_to_one():
     fr = element_fractions("Fe2O3")
     assert fr == pytest.approx({"Fe": 0.4, "O": 0.6})
+
+
+def test_remembered_fractions_are_a_new_dict_each_call():
+    first = element_fractions("Hg0.7Cd0.3Te")
+    first["Te"] = 99.0  # a caller editing its copy does not change what the next caller gets
+    again = element_fractions("Hg0.7Cd0.3Te")
+    assert again == pytest.approx({"Hg": 0.35, "Cd": 0.15, "Te": 0.5})
+    assert again == element_fractions(parse_formula("Hg0.7Cd0.3Te"))  # a Composition is not remembered
+    with pytest.raises(FormulaError):
+        element_fractions("Xx2O")
 
 
 def test_is_element_means_one_element_whatever_the_amount():
