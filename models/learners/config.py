@@ -210,7 +210,11 @@ class IntervalConfig:
     """Settings of the conformal prediction intervals (:class:`models.learners.ConformalIntervals`; ``train.intervals``).
 
     ``folds``: grouped folds of the out-of-fold residuals (by formula); ``bags``: boosters of
-    each fold's model (1: cheap; the residual distribution is what matters).
+    each fold's model (1: cheap; the residual distribution is what matters). ``max_z``: the
+    standardised descriptors of calibration rows and queries are clipped to ``[-max_z, max_z]``
+    before distances are taken, so that a column almost constant among the calibration rows
+    cannot put a composition millions of standard deviations away (by Chebyshev at most
+    ``1 / max_z**2`` of the calibration rows lie beyond it in any one column).
     """
 
     coverage: float = 0.9
@@ -220,10 +224,13 @@ class IntervalConfig:
     k_distance: int = 5
     distance_power: float = 0.75
     beta: float = 0.01
+    max_z: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.coverage < 1.0:
             raise ValueError(f"IntervalConfig.coverage must be in (0, 1), got {self.coverage}")
+        if not self.max_z > 0:
+            raise ValueError(f"IntervalConfig.max_z must be > 0, got {self.max_z}")
         if self.folds < 2 or min(self.bags, self.k_residual, self.k_distance) < 1:
             raise ValueError("IntervalConfig: folds must be >= 2 and bags, k_residual, k_distance >= 1")
         if self.distance_power < 0 or self.beta <= 0:

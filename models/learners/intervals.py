@@ -14,7 +14,7 @@ estimate
 
 where :math:`N_k(x)` are the ``k_residual`` nearest training rows of *other* formulas (fewer
 when the calibration set has fewer) in
-standardised descriptor space, :math:`r_j` their out-of-fold residuals, and :math:`\bar d_5`
+standardised descriptor space (z-scores clipped at ``max_z``), :math:`r_j` their out-of-fold residuals, and :math:`\bar d_5`
 the mean distance to the ``k_distance`` nearest such rows (``distance_power`` :math:`p`).
 The residual term widens intervals where the model was wrong on similar compositions; the
 distance term widens them out of distribution, where neighbours' residuals say little.
@@ -98,7 +98,7 @@ class ConformalIntervals:
                              "never its neighbour)")
         self.mean_ = x.mean(axis=0)
         self.scale_ = np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
-        self.x_ = (x - self.mean_) / self.scale_
+        self.x_ = self._standardise(x)
         self.formulas_ = np.asarray(formulas, dtype=object)
         self.residuals_ = r
         self.median_distance_ = 1.0
@@ -142,14 +142,24 @@ class ConformalIntervals:
         mean_r = (np.abs(self.residuals_[idx]) * near_r).sum(axis=1) / np.maximum(near_r.sum(axis=1), 1)
         return mean_d, mean_r
 
+    def _standardise(self, x: np.ndarray) -> np.ndarray:
+        """z-scores of the calibration rows' mean and std, clipped to ``[-max_z, max_z]`` (see IntervalConfig).
+
+        Without the clip, a column almost constant among the calibration rows dominates every
+        distance: Magpie's ``mode GSmagmom`` had a std of 5e-7 in a grouped-CV training part
+        (one row a rounding error away from 0), so TiFe2Si (2.1 there) stood 4 million standard
+        deviations away and got an interval 22,000 eV wide.
+        """
+        z = (np.asarray(x, float) - self.mean_) / self.scale_
+        return np.clip(z, -self.config.max_z, self.config.max_z)
+
     def _sigma(self, dist: np.ndarray, res: np.ndarray) -> np.ndarray:
         c = self.config
         return (c.beta + res) * (np.maximum(dist, 1e-12) / self.median_distance_) ** c.distance_power
 
     def difficulty(self, x: np.ndarray, formulas: Sequence[str]) -> np.ndarray:
         """Return the difficulty estimate sigma of each row (descriptors ``x`` [n, d], the calibration's columns)."""
-        xq = (np.asarray(x, float) - self.mean_) / self.scale_
-        return self._sigma(*self._neighbours(xq, np.asarray(formulas, dtype=object)))
+        return self._sigma(*self._neighbours(self._standardise(x), np.asarray(formulas, dtype=object)))
 
     def interval(self, prediction: np.ndarray, x: np.ndarray, formulas: Sequence[str],
                  coverage: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -222,8 +232,10 @@ class ConformalIntervals:
         # files written before the Mondrian categories have no "elements_apart": one pooled calibration, as then
         self = cls(IntervalConfig(**meta["config"]), clamp_min=meta["clamp_min"],
                    elements_apart=bool(meta.get("elements_apart", False)))
-        self.x_, self.residuals_ = arrays["x"], arrays["residuals"]
+        self.residuals_ = arrays["residuals"]
         self.mean_, self.scale_ = arrays["mean"], arrays["scale"]
+        # files written before max_z hold unclipped z-scores: clipped here as a new fit would
+        self.x_ = np.clip(arrays["x"], -self.config.max_z, self.config.max_z)
         self.formulas_ = np.asarray(meta["formulas"], dtype=object)
         self.median_distance_ = float(meta["median_distance"])
         self.sigmas_ = self._sigma(*self._neighbours(self.x_, self.formulas_))

@@ -138,3 +138,36 @@ def test_elements_apart_calibrates_pure_elements_on_their_own_residuals(tmp_path
     del meta["elements_apart"]
     (tmp_path / "old" / "intervals.json").write_text(json.dumps(meta))
     assert ConformalIntervals.load(tmp_path / "old").elements_apart is False
+
+
+def test_a_nearly_constant_column_cannot_blow_an_interval_up(calibrated):
+    """A column constant but for one rounding error among the calibration rows (std ~1e-7) stays bounded.
+
+    The evaluate stage met it: Magpie's ``mode GSmagmom`` was 0 in a training part but for one row
+    at 1e-5, so a query with 2.1 in it stood millions of standard deviations away (22,000 eV wide).
+    """
+    model, predict = calibrated
+    x, _, formulas = data(200, 5)
+    base_lo, base_hi = model.interval(predict(x), x, formulas)
+    # the same calibration with a fourth column: 0 everywhere but one row at 1e-5
+    rng = np.random.default_rng(0)
+    xc, _, fc = data(1500, 0)
+    resid = model.residuals_
+    col = np.zeros(len(xc))
+    col[rng.integers(len(xc))] = 1e-5
+    wide = ConformalIntervals(IntervalConfig(coverage=0.9)).fit(np.column_stack([xc, col]), fc, resid)
+    queries = np.column_stack([x, np.full(len(x), 2.1)])  # every query differs in that column
+    lo, hi = wide.interval(predict(x), queries, formulas)
+    width, base = hi - lo, base_hi - base_lo
+    assert np.isfinite(width).all()
+    # wider (the column is new to them), but by a bounded factor: a clipped z of 10 against 5-NN distances of
+    # about 0.2 in this 3-column cloud, to the power 0.75 (in the 146 descriptor columns distances are larger)
+    assert (width > base).all() and np.median(width / base) < 50
+    unclipped = ConformalIntervals(IntervalConfig(coverage=0.9, max_z=1e12)).fit(np.column_stack([xc, col]), fc, resid)
+    lo_u, hi_u = unclipped.interval(predict(x), queries, formulas)
+    assert np.median((hi_u - lo_u) / base) > 1e4  # the failure the clip prevents
+    # a query equal to the calibration rows in that column is unaffected by it
+    lo0, hi0 = wide.interval(predict(x), np.column_stack([x, np.zeros(len(x))]), formulas)
+    np.testing.assert_allclose(hi0 - lo0, base, rtol=0.05)
+    with pytest.raises(ValueError, match="max_z"):
+        IntervalConfig(max_z=0)
