@@ -11,9 +11,12 @@ work; this stage writes:
 
 * ``metrics/<property>.json`` (DVC metrics): per protocol MAE, RMSE and R^2 of every model
   and ablation, the mean training-to-test OT shift, the applicability-domain split, and the
-  pooled out-of-distribution summary (LOCO + family-out + crystal-system-out);
+  pooled out-of-distribution summary (LOCO + family-out + crystal-system-out), and (``seeds``,
+  with ``stack_seeds`` > 1) the stacked models' MAE mean ± std over seeds with the OT features'
+  paired interval;
 * ``plots/<property>/``: ``folds.csv`` (the seeded folds), ``predictions.csv`` (parity, per
-  test row and model), ``error_vs_shift.csv`` (per fold), ``mass_vs_error.csv``, and PNGs.
+  test row and model), ``error_vs_shift.csv`` (per fold), ``mass_vs_error.csv``,
+  ``seed_predictions.csv`` (the stacked models on every seed's folds), and PNGs.
 
 Protocols (``models/evaluation/splits.py``): grouped CV by reduced formula, LOCO-CV (k-means on
 standardised composition descriptors), leave-family-out, leave-crystal-system-out, and range
@@ -84,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s: evaluated in %.0f s; pooled OOD MAE %s; gain of %s vs best non-OT (%s): %s", prop.name,
              result.metrics["seconds"], json.dumps({k: round(v, 4) for k, v in ood.get("mae", {}).items()}),
              ood.get("ot_model"), ood.get("best_non_ot_model"), ood.get("gain_vs_best_non_ot"))
+    seeds = result.metrics.get("seeds", {}).get("protocols", {}).get("pooled_ood")
+    if seeds:
+        log.info("%s: pooled OOD MAE over seeds %s: %s", prop.name, result.metrics["seeds"]["seeds"],
+                 "; ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in seeds.items() if isinstance(v, dict)
+                           and "mean" in v) + (f"; OT features {seeds['ot_features']['diff']:+.4f} "
+                                               f"[{seeds['ot_features']['ci95'][0]:+.4f}, {seeds['ot_features']['ci95'][1]:+.4f}]"
+                                               if "ot_features" in seeds else ""))
     return 0
 
 

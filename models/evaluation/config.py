@@ -76,6 +76,9 @@ class EvalSettings:
     rf_trees: int = 100
     shift_sample: int = 500
     stack_bags: int = 0  # boosters per stacked model and fold; 0 = train.stack.bags
+    # the stacked models also on the folds of seeds seed + 1 .. seed + stack_seeds - 1 (fold and booster seeds):
+    # mean and std of their MAE over the seeds, and a paired interval of the OT features' difference
+    stack_seeds: int = 1
     neural_iterations: int = 0  # outer steps of the per-fold neural OT map (calib_neural); 0 = not fitted
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class EvalSettings:
             raise ValueError(f"unknown model {bad[0]!r} (valid: {', '.join([*STACKED_MODELS, *GNN_VARIANTS])})")
         if self.stack_bags < 0 or self.neural_iterations < 0:
             raise ValueError("stack_bags and neural_iterations must be >= 0")
+        if self.stack_seeds < 1:
+            raise ValueError(f"stack_seeds must be >= 1, got {self.stack_seeds}")
         if min(self.n_folds, self.loco_clusters) < 2:
             raise ValueError("n_folds and loco_clusters must be >= 2")
         if not 0 < self.top_fraction < 1:

@@ -35,6 +35,11 @@ entry: ``calib_ot_knn`` adds the fold alignment's shift field to the formula's o
 conditional neural OT map of :mod:`models.transport` fitted on the fold's training measurements;
 raw DFT and ``linear_dft`` are the references on the same rows.
 
+Seeds: with ``extra_seeds``, the stacked models alone are fitted again on the folds of other
+seeds (the grouped-CV and LOCO folds are redrawn; boosters reseeded), each fold with its own
+alignment on its training part, as above; their spread over seeds and the paired difference the
+OT features make are summarised by :func:`models.evaluation.seed_summary`.
+
 This module never reads files: the stage (``pipeline/evaluate.py``) does.
 """
 
@@ -223,18 +228,27 @@ RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *, shift_sample: int = 500,
                    ad_k: int = 5, ad_threshold: float = 95.0, seed: int = 0, device: torch.device | None = None,
-                   workers: int = 1, on_fold: Callable[[int, int, dict], None] | None = None) -> EvaluationResult:
+                   workers: int = 1, on_fold: Callable[[int, int, dict], None] | None = None,
+                   extra_seeds: Sequence[tuple[int, Sequence[Fold]]] = ()) -> EvaluationResult:
     """Fit and score every model on every fold (see the module docstring for what each sees).
 
     ``workers`` > 1: the folds run in that many forked processes (:func:`models.parallel.fork_map`);
     every fold seeds its own models, so the results equal the serial run's. ``on_fold(k, n, row)``
     is called here, in fold order, after fold ``k`` of ``n`` with its row of the per-fold table.
+    ``extra_seeds``: (seed, its folds) pairs on which the stacked models alone are fitted again
+    (:meth:`_FoldRunner.run_stacked`, same leakage rules), into ``seed_predictions`` with the
+    first seed's rows.
     """
     t0 = time.perf_counter()
     runner = _FoldRunner(data, models, ad_k=ad_k, ad_threshold=ad_threshold, seed=seed, device=device)
+    extra = [(k, fold, s) for s, seed_folds in extra_seeds for k, fold in enumerate(seed_folds)]
+    if extra and not runner.stacked_models:
+        raise ValueError("extra seeds refit the stacked models, and none is listed")
 
-    def one(item: tuple[int, Fold]) -> tuple[pd.DataFrame, dict]:
-        k, fold = item
+    def one(item: tuple[int, Fold, int | None]) -> tuple[pd.DataFrame, dict | None]:
+        k, fold, other_seed = item
+        if other_seed is not None:
+            return runner.run_stacked(fold, other_seed), None
         tf = time.perf_counter()
         out, row = runner.run(k, fold)
         row["shift_ot"] = shift_distance(runner.x_exp[fold.train], runner.x_exp[fold.test], sample=shift_sample,
@@ -243,16 +257,29 @@ def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *,
         row["seconds"] = time.perf_counter() - tf
         return out, row
 
-    pred_frames, fold_rows = [], []
-    done = fork_map(one, list(enumerate(folds)), workers=workers, device=device)
-    for k, (out, row) in enumerate(bar(done, desc="evaluate folds", total=len(folds), unit="fold", leave=False)):
+    pred_frames, fold_rows, seed_frames = [], [], []
+    items = [(k, fold, None) for k, fold in enumerate(folds)] + extra
+    done = fork_map(one, items, workers=workers, device=device)
+    for out, row in bar(done, desc="evaluate folds", total=len(items), unit="fold", leave=False):
+        if row is None:
+            seed_frames.append(out)
+            continue
         fold_rows.append(row)
         pred_frames.append(out)
         if on_fold is not None:
-            on_fold(k, len(folds), row)
-    return EvaluationResult(predictions=pd.concat(pred_frames, ignore_index=True), folds=pd.DataFrame(fold_rows),
+            on_fold(len(fold_rows) - 1, len(folds), row)
+    predictions = pd.concat(pred_frames, ignore_index=True)
+    seed_predictions = None
+    if seed_frames:
+        first = predictions[[*_ROW_KEYS, *runner.stacked_models]].assign(seed=seed)
+        seed_predictions = pd.concat([first, *seed_frames], ignore_index=True)
+    return EvaluationResult(predictions=predictions, folds=pd.DataFrame(fold_rows),
                             seconds=time.perf_counter() - t0, models=[*BASELINES, *models.variants],
-                            calibrations=runner.calibrations)
+                            calibrations=runner.calibrations, seed_predictions=seed_predictions)
+
+
+#: The columns naming a test row in the predictions (then the models' columns).
+_ROW_KEYS = ["protocol", "fold", "exp_id", "formula", "value"]
 
 
 class _FoldRunner:
@@ -295,9 +322,7 @@ class _FoldRunner:
         tr, te = np.asarray(fold.train), np.asarray(fold.test)
         if len(tr) == 0 or len(te) == 0:
             raise ValueError(f"fold {fold.protocol}/{fold.name} has an empty side")
-        out = pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "exp_id": np.asarray(self.data.target.ids)[te],
-                            "formula": self.formulas[te], "value": self.y_all[te],
-                            "dft_value": self.data.dft_reference[te]})
+        out = self._rows(fold, te).assign(dft_value=self.data.dft_reference[te])
         info = self._baselines(out, tr, te)
         calibrated = {}
         for name in self.needed:
@@ -315,6 +340,38 @@ class _FoldRunner:
         row = {"protocol": fold.protocol, "fold": fold.name, "n_train": len(tr), "n_test": len(te), "shift_ot": None,
                **info}
         return out, row
+
+    def run_stacked(self, fold: Fold, seed: int) -> pd.DataFrame:
+        """Fit the stacked models alone on ``fold`` (another seed's fold); return test predictions with ``seed``.
+
+        As in :meth:`run`: the fold's own unbalanced alignment on its training part feeds the
+        shift field of ``stacked_ot``; the boosters' seeds follow ``seed`` (``bags`` apart, so no
+        two seeds share a booster seed); no interval is calibrated.
+        """
+        tr, te = np.asarray(fold.train), np.asarray(fold.test)
+        if len(tr) == 0 or len(te) == 0:
+            raise ValueError(f"fold {fold.protocol}/{fold.name} (seed {seed}) has an empty side")
+        out = self._rows(fold, te).assign(seed=seed)
+        shift_field = None
+        if "stacked_ot" in self.stacked_models:
+            t_cal, conf, _ = calibrated_targets(self.data.source, self.data.target, training_targets(fold),
+                                                self.alignments["unbalanced"])
+            shift_field = self._shift_field(fold, (t_cal, conf))
+        self._stacked(out, {}, tr, te, shift_field, seed=seed)
+        return out
+
+    def _rows(self, fold: Fold, te: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "exp_id": np.asarray(self.data.target.ids)[te],
+                             "formula": self.formulas[te], "value": self.y_all[te]})
+
+    def _shift_field(self, fold: Fold, unbalanced: tuple[np.ndarray, np.ndarray]) -> ShiftField:
+        """Extend the fold alignment's calibration shifts to every composition (the stacked model's OT features)."""
+        stack = self.models.stack
+        try:
+            return ShiftField.fit(self.src_formulas, np.asarray(self.data.source.values, float), *unbalanced,
+                                  self.data.descriptors, k=stack.config.ot_neighbours if stack is not None else 5)
+        except ValueError as exc:
+            raise ValueError(f"fold {fold.protocol}/{fold.name}: {exc}") from exc
 
     def _baselines(self, out: pd.DataFrame, tr: np.ndarray, te: np.ndarray) -> dict[str, float]:
         y_tr, d_tr, d_te = self.y_all[tr], self.data.dft_reference[tr], self.data.dft_reference[te]
@@ -334,12 +391,7 @@ class _FoldRunner:
         source, target, desc = self.data.source, self.data.target, self.data.descriptors
         d_te = self.data.dft_reference[te]
         covered = np.isfinite(d_te)
-        stack = self.models.stack
-        try:
-            shift_field = ShiftField.fit(self.src_formulas, np.asarray(source.values, float), *unbalanced, desc,
-                                         k=stack.config.ot_neighbours if stack is not None else 5)
-        except ValueError as exc:
-            raise ValueError(f"fold {fold.protocol}/{fold.name}: {exc}") from exc
+        shift_field = self._shift_field(fold, unbalanced)
         out["calib_ot_knn"] = np.nan
         out.loc[covered, "calib_ot_knn"] = d_te[covered] + shift_field.predict(desc, self.formulas[te][covered])
         if self.models.neural is not None and covered.any():
@@ -354,17 +406,22 @@ class _FoldRunner:
             info["neural_seconds"] = time.perf_counter() - t_nn
         return shift_field
 
-    def _stacked(self, out: pd.DataFrame, info: dict, tr: np.ndarray, te: np.ndarray, shift_field: ShiftField) -> None:
+    def _stacked(self, out: pd.DataFrame, info: dict, tr: np.ndarray, te: np.ndarray, shift_field: ShiftField | None,
+                 *, seed: int | None = None) -> None:
+        """Fit the stacked models (for the first seed also the intervals around the last); ``seed``: another seed's boosters."""
         stack, desc = self.models.stack, self.data.descriptors
+        config = stack.config
+        if seed is not None:
+            config = replace(config, seed=config.seed + (seed - self.seed) * config.bags)
         for name in self.stacked_models:
             t_st = time.perf_counter()
-            model = StackedModel(stack.config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
+            model = StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,
                                  extra_reference=stack.extra_reference,
                                  shift_field=shift_field if name == "stacked_ot" else None)
             out[name] = model.fit(desc, self.formulas[tr].tolist(), self.y_all[tr]).predict(
                 desc, self.formulas[te].tolist())
             info[f"train_seconds_{name}"] = time.perf_counter() - t_st
-        if self.stacked_models and stack.intervals is not None:
+        if self.stacked_models and stack.intervals is not None and seed is None:
             self._intervals(out, info, tr, te, self.stacked_models[-1])
 
     def _intervals(self, out: pd.DataFrame, info: dict, tr: np.ndarray, te: np.ndarray, served: str) -> None:

@@ -57,6 +57,7 @@ def render_results(metrics: dict[str, dict]) -> str:
         shift = [_fmt(m["protocols"][p]["shift_ot_mean"], 2) for p in protos]
         head.append("| *OT shift train→test* | " + " | ".join(shift) + (" | |" if ood else " |"))
         parts += head
+        parts += _seed_rows(m)
         if ood and "gain_vs_best_non_ot" in ood:
             best = ood["best_non_ot_model"]
             gains = ood.get("gains", {ood.get("ot_model", "gnn_ot"): ood["gain_vs_best_non_ot"]})
@@ -103,6 +104,33 @@ def _family_rows(m: dict, models: list[str]) -> list[str]:
         if all(k in per_fold[n] for n in names):
             rows.append(f"| {MODEL_LABELS[k]} | " + " | ".join(_fmt(per_fold[n][k]) for n in names) + " |")
     return rows
+
+
+def _seed_rows(m: dict) -> list[str]:
+    """Render the stacked models over seeds: MAE mean ± std per protocol, and the OT features' paired difference."""
+    seeds = m.get("seeds")
+    if not seeds:
+        return []
+    cols = [p for p in [*PROTOCOL_LABELS, "pooled_ood"] if p in seeds["protocols"]]
+    digits = 3 if m.get("unit") == "eV" else 4
+    out = ["", f"Stacked models over {len(seeds['seeds'])} seeds ({', '.join(str(s) for s in seeds['seeds'])}: fold "
+           "seeds, so grouped CV and LOCO folds differ, and booster seeds), MAE mean ± std over seeds; the OT "
+           "features' effect is with minus without, on every seed's rows together, with a 95% interval from "
+           "resampling formulas (an interval that includes 0 is no difference):", "",
+           "| model | " + " | ".join(PROTOCOL_LABELS.get(p, "pooled OOD") for p in cols) + " |",
+           "|---" * (len(cols) + 1) + "|"]
+    for k in ("stacked", "stacked_ot"):
+        if all(k in seeds["protocols"][p] for p in cols):
+            cells = [f"{_fmt(seeds['protocols'][p][k]['mean'], digits)} ± {_fmt(seeds['protocols'][p][k]['std'], digits)}"
+                     for p in cols]
+            out.append(f"| {MODEL_LABELS[k]} | " + " | ".join(cells) + " |")
+    if all("ot_features" in seeds["protocols"][p] for p in cols):
+        cells = []
+        for p in cols:
+            d = seeds["protocols"][p]["ot_features"]
+            cells.append(f"{d['diff']:+.{digits}f} [{d['ci95'][0]:+.{digits}f}, {d['ci95'][1]:+.{digits}f}]")
+        out.append("| OT features: with - without | " + " | ".join(cells) + " |")
+    return out
 
 
 def _interval_rows(m: dict, protos: list[str], ood: dict) -> list[str]:

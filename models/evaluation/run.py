@@ -27,7 +27,7 @@ import torch
 from models.evaluation.config import OOD_PROTOCOLS, EvalSettings
 from models.evaluation.folds import FoldData, FoldModels, StackInputs, evaluate_folds, subset_domain
 from models.evaluation.splits import make_folds
-from models.evaluation.summary import EvaluationResult, summarise
+from models.evaluation.summary import EvaluationResult, seed_summary, summarise
 from models.learners import (
     DFTSurrogate,
     EntryTable,
@@ -104,6 +104,14 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     folds = make_folds(settings, exp["formula"].tolist(), exp["value"].to_numpy(), exp["crystal_system"].tolist(),
                        inputs.descriptors, seed=seed)
     log.info("%s: %d folds over %s", prop.name, len(folds), ", ".join(dict.fromkeys(f.protocol for f in folds)))
+    stacked = [m for m in settings.models if m.startswith("stacked")]
+    # the stacked models again on other seeds' folds (grouped CV and LOCO differ; the named folds are the same)
+    extra_seeds = [(s, make_folds(settings, exp["formula"].tolist(), exp["value"].to_numpy(), exp["crystal_system"].tolist(),
+                                  inputs.descriptors, seed=s))
+                   for s in range(seed + 1, seed + settings.stack_seeds)] if stacked else []
+    if extra_seeds:
+        log.info("%s: %s also on the folds of seeds %s (%d more folds)", prop.name, " and ".join(stacked),
+                 ", ".join(str(s) for s, _ in extra_seeds), sum(len(f) for _, f in extra_seeds))
     tp0 = time.perf_counter()
     # DFT-only pretraining (no measurement): computed once, shared by every fold
     pretrained = pretrain_members(problem["table"], train_config, n_members=settings.encoders,
@@ -124,8 +132,11 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
                         members=settings.members, rf_trees=settings.rf_trees, stack=stack, neural=neural)
     result = evaluate_folds(data, folds, fitted, shift_sample=settings.shift_sample, ad_k=ad_k,
                             ad_threshold=ad_threshold, seed=seed, device=dev, workers=workers,
-                            on_fold=_log_fold(prop))
-    summary = summarise(result, ood_protocols=[p for p in OOD_PROTOCOLS if p in settings.protocols])
+                            on_fold=_log_fold(prop), extra_seeds=extra_seeds)
+    ood_protocols = [p for p in OOD_PROTOCOLS if p in settings.protocols]
+    summary = summarise(result, ood_protocols=ood_protocols)
+    if result.seed_predictions is not None:
+        summary["seeds"] = seed_summary(result.seed_predictions, ood_protocols=ood_protocols)
     metrics = {
         "property": prop.name, "unit": prop.unit, "budget": budget,
         "n_measurements": len(exp), "n_formulas": int(exp["formula"].nunique()), "n_dft": problem["source"].size,
@@ -220,6 +231,8 @@ def _log_fold(prop: Property) -> Callable[[int, int, dict], None]:
 def plot_tables(run: EvaluationRun) -> dict[str, pd.DataFrame]:
     """Return the DVC plots' data (``plots/<property>/*.csv``): folds, per-row predictions, per-fold errors, mass/error.
 
+    ``seed_predictions`` (with more than one seed): the stacked models' test predictions on every seed's folds.
+
     ``mass_vs_error`` pairs the align stage's transported mass of a measurement (a diagnostic
     of the full alignment, never used by a model) with the absolute errors of the OT models.
     """
@@ -231,8 +244,11 @@ def plot_tables(run: EvaluationRun) -> dict[str, pd.DataFrame]:
     for m in ("stacked_ot", "stacked", "gnn_ot", "gnn_no_ot"):
         if m in preds:
             mass[f"abs_error_{m}"] = (preds[m] - preds["value"]).abs()
-    return {"folds": folds, "predictions": preds, "error_vs_shift": run.result.folds,
-            "mass_vs_error": mass.dropna(subset=["transported_mass"])}
+    tables = {"folds": folds, "predictions": preds, "error_vs_shift": run.result.folds,
+              "mass_vs_error": mass.dropna(subset=["transported_mass"])}
+    if run.result.seed_predictions is not None:
+        tables["seed_predictions"] = run.result.seed_predictions
+    return tables
 
 
 def set_threads(threads: int) -> None:

@@ -1,7 +1,8 @@
 """Scores of an evaluation: per-protocol metrics and the pooled out-of-distribution summary.
 
 :func:`summarise` turns :func:`models.evaluation.evaluate_folds`'s predictions into the
-``protocols`` and ``pooled_ood`` parts of ``metrics/<property>.json``. Pure pandas/NumPy.
+``protocols`` and ``pooled_ood`` parts of ``metrics/<property>.json``, :func:`seed_summary` the stacked
+models over several seeds (its ``seeds`` part). Pure pandas/NumPy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from models.evaluation.config import NON_OT_MODELS, OT_MODELS
+from models.evaluation.config import NON_OT_MODELS, OT_MODELS, STACKED_MODELS
 
 
 @dataclass
@@ -24,6 +25,9 @@ class EvaluationResult:
     seconds: float = 0.0
     models: list[str] = field(default_factory=list)
     calibrations: list[str] = field(default_factory=list)
+    # the stacked models' test predictions on the folds of every seed (column ``seed``; the first seed's rows are
+    # those of ``predictions``), or None when one seed was asked for
+    seed_predictions: pd.DataFrame | None = None
 
 
 def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -90,6 +94,48 @@ def summarise(result: EvaluationResult, *, ood_protocols: Sequence[str], ad_mode
     return out
 
 
+def paired_by_formula(error_a: np.ndarray, error_b: np.ndarray, formulas: Sequence[str], *, n: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``error_b - error_a`` over rows and its 95% bootstrap interval, formulas resampled whole.
+
+    Rows of one formula (repeated measurements, the same formula in several seeds' folds) are
+    not independent, so the bootstrap draws formulas with replacement and keeps all their rows.
+    """
+    d = pd.DataFrame({"f": np.asarray(formulas, dtype=object), "d": np.asarray(error_b, float) - np.asarray(error_a, float)})
+    if d.empty:
+        raise ValueError("paired_by_formula: no rows")
+    per = d.groupby("f", sort=False)["d"].agg(["sum", "size"])
+    sums, sizes = per["sum"].to_numpy(), per["size"].to_numpy()
+    draw = np.random.default_rng(seed).integers(0, len(per), size=(n, len(per)))
+    means = sums[draw].sum(axis=1) / sizes[draw].sum(axis=1)
+    return float(d["d"].mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def seed_summary(seed_predictions: pd.DataFrame, *, ood_protocols: Sequence[str]) -> dict:
+    """Summarise the stacked models over seeds per protocol and pooled OOD: MAE per seed, mean, std; the OT features' effect.
+
+    ``ot_features`` is MAE(stacked_ot) - MAE(stacked) on the rows of every seed together, with
+    its 95% interval from resampling formulas (:func:`paired_by_formula`): the ablation of the
+    served model's OT features. Negative = the OT features lower the error.
+    """
+    sp = seed_predictions
+    models = [m for m in STACKED_MODELS if m in sp]
+    pooled = sp[sp["protocol"].isin(ood_protocols)].assign(protocol="pooled_ood")
+    out: dict = {"seeds": sorted(int(s) for s in sp["seed"].unique()), "protocols": {}}
+    for proto, g in pd.concat([sp, pooled], ignore_index=True).groupby("protocol", sort=False):
+        entry: dict = {"n_test_rows_per_seed": int(len(g) / g["seed"].nunique())}
+        for m in models:
+            maes = [float(np.mean(np.abs(h[m] - h["value"]))) for _, h in g.groupby("seed", sort=True)]
+            entry[m] = {"mean": float(np.mean(maes)), "std": float(np.std(maes)), "per_seed": maes}
+        if len(models) == 2:
+            y = g["value"].to_numpy(float)
+            diff, lo, hi = paired_by_formula(np.abs(g["stacked"].to_numpy(float) - y),
+                                             np.abs(g["stacked_ot"].to_numpy(float) - y), g["formula"].to_numpy())
+            entry["ot_features"] = {"diff": diff, "ci95": [lo, hi]}
+        out["protocols"][proto] = entry
+    return out
+
+
 def interval_summary(g: pd.DataFrame, model: str) -> dict:
     """Empirical coverage and width of the conformal intervals around ``model`` on the rows of ``g``.
 
@@ -140,4 +186,4 @@ def _ad_summary(g: pd.DataFrame, model: str) -> dict:
     return res
 
 
-__all__ = ["EvaluationResult", "interval_summary", "regression_metrics", "summarise"]
+__all__ = ["EvaluationResult", "interval_summary", "paired_by_formula", "regression_metrics", "seed_summary", "summarise"]

@@ -15,6 +15,7 @@ from models.evaluation import (
     summarise,
 )
 from models.evaluation import folds as ev
+from models.evaluation import summary as ev_summary
 from models.learners import DFTSurrogate, EntryTable, ModelConfig, StackConfig, TrainConfig, pretrain_members
 from models.properties import reference_per_formula
 from models.transport import (
@@ -229,3 +230,72 @@ def test_folds_in_worker_processes_give_the_serial_results_in_fold_order(problem
     timing = [c for c in runs[0].folds if "seconds" in c]
     pd.testing.assert_frame_equal(runs[1].folds.drop(columns=timing), runs[0].folds.drop(columns=timing),
                                   check_exact=False, rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_models_on_other_seeds_folds_and_their_summary(problem, monkeypatch):
+    """Extra seeds: the stacked models refitted on each seed's folds, leak-free, summarised as mean ± std and a paired CI."""
+    formulas = problem["exp"]["formula"].tolist()
+    folds = {s: grouped_kfold(formulas, n_folds=3, seed=s) for s in (0, 1, 2)}
+    data = ev.FoldData(source=problem["source"], target=problem["target"], table=problem["table"],
+                       descriptors=problem["desc"], dft_reference=problem["ref"])
+    fitted = ev.FoldModels(train_config=CFG, align_config=SETTINGS, pretrained=problem["pretrained"],
+                           variants=("stacked", "stacked_ot"), rf_trees=5, stack=problem["stack"])
+    seen = []
+    res = ev.evaluate_folds(data, folds[0], fitted, shift_sample=50, ad_k=3, seed=0, workers=2,
+                            on_fold=lambda k, n, row: seen.append((k, n)), extra_seeds=[(1, folds[1]), (2, folds[2])])
+    assert seen == [(0, 3), (1, 3), (2, 3)]  # the per-fold log covers the first seed's folds only
+    sp = res.seed_predictions
+    assert sorted(sp["seed"].unique()) == [0, 1, 2]
+    n = problem["target"].size
+    for s in (0, 1, 2):
+        rows = sp[sp["seed"] == s]
+        assert len(rows) == n and sorted(rows["exp_id"]) == sorted(problem["target"].ids)  # every row tested once
+        assert np.isfinite(rows[["stacked", "stacked_ot"]].to_numpy()).all()
+    # the first seed's rows are the main predictions; the other seeds' folds hold other rows out, so they differ
+    first = sp[sp["seed"] == 0].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first[["exp_id", "stacked", "stacked_ot"]],
+                                  res.predictions[["exp_id", "stacked", "stacked_ot"]])
+    by_id = sp.pivot_table(index="exp_id", columns="seed", values="stacked")
+    assert (by_id[1] != by_id[0]).mean() > 0.5 and (by_id[2] != by_id[1]).mean() > 0.5
+    # summary: per seed MAE by hand, mean and std over them; the OT features' difference with an interval around it
+    summary = ev_summary.seed_summary(sp.assign(protocol="grouped_cv"), ood_protocols=["grouped_cv"])
+    entry = summary["protocols"]["grouped_cv"]
+    per_seed = [float(np.mean(np.abs(g["stacked_ot"] - g["value"]))) for _, g in sp.groupby("seed")]
+    assert entry["stacked_ot"]["per_seed"] == pytest.approx(per_seed)
+    assert entry["stacked_ot"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert entry["stacked_ot"]["std"] == pytest.approx(np.std(per_seed))
+    diff = entry["ot_features"]
+    assert diff["diff"] == pytest.approx(entry["stacked_ot"]["mean"] - entry["stacked"]["mean"])
+    assert diff["ci95"][0] <= diff["diff"] <= diff["ci95"][1]
+    assert summary["protocols"]["pooled_ood"]["stacked"] == entry["stacked"]
+    # leak-free on the extra seeds too: moving the test values of one extra fold moves none of its predictions
+    fold = folds[2][0]
+    target, table = _perturbed(problem, fold.test)
+    moved_data = ev.FoldData(source=problem["source"], target=target, table=table, descriptors=problem["desc"],
+                             dft_reference=problem["ref"])
+    runner = ev._FoldRunner(data, fitted, ad_k=3, ad_threshold=95.0, seed=0, device=None)
+    moved = ev._FoldRunner(moved_data, fitted, ad_k=3, ad_threshold=95.0, seed=0, device=None)
+    base, after = runner.run_stacked(fold, 2), moved.run_stacked(fold, 2)
+    np.testing.assert_allclose(after[["stacked", "stacked_ot"]], base[["stacked", "stacked_ot"]], rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(ev, "training_targets", lambda f: np.concatenate([f.train, f.test]))
+    assert np.abs(moved.run_stacked(fold, 2)["stacked_ot"] - runner.run_stacked(fold, 2)["stacked_ot"]).max() > 1e-3
+    with pytest.raises(ValueError, match="extra seeds refit the stacked models"):
+        ev.evaluate_folds(data, folds[0], ev.FoldModels(train_config=CFG, align_config=SETTINGS,
+                                                        pretrained=problem["pretrained"], variants=("gnn_ot",)),
+                          extra_seeds=[(1, folds[1])])
+
+
+def test_paired_by_formula_resamples_whole_formulas():
+    """Rows of one formula move together: one formula with a big difference widens the interval, not the row count."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, 400)
+    b = a + 0.1
+    formulas = np.repeat([f"F{i}" for i in range(100)], 4)
+    diff, lo, hi = ev_summary.paired_by_formula(a, b, formulas)
+    assert diff == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    b2 = b.copy()
+    b2[formulas == "F0"] += 10.0  # one formula, four rows: its draw count decides the mean
+    diff2, lo2, hi2 = ev_summary.paired_by_formula(a, b2, formulas)
+    assert lo2 < diff2 < hi2 and hi2 - lo2 > 0.1
+    with pytest.raises(ValueError, match="no rows"):
+        ev_summary.paired_by_formula(np.zeros(0), np.zeros(0), [])

@@ -41,6 +41,20 @@ def test_render_has_every_model_protocol_and_the_gain():
     assert "| training measurements (as predict) | 0.280 / – (5) |" in text
 
 
+def test_render_the_stacked_models_over_seeds_with_the_ot_features_interval():
+    m = _metrics()
+    entry = {"stacked": {"mean": 0.3512, "std": 0.0021, "per_seed": [0.35, 0.349, 0.354]},
+             "stacked_ot": {"mean": 0.3498, "std": 0.0017, "per_seed": [0.35, 0.348, 0.3514]},
+             "ot_features": {"diff": -0.0014, "ci95": [-0.0031, 0.0004]}}
+    m["seeds"] = {"seeds": [0, 1, 2], "protocols": {"grouped_cv": entry, "loco": entry, "pooled_ood": entry}}
+    text = render_results({"band_gap": m})
+    assert "Stacked models over 3 seeds (0, 1, 2:" in text
+    assert "| model | grouped CV | LOCO | pooled OOD |" in text
+    assert "| **stacked model with OT features (served)** | 0.350 ± 0.002 | 0.350 ± 0.002 | 0.350 ± 0.002 |" in text
+    assert "| OT features: with - without | -0.001 [-0.003, +0.000] |" in text
+    assert "over 3 seeds" not in render_results({"band_gap": _metrics()})  # one seed: no such table
+
+
 def test_replace_block_keeps_everything_outside_the_markers():
     doc = f"intro\n{report.START}\nold table\n{report.END}\noutro\n"
     new = report.replace_block(doc, "| new |\n")
