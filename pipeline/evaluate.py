@@ -89,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
              ood.get("ot_model"), ood.get("best_non_ot_model"), ood.get("gain_vs_best_non_ot"))
     seeds = result.metrics.get("seeds", {}).get("protocols", {}).get("pooled_ood")
     if seeds:
-        log.info("%s: pooled OOD MAE over seeds %s: %s", prop.name, result.metrics["seeds"]["seeds"],
-                 "; ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in seeds.items() if isinstance(v, dict)
-                           and "mean" in v) + (f"; OT features {seeds['ot_features']['diff']:+.4f} "
-                                               f"[{seeds['ot_features']['ci95'][0]:+.4f}, {seeds['ot_features']['ci95'][1]:+.4f}]"
-                                               if "ot_features" in seeds else ""))
+        parts = [f"{m} {seeds[m]['mean']:.4f} ± {seeds[m]['std']:.4f}" for m in ("stacked", "stacked_ot") if m in seeds]
+        if "ot_features" in seeds:
+            d = seeds["ot_features"]
+            parts.append(f"OT features {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+        log.info("%s: pooled OOD MAE over seeds %s: %s", prop.name, result.metrics["seeds"]["seeds"], "; ".join(parts))
     return 0
 
 

@@ -271,15 +271,12 @@ def evaluate_folds(data: FoldData, folds: Sequence[Fold], models: FoldModels, *,
     predictions = pd.concat(pred_frames, ignore_index=True)
     seed_predictions = None
     if seed_frames:
-        first = predictions[[*_ROW_KEYS, *runner.stacked_models]].assign(seed=seed)
+        first = predictions[[c for c in seed_frames[0].columns if c != "seed"]].assign(seed=seed)
         seed_predictions = pd.concat([first, *seed_frames], ignore_index=True)
     return EvaluationResult(predictions=predictions, folds=pd.DataFrame(fold_rows),
                             seconds=time.perf_counter() - t0, models=[*BASELINES, *models.variants],
                             calibrations=runner.calibrations, seed_predictions=seed_predictions)
 
-
-#: The columns naming a test row in the predictions (then the models' columns).
-_ROW_KEYS = ["protocol", "fold", "exp_id", "formula", "value"]
 
 
 class _FoldRunner:

@@ -101,14 +101,15 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
                                      pretrain_epochs=settings.pretrain_epochs))
     train_config = fold_fit.train_config(prop)
     dev = determine_device(device)
-    folds = make_folds(settings, exp["formula"].tolist(), exp["value"].to_numpy(), exp["crystal_system"].tolist(),
-                       inputs.descriptors, seed=seed)
+    def folds_of(fold_seed: int) -> list:
+        return make_folds(settings, exp["formula"].tolist(), exp["value"].to_numpy(), exp["crystal_system"].tolist(),
+                          inputs.descriptors, seed=fold_seed)
+
+    folds = folds_of(seed)
     log.info("%s: %d folds over %s", prop.name, len(folds), ", ".join(dict.fromkeys(f.protocol for f in folds)))
     stacked = [m for m in settings.models if m.startswith("stacked")]
     # the stacked models again on other seeds' folds (grouped CV and LOCO differ; the named folds are the same)
-    extra_seeds = [(s, make_folds(settings, exp["formula"].tolist(), exp["value"].to_numpy(), exp["crystal_system"].tolist(),
-                                  inputs.descriptors, seed=s))
-                   for s in range(seed + 1, seed + settings.stack_seeds)] if stacked else []
+    extra_seeds = [(s, folds_of(s)) for s in range(seed + 1, seed + settings.stack_seeds)] if stacked else []
     if extra_seeds:
         log.info("%s: %s also on the folds of seeds %s (%d more folds)", prop.name, " and ".join(stacked),
                  ", ".join(str(s) for s, _ in extra_seeds), sum(len(f) for _, f in extra_seeds))
@@ -120,7 +121,7 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     pretrain_s = time.perf_counter() - tp0
     log.info("%s: %d DFT-pretrained encoder(s) in %.0f s", prop.name, len(pretrained), pretrain_s)
     stack = stack_inputs(inputs.dft, inputs.descriptors, settings, fold_fit, prop, threads=threads,
-                         surrogate=inputs.surrogate) if any(m.startswith("stacked") for m in settings.models) else None
+                         surrogate=inputs.surrogate) if stacked else None
     neural = None
     if settings.neural_iterations:
         neural = align.options.neural

@@ -150,7 +150,9 @@ class ConformalIntervals:
         (one row a rounding error away from 0), so TiFe2Si (2.1 there) stood 4 million standard
         deviations away and got an interval 22,000 eV wide.
         """
-        z = (np.asarray(x, float) - self.mean_) / self.scale_
+        return self._clip((np.asarray(x, float) - self.mean_) / self.scale_)
+
+    def _clip(self, z: np.ndarray) -> np.ndarray:
         return np.clip(z, -self.config.max_z, self.config.max_z)
 
     def _sigma(self, dist: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -235,7 +237,7 @@ class ConformalIntervals:
         self.residuals_ = arrays["residuals"]
         self.mean_, self.scale_ = arrays["mean"], arrays["scale"]
         # files written before max_z hold unclipped z-scores: clipped here as a new fit would
-        self.x_ = np.clip(arrays["x"], -self.config.max_z, self.config.max_z)
+        self.x_ = self._clip(arrays["x"])
         self.formulas_ = np.asarray(meta["formulas"], dtype=object)
         self.median_distance_ = float(meta["median_distance"])
         self.sigmas_ = self._sigma(*self._neighbours(self.x_, self.formulas_))
