@@ -48,6 +48,8 @@ def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predic
     A formula that parses but cannot be featurized (an element without Magpie data, such as
     Og) is an invalid input too: one bad row never fails the others.
     """
+    items = [InputProblem(i.input, i.kind, why) if isinstance(i, ParsedInput) and (why := predictor.bad_dft_value(i))
+             else i for i in items]
     valid = [i for i in items if isinstance(i, ParsedInput)]
     refused = predictor.refused(valid) if valid else {}
     if refused:

@@ -30,7 +30,7 @@ import pandas as pd
 from featurizers.chemistry import element_mask
 from featurizers.crystal_graph import CrystalGraphFeaturizer, StructureError, load_graphs
 from models.learners import ApplicabilityDomain
-from models.properties import Property, choose_polymorphs
+from models.properties import Property, choose_polymorphs, get_property
 from models.serving.ensemble import EnsemblePredictor
 from models.serving.metal import MetalPredictor
 from models.serving.polymorphs import PolymorphMatch, Polymorphs, valued_entries
@@ -299,6 +299,13 @@ class Predictor:
     def refused(self, items) -> dict[str, str]:
         """Return ``{formula: reason}`` for the items whose composition cannot be featurized (predict refuses them)."""
         return self.ensemble.featurize_missing([i.formula for i in items])
+
+    def bad_dft_value(self, item) -> str | None:
+        """Why the user's ``dft_value`` of ``item`` is impossible for the property (a negative band gap), else None."""
+        floor = get_property(self.property).clamp_min
+        if item.dft_value is None or floor is None or item.dft_value >= floor:
+            return None
+        return f"dft_value {item.dft_value:g} is below {floor:g}: no {self.property.replace('_', ' ')} is"
 
 
 def _resolve(ref: str | Path) -> Path:
