@@ -59,18 +59,20 @@ def run(args: argparse.Namespace, per_property: Callable[[str, EvaluateParams, T
 
 
 def fold_errors(config: StackConfig, stack, descriptors: pd.DataFrame, formulas: list[str], y: np.ndarray, folds: list,
-                *, extra_reference: dict[str, pd.Series] | None = None) -> pd.DataFrame:
+                *, extra_reference: dict[str, pd.Series] | None = None, model: type[StackedModel] = StackedModel
+                ) -> pd.DataFrame:
     """Fit the stacked model on each fold's training part; per test row: protocol, fold, row, formula, absolute error.
 
     ``stack``: the evaluate stage's shared inputs (:func:`models.evaluation.run.stack_inputs`: DFT
-    references and surrogate); ``extra_reference`` replaces its extra references when given.
+    references and surrogate); ``extra_reference`` replaces its extra references when given;
+    ``model``: a subclass of :class:`StackedModel` to fit instead (a variant under test).
     """
     extra = stack.extra_reference if extra_reference is None else extra_reference
     rows = []
     for f in folds:
-        model = StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate, extra_reference=extra)
-        model.fit(descriptors, [formulas[i] for i in f.train], y[f.train])
-        pred = model.predict(descriptors, [formulas[i] for i in f.test])
+        fitted = model(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate, extra_reference=extra)
+        fitted.fit(descriptors, [formulas[i] for i in f.train], y[f.train])
+        pred = fitted.predict(descriptors, [formulas[i] for i in f.test])
         rows.append(pd.DataFrame({"protocol": f.protocol, "fold": f.name, "row": f.test,
                                   "formula": [formulas[i] for i in f.test], "error": np.abs(pred - y[f.test])}))
     return pd.concat(rows, ignore_index=True)
