@@ -85,7 +85,7 @@ class VariantModel(StackedModel):
         weight = None if log else row_weights(descriptors, formulas, self.variant)
         residual = target - (np.log1p(np.maximum(base, 0.0)) if log else base)
         self.models_ = [_booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, max_bin=c.max_bin,
-                                 objective=c.objective, min_child_samples=c.min_child_samples
+                                 colsample=c.colsample, objective=c.objective, min_child_samples=c.min_child_samples
                                  ).fit(x, residual, sample_weight=weight) for b in range(c.bags)]
         return self
 

@@ -102,7 +102,8 @@ class StackConfig:
 
     ``surrogate_*`` configure the DFT surrogate, the rest the model of the measurements.
     ``max_bin`` / ``surrogate_max_bin``: LightGBM's histogram bins per feature (fewer = faster
-    trees; 255 is LightGBM's default).
+    trees; 255 is LightGBM's default). ``colsample`` / ``surrogate_colsample``: the fraction of
+    the columns each tree draws (fewer = faster trees), of the boosters and of the surrogate.
     ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
     boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
     ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
@@ -129,6 +130,7 @@ class StackConfig:
     surrogate_lr: float = 0.05
     surrogate_folds: int = 5
     surrogate_max_bin: int = 255
+    surrogate_colsample: float = 0.5
     trees: int = 800
     leaves: int = 31
     lr: float = 0.03
@@ -159,7 +161,7 @@ class StackConfig:
                 raise ValueError(f"StackConfig.{name} must be >= 2, got {getattr(self, name)}")
         if self.surrogate_folds < 2:
             raise ValueError(f"StackConfig.surrogate_folds must be >= 2, got {self.surrogate_folds}")
-        for name in ("colsample", "subsample", "lr", "surrogate_lr"):
+        for name in ("colsample", "surrogate_colsample", "subsample", "lr", "surrogate_lr"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"StackConfig.{name} must be in (0, 1], got {getattr(self, name)}")
         if self.correction_alpha is not None and self.correction_alpha <= 0:
@@ -343,7 +345,7 @@ class MetalConfig:
         """Return the :class:`StackConfig` a :class:`~models.learners.DFTSurrogate` of these settings takes."""
         return StackConfig(surrogate_trees=self.surrogate_trees, surrogate_leaves=self.surrogate_leaves,
                            surrogate_lr=self.surrogate_lr, surrogate_folds=self.surrogate_folds,
-                           surrogate_max_bin=self.surrogate_max_bin, colsample=self.colsample,
+                           surrogate_max_bin=self.surrogate_max_bin, surrogate_colsample=self.colsample,
                            subsample=self.subsample, seed=self.seed, n_jobs=self.n_jobs)
 
 

@@ -84,7 +84,7 @@ __all__ = [
 
 #: The :class:`StackConfig` fields a fitted :class:`DFTSurrogate` depends on (``n_jobs`` sets only its threads).
 SURROGATE_FIELDS = ("surrogate_trees", "surrogate_leaves", "surrogate_lr", "surrogate_folds", "surrogate_max_bin",
-                    "colsample", "subsample", "seed")
+                    "surrogate_colsample", "subsample", "seed")
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
@@ -100,14 +100,14 @@ def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], column
     return x
 
 
-def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, max_bin: int,
+def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, max_bin: int, colsample: float,
              objective: str = "regression", min_child_samples: int = 20):
     # LightGBM: only when a booster is fitted or loaded
     import lightgbm as lgb
 
     return lgb.LGBMRegressor(
         objective=objective, n_estimators=trees, num_leaves=leaves, learning_rate=lr, subsample=config.subsample,
-        subsample_freq=1, colsample_bytree=config.colsample, min_child_samples=min_child_samples,
+        subsample_freq=1, colsample_bytree=colsample, min_child_samples=min_child_samples,
         max_bin=max_bin, random_state=seed, n_jobs=config.n_jobs, verbose=-1,
     )
 
@@ -171,12 +171,13 @@ class DFTSurrogate:
         oof = np.empty(len(y))
         for k in bar(range(c.surrogate_folds), desc="DFT surrogate", unit="fold"):
             m = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr, seed=c.seed + k,
-                         max_bin=c.surrogate_max_bin)
+                         max_bin=c.surrogate_max_bin, colsample=c.surrogate_colsample)
             m = _fit_on(m, x[fold != k], y[fold != k], client)
             oof[fold == k] = m.predict(x[fold == k])
         self.out_of_fold_ = pd.Series(oof, index=ref.index)
         self.model_ = _fit_on(_booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
-                                       seed=c.seed, max_bin=c.surrogate_max_bin), x, y, client)
+                                       seed=c.seed, max_bin=c.surrogate_max_bin, colsample=c.surrogate_colsample),
+                                   x, y, client)
         self.mae_ = float(np.mean(np.abs(oof - y)))
         self.fingerprint_ = _fingerprint(self.columns_, ref, x)
         return self
@@ -366,7 +367,7 @@ class StackedModel:
         self.models_ = []
         for b in bar(range(c.bags), desc="boosters", unit="booster"):
             m = _booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, max_bin=c.max_bin,
-                         objective=c.objective, min_child_samples=c.min_child_samples)
+                         colsample=c.colsample, objective=c.objective, min_child_samples=c.min_child_samples)
             if c.monotone:
                 m.set_params(monotone_constraints=self._monotone(x.shape[1]), monotone_constraints_method="advanced")
             self.models_.append(m.fit(x, y - base))
@@ -591,7 +592,7 @@ def load_stacked(directory: Path) -> StackedModel:
         return lightgbm.Booster(model_str=(directory / name).read_text(encoding="utf-8"))
 
     sur = surrogate_from_state(state["surrogate"], directory)
-    model = StackedModel(StackConfig(**state["config"]), dft_reference=_unseries(state["dft_reference"]),
+    model = StackedModel(_saved_config(state["config"]), dft_reference=_unseries(state["dft_reference"]),
                          surrogate=sur,
                          extra_reference={k: _unseries(v) for k, v in state["extra_reference"].items()},
                          shift_field=ShiftField.load(directory / state["shift_field"]) if state.get("shift_field") else None)
@@ -603,6 +604,11 @@ def load_stacked(directory: Path) -> StackedModel:
     model.target_range_ = tuple(state["target_range"]) if state.get("target_range") else None
     model.models_ = [booster(name) for name in state["boosters"]]
     return model
+
+
+def _saved_config(config: dict) -> StackConfig:
+    """Rebuild a saved :class:`StackConfig` (one saved before ``surrogate_colsample`` drew the surrogate's columns with ``colsample``)."""
+    return StackConfig(**{"surrogate_colsample": config.get("colsample", StackConfig.colsample), **config})
 
 
 def surrogate_state(surrogate: DFTSurrogate, directory: Path, name: str) -> dict:
@@ -618,7 +624,7 @@ def surrogate_from_state(state: dict, directory: Path) -> DFTSurrogate:
     # LightGBM: only when a booster is fitted or loaded
     import lightgbm
 
-    sur = DFTSurrogate(StackConfig(**state["config"]))
+    sur = DFTSurrogate(_saved_config(state["config"]))
     sur.columns_, sur.mae_ = list(state["columns"]), float(state["mae"])
     sur.out_of_fold_ = _unseries(state["out_of_fold"])
     sur.model_ = lightgbm.Booster(model_str=(directory / state["booster"]).read_text(encoding="utf-8"))

@@ -468,8 +468,9 @@ def test_a_saved_surrogate_predicts_as_fitted_and_is_reused_only_for_its_own_inp
     for fs in (formulas[:800], formulas[800:]):  # out of fold, then the full model
         np.testing.assert_array_equal(loaded.predict(desc, fs), sur.predict(desc, fs))
     assert loaded.mismatch(FAST, desc, ref) is None
-    # settings of the model of the measurements do not matter; the surrogate's own do
-    assert loaded.mismatch(replace(FAST, trees=5, bags=1, n_jobs=2), desc, ref) is None
+    # settings of the model of the measurements do not matter (its column fraction too); the surrogate's own do
+    assert loaded.mismatch(replace(FAST, trees=5, bags=1, n_jobs=2, colsample=0.3), desc, ref) is None
+    assert "surrogate_colsample 0.5 != 0.3" in loaded.mismatch(replace(FAST, surrogate_colsample=0.3), desc, ref)
     assert "surrogate_trees 150 != 151" in loaded.mismatch(replace(FAST, surrogate_trees=151), desc, ref)
     assert "seed" in loaded.mismatch(replace(FAST, seed=1), desc, ref)
     # other DFT references, another value, other descriptor rows or columns: not the same fit
@@ -483,6 +484,31 @@ def test_a_saved_surrogate_predicts_as_fitted_and_is_reused_only_for_its_own_inp
     # ... and refuses settings it was not fitted with
     with pytest.raises(ValueError, match="surrogate_lr"):
         loaded.for_config(replace(FAST, surrogate_lr=0.2))
+
+
+def test_column_fractions_of_boosters_and_surrogate_are_apart_and_old_files_keep_theirs(tmp_path):
+    """``colsample`` reaches the boosters only, ``surrogate_colsample`` the surrogate; a file saved before the split
+    (no ``surrogate_colsample``) drew the surrogate's columns with ``colsample`` and loads saying so."""
+    import json
+
+    from models.learners import load_stacked, load_surrogate, save_stacked, save_surrogate
+
+    formulas, desc, _, y, ref = _world()
+    model = StackedModel(replace(FAST, colsample=0.3, surrogate_colsample=0.7, bags=2), dft_reference=ref).fit(
+        desc, formulas[:900], y[:900])
+    assert {m.get_params()["colsample_bytree"] for m in model.models_} == {0.3}
+    assert model.surrogate.model_.get_params()["colsample_bytree"] == 0.7
+    save_stacked(model, tmp_path / "m")
+    assert load_stacked(tmp_path / "m").config.surrogate_colsample == 0.7
+    old = replace(FAST, colsample=0.3, surrogate_colsample=0.3)
+    save_surrogate(DFTSurrogate(old).fit(desc, ref), tmp_path / "s")
+    header = tmp_path / "s" / "surrogate.json"
+    state = json.loads(header.read_text())
+    del state["config"]["surrogate_colsample"]
+    header.write_text(json.dumps(state))
+    assert load_surrogate(tmp_path / "s").config == old
+    with pytest.raises(ValueError, match=r"StackConfig.surrogate_colsample must be in \(0, 1\], got 0"):
+        StackConfig(surrogate_colsample=0)
 
 
 def test_a_surrogate_file_altered_after_it_was_written_is_refused(tmp_path):
