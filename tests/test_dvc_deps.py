@@ -79,6 +79,14 @@ def test_dvc_code_deps_are_all_run_by_the_stage(stage):
     assert not stale, f"dvc.yaml stage {stage!r} lists code it never imports: {stale}"
 
 
+def test_surrogate_stage_params_are_the_surrogate_fields():
+    """The surrogate stage reruns for a setting its fit reads, and for no booster setting (SURROGATE_FIELDS)."""
+    from models.learners.stacked import SURROGATE_FIELDS
+
+    params = {p for p in _dvc_stage("surrogate")["params"] if p.startswith("train.stack.") or p == "train.seed"}
+    assert params == {"train.seed", *(f"train.stack.{f}" for f in SURROGATE_FIELDS if f != "seed")}
+
+
 def test_closure_sees_lazily_exported_and_deferred_imports():
     train = closure("train")
     # fit_property is re-exported lazily by models.learners; torch modules load on first use
