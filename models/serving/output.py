@@ -46,7 +46,8 @@ def predict_items(items: Sequence[ParsedInput | InputProblem], predictor: Predic
     """One row per input in order (:data:`COLUMNS`): a prediction for a valid one, its ``error`` for an invalid one.
 
     A formula that parses but cannot be featurized (an element without Magpie data, such as
-    Og) is an invalid input too: one bad row never fails the others.
+    Og), and a user's ``dft_value`` the property cannot take (a negative band gap), are invalid
+    inputs too: one bad row never fails the others.
     """
     items = [InputProblem(i.input, i.kind, why) if isinstance(i, ParsedInput) and (why := predictor.bad_dft_value(i))
              else i for i in items]
