@@ -23,12 +23,12 @@ from pipeline.config import load_section
 from pipeline.params.train import TrainParams
 
 SETTINGS = {
-    "params.yaml but colsample 0.5 (before 2026-12-05)": {"colsample_bytree": 0.5},
-    "params.yaml": {},
-    "params.yaml but max_bin 255 (LightGBM's default)": {"max_bin": 255},
-    "params.yaml but max_bin 31": {"max_bin": 31},
-    "params.yaml but 400 trees at rate 0.06": {"n_estimators": 400, "learning_rate": 0.06},
-    "colsample 0.5 again": {"colsample_bytree": 0.5},
+    "params.yaml (colsample 0.5: band gaps)": {},
+    "colsample 0.3 (formation enthalpy: train.stack.colsample_for)": {"colsample_bytree": 0.3},
+    "colsample 0.3, max_bin 255 (LightGBM's default)": {"colsample_bytree": 0.3, "max_bin": 255},
+    "colsample 0.3, max_bin 31": {"colsample_bytree": 0.3, "max_bin": 31},
+    "colsample 0.3, 400 trees at rate 0.06": {"colsample_bytree": 0.3, "n_estimators": 400, "learning_rate": 0.06},
+    "params.yaml again": {},
 }
 
 

@@ -183,6 +183,8 @@ class StackSettings:
     model where known (the property's own DFT column is skipped). ``extrapolate``: the
     properties whose stacked model uses the extrapolating calibration, ``bonding`` those whose
     boosters also see the bonding and ionic descriptors (:class:`StackConfig`).
+    ``colsample_for``: property -> the boosters' column fraction per tree for that property,
+    instead of ``config.colsample`` (the surrogate's, ``surrogate_colsample``, is shared).
     """
 
     enabled: bool = True
@@ -191,6 +193,7 @@ class StackSettings:
     extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
     extrapolate: tuple[str, ...] = ("band_gap",)
     bonding: tuple[str, ...] = ()
+    colsample_for: dict[str, float] = field(default_factory=dict)
     config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
 
     def __post_init__(self) -> None:
@@ -200,11 +203,14 @@ class StackSettings:
             raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
         from models.properties import PROPERTY_NAMES  # a light module; imported here like the type above
 
-        for key in ("extrapolate", "bonding"):
+        for key in ("extrapolate", "bonding", "colsample_for"):
             unknown = sorted(set(getattr(self, key)) - set(PROPERTY_NAMES))
             if unknown:
                 raise ValueError(f"stack.{key}: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
                                  f"(valid: {', '.join(PROPERTY_NAMES)})")
+        for name, fraction in self.colsample_for.items():
+            if not 0.0 < fraction <= 1.0:
+                raise ValueError(f"stack.colsample_for.{name} must be in (0, 1], got {fraction}")
 
 
 @dataclass(frozen=True)
@@ -285,7 +291,8 @@ class FitConfig:
         if not self.stack.enabled:
             return None
         return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min, element_value=prop.element_value,
-                       extrapolate=prop.name in self.stack.extrapolate, bonding=prop.name in self.stack.bonding)
+                       extrapolate=prop.name in self.stack.extrapolate, bonding=prop.name in self.stack.bonding,
+                       colsample=self.stack.colsample_for.get(prop.name, self.stack.config.colsample))
 
     def extra_fidelities(self, prop: Property) -> tuple[str, ...]:
         """Return the other DFT fidelities the stacked model takes for ``prop`` (never its own DFT column)."""

@@ -396,6 +396,15 @@ def test_stack_options_are_chosen_per_property():
     assert enthalpy.element_value == 0.0 and gap.element_value is None
     with pytest.raises(ValueError, match=r"stack\.bonding: unknown property \['gap'\]"):
         StackSettings(bonding=("gap",))
+    # the boosters' column fraction per property; the surrogate's is one for all (its stage fits it once)
+    fit = FitConfig(stack=StackSettings(colsample_for={"formation_enthalpy": 0.3}))
+    gap, enthalpy = (fit.stack_config(get_property(n)) for n in ("band_gap", "formation_enthalpy"))
+    assert (gap.colsample, enthalpy.colsample) == (fit.stack.config.colsample, 0.3)
+    assert gap.surrogate_colsample == enthalpy.surrogate_colsample == fit.stack.config.surrogate_colsample
+    with pytest.raises(ValueError, match=r"stack\.colsample_for: unknown property \['enthalpy'\]"):
+        StackSettings(colsample_for={"enthalpy": 0.3})
+    with pytest.raises(ValueError, match=r"stack\.colsample_for\.band_gap must be in \(0, 1\], got 1\.5"):
+        StackSettings(colsample_for={"band_gap": 1.5})
 
 
 def _compounds_and_elements(seed: int = 3):
