@@ -231,6 +231,9 @@ class _FakePredictor:
     def refused(self, items) -> dict[str, str]:
         return {}  # every formula that parses can be featurized (the real featurizer is tested elsewhere)
 
+    def bad_dft_value(self, item) -> str | None:
+        return None  # these inputs carry no DFT value (a user's dft_value is tested in tests/pipeline/test_predict.py)
+
     def predict(self, items, *, coverage=None):
         self.seen += [i.formula for i in items]
         n = len(items)
