@@ -59,18 +59,23 @@ def run(args: argparse.Namespace, per_property: Callable[[str, EvaluateParams, T
 
 
 def fold_errors(config: StackConfig, stack, descriptors: pd.DataFrame, formulas: list[str], y: np.ndarray, folds: list,
-                *, extra_reference: dict[str, pd.Series] | None = None, model: type[StackedModel] = StackedModel
-                ) -> pd.DataFrame:
+                *, extra_reference: dict[str, pd.Series] | None = None, model: type[StackedModel] = StackedModel,
+                shift_fields: list | None = None) -> pd.DataFrame:
     """Fit the stacked model on each fold's training part; per test row: protocol, fold, row, formula, absolute error.
 
     ``stack``: the evaluate stage's shared inputs (:func:`models.evaluation.run.stack_inputs`: DFT
     references and surrogate); ``extra_reference`` replaces its extra references when given;
-    ``model``: a subclass of :class:`StackedModel` to fit instead (a variant under test).
+    ``model``: a subclass of :class:`StackedModel` to fit instead (a variant under test);
+    ``shift_fields``: one :class:`models.learners.ShiftField` per fold (its own alignment's): the
+    model with OT features, as served; None: without.
     """
     extra = stack.extra_reference if extra_reference is None else extra_reference
+    if shift_fields is not None and len(shift_fields) != len(folds):
+        raise ValueError(f"fold_errors: {len(folds)} folds but {len(shift_fields)} shift fields")
     rows = []
-    for f in folds:
-        fitted = model(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate, extra_reference=extra)
+    for k, f in enumerate(folds):
+        fitted = model(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate, extra_reference=extra,
+                       shift_field=None if shift_fields is None else shift_fields[k])
         fitted.fit(descriptors, [formulas[i] for i in f.train], y[f.train])
         pred = fitted.predict(descriptors, [formulas[i] for i in f.test])
         rows.append(pd.DataFrame({"protocol": f.protocol, "fold": f.name, "row": f.test,

@@ -9,6 +9,12 @@ protocol and for the pooled OOD protocols: MAE mean ± std over seeds, and the p
 difference after - before with a 95% bootstrap interval over formulas (one draw for all
 seeds). Also the MAE of the pure elements and of the compounds apart.
 
+``--ot``: the stacked model *with* OT features, as served and as the evaluate stage's ``stacked_ot``:
+each fold's own unbalanced alignment (params.yaml's ``align`` section) on its training part only, its
+calibration shifts extended by :class:`models.learners.ShiftField`. A setting can pass without them
+and still move the served model (benchmarks/colsample_results.md), so a setting for the served model is
+checked with them too.
+
 ``--nested``: the same on folds inside the *training* parts of the evaluate stage's folds,
 so that no test row of the evaluate stage is seen (where a setting is chosen): each grouped-CV
 training part split in 3 grouped folds, and :func:`benchmarks.extrapolation.nested_folds`
@@ -32,10 +38,15 @@ from benchmarks import seeded
 from benchmarks.extrapolation import nested_folds
 from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_mask
+from models.evaluation.folds import alignment_variants, calibrated_targets, training_targets
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, grouped_kfold, make_folds
+from models.learners import ShiftField
 from models.properties import get_property
+from models.transport import AlignConfig
+from pipeline.config import load_section
 from pipeline.evaluate import load_inputs
+from pipeline.params.align import AlignParams
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
@@ -52,12 +63,28 @@ def inner_folds(folds: list[Fold], values: np.ndarray, formulas: list[str], *, s
     return out
 
 
+def fold_shift_fields(problem: dict, folds: list[Fold], align: AlignConfig, descriptors: pd.DataFrame, *,
+                      k: int) -> list[ShiftField]:
+    """Per fold: the shift field of its own unbalanced alignment on its training measurements (as the evaluate stage)."""
+    source = problem["source"]
+    out = []
+    for f in folds:
+        calibrated, confidence, _ = calibrated_targets(source, problem["target"], training_targets(f), align)
+        out.append(ShiftField.fit(source.formulas, np.asarray(source.values, float), calibrated, confidence,
+                                  descriptors, k=k))
+    return out
+
+
 def run_property(name: str, params: EvaluateParams, train: TrainParams, settings: dict[str, dict], seeds: list[int],
-                 bags: int, threads: int, nested: bool = False) -> dict:
+                 bags: int, threads: int, nested: bool = False, align: AlignConfig | None = None) -> dict:
+    """``align``: params.yaml's ``align`` section, for the model with OT features (``--ot``); None: the model without."""
     prop = get_property(name)
     full = params.full
+    # the evaluate stage's alignment of each fold: the align section applied to the property
+    unbalanced = None if align is None else alignment_variants(align.for_property(prop))["unbalanced"]
     inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
-    exp = _problem(inputs, full, seed=params.seed)["experiment"]
+    problem = _problem(inputs, full, seed=params.seed)
+    exp = problem["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     element = element_mask(formulas)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
@@ -66,9 +93,11 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
         if nested:
             folds = inner_folds(folds, y, formulas, seed=seed)
+        fields = None if align is None else fold_shift_fields(problem, folds, unbalanced, inputs.descriptors,
+                                                              k=stack.config.ot_neighbours)
         for setting, overrides in settings.items():
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **overrides), stack, inputs.descriptors, formulas,
-                                     y, folds)
+                                     y, folds, shift_fields=fields)
             tab["element"] = element[tab["row"].to_numpy()]
             if not nested:  # the nested folds have one OOD protocol: its pool would be a copy of it
                 tab = seeded.with_pooled_ood(tab)
@@ -101,7 +130,8 @@ def _cell(d: dict) -> str:
 
 def markdown(results: dict) -> str:
     lines = ["# Two settings of the stacked model (benchmarks/stack_options.py)", "",
-             f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model without OT; "
+             f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model "
+             f"{'with OT features (each fold its own alignment)' if results.get('ot') else 'without OT'}; "
              f"before = `{json.dumps(results['before'])}`, after = `{json.dumps(results['after'])}` (StackConfig overrides "
              f"of params.yaml's settings); {results['seconds']:.0f} s{'; ' + results['load'] if results.get('load') else ''}.",
              "MAE mean ± std over seeds; difference after - before with a 95% bootstrap interval over formulas.", ""]
@@ -124,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=json.loads, default={}, help="JSON overrides of the property's StackConfig")
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
     parser.add_argument("--nested", action="store_true", help="folds inside the evaluate folds' training parts")
+    parser.add_argument("--ot", action="store_true", help="the stacked model with OT features (each fold's own "
+                        "alignment on its training part), as served")
     args = parser.parse_args(argv)
     settings = {"before": args.before, "after": args.after}
+    align = load_section(AlignParams, "align", args.params).config if args.ot else None
     return seeded.run(args, lambda name, params, train: run_property(name, params, train, settings, args.seeds,
-                                                                                 args.bags, args.threads, args.nested),
-                      markdown, before=args.before, after=args.after, nested=args.nested)
+                                                                     args.bags, args.threads, args.nested, align),
+                      markdown, before=args.before, after=args.after, nested=args.nested, ot=args.ot)
 
 
 if __name__ == "__main__":

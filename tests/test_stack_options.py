@@ -23,3 +23,36 @@ def test_inner_folds_stay_inside_the_outer_training_parts():
         assert not set(f.test) & set(parent.test) and not set(f.train) & set(f.test)
         # a formula's rows stay together
         assert not {formulas[i] for i in f.train} & {formulas[i] for i in f.test}
+
+
+def test_fold_errors_gives_each_fold_its_own_shift_field():
+    """``--ot``: fold k's model is built with shift field k (its own alignment's), and the counts must agree."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import pytest
+
+    from benchmarks.seeded import fold_errors
+    from models.evaluation.splits import Fold
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, config, *, dft_reference, surrogate, extra_reference, shift_field):
+            seen.append(shift_field)
+
+        def fit(self, descriptors, formulas, y):
+            return self
+
+        def predict(self, descriptors, formulas):
+            return np.zeros(len(formulas))
+
+    formulas, y = ["NaCl", "KBr", "MgO", "CaO"], np.array([8.5, 7.4, 7.8, 7.0])
+    folds = [Fold("grouped_cv", "0", np.array([0, 1]), np.array([2, 3])), Fold("grouped_cv", "1", np.array([2, 3]), np.array([0, 1]))]
+    stack = SimpleNamespace(dft_reference=pd.Series(dtype=float), surrogate=None, extra_reference={})
+    table = fold_errors(None, stack, pd.DataFrame(), formulas, y, folds, model=Recorder, shift_fields=["field-0", "field-1"])
+    assert seen == ["field-0", "field-1"] and table["error"].tolist() == [7.8, 7.0, 8.5, 7.4]
+    fold_errors(None, stack, pd.DataFrame(), formulas, y, folds, model=Recorder)
+    assert seen[2:] == [None, None]  # without --ot: no OT features
+    with pytest.raises(ValueError, match="2 folds but 1 shift fields"):
+        fold_errors(None, stack, pd.DataFrame(), formulas, y, folds, model=Recorder, shift_fields=["field-0"])
