@@ -38,10 +38,9 @@ from benchmarks import seeded
 from benchmarks.extrapolation import nested_folds
 from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_mask
-from models.evaluation.folds import alignment_variants, calibrated_targets, training_targets
+from models.evaluation.folds import fold_shift_field
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, grouped_kfold, make_folds
-from models.learners import ShiftField
 from models.properties import get_property
 from models.transport import AlignConfig
 from pipeline.config import load_section
@@ -63,25 +62,13 @@ def inner_folds(folds: list[Fold], values: np.ndarray, formulas: list[str], *, s
     return out
 
 
-def fold_shift_fields(problem: dict, folds: list[Fold], align: AlignConfig, descriptors: pd.DataFrame, *,
-                      k: int) -> list[ShiftField]:
-    """Per fold: the shift field of its own unbalanced alignment on its training measurements (as the evaluate stage)."""
-    source = problem["source"]
-    out = []
-    for f in folds:
-        calibrated, confidence, _ = calibrated_targets(source, problem["target"], training_targets(f), align)
-        out.append(ShiftField.fit(source.formulas, np.asarray(source.values, float), calibrated, confidence,
-                                  descriptors, k=k))
-    return out
-
-
 def run_property(name: str, params: EvaluateParams, train: TrainParams, settings: dict[str, dict], seeds: list[int],
                  bags: int, threads: int, nested: bool = False, align: AlignConfig | None = None) -> dict:
     """``align``: params.yaml's ``align`` section, for the model with OT features (``--ot``); None: the model without."""
     prop = get_property(name)
     full = params.full
     # the evaluate stage's alignment of each fold: the align section applied to the property
-    unbalanced = None if align is None else alignment_variants(align.for_property(prop))["unbalanced"]
+    align = None if align is None else align.for_property(prop)
     inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
     problem = _problem(inputs, full, seed=params.seed)
     exp = problem["experiment"]
@@ -93,8 +80,9 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
         if nested:
             folds = inner_folds(folds, y, formulas, seed=seed)
-        fields = None if align is None else fold_shift_fields(problem, folds, unbalanced, inputs.descriptors,
-                                                              k=stack.config.ot_neighbours)
+        fields = None if align is None else [
+            fold_shift_field(problem["source"], problem["target"], inputs.descriptors, f, align,
+                             k=stack.config.ot_neighbours) for f in folds]
         for setting, overrides in settings.items():
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **overrides), stack, inputs.descriptors, formulas,
                                      y, folds, shift_fields=fields)

@@ -91,6 +91,7 @@ __all__ = [
     "alignment_variants",
     "calibrated_targets",
     "evaluate_folds",
+    "fold_shift_field",
     "shift_distance",
     "subset_domain",
     "training_targets",
@@ -154,6 +155,21 @@ def calibrated_targets(source: Domain, target: Domain, rows: np.ndarray, config:
     diag = {"mass_moved_fraction": res.mass_moved / float(res.a.sum()), "converged": float(res.converged),
             "seconds": res.seconds}
     return targets, confidence, diag
+
+
+def fold_shift_field(source: Domain, target: Domain, descriptors: pd.DataFrame, fold: Fold, config: AlignConfig, *,
+                     k: int, calibrated: tuple[np.ndarray, np.ndarray] | None = None) -> ShiftField:
+    """Return the stacked model's OT features on ``fold``: its own alignment on its training part, extended to every composition.
+
+    ``calibrated``: that alignment's calibrated targets and confidence when computed already
+    (:func:`calibrated_targets` of ``training_targets(fold)`` with ``config``).
+    """
+    if calibrated is None:
+        calibrated = calibrated_targets(source, target, training_targets(fold), config)[:2]
+    try:
+        return ShiftField.fit(np.asarray(source.formulas), np.asarray(source.values, float), *calibrated, descriptors, k=k)
+    except ValueError as exc:
+        raise ValueError(f"fold {fold.protocol}/{fold.name}: {exc}") from exc
 
 
 def shift_distance(x_train: np.ndarray, x_test: np.ndarray, *, sample: int = 500, seed: int = 0) -> float:
@@ -349,11 +365,7 @@ class _FoldRunner:
         if len(tr) == 0 or len(te) == 0:
             raise ValueError(f"fold {fold.protocol}/{fold.name} (seed {seed}) has an empty side")
         out = self._rows(fold, te).assign(seed=seed)
-        shift_field = None
-        if "stacked_ot" in self.stacked_models:
-            t_cal, conf, _ = calibrated_targets(self.data.source, self.data.target, training_targets(fold),
-                                                self.alignments["unbalanced"])
-            shift_field = self._shift_field(fold, (t_cal, conf))
+        shift_field = self._shift_field(fold) if "stacked_ot" in self.stacked_models else None
         self._stacked(out, {}, tr, te, shift_field, seed=seed)
         return out
 
@@ -361,14 +373,12 @@ class _FoldRunner:
         return pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "exp_id": np.asarray(self.data.target.ids)[te],
                              "formula": self.formulas[te], "value": self.y_all[te]})
 
-    def _shift_field(self, fold: Fold, unbalanced: tuple[np.ndarray, np.ndarray]) -> ShiftField:
-        """Extend the fold alignment's calibration shifts to every composition (the stacked model's OT features)."""
+    def _shift_field(self, fold: Fold, unbalanced: tuple[np.ndarray, np.ndarray] | None = None) -> ShiftField:
+        """Return the stacked model's OT features on ``fold`` (:func:`fold_shift_field`; ``unbalanced``: its alignment's, if run)."""
         stack = self.models.stack
-        try:
-            return ShiftField.fit(self.src_formulas, np.asarray(self.data.source.values, float), *unbalanced,
-                                  self.data.descriptors, k=stack.config.ot_neighbours if stack is not None else 5)
-        except ValueError as exc:
-            raise ValueError(f"fold {fold.protocol}/{fold.name}: {exc}") from exc
+        return fold_shift_field(self.data.source, self.data.target, self.data.descriptors, fold,
+                                self.alignments["unbalanced"], k=stack.config.ot_neighbours if stack is not None else 5,
+                                calibrated=unbalanced)
 
     def _baselines(self, out: pd.DataFrame, tr: np.ndarray, te: np.ndarray) -> dict[str, float]:
         y_tr, d_tr, d_te = self.y_all[tr], self.data.dft_reference[tr], self.data.dft_reference[te]
