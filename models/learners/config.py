@@ -120,7 +120,11 @@ class StackConfig:
     trend there instead of a constant.
     ``bonding`` (set per property from ``train.stack.bonding``): the boosters also see the
     element-class fractions, valence-electron count, charge balance and ionic character of
-    :mod:`featurizers.bonding`. ``element_value`` (the property's, :mod:`models.properties`): a
+    :mod:`featurizers.bonding`. ``correction_terms`` (set per property from
+    ``train.stack.correction_terms``): columns of the model's features (descriptor names; with
+    ``bonding`` also the bonding ones) that enter the fitted correction as linear terms beside the
+    element fractions, z-scored on the training rows and clipped to their range; unlike a
+    per-element offset they have a value for a formula whose elements training never saw. ``element_value`` (the property's, :mod:`models.properties`): a
     pure element is predicted this value, which it has by definition (0 eV/atom formation
     enthalpy of an element in its reference state); None: elements are predicted like compounds.
     """
@@ -147,11 +151,13 @@ class StackConfig:
     extrapolate: bool = field(default=False, metadata=PARAM_DERIVED)  # train.stack.extrapolate
     clamp_min: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
     bonding: bool = field(default=False, metadata=PARAM_DERIVED)  # train.stack.bonding
+    correction_terms: tuple[str, ...] = field(default=(), metadata=PARAM_DERIVED)  # train.stack.correction_terms
     element_value: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
     seed: int = field(default=0, metadata=PARAM_DERIVED)  # train.seed
     n_jobs: int = 2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "correction_terms", tuple(self.correction_terms))  # a JSON or YAML list
         for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags",
                      "ot_neighbours"):
             if getattr(self, name) < 1:
@@ -168,6 +174,10 @@ class StackConfig:
             raise ValueError(f"StackConfig.correction_alpha must be > 0 or None, got {self.correction_alpha}")
         if self.extrapolate and self.correction_alpha is None:
             raise ValueError("StackConfig.extrapolate calibrates the corrected DFT estimate: it needs correction_alpha")
+        if self.correction_terms and self.correction_alpha is None:
+            raise ValueError("StackConfig.correction_terms are terms of the fitted correction: they need correction_alpha")
+        if len(set(self.correction_terms)) != len(self.correction_terms):
+            raise ValueError(f"StackConfig.correction_terms names a column twice: {list(self.correction_terms)}")
         if self.objective not in ("regression", "regression_l1", "huber"):
             raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
 
@@ -185,6 +195,8 @@ class StackSettings:
     boosters also see the bonding and ionic descriptors (:class:`StackConfig`).
     ``colsample_for``: property -> the boosters' column fraction per tree for that property,
     instead of ``config.colsample`` (the surrogate's, ``surrogate_colsample``, is shared).
+    ``correction_terms``: property -> feature columns that enter its fitted correction as linear
+    terms (:class:`StackConfig`); a property not named has none.
     """
 
     enabled: bool = True
@@ -194,6 +206,7 @@ class StackSettings:
     extrapolate: tuple[str, ...] = ("band_gap",)
     bonding: tuple[str, ...] = ()
     colsample_for: dict[str, float] = field(default_factory=dict)
+    correction_terms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
 
     def __post_init__(self) -> None:
@@ -203,7 +216,7 @@ class StackSettings:
             raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
         from models.properties import PROPERTY_NAMES  # a light module; imported here like the type above
 
-        for key in ("extrapolate", "bonding", "colsample_for"):
+        for key in ("extrapolate", "bonding", "colsample_for", "correction_terms"):
             unknown = sorted(set(getattr(self, key)) - set(PROPERTY_NAMES))
             if unknown:
                 raise ValueError(f"stack.{key}: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
@@ -292,7 +305,8 @@ class FitConfig:
             return None
         return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min, element_value=prop.element_value,
                        extrapolate=prop.name in self.stack.extrapolate, bonding=prop.name in self.stack.bonding,
-                       colsample=self.stack.colsample_for.get(prop.name, self.stack.config.colsample))
+                       colsample=self.stack.colsample_for.get(prop.name, self.stack.config.colsample),
+                       correction_terms=tuple(self.stack.correction_terms.get(prop.name, ())))
 
     def extra_fidelities(self, prop: Property) -> tuple[str, ...]:
         """Return the other DFT fidelities the stacked model takes for ``prop`` (never its own DFT column)."""

@@ -15,6 +15,10 @@ trees approximate poorly. So a ridge regression on element fractions first fits 
 measurement minus the best DFT estimate on the training rows; the boosters then learn what
 is left (``y - corrected``, with ``corrected`` also given as a feature) and the corrected
 estimate is added back. Elements unseen in training contribute nothing to the correction.
+``config.correction_terms`` (chosen per property) adds linear terms that do transfer: named
+feature columns (e.g. the ionic character of :mod:`featurizers.bonding`), z-scored on the
+training rows and clipped to their range, so a family absent from training (a halide when no
+halide was measured) still gets the correction its bonding implies.
 
 Extrapolation (``config.extrapolate``, chosen per property): trees predict a constant beyond
 the targets they were fitted on, so a model fitted on gaps up to 4 eV calls a 10 eV insulator
@@ -52,7 +56,7 @@ import json
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +302,7 @@ class StackedModel:
         self.dft_reference = dft_reference[~dft_reference.index.duplicated()]
         self.surrogate = surrogate
         self.extra_reference = {k: v.dropna()[~v.dropna().index.duplicated()] for k, v in (extra_reference or {}).items()}
+        self.terms_: _Terms | None = None
 
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str], dft_value: np.ndarray | None = None,
                  extra_value: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -382,28 +387,56 @@ class StackedModel:
             out[n_columns - 2] = 1
         return out
 
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the feature columns before the multi-fidelity ones: descriptors (and with ``config.bonding`` the bonding ones)."""
+        bonding = [*BONDING_COLUMNS, *IONIC_COLUMNS] if self.config.bonding else []
+        return [*self.surrogate.columns_, *bonding]
+
     def _fractions(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
-        """Design of the fitted correction: element fractions (+ the OT shift column with a shift field)."""
+        """Design of the fitted correction: element fractions, the correction terms (+ the OT shift column with a shift field)."""
         col = {e: i for i, e in enumerate(self.elements_)}
         out = np.zeros((len(formulas), len(col)))
         for r, f in enumerate(formulas):
             for e, v in element_fractions(f).items():
                 if e in col:
                     out[r, col[e]] = v
+        if self.terms_ is not None:
+            t = self.terms_
+            values = np.clip(x[:, t.columns].astype(float), t.low, t.high)
+            out = np.column_stack([out, (values - t.center) / t.scale])
         if self.shift_field is not None and self.config.ot_in_correction:
             out = np.column_stack([out, x[:, self._shift_column]])
         return out
+
+    def _fit_terms(self, x: np.ndarray) -> _Terms | None:
+        """Return the correction terms' columns with their training centre, scale and range (None without terms)."""
+        names = self.config.correction_terms
+        if not names:
+            return None
+        known = self.feature_names
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            hint = "" if self.config.bonding else "; the bonding columns need train.stack.bonding for this property"
+            raise ValueError(f"StackConfig.correction_terms: no feature column {unknown[0]!r} (the descriptor columns, "
+                             f"e.g. {known[0]!r}{hint})")
+        columns = [known.index(n) for n in names]
+        values = x[:, columns].astype(float)
+        scale = values.std(axis=0)
+        return _Terms(names=tuple(names), columns=columns, center=values.mean(axis=0),
+                      scale=np.where(scale > 0, scale, 1.0), low=values.min(axis=0), high=values.max(axis=0))
 
     def _fit_correction(self, formulas: list[str], x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Fit the ridge correction of the best DFT estimate; return the corrected estimate per row."""
         best = x[:, self._best_column].astype(float)
         if self.config.correction_alpha is None:
-            self.elements_, self.correction_ = [], None
+            self.elements_, self.correction_, self.terms_ = [], None, None
             return np.zeros(len(y))
         # scikit-learn: about a second to import; only this method needs it
         from sklearn.linear_model import Ridge
 
         self.elements_ = sorted({e for f in formulas for e in element_fractions(f)})
+        self.terms_ = self._fit_terms(x)
         design = self._fractions(formulas, x)
         self.correction_ = Ridge(alpha=self.config.correction_alpha).fit(design, y - best)
         return best + self.correction_.predict(design)
@@ -536,6 +569,27 @@ class _LinearMap:
         return np.asarray(x, dtype=float) @ self.coef_ + self.intercept_
 
 
+@dataclass(frozen=True)
+class _Terms:
+    """The fitted correction's linear terms: feature ``columns`` (``names``), clipped to ``[low, high]``, z-scored."""
+
+    names: tuple[str, ...]
+    columns: list[int]
+    center: np.ndarray
+    scale: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def state(self) -> dict[str, list]:
+        return {"names": list(self.names), "columns": [int(c) for c in self.columns],
+                **{k: [float(v) for v in getattr(self, k)] for k in ("center", "scale", "low", "high")}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, list]) -> _Terms:
+        return cls(names=tuple(state["names"]), columns=[int(c) for c in state["columns"]],
+                   **{k: np.asarray(state[k], dtype=float) for k in ("center", "scale", "low", "high")})
+
+
 def _series(s: pd.Series) -> dict[str, list]:
     return {"index": [str(i) for i in s.index], "values": [float(v) for v in s.to_numpy(dtype=float)]}
 
@@ -560,7 +614,8 @@ def save_stacked(model: StackedModel, directory: Path) -> None:
     correction = None
     if model.correction_ is not None:
         correction = {"coef": [float(v) for v in np.ravel(model.correction_.coef_)],
-                      "intercept": float(np.ravel([model.correction_.intercept_])[0])}
+                      "intercept": float(np.ravel([model.correction_.intercept_])[0]),
+                      "terms": None if model.terms_ is None else model.terms_.state()}
     if model.shift_field is not None:
         model.shift_field.save(directory / "shift_field")
     state = {
@@ -599,6 +654,8 @@ def load_stacked(directory: Path) -> StackedModel:
     model.elements_ = list(state["elements"])
     corr = state["correction"]
     model.correction_ = None if corr is None else _LinearMap(np.asarray(corr["coef"]), corr["intercept"])
+    # models saved before the correction terms have no "terms" key
+    model.terms_ = _Terms.from_state(corr["terms"]) if corr is not None and corr.get("terms") else None
     # models saved before the extrapolating calibration have neither key
     model.calibration_ = tuple(state["calibration"]) if state.get("calibration") else None
     model.target_range_ = tuple(state["target_range"]) if state.get("target_range") else None

@@ -529,3 +529,73 @@ def test_a_surrogate_file_altered_after_it_was_written_is_refused(tmp_path):
     booster.write_text(booster.read_text().replace("learning_rate", "learning_rat"))
     with pytest.raises(ValueError, match=r"surrogate\.txt"):
         load_surrogate(tmp_path / "s")
+
+
+def _ionic_world(seed: int = 5):
+    """Binary compounds whose DFT error is 1.5 x a descriptor ``ion`` set by the anion (Cl's within the others' range).
+
+    A per-element offset learned without any chloride is 0 for Cl; a linear term in ``ion`` carries over.
+    """
+    rng = np.random.default_rng(seed)
+    ion = {"O": 1.2, "S": 0.35, "N": 0.5, "Se": 0.15, "F": 1.6, "Cl": 0.25}
+    metals = ["Na", "K", "Li", "Mg", "Ca", "Sr", "Ba", "Al", "Zn", "Ga"]
+    formulas = [f"{m}{k}{x}" for m in metals for x in ion for k in range(1, 6)]
+    anion = [f.rstrip("0123456789").split(next(c for c in f[1:] if c.isdigit()))[-1] for f in formulas]
+    n = len(formulas)
+    desc = pd.DataFrame({"formula": formulas, "a": rng.normal(size=n), "b": rng.normal(size=n),
+                         "ion": [ion[x] + rng.normal(0, 0.02) for x in anion]})
+    dft = rng.uniform(0, 4, n)
+    y = dft + 1.5 * desc["ion"].to_numpy()
+    return formulas, np.array(anion), desc, y, pd.Series(dft, index=formulas)
+
+
+def test_correction_terms_carry_a_trend_to_an_anion_training_never_saw(tmp_path):
+    from models.learners import load_stacked, save_stacked
+
+    formulas, anion, desc, y, ref = _ionic_world()
+    tr, te = np.flatnonzero(anion != "Cl"), np.flatnonzero(anion == "Cl")
+    f_tr, f_te = [formulas[i] for i in tr], [formulas[i] for i in te]
+    config = replace(FAST, correction_alpha=1.0)
+    per_element = StackedModel(config, dft_reference=ref).fit(desc, f_tr, y[tr])
+    with_terms = StackedModel(replace(config, correction_terms=("ion",)), dft_reference=ref,
+                              surrogate=per_element.surrogate).fit(desc, f_tr, y[tr])
+    base = {name: m._corrected(f_te, m.features(desc, f_te)) for name, m in
+            (("per_element", per_element), ("terms", with_terms))}
+    # without the term a chloride gets the training compounds' mean offset (about 1.1 eV; its own is 0.4)
+    assert mae(y[te], base["per_element"]) > 0.5
+    assert mae(y[te], base["terms"]) < 0.15
+    assert mae(y[te], with_terms.predict(desc, f_te)) < 0.5 * mae(y[te], per_element.predict(desc, f_te))
+    # the term is clipped to its training range: beyond it the correction stays at the range's edge
+    def correction(ion: float) -> float:
+        moved = desc.assign(ion=np.where(desc["formula"] == f_te[0], ion, desc["ion"]))
+        x = with_terms.features(moved, f_te[:1])
+        return float(with_terms._corrected(f_te[:1], x)[0] - x[0, with_terms._best_column])
+
+    edge = float(with_terms.terms_.high[0])
+    assert correction(5.0) == pytest.approx(correction(edge), abs=1e-9)
+    assert correction(edge) - correction(0.5) == pytest.approx(1.5 * (edge - 0.5), rel=0.1)
+    # saved and loaded: the same predictions (terms' centre, scale and range are in the JSON)
+    save_stacked(with_terms, tmp_path / "m")
+    loaded = load_stacked(tmp_path / "m")
+    assert loaded.terms_.names == ("ion",)
+    np.testing.assert_allclose(loaded.predict(desc, f_te), with_terms.predict(desc, f_te), atol=1e-12)
+
+
+def test_correction_terms_must_name_feature_columns_and_are_chosen_per_property():
+    from models.learners import FitConfig
+    from models.learners.config import StackSettings
+    from models.properties import get_property
+
+    formulas, _, desc, y, ref = _ionic_world()
+    with pytest.raises(ValueError, match=r"correction_terms: no feature column 'avg_ionic_char'.*train\.stack\.bonding"):
+        StackedModel(replace(FAST, correction_alpha=1.0, correction_terms=("avg_ionic_char",)),
+                     dft_reference=ref).fit(desc, formulas, y)
+    with pytest.raises(ValueError, match="need correction_alpha"):
+        replace(FAST, correction_terms=("ion",))
+    with pytest.raises(ValueError, match="names a column twice"):
+        replace(FAST, correction_alpha=1.0, correction_terms=["ion", "ion"])
+    fit = FitConfig(stack=StackSettings(correction_terms={"band_gap": ("avg_ionic_char",)}))
+    gap, enthalpy = (fit.stack_config(get_property(n)) for n in ("band_gap", "formation_enthalpy"))
+    assert (gap.correction_terms, enthalpy.correction_terms) == (("avg_ionic_char",), ())
+    with pytest.raises(ValueError, match=r"stack\.correction_terms: unknown property \['gap'\]"):
+        StackSettings(correction_terms={"gap": ("x",)})
