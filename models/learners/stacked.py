@@ -656,6 +656,12 @@ def load_stacked(directory: Path) -> StackedModel:
     model.correction_ = None if corr is None else _LinearMap(np.asarray(corr["coef"]), corr["intercept"])
     # models saved before the correction terms have no "terms" key
     model.terms_ = _Terms.from_state(corr["terms"]) if corr is not None and corr.get("terms") else None
+    if model.terms_ is not None:
+        names = model.feature_names
+        found = [names[c] if c < len(names) else None for c in model.terms_.columns]
+        if found != list(model.terms_.names):
+            raise ValueError(f"{directory / _HEADER}: the correction terms {list(model.terms_.names)} are not the "
+                             f"model's feature columns {found} (a file written by another version?)")
     # models saved before the extrapolating calibration have neither key
     model.calibration_ = tuple(state["calibration"]) if state.get("calibration") else None
     model.target_range_ = tuple(state["target_range"]) if state.get("target_range") else None

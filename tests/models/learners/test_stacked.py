@@ -579,6 +579,15 @@ def test_correction_terms_carry_a_trend_to_an_anion_training_never_saw(tmp_path)
     loaded = load_stacked(tmp_path / "m")
     assert loaded.terms_.names == ("ion",)
     np.testing.assert_allclose(loaded.predict(desc, f_te), with_terms.predict(desc, f_te), atol=1e-12)
+    # a term pointing at another column than the one it names is refused, not silently misread
+    import json
+
+    header = tmp_path / "m" / "stacked.json"
+    state = json.loads(header.read_text())
+    state["correction"]["terms"]["columns"] = [0]
+    header.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"correction terms \['ion'\] are not the model's feature columns \['a'\]"):
+        load_stacked(tmp_path / "m")
 
 
 def test_correction_terms_must_name_feature_columns_and_are_chosen_per_property():
