@@ -41,7 +41,7 @@ from pipeline.errors import MatshiftError
 from pipeline.params.align import AlignParams
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
-from pipeline.shared import read_surrogate
+from pipeline.shared import check_correction_terms, read_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(params.threads)
     inputs = load_inputs(params, prop, extra=fit.extra_fidelities(prop), use_graphs=settings.use_graphs,
                          surrogate_dir=train.surrogate_dir if fit.stack.enabled else None)
+    check_correction_terms(fit.stack_config(prop), inputs.descriptors, prop.name)
     try:
         result = evaluate_property(inputs, prop=prop, settings=settings, fit=fit, align=align, seed=params.seed,
                                    ad_k=params.ad_k, ad_threshold=params.ad_threshold, threads=params.threads,

@@ -41,6 +41,7 @@ from pipeline.config import DEFAULT_PARAMS, flatten, load_section, to_dict
 from pipeline.errors import MatshiftError
 from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
+from pipeline.shared import check_correction_terms
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,12 @@ def run(args: argparse.Namespace) -> int:
     stack = train.fit.stack_config(prop)
     if stack is None:
         raise MatshiftError("metal: the band-gap regressor is the stacked model; set train.stack.enabled: true")
+    inputs = load_inputs(params, train)
+    check_correction_terms(stack, inputs["descriptors"], prop.name)
     t0 = time.perf_counter()
     # folds in worker processes: one LightGBM thread everywhere until they are done (models/parallel.py)
     n_jobs = params.classifier.n_jobs if params.cv.workers <= 1 else 1
-    plan = prepare_metal(**load_inputs(params, train), config=replace(params.classifier, n_jobs=n_jobs),
+    plan = prepare_metal(**inputs, config=replace(params.classifier, n_jobs=n_jobs),
                          stack=replace(stack, bags=params.cv.regressor_bags, n_jobs=n_jobs),
                          cv=params.cv, extra_columns=train.fit.extra_fidelities(prop))
     if plan.counts["without_descriptors"]:

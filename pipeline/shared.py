@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import ConfigError
 from pipeline.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_surrogate"]
+__all__ = ["check_correction_terms", "read_surrogate"]
 
 
 def read_surrogate(directory: Path) -> Any:
@@ -35,3 +36,19 @@ def read_surrogate(directory: Path) -> Any:
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise MissingInputError(f"cannot read the DFT surrogate at {directory}: {exc}; rerun `matshift surrogate "
                                 f"--property {directory.name}` (dvc repro)") from exc
+
+
+def check_correction_terms(config: Any, descriptors: Any, prop: str) -> None:
+    """Refuse, before any fitting, ``train.stack.correction_terms`` naming a column the stacked model will not have.
+
+    ``config``: the property's :class:`models.learners.StackConfig` (None: no stacked model);
+    ``descriptors``: the featurize stage's descriptor table.
+    """
+    if config is None:
+        return
+    numeric = descriptors.drop(columns="formula", errors="ignore").select_dtypes(include="number").columns
+    missing = config.missing_terms(list(numeric))
+    if missing:
+        hint = "" if config.bonding else f", or add {prop} to train.stack.bonding for the bonding columns"
+        raise ConfigError(f"train.stack.correction_terms.{prop}: no feature column {missing[0]!r} (the descriptor "
+                          f"columns of data/features/descriptors.parquet, e.g. {numeric[0]!r}{hint})")

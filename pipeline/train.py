@@ -41,7 +41,7 @@ from pipeline.engine import open_engine
 from pipeline.errors import MatshiftError
 from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
-from pipeline.shared import read_surrogate
+from pipeline.shared import check_correction_terms, read_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def load_inputs(params: TrainParams, prop: Property) -> dict[str, Any]:
     dft = readers.read_dft(params.raw_dir, prop, extra=params.fit.extra_fidelities(prop) if stack.enabled else ())
     exp = readers.read_measurements(params.raw_dir, prop)
     desc = readers.read_descriptors(params.features_dir)
+    check_correction_terms(params.fit.stack_config(prop), desc, prop.name)
     aligned_path = params.aligned_dir / prop.name / "dft.parquet"
     aligned = readers.read_table(aligned_path, ["material_id", "calibrated_target", "confidence"])
     readers.read_alignment(params.aligned_dir / prop.name)

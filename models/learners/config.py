@@ -12,6 +12,7 @@ Torch-free, so that reading a configuration imports no training code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -180,6 +181,14 @@ class StackConfig:
             raise ValueError(f"StackConfig.correction_terms names a column twice: {list(self.correction_terms)}")
         if self.objective not in ("regression", "regression_l1", "huber"):
             raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
+
+
+    def missing_terms(self, descriptor_columns: Sequence[str]) -> list[str]:
+        """Return the ``correction_terms`` that are no feature column: not in ``descriptor_columns``, nor bonding ones with ``bonding``."""
+        from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS  # a light module, only for this check
+
+        known = set(descriptor_columns) | ({*BONDING_COLUMNS, *IONIC_COLUMNS} if self.bonding else set())
+        return [name for name in self.correction_terms if name not in known]
 
 
 @dataclass(frozen=True)

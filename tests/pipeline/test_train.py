@@ -77,6 +77,18 @@ def test_train_stage_rejects_bad_params_and_missing_inputs(tmp_path):
         stage.run(argparse.Namespace(params=train_params(tmp_path), property="band_gap", no_mlflow=True))
 
 
+def test_train_stage_refuses_correction_terms_it_cannot_build_before_fitting(tmp_path):
+    """A correction term naming no feature column fails at the start, naming the key, not minutes later in the fit."""
+    train_inputs(tmp_path)
+    path = train_params(tmp_path)
+    path.write_text(path.read_text().replace("blend_weight: 0.5}", "blend_weight: 0.5, "
+                                             "correction_terms: {band_gap: [avg_ionic_char]}}"))
+    with pytest.raises(ConfigError, match=r"train\.stack\.correction_terms\.band_gap: no feature column "
+                                          r"'avg_ionic_char'.*add band_gap to train\.stack\.bonding"):
+        stage.run(argparse.Namespace(params=path, property="band_gap", no_mlflow=True))
+    assert not (tmp_path / "models").exists()
+
+
 class _Stop(Exception):
     pass
 
