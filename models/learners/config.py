@@ -125,9 +125,10 @@ class StackConfig:
     ``train.stack.correction_terms``): columns of the model's features (descriptor names; with
     ``bonding`` also the bonding ones) that enter the fitted correction as linear terms beside the
     element fractions, z-scored on the training rows and clipped to their range; unlike a
-    per-element offset they have a value for a formula whose elements training never saw. ``element_value`` (the property's, :mod:`models.properties`): a
-    pure element is predicted this value, which it has by definition (0 eV/atom formation
-    enthalpy of an element in its reference state); None: elements are predicted like compounds.
+    per-element offset they have a value for a formula whose elements training never saw.
+    ``element_value`` (the property's, :mod:`models.properties`): a pure element is predicted
+    this value, which it has by definition (0 eV/atom formation enthalpy of an element in its
+    reference state); None: elements are predicted like compounds.
     """
 
     surrogate_trees: int = 300
@@ -181,7 +182,6 @@ class StackConfig:
             raise ValueError(f"StackConfig.correction_terms names a column twice: {list(self.correction_terms)}")
         if self.objective not in ("regression", "regression_l1", "huber"):
             raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
-
 
     def missing_terms(self, descriptor_columns: Sequence[str]) -> list[str]:
         """Return the ``correction_terms`` that are no feature column: not in ``descriptor_columns``, nor bonding ones with ``bonding``."""

@@ -415,7 +415,7 @@ class StackedModel:
         if not names:
             return None
         known = self.feature_names
-        unknown = [n for n in names if n not in known]
+        unknown = self.config.missing_terms(self.surrogate.columns_)
         if unknown:
             hint = "" if self.config.bonding else "; the bonding columns need train.stack.bonding for this property"
             raise ValueError(f"StackConfig.correction_terms: no feature column {unknown[0]!r} (the descriptor columns, "
