@@ -17,8 +17,10 @@ checked with them too.
 
 ``--nested``: the same on folds inside the *training* parts of the evaluate stage's folds,
 so that no test row of the evaluate stage is seen (where a setting is chosen): each grouped-CV
-training part split in 3 grouped folds, and :func:`benchmarks.extrapolation.nested_folds`
-(the range fold's own top 10%; halide, oxide and pnictide held out inside the halide and oxide
+training part split in 3 grouped folds and, with descriptors, in 3 k-means clusters of its
+formulas left out one at a time (LOCO inside it: a setting that trades family out against LOCO
+shows it before the evaluate folds do), and :func:`benchmarks.extrapolation.nested_folds` (the
+range fold's own top 10%; halide, oxide and pnictide held out inside the halide and oxide
 family-out training parts).
 
 Run after ``dvc repro align``: ``PYTHONPATH=. python -m benchmarks.stack_options --property
@@ -40,7 +42,7 @@ from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_mask
 from models.evaluation.folds import fold_shift_field
 from models.evaluation.run import _problem, stack_inputs
-from models.evaluation.splits import Fold, grouped_kfold, make_folds
+from models.evaluation.splits import Fold, grouped_kfold, loco_folds, make_folds
 from models.properties import get_property
 from models.transport import AlignConfig
 from pipeline.config import load_section
@@ -52,13 +54,22 @@ from pipeline.params.train import TrainParams
 HERE = Path(__file__).resolve().parent
 
 
-def inner_folds(folds: list[Fold], values: np.ndarray, formulas: list[str], *, seed: int) -> list[Fold]:
-    """Folds inside the training parts of ``folds`` (see the module docstring)."""
+def inner_folds(folds: list[Fold], values: np.ndarray, formulas: list[str], *, seed: int,
+                descriptors: np.ndarray | None = None, clusters: int = 3) -> list[Fold]:
+    """Folds inside the training parts of ``folds`` (see the module docstring).
+
+    ``descriptors``: one row per measurement (the evaluate stage's LOCO inputs); with them, each
+    grouped-CV training part also gets ``clusters`` LOCO folds of its own.
+    """
     out = nested_folds(folds, values, formulas)
     for f in folds:
         if f.protocol == "grouped_cv":
+            inside = [formulas[i] for i in f.train]
             out += [Fold("grouped_cv", f"in-{f.name}/{g.name}", f.train[g.train], f.train[g.test])
-                    for g in grouped_kfold([formulas[i] for i in f.train], n_folds=3, seed=seed)]
+                    for g in grouped_kfold(inside, n_folds=3, seed=seed)]
+            if descriptors is not None:
+                out += [Fold("loco", f"in-{f.name}/{g.name}", f.train[g.train], f.train[g.test])
+                        for g in loco_folds(inside, descriptors[f.train], n_clusters=clusters, seed=seed)]
     return out
 
 
@@ -74,12 +85,14 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
     exp = problem["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     element = element_mask(formulas)
+    x_rows = (inputs.descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
+              .loc[formulas].to_numpy(float))
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in seeds:
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
         if nested:
-            folds = inner_folds(folds, y, formulas, seed=seed)
+            folds = inner_folds(folds, y, formulas, seed=seed, descriptors=x_rows, clusters=full.loco_clusters)
         fields = None if align is None else [
             fold_shift_field(problem["source"], problem["target"], inputs.descriptors, f, align,
                              k=stack.config.ot_neighbours) for f in folds]
@@ -87,8 +100,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **overrides), stack, inputs.descriptors, formulas,
                                      y, folds, shift_fields=fields)
             tab["element"] = element[tab["row"].to_numpy()]
-            if not nested:  # the nested folds have one OOD protocol: its pool would be a copy of it
-                tab = seeded.with_pooled_ood(tab)
+            tab = seeded.with_pooled_ood(tab)  # nested: family out and LOCO inside the training parts
             for protocol, part in tab.groupby("protocol"):
                 errors.setdefault((protocol, setting), []).append(part.reset_index(drop=True))
             print(f"{name} seed {seed} {setting:6s} " + " ".join(f"{p} {g['error'].mean():.4f}"

@@ -16,6 +16,13 @@ def test_inner_folds_stay_inside_the_outer_training_parts():
     kinds = {f.protocol for f in inner}
     assert kinds == {"grouped_cv", "family_out", "range_extrapolation"}
     assert sum(f.protocol == "grouped_cv" for f in inner) == 9  # 3 inside each of 3
+    # with descriptors, LOCO inside each grouped-CV training part too: 3 clusters in each of 3
+    rng = np.random.default_rng(2)
+    centre = {f: rng.normal(size=4) for f in set(formulas)}
+    x = np.array([centre[f] for f in formulas])
+    inner = inner_folds(outer, values, formulas, seed=1, descriptors=x, clusters=3)
+    assert {f.protocol for f in inner} == kinds | {"loco"}
+    assert sum(f.protocol == "loco" for f in inner) == 9
     by_name = {f.name: f for f in outer}
     for f in inner:
         parent = by_name[f.name.removeprefix("in-").split("/")[0]]
