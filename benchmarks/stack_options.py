@@ -42,7 +42,7 @@ from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_mask
 from models.evaluation.folds import fold_shift_field
 from models.evaluation.run import _problem, stack_inputs
-from models.evaluation.splits import Fold, grouped_kfold, loco_folds, make_folds
+from models.evaluation.splits import Fold, grouped_kfold, loco_descriptors, loco_folds, make_folds
 from models.properties import get_property
 from models.transport import AlignConfig
 from pipeline.config import load_section
@@ -85,8 +85,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
     exp = problem["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     element = element_mask(formulas)
-    x_rows = (inputs.descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
-              .loc[formulas].to_numpy(float))
+    x_rows = loco_descriptors(inputs.descriptors, formulas) if nested else None  # the nested LOCO folds' inputs
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in seeds:

@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     stack = train.fit.stack_config(prop)
     if stack is None:
         raise MatshiftError("metal: the band-gap regressor is the stacked model; set train.stack.enabled: true")
+    t0 = time.perf_counter()
     inputs = load_inputs(params, train)
     check_correction_terms(stack, inputs["descriptors"], prop.name)
-    t0 = time.perf_counter()
     # folds in worker processes: one LightGBM thread everywhere until they are done (models/parallel.py)
     n_jobs = params.classifier.n_jobs if params.cv.workers <= 1 else 1
     plan = prepare_metal(**inputs, config=replace(params.classifier, n_jobs=n_jobs),

@@ -62,7 +62,6 @@ def load_inputs(params: TrainParams, prop: Property) -> dict[str, Any]:
     dft = readers.read_dft(params.raw_dir, prop, extra=params.fit.extra_fidelities(prop) if stack.enabled else ())
     exp = readers.read_measurements(params.raw_dir, prop)
     desc = readers.read_descriptors(params.features_dir)
-    check_correction_terms(params.fit.stack_config(prop), desc, prop.name)
     aligned_path = params.aligned_dir / prop.name / "dft.parquet"
     aligned = readers.read_table(aligned_path, ["material_id", "calibrated_target", "confidence"])
     readers.read_alignment(params.aligned_dir / prop.name)
@@ -102,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # the one place the environment is read: MLflow's standard variable overrides params
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", params.tracking_uri)
     inputs = load_inputs(params, prop)
+    check_correction_terms(params.fit.stack_config(prop), inputs["descriptors"], prop.name)
     parallel, fit = None, params.fit
     if getattr(args, "distributed", False):
         parallel, device = init_from_env(backend=getattr(args, "backend", None))

@@ -33,7 +33,14 @@ import numpy as np
 import pandas as pd
 
 from models.evaluation.config import MetalCVSettings
-from models.evaluation.splits import Fold, crystal_system_folds, family_folds, grouped_kfold, loco_folds
+from models.evaluation.splits import (
+    Fold,
+    crystal_system_folds,
+    family_folds,
+    grouped_kfold,
+    loco_descriptors,
+    loco_folds,
+)
 from models.learners import (
     DFT_METAL_COLUMNS,
     DFTSurrogate,
@@ -281,8 +288,7 @@ def prepare_metal(*, classes: pd.DataFrame, gaps: pd.DataFrame, dft: pd.DataFram
     folds = {f"grouped_cv_seed{s}": grouped_kfold(formulas, n_folds=cv.n_folds, seed=s) for s in cv.cv_seeds}
     for proto in cv.protocols:
         if proto == "loco":
-            x = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
-            folds[proto] = loco_folds(formulas, x.loc[formulas].to_numpy(float), n_clusters=cv.loco_clusters,
+            folds[proto] = loco_folds(formulas, loco_descriptors(descriptors, formulas), n_clusters=cv.loco_clusters,
                                       seed=config.seed)
         elif proto == "family_out":
             folds[proto] = family_folds(formulas)

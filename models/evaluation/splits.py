@@ -29,6 +29,7 @@ __all__ = [
     "crystal_system_folds",
     "family_folds",
     "grouped_kfold",
+    "loco_descriptors",
     "loco_folds",
     "make_folds",
     "range_extrapolation",
@@ -105,6 +106,12 @@ def grouped_kfold(formulas: Sequence[str], *, n_folds: int = 5, seed: int = 0) -
     return _folds_from_groups("grouped_cv", [str(v) for v in labels], [str(k) for k in range(n_folds)])
 
 
+def loco_descriptors(descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
+    """Return the numeric descriptor row of each of ``formulas`` (repeats included), what :func:`loco_folds` clusters."""
+    table = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
+    return table.loc[list(formulas)].to_numpy(float)
+
+
 def loco_folds(
     formulas: Sequence[str], descriptors: np.ndarray, *, n_clusters: int = 5, seed: int = 0
 ) -> list[Fold]:
@@ -174,8 +181,8 @@ def make_folds(settings: EvalSettings, formulas: Sequence[str], values: Sequence
         if proto == "grouped_cv":
             folds += grouped_kfold(formulas, n_folds=settings.n_folds, seed=seed)
         elif proto == "loco":
-            desc = descriptors.drop_duplicates("formula").set_index("formula").select_dtypes(include="number")
-            folds += loco_folds(formulas, desc.loc[formulas].to_numpy(float), n_clusters=settings.loco_clusters, seed=seed)
+            folds += loco_folds(formulas, loco_descriptors(descriptors, formulas), n_clusters=settings.loco_clusters,
+                                seed=seed)
         elif proto == "family_out":
             folds += family_folds(formulas)
         elif proto == "crystal_system_out":
