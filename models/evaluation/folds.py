@@ -435,13 +435,13 @@ class _FoldRunner:
         """Conformal intervals around ``served``'s test predictions, calibrated on the fold's training part only.
 
         As the train stage: out-of-fold residuals of the training rows (grouped inner folds,
-        the stacked model without OT, ``intervals.bags`` boosters), normalised by the
+        the stacked model without OT, :meth:`IntervalConfig.booster_config`), normalised by the
         neighbours' residuals and distance; ``lower``/``upper`` at the nominal coverage and
         ``in_<pct>`` (covered at each level of :data:`RELIABILITY_LEVELS`) per test row.
         """
         t_iv = time.perf_counter()
         stack, desc, settings = self.models.stack, self.data.descriptors, self.models.stack.intervals
-        config = replace(stack.config, bags=settings.bags)
+        config = settings.booster_config(stack.config)
 
         def fit_predict(formulas: list[str], y: np.ndarray, test: list[str]) -> np.ndarray:
             return StackedModel(config, dft_reference=stack.dft_reference, surrogate=stack.surrogate,

@@ -240,7 +240,8 @@ class IntervalConfig:
     """Settings of the conformal prediction intervals (:class:`models.learners.ConformalIntervals`; ``train.intervals``).
 
     ``folds``: grouped folds of the out-of-fold residuals (by formula); ``bags``: boosters of
-    each fold's model (1: cheap; the residual distribution is what matters). ``max_z``: the
+    each fold's model (1: cheap; the residual distribution is what matters); ``trees`` / ``lr``:
+    those boosters' trees and learning rate (None: the stacked model's), see :meth:`booster_config`. ``max_z``: the
     standardised descriptors of calibration rows and queries are clipped to ``[-max_z, max_z]``
     before distances are taken, so that a column almost constant among the calibration rows
     cannot put a composition millions of standard deviations away (by Chebyshev at most
@@ -250,6 +251,8 @@ class IntervalConfig:
     coverage: float = 0.9
     folds: int = 5
     bags: int = 1
+    trees: int | None = None
+    lr: float | None = None
     k_residual: int = 25
     k_distance: int = 5
     distance_power: float = 0.75
@@ -265,6 +268,18 @@ class IntervalConfig:
             raise ValueError("IntervalConfig: folds must be >= 2 and bags, k_residual, k_distance >= 1")
         if self.distance_power < 0 or self.beta <= 0:
             raise ValueError("IntervalConfig: distance_power must be >= 0 and beta > 0")
+        if self.trees is not None and self.trees < 1:
+            raise ValueError(f"IntervalConfig.trees must be >= 1 (or null: the stacked model's), got {self.trees}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"IntervalConfig.lr must be > 0 (or null: the stacked model's), got {self.lr}")
+
+    def booster_config(self, stack: StackConfig) -> StackConfig:
+        """Return the settings of the models whose out-of-fold residuals calibrate the intervals.
+
+        ``stack`` (the served stacked model's) with ``bags`` boosters and, where set, ``trees``
+        and ``lr``: the residuals only have to be those of a model of the same accuracy.
+        """
+        return replace(stack, bags=self.bags, trees=self.trees or stack.trees, lr=self.lr or stack.lr)
 
 
 @dataclass(frozen=True)

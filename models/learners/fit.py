@@ -157,7 +157,7 @@ def fit_property(
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
         try:
             with steps("prediction intervals"):
-                intervals = _fit_intervals(descriptors, split, stacked, replace(stack_config, bags=config.intervals.bags),
+                intervals = _fit_intervals(descriptors, split, stacked, config.intervals.booster_config(stack_config),
                                            config.intervals, prop, seed=config.seed)
         except ValueError as exc:  # too few measurements for the out-of-fold models: served without intervals
             log.warning("%s: no prediction intervals (%s); predictions will have lower/upper NaN", prop.name, exc)

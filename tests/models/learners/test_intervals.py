@@ -82,6 +82,20 @@ def test_round_trip_clamp_and_refusals(calibrated, tmp_path):
         IntervalConfig(folds=1)
 
 
+def test_the_calibration_models_take_their_own_trees_and_rate_and_old_files_keep_the_stacked_models():
+    from models.learners import StackConfig
+
+    served = StackConfig(trees=800, lr=0.03, bags=5, leaves=31)
+    fast = IntervalConfig(bags=1, trees=400, lr=0.06).booster_config(served)
+    assert (fast.bags, fast.trees, fast.lr, fast.leaves) == (1, 400, 0.06, 31)
+    same = IntervalConfig(bags=2).booster_config(served)  # a file written before trees / lr existed reads as this
+    assert (same.bags, same.trees, same.lr) == (2, 800, 0.03)
+    with pytest.raises(ValueError, match=r"IntervalConfig\.trees must be >= 1"):
+        IntervalConfig(trees=0)
+    with pytest.raises(ValueError, match=r"IntervalConfig\.lr must be > 0"):
+        IntervalConfig(lr=-0.1)
+
+
 def _mixed(n_compounds: int, elements: list[str], seed: int):
     """Compounds with noise 0.3 and pure elements with noise 0.01 around a prediction of 0, in one descriptor cloud."""
     rng = np.random.default_rng(seed)
