@@ -87,6 +87,39 @@ def test_surrogate_stage_params_are_the_surrogate_fields():
     assert params == {"train.seed", *(f"train.stack.{f}" for f in SURROGATE_FIELDS if f != "seed")}
 
 
+# where a stage other than train reads the train section's FitConfig (as `fit.<name>` or `train.fit.<name>`)
+FIT_READERS = {"evaluate": ("pipeline/evaluate.py", "models/evaluation/run.py"), "metal": ("pipeline/metal.py",)}
+
+
+def fit_fields_read(paths: tuple[str, ...]) -> set[str]:
+    """FitConfig fields (``train.<field>`` in params.yaml) the code in ``paths`` reads, directly or through its methods."""
+    import dataclasses
+    import inspect
+    import re
+
+    from models.learners import FitConfig
+
+    fields = {f.name for f in dataclasses.fields(FitConfig)}
+    read: set[str] = set()
+    for path in paths:
+        for name in re.findall(r"\bfit\.(\w+)", (ROOT / path).read_text(encoding="utf-8")):
+            if name in fields:
+                read.add(name)
+            elif callable(getattr(FitConfig, name, None)):
+                read |= set(re.findall(r"\bself\.(\w+)", inspect.getsource(getattr(FitConfig, name)))) & fields
+    return read
+
+
+@pytest.mark.parametrize("stage", sorted(FIT_READERS))
+def test_stage_params_cover_the_train_settings_it_reads(stage):
+    """Changing a train setting that evaluate or metal reads reruns them (train.intervals was once missing from evaluate)."""
+    params = _dvc_stage(stage)["params"]
+    read = fit_fields_read(FIT_READERS[stage])
+    assert read, f"no FitConfig read found in {FIT_READERS[stage]}: the pattern is stale"
+    missing = sorted(f for f in read if "train" not in params and f"train.{f}" not in params)
+    assert not missing, f"dvc.yaml stage {stage!r} reads train.{missing} but does not list them under params"
+
+
 def test_closure_sees_lazily_exported_and_deferred_imports():
     train = closure("train")
     # fit_property is re-exported lazily by models.learners; torch modules load on first use
