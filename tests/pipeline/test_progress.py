@@ -57,7 +57,7 @@ def test_a_quick_train_run_writes_progress_lines_and_q_keeps_it_quiet(tmp_path):
     steps = re.findall(r"train band_gap: \[(\d+)/(\d+)\] ([\w ]+) in \d+ s", err)
     assert [(int(k), n) for k, n, _ in steps] == [(k, steps[0][1]) for k in range(1, len(steps) + 1)]
     assert int(steps[-1][1]) == len(steps) >= 5
-    assert {"GNN members with OT", "stacked model", "prediction intervals"} <= {s for _, _, s in steps}
+    assert {"GNN members with and without OT", "stacked model", "prediction intervals"} <= {s for _, _, s in steps}
     for desc in ("epochs", "boosters", "DFT surrogate", "out-of-fold models"):  # the tqdm bars, with an ETA
         assert re.search(rf"{desc}: +\d+%.*<", err), desc
     assert "trained in" in err
