@@ -45,7 +45,7 @@ class StageLoad:
 
     stage: str
     seconds: float
-    busy: float
+    busy: float | None
     idle_core_seconds: float
     longest_low_seconds: float
 
@@ -64,7 +64,7 @@ def stage_loads(samples: Sequence[tuple[float, float]], starts: Sequence[tuple[f
     out = []
     for (t0, name), (t1, _) in itertools.pairwise(bounds):
         mine = [(t, b) for t, b in samples if t0 < t <= t1]
-        busy = sum(b for _, b in mine) / len(mine) if mine else float("nan")
+        busy = sum(b for _, b in mine) / len(mine) if mine else None  # shorter than one interval
         idle, longest, run, prev = 0.0, 0.0, 0.0, t0
         for t, b in mine:
             dt = t - prev
@@ -72,7 +72,7 @@ def stage_loads(samples: Sequence[tuple[float, float]], starts: Sequence[tuple[f
             run = run + dt if b < low else 0.0
             longest = max(longest, run)
             prev = t
-        out.append(StageLoad(stage=name, seconds=round(t1 - t0, 1), busy=round(busy, 3),
+        out.append(StageLoad(stage=name, seconds=round(t1 - t0, 1), busy=None if busy is None else round(busy, 3),
                              idle_core_seconds=round(idle, 1), longest_low_seconds=round(longest, 1)))
     return out
 
@@ -115,7 +115,8 @@ def trace(command: Sequence[str], *, interval: float) -> tuple[list[tuple[float,
 
 def markdown(loads: Sequence[StageLoad], *, command: str, cores: int, wall: float, interval: float) -> str:
     idle = sum(s.idle_core_seconds for s in loads)
-    rows = "\n".join(f"| {s.stage} | {s.seconds:.0f} | {100 * s.busy:.0f}% | {s.idle_core_seconds:.0f} | "
+    rows = "\n".join(f"| {s.stage} | {s.seconds:.0f} | {'-' if s.busy is None else f'{100 * s.busy:.0f}%'} | "
+                     f"{s.idle_core_seconds:.0f} | "
                      f"{s.longest_low_seconds:.0f} |" for s in loads)
     return (f"# CPU trace of `{command}` (benchmarks/cpu_trace.py)\n\n"
             f"{cores} cores, a sample every {interval:g} s; {wall / 60:.1f} minutes in all, {idle:.0f} idle "

@@ -15,6 +15,8 @@ def test_samples_are_attributed_to_the_running_stage_and_idle_time_adds_up():
     a, b = stage_loads(samples, [(0.0, "a"), (10.0, "b")], end=20.0, cores=2)
     assert (a.stage, a.seconds, a.busy, a.idle_core_seconds, a.longest_low_seconds) == ("a", 10.0, 1.0, 0.0, 0.0)
     assert (b.stage, b.seconds, b.busy, b.idle_core_seconds, b.longest_low_seconds) == ("b", 10.0, 0.7, 6.0, 6.0)
+    (short,) = stage_loads(samples, [(20.5, "short")], end=21.0, cores=2)  # no sample inside: busy unknown, not NaN
+    assert short.busy is None and short.idle_core_seconds == 0.0
     with pytest.raises(ValueError, match="no stage started"):
         stage_loads(samples, [], end=20.0, cores=2)
 

@@ -276,7 +276,7 @@ def prepare_metal(*, classes: pd.DataFrame, gaps: pd.DataFrame, dft: pd.DataFram
     dft = dft[dft["formula"].isin(known)]
     t0 = time.perf_counter()
     classifier = MetalClassifier(config, dft_table=dft_metal_table(dft, metal_gap=config.dft_metal_gap))
-    classifier.fit_surrogates(descriptors)
+    classifier.fit_surrogates(descriptors, workers=cv.workers)  # one LightGBM thread each when > 1 (the caller)
     log.info("metal: DFT surrogates (PBE gap MAE %.3f eV, PBE-metal indicator MAE %.3f) on %d formulas in %.0f s",
              classifier.gap_surrogate.mae_, classifier.metal_surrogate.mae_, len(classifier.dft_table),
              time.perf_counter() - t0)

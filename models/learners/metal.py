@@ -39,6 +39,7 @@ from featurizers.bonding import bonding_descriptors, ionic_descriptors
 from models._io import read_header, write_header
 from models.learners.config import MetalConfig
 from models.learners.stacked import DFTSurrogate, descriptor_matrix, surrogate_from_state, surrogate_state
+from models.parallel import fork_map
 from models.properties import choose_polymorphs
 
 __all__ = [
@@ -111,14 +112,19 @@ class MetalClassifier:
         self.gap_surrogate = gap_surrogate
         self.metal_surrogate = metal_surrogate
 
-    def fit_surrogates(self, descriptors: pd.DataFrame) -> MetalClassifier:
-        """Fit the two DFT surrogates on the DFT entries (a no-op for those already given)."""
+    def fit_surrogates(self, descriptors: pd.DataFrame, *, workers: int = 1) -> MetalClassifier:
+        """Fit the two DFT surrogates on the DFT entries (a no-op for those already given).
+
+        ``workers`` > 1: the two fit side by side in forked processes (:func:`models.parallel.fork_map`;
+        the config's ``n_jobs`` must then be 1), the same models as one after the other.
+        """
         sconf = self.config.surrogate_config()
-        if self.gap_surrogate is None:
-            self.gap_surrogate = DFTSurrogate(sconf).fit(descriptors, self.dft_table["dft_gap"])
-        if self.metal_surrogate is None:
-            metal = (self.dft_table["dft_gap"] <= self.config.dft_metal_gap).astype(float)
-            self.metal_surrogate = DFTSurrogate(sconf).fit(descriptors, metal)
+        metal = (self.dft_table["dft_gap"] <= self.config.dft_metal_gap).astype(float)
+        todo = [(name, target) for name, target in (("gap_surrogate", self.dft_table["dft_gap"]),
+                                                    ("metal_surrogate", metal)) if getattr(self, name) is None]
+        fitted = fork_map(lambda item: DFTSurrogate(sconf).fit(descriptors, item[1]), todo, workers=workers)
+        for (name, _), surrogate in zip(todo, fitted, strict=True):
+            setattr(self, name, surrogate)
         return self
 
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:

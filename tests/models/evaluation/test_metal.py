@@ -88,3 +88,13 @@ def test_folds_in_worker_processes_give_the_serial_tables_per_group():
     for name in groups:
         for got, want in zip(forked[name], serial[name], strict=True):
             pd.testing.assert_frame_equal(got, want)
+
+
+def test_the_two_dft_surrogates_fitted_side_by_side_are_the_ones_fitted_in_turn():
+    formulas, desc, _, dft = synthetic(240, seed=1)
+    table = dft_metal_table(dft)
+    one = MetalClassifier(SMALL, dft_table=table).fit_surrogates(desc)  # SMALL: one LightGBM thread
+    two = MetalClassifier(SMALL, dft_table=table).fit_surrogates(desc, workers=2)
+    for name in ("gap_surrogate", "metal_surrogate"):
+        np.testing.assert_array_equal(getattr(one, name).predict(desc, formulas), getattr(two, name).predict(desc, formulas))
+        assert getattr(one, name).mae_ == getattr(two, name).mae_
