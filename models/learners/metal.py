@@ -115,14 +115,16 @@ class MetalClassifier:
     def fit_surrogates(self, descriptors: pd.DataFrame, *, workers: int = 1) -> MetalClassifier:
         """Fit the two DFT surrogates on the DFT entries (a no-op for those already given).
 
-        ``workers`` > 1: the two fit side by side in forked processes (:func:`models.parallel.fork_map`;
-        the config's ``n_jobs`` must then be 1), the same models as one after the other.
+        ``workers`` > 1: the two fit side by side in forked processes (:func:`models.parallel.fork_map`),
+        the same models as one after the other; only with the config's ``n_jobs`` 1 (LightGBM on more
+        threads in a forked worker can hang), else one after the other here.
         """
         sconf = self.config.surrogate_config()
         metal = (self.dft_table["dft_gap"] <= self.config.dft_metal_gap).astype(float)
         todo = [(name, target) for name, target in (("gap_surrogate", self.dft_table["dft_gap"]),
                                                     ("metal_surrogate", metal)) if getattr(self, name) is None]
-        fitted = fork_map(lambda item: DFTSurrogate(sconf).fit(descriptors, item[1]), todo, workers=workers)
+        fitted = fork_map(lambda item: DFTSurrogate(sconf).fit(descriptors, item[1]), todo,
+                          workers=workers if sconf.n_jobs == 1 else 1)
         for (name, _), surrogate in zip(todo, fitted, strict=True):
             setattr(self, name, surrogate)
         return self
