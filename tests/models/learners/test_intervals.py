@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from models.learners import ConformalIntervals, IntervalConfig, out_of_fold
+from models.learners import ConformalIntervals, IntervalConfig, StackConfig, out_of_fold
 
 
 def data(n: int, seed: int, shift: float = 0.0):
@@ -83,8 +83,6 @@ def test_round_trip_clamp_and_refusals(calibrated, tmp_path):
 
 
 def test_the_calibration_models_take_their_own_trees_and_rate_and_old_files_keep_the_stacked_models():
-    from models.learners import StackConfig
-
     served = StackConfig(trees=800, lr=0.03, bags=5, leaves=31)
     fast = IntervalConfig(bags=1, trees=400, lr=0.06).booster_config(served)
     assert (fast.bags, fast.trees, fast.lr, fast.leaves) == (1, 400, 0.06, 31)
