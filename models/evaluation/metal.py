@@ -102,7 +102,7 @@ class MetalData:
     def classifier_for_fold(self, config: MetalConfig | None = None) -> MetalClassifier:
         base = self.classifier
         return MetalClassifier(config or base.config, dft_table=base.dft_table, gap_surrogate=base.gap_surrogate,
-                               metal_surrogate=base.metal_surrogate)
+                               metal_surrogate=base.metal_surrogate, feature_cache=base.feature_cache)
 
     def regressor(self, formulas: Sequence[str], values: np.ndarray) -> StackedModel:
         return StackedModel(self.stack, dft_reference=self.dft_reference, surrogate=self.gap_surrogate,
@@ -280,6 +280,7 @@ def prepare_metal(*, classes: pd.DataFrame, gaps: pd.DataFrame, dft: pd.DataFram
     log.info("metal: DFT surrogates (PBE gap MAE %.3f eV, PBE-metal indicator MAE %.3f) on %d formulas in %.0f s",
              classifier.gap_surrogate.mae_, classifier.metal_surrogate.mae_, len(classifier.dft_table),
              time.perf_counter() - t0)
+    classifier.cache_features(descriptors, labels.index)  # every fold's rows: computed once, before the folds fork
     data = MetalData(labels=labels, gaps=gaps, descriptors=descriptors, classifier=classifier, stack=stack,
                      dft_reference=reference_per_formula(dft),
                      extra_reference={c: reference_per_formula(dft, value=c) for c in extra_columns if c in dft},

@@ -39,7 +39,7 @@ _LAZY = {
         "EntryTable", "encode_compositions", "grouped_split",
     ),
     "losses": (
-        "unbalanced_sinkhorn", "uot_embedding_loss",
+        "scaling_unbalanced_sinkhorn", "unbalanced_sinkhorn", "uot_embedding_loss",
     ),
     "training": (
         "DataParallelHook", "EnsembleResult", "EpochRecord", "Prediction", "TrainResult", "build_model",

@@ -29,7 +29,7 @@ Stored without pickle (JSON + LightGBM text files, sha256-checked on load).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from models.properties import choose_polymorphs
 
 __all__ = [
     "DFT_METAL_COLUMNS",
+    "FeatureCache",
     "MetalClassifier",
     "choose_threshold",
     "dft_metal_table",
@@ -90,6 +91,22 @@ def _probability(model, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(x), dtype=float)
 
 
+@dataclass(frozen=True)
+class FeatureCache:
+    """:meth:`MetalClassifier.features` of a fixed set of formulas, computed once (:meth:`MetalClassifier.cache_features`).
+
+    The columns depend on the descriptors frame, the two DFT surrogates and the config's
+    ``bonding`` / ``ionic`` flags, never on a measurement; a classifier uses the cache only
+    when all of them are the ones the cache was built from (the same objects).
+    """
+
+    descriptors: pd.DataFrame
+    surrogates: tuple[DFTSurrogate, DFTSurrogate]
+    flags: tuple[bool, bool]
+    rows: dict[str, int]
+    matrix: np.ndarray
+
+
 class MetalClassifier:
     """Probability that a composition is a metal (see the module docstring for the features).
 
@@ -99,11 +116,14 @@ class MetalClassifier:
         gap_surrogate, metal_surrogate: fitted :class:`DFTSurrogate` of the PBE gap and of the
             PBE metal indicator to reuse (cross-validation folds share them: they saw no
             measurement); fitted in :meth:`fit` when None.
+        feature_cache: a :class:`FeatureCache` to look feature rows up in (cross-validation folds
+            share one), used only where it applies.
 
     """
 
     def __init__(self, config: MetalConfig | None = None, *, dft_table: pd.DataFrame,
-                 gap_surrogate: DFTSurrogate | None = None, metal_surrogate: DFTSurrogate | None = None):
+                 gap_surrogate: DFTSurrogate | None = None, metal_surrogate: DFTSurrogate | None = None,
+                 feature_cache: FeatureCache | None = None):
         self.config = config or MetalConfig()
         missing = set(DFT_METAL_COLUMNS) - set(dft_table.columns)
         if missing:
@@ -111,6 +131,7 @@ class MetalClassifier:
         self.dft_table = dft_table.loc[~dft_table.index.duplicated(), list(DFT_METAL_COLUMNS)]
         self.gap_surrogate = gap_surrogate
         self.metal_surrogate = metal_surrogate
+        self.feature_cache = feature_cache
 
     def fit_surrogates(self, descriptors: pd.DataFrame, *, workers: int = 1) -> MetalClassifier:
         """Fit the two DFT surrogates on the DFT entries (a no-op for those already given).
@@ -129,13 +150,37 @@ class MetalClassifier:
             setattr(self, name, surrogate)
         return self
 
+    def cache_features(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> FeatureCache:
+        """Compute :meth:`features` of ``formulas`` once and keep them (``feature_cache``); returns the cache.
+
+        The rows are the ones :meth:`features` computes (every column is a function of the
+        formula alone), so folds that look them up fit the same models.
+        """
+        formulas = list(dict.fromkeys(formulas))
+        self.feature_cache = FeatureCache(
+            descriptors=descriptors, surrogates=(self.gap_surrogate, self.metal_surrogate),
+            flags=(self.config.bonding, self.config.ionic), rows={f: k for k, f in enumerate(formulas)},
+            matrix=self._compute_features(descriptors, formulas))
+        return self.feature_cache
+
     def features(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
         """Descriptors, a has-DFT flag, :data:`DFT_METAL_COLUMNS` (NaN without an entry), the two surrogates.
 
         With ``config.bonding`` the :func:`~featurizers.bonding.bonding_descriptors` follow, with
-        ``config.ionic`` then the :func:`~featurizers.bonding.ionic_descriptors`.
+        ``config.ionic`` then the :func:`~featurizers.bonding.ionic_descriptors`. Looked up in
+        ``feature_cache`` when it was built from these descriptors, surrogates and flags and holds
+        every formula.
         """
         formulas = list(formulas)
+        cache = self.feature_cache
+        if (cache is not None and cache.descriptors is descriptors and cache.flags == (self.config.bonding, self.config.ionic)
+                and cache.surrogates[0] is self.gap_surrogate and cache.surrogates[1] is self.metal_surrogate):
+            rows = [cache.rows.get(f) for f in formulas]
+            if None not in rows:
+                return cache.matrix[np.asarray(rows, dtype=np.int64)]
+        return self._compute_features(descriptors, formulas)
+
+    def _compute_features(self, descriptors: pd.DataFrame, formulas: list[str]) -> np.ndarray:
         x = descriptor_matrix(descriptors, formulas, self.gap_surrogate.columns_)
         dft = self.dft_table.reindex(formulas).to_numpy(float)
         has = np.isfinite(dft[:, 0]).astype(float)

@@ -162,11 +162,14 @@ def pair_costs(
     target: Domain,
     weights: CostWeights,
     offset: np.ndarray | None = None,
-    chunk: int = 1_000_000,
+    chunk: int = 4096,
 ) -> dict[str, np.ndarray]:
     """Cost terms on the pairs ``(rows[k], cols[k])``; key ``"total"`` is their weighted sum.
 
-    ``offset`` (n,) is added to the DFT values (energy-additivity corrections).
+    ``offset`` (n,) is added to the DFT values (energy-additivity corrections). ``chunk`` pairs
+    at a time: each pair's terms are its own, so any chunk gives the same numbers; small chunks
+    keep the gathered descriptor rows in cache (600,000 pairs of 150 columns: 3.2 s in chunks of
+    a million, 0.19 s in chunks of 4,096).
     """
     nnz = rows.size
     out = {k: np.zeros(nnz) for k in ("descriptor", "value", "mass", "symmetry")}

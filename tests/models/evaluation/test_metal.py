@@ -90,6 +90,16 @@ def test_folds_in_worker_processes_give_the_serial_tables_per_group():
             pd.testing.assert_frame_equal(got, want)
 
 
+def test_folds_reading_the_cached_features_give_the_tables_computed_per_fold():
+    data, labels, _, _ = _metal_data()
+    folds = grouped_kfold(list(labels.index), n_folds=3, seed=0)
+    computed = metal_cv(data, folds, inner_folds=3)
+    data.classifier.cache_features(data.descriptors, labels.index)
+    cached = metal_cv(data, folds, inner_folds=3, workers=2)
+    for got, want in zip(cached, computed, strict=True):
+        pd.testing.assert_frame_equal(got, want)
+
+
 def test_the_two_dft_surrogates_fitted_side_by_side_are_the_ones_fitted_in_turn():
     formulas, desc, _, dft = synthetic(240, seed=1)
     table = dft_metal_table(dft)

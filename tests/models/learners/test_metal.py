@@ -158,3 +158,25 @@ def test_one_standard_error_rule_keeps_one_half_unless_the_data_show_better():
     # a false metal 5x as costly as a missed one moves the optimum to 5/6: far beyond the noise, so it moves
     t = choose_threshold(p, y, cost_if_missed=cost, cost_if_false=5 * cost)
     assert 0.7 < t < 0.9
+
+
+def test_cached_feature_rows_are_the_computed_ones_and_apply_only_where_they_were_built():
+    formulas, desc, metal, dft = synthetic(120, seed=3)
+    clf = MetalClassifier(SMALL, dft_table=dft_metal_table(dft)).fit_surrogates(desc)
+    subset = formulas[70:] + formulas[:5]
+    computed = clf.features(desc, subset)
+    cache = clf.cache_features(desc, formulas[:100])
+    assert cache.matrix.shape[0] == 100
+    # a formula outside the cache: every row computed, the same as before
+    np.testing.assert_array_equal(clf.features(desc, subset), computed)
+    inside = formulas[60:100] + formulas[:5]
+    np.testing.assert_array_equal(clf.features(desc, inside),
+                                  MetalClassifier(SMALL, dft_table=clf.dft_table, gap_surrogate=clf.gap_surrogate,
+                                                  metal_surrogate=clf.metal_surrogate).features(desc, inside))
+    cache.matrix[:] = np.nan  # poisoned: shows where the cache is read
+    assert np.isnan(clf.features(desc, inside)).all()
+    assert not np.isnan(clf.features(desc.copy(), inside)[:, 0]).any()  # another descriptors frame
+    other = MetalClassifier(replace(SMALL, bonding=False), dft_table=clf.dft_table, gap_surrogate=clf.gap_surrogate,
+                            metal_surrogate=clf.metal_surrogate, feature_cache=cache)
+    without_bonding = other.features(desc, inside)  # other feature flags
+    assert without_bonding.shape[1] < cache.matrix.shape[1] and not np.isnan(without_bonding[:, 0]).any()

@@ -13,6 +13,7 @@ from models.learners import (
     determine_device,
     grouped_split,
     predict,
+    scaling_unbalanced_sinkhorn,
     train_ensemble,
     train_model,
     unbalanced_sinkhorn,
@@ -48,6 +49,29 @@ def test_uot_embedding_loss_has_gradients_and_prefers_aligned_clouds():
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     near = uot_embedding_loss(y[:10].detach(), y[5:].detach())
     assert float(near) < float(uot_embedding_loss(x.detach(), y + 3.0))
+
+
+def test_scaling_domain_sinkhorn_is_the_log_domain_one_and_steps_aside_where_its_kernel_underflows():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(30, 6, generator=g, dtype=torch.float64) + 0.5
+    cost = torch.cdist(x, y).pow(2)
+    cost = cost / cost.detach().mean()
+    a, b = torch.full((40,), 1 / 40, dtype=torch.float64), torch.full((30,), 1 / 30, dtype=torch.float64)
+    log_plan = unbalanced_sinkhorn(cost, a, b, reg=0.1, reg_m=1.0, n_iter=30)
+    (log_grad,) = torch.autograd.grad((log_plan * cost).sum(), x, retain_graph=True)
+    plan = scaling_unbalanced_sinkhorn(cost, a, b, reg=0.1, reg_m=1.0, n_iter=30)
+    (grad,) = torch.autograd.grad((plan * cost).sum(), x)
+    torch.testing.assert_close(plan, log_plan, rtol=1e-10, atol=1e-18)
+    torch.testing.assert_close(grad, log_grad, rtol=1e-9, atol=1e-15)
+    # one point far from every other: its row of exp(-C/eps) underflows, the log domain takes over
+    far = torch.cat([y.detach(), torch.full((1, 6), 60.0, dtype=torch.float64)])
+    far_cost = torch.cdist(x.detach(), far).pow(2)
+    far_cost = far_cost / far_cost.mean()
+    b31 = torch.full((31,), 1 / 31, dtype=torch.float64)
+    assert scaling_unbalanced_sinkhorn(far_cost, a, b31, reg=0.01, reg_m=1.0, n_iter=30) is None
+    loss = uot_embedding_loss(x.detach().float(), far.float(), reg=0.01, n_iter=30)
+    assert torch.isfinite(loss)
 
 
 def test_grouped_split_keeps_groups_apart():

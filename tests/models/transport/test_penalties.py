@@ -110,3 +110,21 @@ def test_calibration_feeds_the_offset_and_is_reported():
 def test_unknown_calibration_is_rejected_by_name():
     with pytest.raises(ValueError, match="value_calibration must be one of none, linear, got 'isotonic'"):
         CostWeights(value_calibration="isotonic")
+
+
+def test_pair_costs_are_the_same_numbers_in_any_chunk():
+    from models.transport.penalties import pair_costs, standardise
+
+    formulas, dft, measured, feats = _pairs(60, seed=4)
+    src, tgt = _domains(formulas, dft, measured, feats)
+    std = standardise(src, tgt)
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 60, 1000), rng.integers(0, 60, 1000)
+    weights = CostWeights(symmetry=0.0, hard_block=True)
+    whole = pair_costs(rows, cols, std=std, source=src, target=tgt, weights=weights, chunk=10_000)
+    for chunk in (1, 7, 4096):
+        parts = pair_costs(rows, cols, std=std, source=src, target=tgt, weights=weights, chunk=chunk)
+        for key, value in whole.items():
+            np.testing.assert_array_equal(parts[key], value)
+    diff = std.zs[rows] - std.zt[cols]
+    np.testing.assert_allclose(whole["descriptor"], (diff ** 2).mean(axis=1), rtol=1e-12)
