@@ -161,7 +161,7 @@ def test_one_standard_error_rule_keeps_one_half_unless_the_data_show_better():
 
 
 def test_cached_feature_rows_are_the_computed_ones_and_apply_only_where_they_were_built():
-    formulas, desc, metal, dft = synthetic(120, seed=3)
+    formulas, desc, _, dft = synthetic(120, seed=3)
     clf = MetalClassifier(SMALL, dft_table=dft_metal_table(dft)).fit_surrogates(desc)
     subset = formulas[70:] + formulas[:5]
     computed = clf.features(desc, subset)
