@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("metal: %d labelled formulas have no descriptors and are left out (rerun `matshift featurize`)",
                     plan.counts["without_descriptors"])
     results = metal_cv_groups(plan.data, plan.folds, inner_folds=params.cv.inner_folds, seed=params.classifier.seed,
-                              workers=params.cv.workers,
+                              workers=params.cv.workers, inner=params.cv.inner_config(plan.data.classifier.config),
                               on_fold=lambda k, n, msg: log.info("metal: fold %d/%d %s", k + 1, n, msg))
     metrics = metal_summary(results)
     first = next(iter(results.values()))

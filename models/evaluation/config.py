@@ -7,7 +7,9 @@ given here; the alignment per fold is the align stage's (:class:`models.transpor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from models.learners.config import MetalConfig
 
 PROTOCOLS = ("grouped_cv", "loco", "family_out", "crystal_system_out", "range_extrapolation")
 OOD_PROTOCOLS = ("loco", "family_out", "crystal_system_out")
@@ -110,7 +112,9 @@ class MetalCVSettings:
     differ); each of the OOD ``protocols`` (``loco`` with ``loco_clusters`` k-means clusters,
     ``family_out``, ``crystal_system_out``) runs once. Per fold the threshold comes from an
     ``inner_folds``-fold CV of the training part, and the band-gap regressor is the train
-    stage's stacked model without OT with ``regressor_bags`` boosters. A formula labelled
+    stage's stacked model without OT with ``regressor_bags`` boosters. The inner CV's
+    classifiers take ``inner_trees`` trees at rate ``inner_lr`` (None: the classifier's) and one
+    booster: they only set the threshold. A formula labelled
     metal with a measured gap above ``gap_conflict_tol`` (eV) is left out. The folds run in
     ``workers`` forked processes (1 = one after the other).
     """
@@ -118,6 +122,8 @@ class MetalCVSettings:
     cv_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     n_folds: int = 5
     inner_folds: int = 4
+    inner_trees: int | None = None
+    inner_lr: float | None = None
     protocols: list[str] = field(default_factory=lambda: list(OOD_PROTOCOLS))
     loco_clusters: int = 5
     regressor_bags: int = 2
@@ -136,6 +142,12 @@ class MetalCVSettings:
             raise ValueError("loco_clusters must be >= 2, regressor_bags and workers >= 1")
         if self.gap_conflict_tol < 0:
             raise ValueError(f"gap_conflict_tol must be >= 0, got {self.gap_conflict_tol}")
+        if (self.inner_trees is not None and self.inner_trees < 1) or (self.inner_lr is not None and self.inner_lr <= 0):
+            raise ValueError(f"inner_trees must be >= 1 and inner_lr > 0 (or null), got {self.inner_trees} and {self.inner_lr}")
+
+    def inner_config(self, classifier: MetalConfig) -> MetalConfig:
+        """Return the inner CV's classifier config: ``classifier`` with one booster and ``inner_trees`` / ``inner_lr``."""
+        return replace(classifier, bags=1, trees=self.inner_trees or classifier.trees, lr=self.inner_lr or classifier.lr)
 
 
 __all__ = [

@@ -109,13 +109,16 @@ class MetalData:
                             extra_reference=self.extra_reference).fit(self.descriptors, list(formulas), values)
 
 
-def _fold_threshold(data: MetalData, train: np.ndarray, regressor: StackedModel, *, inner_folds: int, seed: int
-                    ) -> float:
-    """Threshold from inner out-of-fold probabilities of the training formulas (see the module docstring)."""
+def _fold_threshold(data: MetalData, train: np.ndarray, regressor: StackedModel, *, inner_folds: int, seed: int,
+                    inner: MetalConfig | None = None) -> float:
+    """Threshold from inner out-of-fold probabilities of the training formulas (see the module docstring).
+
+    ``inner``: the inner classifiers' config (None: the classifier's with one booster).
+    """
     formulas = data.labels.index.to_numpy()[train]
     y = data.labels.to_numpy()[train]
     oof = np.empty(len(train))
-    inner = replace(data.classifier.config, bags=1)
+    inner = inner or replace(data.classifier.config, bags=1)
     for fold in grouped_kfold(list(formulas), n_folds=inner_folds, seed=seed + 1):
         clf = data.classifier_for_fold(inner).fit(data.descriptors, formulas[fold.train], y[fold.train])
         oof[fold.test] = clf.predict_proba(data.descriptors, formulas[fold.test])
@@ -127,31 +130,33 @@ def _fold_threshold(data: MetalData, train: np.ndarray, regressor: StackedModel,
 
 
 def metal_cv(data: MetalData, folds: Sequence[Fold], *, inner_folds: int = 4, seed: int = 0, workers: int = 1,
-             on_fold: Callable[[int, int, str], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+             on_fold: Callable[[int, int, str], None] | None = None, inner: MetalConfig | None = None
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every fold (positions into ``data.labels``); returns the per-formula and the per-gap-row tables.
 
     Per formula: ``protocol``, ``fold``, ``formula``, ``is_metal``, ``probability``,
     ``threshold``, ``called_metal``. Per row of the all-compositions set: ``protocol``,
     ``fold``, ``formula``, ``is_metal``, ``measured`` (0 for a metal), ``regressor`` (the
-    band-gap model alone) and ``combined`` (0 where called metal). ``workers``, ``on_fold``:
-    as in :func:`metal_cv_groups`.
+    band-gap model alone) and ``combined`` (0 where called metal). ``workers``, ``on_fold``,
+    ``inner``: as in :func:`metal_cv_groups`.
     """
     return metal_cv_groups(data, {"folds": folds}, inner_folds=inner_folds, seed=seed, workers=workers,
-                           on_fold=on_fold)["folds"]
+                           on_fold=on_fold, inner=inner)["folds"]
 
 
 def metal_cv_groups(data: MetalData, groups: dict[str, Sequence[Fold]], *, inner_folds: int = 4, seed: int = 0,
-                    workers: int = 1, on_fold: Callable[[int, int, str], None] | None = None
-                    ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+                    workers: int = 1, on_fold: Callable[[int, int, str], None] | None = None,
+                    inner: MetalConfig | None = None) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """:func:`metal_cv` of every named group of folds, all folds in one queue; the two tables per group.
 
     ``workers`` > 1: the folds run in that many forked processes (:func:`models.parallel.fork_map`;
     give the models one thread each), with the serial run's results. ``on_fold(k, n, message)``
-    is called here, in order, after fold ``k`` of all ``n``.
+    is called here, in order, after fold ``k`` of all ``n``. ``inner``: the config of the classifiers
+    of each fold's inner CV, which only sets the threshold (None: the classifier's with one booster).
     """
     items = [(name, fold) for name, folds in groups.items() for fold in folds]
     tables: dict[str, tuple[list, list]] = {name: ([], []) for name in groups}
-    done = fork_map(lambda item: _metal_fold(data, item[1], inner_folds=inner_folds, seed=seed), items,
+    done = fork_map(lambda item: _metal_fold(data, item[1], inner_folds=inner_folds, seed=seed, inner=inner), items,
                     workers=workers)
     for k, ((name, fold), (formula_table, row_table, seconds)) in enumerate(
             zip(items, bar(done, desc="metal folds", total=len(items), unit="fold", leave=False), strict=True)):
@@ -163,7 +168,8 @@ def metal_cv_groups(data: MetalData, groups: dict[str, Sequence[Fold]], *, inner
     return {name: (pd.concat(f, ignore_index=True), pd.concat(r, ignore_index=True)) for name, (f, r) in tables.items()}
 
 
-def _metal_fold(data: MetalData, fold: Fold, *, inner_folds: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+def _metal_fold(data: MetalData, fold: Fold, *, inner_folds: int, seed: int, inner: MetalConfig | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """One fold of :func:`metal_cv`: its per-formula and per-gap-row tables and its seconds."""
     t0 = time.perf_counter()
     formulas = data.labels.index.to_numpy()
@@ -172,7 +178,7 @@ def _metal_fold(data: MetalData, fold: Fold, *, inner_folds: int, seed: int) -> 
     clf = data.classifier_for_fold().fit(data.descriptors, formulas[tr], y[tr])
     train_gaps = data.gaps[data.gaps["formula"].isin(set(formulas[tr]))]
     regressor = data.regressor(train_gaps["formula"], train_gaps["value"].to_numpy(float))
-    threshold = _fold_threshold(data, tr, regressor, inner_folds=inner_folds, seed=seed)
+    threshold = _fold_threshold(data, tr, regressor, inner_folds=inner_folds, seed=seed, inner=inner)
     p = clf.predict_proba(data.descriptors, formulas[te])
     per_formula = pd.DataFrame({"protocol": fold.protocol, "fold": fold.name, "formula": formulas[te],
                                 "is_metal": y[te], "probability": p, "threshold": threshold,

@@ -1,9 +1,13 @@
 """Cross-validation of the metal classifier: labels, leak-free folds, the combined band-gap scores."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
+import pytest
 
 from models.evaluation import (
+    MetalCVSettings,
     MetalData,
     grouped_kfold,
     metal_cv,
@@ -75,6 +79,17 @@ def test_cross_validation_is_leak_free_and_the_classifier_helps_the_all_composit
 
 def test_config_defaults_are_valid():
     assert MetalConfig().surrogate_config().surrogate_trees == MetalConfig().surrogate_trees
+
+
+def test_inner_classifiers_take_their_own_trees_and_rate_and_one_booster():
+    classifier = MetalConfig(trees=600, lr=0.03, bags=3, leaves=63)
+    assert MetalCVSettings().inner_config(classifier) == replace(classifier, bags=1)
+    inner = MetalCVSettings(inner_trees=300, inner_lr=0.06).inner_config(classifier)
+    assert (inner.trees, inner.lr, inner.bags, inner.leaves) == (300, 0.06, 1, 63)
+    with pytest.raises(ValueError, match="inner_trees"):
+        MetalCVSettings(inner_trees=0)
+    with pytest.raises(ValueError, match="inner_lr"):
+        MetalCVSettings(inner_lr=-0.1)
 
 
 def test_folds_in_worker_processes_give_the_serial_tables_per_group():
