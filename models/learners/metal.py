@@ -95,12 +95,14 @@ def _probability(model, x: np.ndarray) -> np.ndarray:
 class FeatureCache:
     """:meth:`MetalClassifier.features` of a fixed set of formulas, computed once (:meth:`MetalClassifier.cache_features`).
 
-    The columns depend on the descriptors frame, the two DFT surrogates and the config's
-    ``bonding`` / ``ionic`` flags, never on a measurement; a classifier uses the cache only
-    when all of them are the ones the cache was built from (the same objects).
+    The columns depend on the descriptors frame, the DFT table, the two DFT surrogates and the
+    config's ``bonding`` / ``ionic`` flags, never on a measurement; a classifier uses the cache
+    only when all of them are the ones the cache was built from (the same objects; an equal DFT
+    table).
     """
 
     descriptors: pd.DataFrame
+    dft_table: pd.DataFrame
     surrogates: tuple[DFTSurrogate, DFTSurrogate]
     flags: tuple[bool, bool]
     rows: dict[str, int]
@@ -158,7 +160,7 @@ class MetalClassifier:
         """
         formulas = list(dict.fromkeys(formulas))
         self.feature_cache = FeatureCache(
-            descriptors=descriptors, surrogates=(self.gap_surrogate, self.metal_surrogate),
+            descriptors=descriptors, dft_table=self.dft_table, surrogates=(self.gap_surrogate, self.metal_surrogate),
             flags=(self.config.bonding, self.config.ionic), rows={f: k for k, f in enumerate(formulas)},
             matrix=self._compute_features(descriptors, formulas))
         return self.feature_cache
@@ -174,7 +176,8 @@ class MetalClassifier:
         formulas = list(formulas)
         cache = self.feature_cache
         if (cache is not None and cache.descriptors is descriptors and cache.flags == (self.config.bonding, self.config.ionic)
-                and cache.surrogates[0] is self.gap_surrogate and cache.surrogates[1] is self.metal_surrogate):
+                and cache.surrogates[0] is self.gap_surrogate and cache.surrogates[1] is self.metal_surrogate
+                and (cache.dft_table is self.dft_table or cache.dft_table.equals(self.dft_table))):
             rows = [cache.rows.get(f) for f in formulas]
             if None not in rows:
                 return cache.matrix[np.asarray(rows, dtype=np.int64)]

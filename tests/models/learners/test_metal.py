@@ -180,3 +180,9 @@ def test_cached_feature_rows_are_the_computed_ones_and_apply_only_where_they_wer
                             metal_surrogate=clf.metal_surrogate, feature_cache=cache)
     without_bonding = other.features(desc, inside)  # other feature flags
     assert without_bonding.shape[1] < cache.matrix.shape[1] and not np.isnan(without_bonding[:, 0]).any()
+    shifted = MetalClassifier(SMALL, dft_table=clf.dft_table + 1.0, gap_surrogate=clf.gap_surrogate,
+                              metal_surrogate=clf.metal_surrogate, feature_cache=cache)
+    assert not np.isnan(shifted.features(desc, inside)[:, 0]).any()  # another DFT table
+    same = MetalClassifier(SMALL, dft_table=clf.dft_table.copy(), gap_surrogate=clf.gap_surrogate,
+                           metal_surrogate=clf.metal_surrogate, feature_cache=cache)
+    assert np.isnan(same.features(desc, inside)).all()  # an equal one: the (poisoned) cache
