@@ -157,8 +157,7 @@ def fit_property(
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
         try:
             with steps("prediction intervals"):
-                intervals = _fit_intervals(descriptors, split, stacked, config.intervals.booster_config(stack_config),
-                                           config.intervals, prop, seed=config.seed)
+                intervals = _fit_intervals(descriptors, split, stacked, config.intervals, prop, seed=config.seed)
         except ValueError as exc:  # too few measurements for the out-of-fold models: served without intervals
             log.warning("%s: no prediction intervals (%s); predictions will have lower/upper NaN", prop.name, exc)
         if intervals is not None:
@@ -260,10 +259,14 @@ def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, s
     return stacked
 
 
-def _fit_intervals(descriptors: pd.DataFrame, split: _Split, stacked: StackedModel, config: StackConfig,
-                   settings: IntervalConfig, prop: Property, *, seed: int) -> ConformalIntervals:
-    """Calibrate the conformal intervals on out-of-fold residuals of the training part (see the module docstring)."""
+def _fit_intervals(descriptors: pd.DataFrame, split: _Split, stacked: StackedModel, settings: IntervalConfig,
+                   prop: Property, *, seed: int) -> ConformalIntervals:
+    """Calibrate the conformal intervals on out-of-fold residuals of the training part (see the module docstring).
+
+    The out-of-fold models are ``stacked``'s settings under :meth:`IntervalConfig.booster_config`, without OT.
+    """
     tr = split.tr
+    config = settings.booster_config(stacked.config)
 
     def fit_predict(formulas: list[str], y: np.ndarray, test: list[str]) -> np.ndarray:
         model = StackedModel(config, dft_reference=stacked.dft_reference, surrogate=stacked.surrogate,
