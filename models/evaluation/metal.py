@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -113,12 +113,13 @@ def _fold_threshold(data: MetalData, train: np.ndarray, regressor: StackedModel,
                     inner: MetalConfig | None = None) -> float:
     """Threshold from inner out-of-fold probabilities of the training formulas (see the module docstring).
 
-    ``inner``: the inner classifiers' config (None: the classifier's with one booster).
+    ``inner``: the inner classifiers' config (None: :meth:`MetalCVSettings.inner_config`'s default, the
+    classifier's with one booster).
     """
     formulas = data.labels.index.to_numpy()[train]
     y = data.labels.to_numpy()[train]
     oof = np.empty(len(train))
-    inner = inner or replace(data.classifier.config, bags=1)
+    inner = inner or MetalCVSettings().inner_config(data.classifier.config)
     for fold in grouped_kfold(list(formulas), n_folds=inner_folds, seed=seed + 1):
         clf = data.classifier_for_fold(inner).fit(data.descriptors, formulas[fold.train], y[fold.train])
         oof[fold.test] = clf.predict_proba(data.descriptors, formulas[fold.test])

@@ -43,8 +43,8 @@ def scaling_unbalanced_sinkhorn(cost: Tensor, a: Tensor, b: Tensor, *, reg: floa
     With :math:`K = e^{\log K}` and :math:`u = e^{\log u}`, :math:`v = e^{\log v}` from 1,
     each step :math:`u = (a / Kv)^\phi`, :math:`v = (b / K^\top u)^\phi` is the log-domain step
     exponentiated: the same plan up to float rounding, with two matrix-vector products per
-    step instead of two log-sum-exps over the whole matrix (forward and backward 2.5x faster on
-    128 x 128 float64 batches). None when a row or column of :math:`-C/\varepsilon` has no entry
+    step instead of two log-sum-exps over the whole matrix (forward and backward 2.4x faster on
+    128 x 128 float64 batches, benchmarks/uot_loss_results.md). None when a row or column of :math:`-C/\varepsilon` has no entry
     above ``-500`` (its kernel would underflow) or the iterates stop being finite: the caller
     then takes the log domain.
     """

@@ -108,6 +108,15 @@ class FeatureCache:
     rows: dict[str, int]
     matrix: np.ndarray
 
+    def lookup(self, classifier: MetalClassifier, descriptors: pd.DataFrame, formulas: list[str]) -> np.ndarray | None:
+        """Return the cached rows of ``formulas`` for ``classifier``, or None where the cache does not apply or lacks one."""
+        if not (self.descriptors is descriptors and self.flags == (classifier.config.bonding, classifier.config.ionic)
+                and self.surrogates[0] is classifier.gap_surrogate and self.surrogates[1] is classifier.metal_surrogate
+                and (self.dft_table is classifier.dft_table or self.dft_table.equals(classifier.dft_table))):
+            return None
+        rows = [self.rows.get(f) for f in formulas]
+        return None if None in rows else self.matrix[np.asarray(rows, dtype=np.int64)]
+
 
 class MetalClassifier:
     """Probability that a composition is a metal (see the module docstring for the features).
@@ -170,18 +179,11 @@ class MetalClassifier:
 
         With ``config.bonding`` the :func:`~featurizers.bonding.bonding_descriptors` follow, with
         ``config.ionic`` then the :func:`~featurizers.bonding.ionic_descriptors`. Looked up in
-        ``feature_cache`` when it was built from these descriptors, surrogates and flags and holds
-        every formula.
+        ``feature_cache`` where it applies (:meth:`FeatureCache.lookup`).
         """
         formulas = list(formulas)
-        cache = self.feature_cache
-        if (cache is not None and cache.descriptors is descriptors and cache.flags == (self.config.bonding, self.config.ionic)
-                and cache.surrogates[0] is self.gap_surrogate and cache.surrogates[1] is self.metal_surrogate
-                and (cache.dft_table is self.dft_table or cache.dft_table.equals(self.dft_table))):
-            rows = [cache.rows.get(f) for f in formulas]
-            if None not in rows:
-                return cache.matrix[np.asarray(rows, dtype=np.int64)]
-        return self._compute_features(descriptors, formulas)
+        cached = None if self.feature_cache is None else self.feature_cache.lookup(self, descriptors, formulas)
+        return self._compute_features(descriptors, formulas) if cached is None else cached
 
     def _compute_features(self, descriptors: pd.DataFrame, formulas: list[str]) -> np.ndarray:
         x = descriptor_matrix(descriptors, formulas, self.gap_surrogate.columns_)
