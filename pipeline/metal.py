@@ -1,8 +1,10 @@
 r"""``matshift metal``: the metal / non-metal classifier, cross-validated, served beside the band-gap model.
 
 Reads ``data/raw/metal_class.parquet`` (measured classes), the band-gap measurements and the
-DFT entries of ``data/raw/``, and ``data/features/`` (descriptors; crystal systems for the
-crystal-system-out protocol). The band-gap regressor of the cross-validation is the train
+DFT entries of ``data/raw/``, ``data/features/`` (descriptors; crystal systems for the
+crystal-system-out protocol) and the surrogate stage's band-gap DFT surrogate
+(``data/surrogates/band_gap/``: the classifier's PBE-gap column and the regressor's surrogate,
+fitted once for train, evaluate and this stage; fitted here when absent or not this run's). The band-gap regressor of the cross-validation is the train
 stage's stacked model without OT (``train.stack``, read through the train stage's schema)
 with ``metal.regressor_bags`` boosters. :mod:`models.evaluation.metal` says what a fold
 does and which formulas are labelled. Writes:
@@ -41,7 +43,7 @@ from pipeline.config import DEFAULT_PARAMS, flatten, load_section, to_dict
 from pipeline.errors import MatshiftError
 from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
-from pipeline.shared import check_correction_terms
+from pipeline.shared import check_correction_terms, read_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     n_jobs = params.classifier.n_jobs if params.cv.workers <= 1 else 1
     plan = prepare_metal(**inputs, config=replace(params.classifier, n_jobs=n_jobs),
                          stack=replace(stack, bags=params.cv.regressor_bags, n_jobs=n_jobs),
-                         cv=params.cv, extra_columns=train.fit.extra_fidelities(prop))
+                         cv=params.cv, extra_columns=train.fit.extra_fidelities(prop),
+                         gap_surrogate=read_surrogate(train.surrogate_dir / prop.name))
     if plan.counts["without_descriptors"]:
         log.warning("metal: %d labelled formulas have no descriptors and are left out (rerun `matshift featurize`)",
                     plan.counts["without_descriptors"])

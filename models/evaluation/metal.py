@@ -50,6 +50,7 @@ from models.learners import (
     StackedModel,
     choose_threshold,
     dft_metal_table,
+    reuse_surrogate,
 )
 from models.parallel import fork_map
 from models.progress import bar
@@ -267,13 +268,17 @@ def _crystal_systems(dft: pd.DataFrame, crystal_system: pd.Series) -> pd.Series:
 
 def prepare_metal(*, classes: pd.DataFrame, gaps: pd.DataFrame, dft: pd.DataFrame, descriptors: pd.DataFrame,
                   crystal_system: pd.Series, config: MetalConfig, stack: StackConfig, cv: MetalCVSettings,
-                  extra_columns: Sequence[str] = ()) -> MetalPlan:
+                  extra_columns: Sequence[str] = (), gap_surrogate: DFTSurrogate | None = None) -> MetalPlan:
     """Labels, the DFT-only surrogates and tables, and the folds of grouped CV (per seed) and each OOD protocol.
 
     ``dft``: one row per DFT entry with ``material_id``, ``formula``, ``dft_value`` (the PBE
     gap), ``stability`` and the ``extra_columns`` fidelities; ``crystal_system`` by entry id
     (the crystal-system-out protocol). A labelled formula without descriptors is left out
     and counted. ``stack`` is the per-fold regressor's (its ``bags`` set by the caller).
+    ``gap_surrogate``: the surrogate stage's PBE-gap surrogate (the stacked model's, ``stack``'s
+    settings), used for the classifier's gap column and the regressor where
+    :func:`models.learners.reuse_surrogate` finds it is the one ``stack`` would fit on these
+    inputs; otherwise the classifier's own (``config.surrogate_*``) is fitted here.
     """
     known = set(descriptors["formula"])
     labels, left_out = metal_labels(classes, gaps, gap_tol=cv.gap_conflict_tol)
@@ -282,14 +287,17 @@ def prepare_metal(*, classes: pd.DataFrame, gaps: pd.DataFrame, dft: pd.DataFram
     gaps = gaps[gaps["formula"].isin(set(labels.index))]
     dft = dft[dft["formula"].isin(known)]
     t0 = time.perf_counter()
-    classifier = MetalClassifier(config, dft_table=dft_metal_table(dft, metal_gap=config.dft_metal_gap))
+    dft_reference = reference_per_formula(dft)
+    shared = reuse_surrogate(gap_surrogate, stack, descriptors, dft_reference, who="metal")
+    classifier = MetalClassifier(config, dft_table=dft_metal_table(dft, metal_gap=config.dft_metal_gap),
+                                 gap_surrogate=shared)
     classifier.fit_surrogates(descriptors, workers=cv.workers)  # one LightGBM thread each when > 1 (the caller)
     log.info("metal: DFT surrogates (PBE gap MAE %.3f eV, PBE-metal indicator MAE %.3f) on %d formulas in %.0f s",
              classifier.gap_surrogate.mae_, classifier.metal_surrogate.mae_, len(classifier.dft_table),
              time.perf_counter() - t0)
     classifier.cache_features(descriptors, labels.index)  # every fold's rows: computed once, before the folds fork
     data = MetalData(labels=labels, gaps=gaps, descriptors=descriptors, classifier=classifier, stack=stack,
-                     dft_reference=reference_per_formula(dft),
+                     dft_reference=dft_reference,
                      extra_reference={c: reference_per_formula(dft, value=c) for c in extra_columns if c in dft},
                      gap_surrogate=classifier.gap_surrogate)
     formulas = list(labels.index)

@@ -1,5 +1,6 @@
 """Cross-validation of the metal classifier: labels, leak-free folds, the combined band-gap scores."""
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -15,8 +16,10 @@ from models.evaluation import (
     metal_labels,
     metal_metrics,
     paired_bootstrap,
+    prepare_metal,
 )
-from models.learners import MetalClassifier, MetalConfig, StackConfig, dft_metal_table
+from models.learners import DFTSurrogate, MetalClassifier, MetalConfig, StackConfig, dft_metal_table
+from models.properties import reference_per_formula
 from tests.models.learners.test_metal import SMALL, synthetic
 
 
@@ -123,3 +126,27 @@ def test_the_two_dft_surrogates_fitted_side_by_side_are_the_ones_fitted_in_turn(
     for name in ("gap_surrogate", "metal_surrogate"):
         np.testing.assert_array_equal(getattr(one, name).predict(desc, formulas), getattr(two, name).predict(desc, formulas))
         assert getattr(one, name).mae_ == getattr(two, name).mae_
+
+
+def test_the_surrogate_stages_gap_surrogate_is_shared_only_when_it_is_this_runs(caplog):
+    formulas, desc, metal, dft = synthetic(240, seed=1)
+    stack = StackConfig(trees=40, leaves=7, bags=1, n_jobs=1, surrogate_trees=20, surrogate_leaves=7)
+    inputs = dict(classes=pd.DataFrame({"formula": formulas, "is_metal": metal}),
+                  gaps=pd.DataFrame({"formula": ["Na2Cl"], "value": [1.0]}), dft=dft, descriptors=desc,
+                  crystal_system=pd.Series("cubic", index=dft["material_id"]), config=SMALL, stack=stack,
+                  cv=MetalCVSettings(protocols=[], cv_seeds=[0]))
+    ref = reference_per_formula(dft)
+    shared = DFTSurrogate(stack).fit(desc, ref)
+    with caplog.at_level(logging.INFO):
+        plan = prepare_metal(**inputs, gap_surrogate=shared)
+    assert "metal: DFT surrogate from the surrogate stage" in caplog.text
+    got = plan.data.classifier.gap_surrogate
+    assert got.config == stack and plan.data.gap_surrogate is got  # the classifier's column and the regressor's
+    np.testing.assert_array_equal(got.predict(desc, formulas), shared.predict(desc, formulas))
+    # a surrogate of other settings is not this run's: the classifier fits its own (config.surrogate_*)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        plan = prepare_metal(**inputs, gap_surrogate=DFTSurrogate(replace(stack, surrogate_trees=21)).fit(desc, ref))
+    assert "is not this run's (settings differ: surrogate_trees 21 != 20)" in caplog.text
+    own = MetalClassifier(SMALL, dft_table=dft_metal_table(dft)).fit_surrogates(desc).gap_surrogate
+    np.testing.assert_array_equal(plan.data.gap_surrogate.predict(desc, formulas), own.predict(desc, formulas))
