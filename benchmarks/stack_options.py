@@ -4,7 +4,8 @@ For each property, the stacked model as the evaluate stage builds it (``train.st
 property, shared DFT surrogate, without OT features, ``--bags`` boosters) is fitted on every
 fold of ``evaluate.full``'s protocols twice, with ``--before`` and with ``--after`` applied to
 its :class:`models.learners.StackConfig` (JSON overrides, e.g. ``'{"bonding": true}'`` or
-``'{"element_value": null}'``; a setting with ``surrogate_*`` keys gets its own DFT surrogate), for each of ``--seeds`` (the fold and booster seed). Per
+``'{"element_value": null}'``; a setting with ``surrogate_*`` keys gets its own DFT surrogate,
+fitted on the DFT labels alone), for each of ``--seeds`` (the fold and booster seed). Per
 protocol and for the pooled OOD protocols: MAE mean ± std over seeds, and the paired
 difference after - before with a 95% bootstrap interval over formulas (one draw for all
 seeds). Also the MAE of the pure elements and of the compounds apart.
@@ -93,8 +94,8 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
                                                                                                    stack.dft_reference))
            for setting, overrides in settings.items() if any(k.startswith("surrogate_") for k in overrides)}
     for setting, inp in own.items():
-        print(f"{name} {setting}: DFT surrogate out-of-fold MAE {inp.surrogate.mae_:.4f} (shared: {stack.surrogate.mae_:.4f})",
-              flush=True)
+        print(f"{name} {setting}: DFT surrogate out-of-fold MAE {inp.surrogate.mae_:.4f} "
+              f"(shared: {stack.surrogate.mae_:.4f})", flush=True)
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in seeds:
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
