@@ -213,6 +213,7 @@ def stack_inputs(dft: pd.DataFrame, descriptors: pd.DataFrame, settings: EvalSet
         surrogate = DFTSurrogate(config).fit(descriptors, ref)
         log.info("%s: DFT surrogate of the stacked models (DFT labels only; out-of-fold MAE %.4f on %d formulas) in "
                  "%.0f s", prop.name, surrogate.mae_, len(ref), time.perf_counter() - t0)
+    surrogate.remember(descriptors)  # the trees' values of formulas without DFT, once, before the folds fork
     return StackInputs(config=config, dft_reference=ref, surrogate=surrogate, extra_reference=extra,
                        intervals=fit.intervals)
 

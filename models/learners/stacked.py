@@ -153,6 +153,7 @@ class DFTSurrogate:
 
     def __init__(self, config: StackConfig | None = None):
         self.config = config or StackConfig()
+        self._memory: dict[bytes, float] = {}  # the full model's value per descriptor row (:meth:`predict`)
 
     def fit(self, descriptors: pd.DataFrame, dft_reference: pd.Series, *, client: Any = None) -> DFTSurrogate:
         """``dft_reference``: one DFT value per formula (index = formula), e.g. from ``reference_per_formula``.
@@ -184,18 +185,53 @@ class DFTSurrogate:
                                    x, y, client)
         self.mae_ = float(np.mean(np.abs(oof - y)))
         self.fingerprint_ = _fingerprint(self.columns_, ref, x)
+        self._memory = {}  # values of the trees fitted before, if any
         return self
 
+    #: at most this many descriptor rows' full-model values are remembered (:meth:`predict`); then it starts afresh
+    MEMORY_ROWS = 100_000
+
     def predict(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> np.ndarray:
-        """Surrogate DFT value per formula: out-of-fold for DFT training formulas, full model otherwise."""
+        """Surrogate DFT value per formula: out-of-fold for DFT training formulas, full model otherwise.
+
+        The full model's values are remembered by descriptor row (the model's exact input, so a
+        remembered value is the one the trees would give again): the folds, bags and inner
+        interval fits that ask for the same formulas read them instead of walking every tree
+        again. :meth:`remember` computes them ahead, before the folds fork. Copies made by
+        :meth:`for_config` share what is remembered (same trees).
+        """
         formulas = list(formulas)
         out = np.array(pd.Series(formulas).map(self.out_of_fold_), dtype=float)  # a writable copy
         new = np.isnan(out)
         if new.any():
             x = descriptor_matrix(descriptors, [f for f, n in zip(formulas, new, strict=True) if n], self.columns_)
+            out[new] = self._full_model(x)
+        return out
+
+    def remember(self, descriptors: pd.DataFrame) -> int:
+        """Compute the full model's value of every formula in ``descriptors`` without a DFT label; return how many.
+
+        Called once before work forks (evaluate's folds, the metal stage's folds), so that every
+        process reads the values instead of computing them again. Changes no prediction.
+        """
+        formulas = [f for f in descriptors["formula"] if f not in self.out_of_fold_.index]
+        if formulas:
+            self.predict(descriptors, formulas)
+        return len(formulas)
+
+    def _full_model(self, x: np.ndarray) -> np.ndarray:
+        memory = self._memory
+        keys = [row.tobytes() for row in x]
+        todo = [i for i, key in enumerate(keys) if key not in memory]
+        out = np.array([memory.get(key, np.nan) for key in keys], dtype=float)
+        if todo:
             # a loaded surrogate holds a bare Booster, which would take every core: give it the config's threads
             kwargs = {} if hasattr(self.model_, "booster_") else {"num_threads": self.config.n_jobs}
-            out[new] = self.model_.predict(x, **kwargs)
+            values = np.asarray(self.model_.predict(x[todo], **kwargs), dtype=float)
+            out[todo] = values
+            if len(memory) + len(todo) > self.MEMORY_ROWS:
+                memory.clear()
+            memory.update(zip([keys[i] for i in todo], values.tolist(), strict=True))
         return out
 
     def mismatch(self, config: StackConfig, descriptors: pd.DataFrame, dft_reference: pd.Series) -> str | None:

@@ -608,3 +608,48 @@ def test_correction_terms_must_name_feature_columns_and_are_chosen_per_property(
     assert (gap.correction_terms, enthalpy.correction_terms) == (("avg_ionic_char",), ())
     with pytest.raises(ValueError, match=r"stack\.correction_terms: unknown property \['gap'\]"):
         StackSettings(correction_terms={"gap": ("x",)})
+
+
+def test_surrogate_remembers_the_trees_values_and_gives_the_same_numbers(tmp_path):
+    """The full model's values are remembered by descriptor row: equal numbers, the trees walked once per row."""
+    from models.learners import load_surrogate, save_surrogate
+
+    formulas, desc, _, _, ref = _world()
+    sur = DFTSurrogate(FAST).fit(desc, ref)
+    save_surrogate(sur, tmp_path / "s")
+    fresh = load_surrogate(tmp_path / "s")  # nothing remembered yet
+    new = formulas[800:]
+    x = desc.set_index("formula").loc[new, sur.columns_].to_numpy(np.float32)
+    by_trees = sur.model_.predict(x)
+
+    class Counting:  # the loaded booster, counting the rows it is asked for
+        def __init__(self, booster):
+            self.booster, self.rows = booster, 0
+
+        def predict(self, x, **kwargs):
+            self.rows += len(x)
+            return self.booster.predict(x, **kwargs)
+
+    fresh.model_ = counting = Counting(fresh.model_)
+    shared = fresh.for_config(replace(FAST, n_jobs=2))  # a fold's copy, made before anything is remembered
+    assert fresh.remember(desc) == 300 and counting.rows == 300  # every formula without a DFT label, once
+    mixed = [*new[::-1], *formulas[:5], new[0]]  # other order, out-of-fold rows and a repeat
+    got = shared.predict(desc, mixed)
+    assert counting.rows == 300  # read, not recomputed, by the copy too
+    np.testing.assert_array_equal(got[:300], by_trees[::-1])
+    np.testing.assert_array_equal(got[300:305], sur.out_of_fold_.loc[formulas[:5]].to_numpy())
+    assert got[305] == by_trees[0]
+    # the memory is by descriptor row, not by name: a formula whose descriptors changed is computed again
+    moved = desc.assign(c=desc["c"] + 1.0)
+    x_moved = moved.set_index("formula").loc[new[:10], sur.columns_].to_numpy(np.float32)
+    np.testing.assert_array_equal(shared.predict(moved, new[:10]), sur.model_.predict(x_moved))
+    assert counting.rows == 310
+    # a full memory starts afresh and still answers right
+    fresh.MEMORY_ROWS = 50
+    np.testing.assert_array_equal(fresh.predict(moved, new[10:110]), sur.predict(moved, new[10:110]))
+    assert len(fresh._memory) <= 100
+    # refitting forgets the old trees' values
+    refit = DFTSurrogate(replace(FAST, surrogate_trees=20)).fit(desc, ref)
+    first = refit.predict(desc, new)
+    refit.fit(desc, ref.iloc[::-1] * 2)
+    assert not np.allclose(refit.predict(desc, new), first)
