@@ -105,6 +105,9 @@ class StackConfig:
     ``max_bin`` / ``surrogate_max_bin``: LightGBM's histogram bins per feature (fewer = faster
     trees; 255 is LightGBM's default). ``colsample`` / ``surrogate_colsample``: the fraction of
     the columns each tree draws (fewer = faster trees), of the boosters and of the surrogate.
+    ``surrogate_bonding`` (set per property from ``train.stack.surrogate_bonding``): the surrogate
+    also sees the bonding and ionic descriptors of :mod:`featurizers.bonding` (element classes,
+    valence electrons, charge balance, ionic character).
     ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
     boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
     ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
@@ -137,6 +140,7 @@ class StackConfig:
     surrogate_folds: int = 5
     surrogate_max_bin: int = 255
     surrogate_colsample: float = 0.5
+    surrogate_bonding: bool = field(default=False, metadata=PARAM_DERIVED)  # train.stack.surrogate_bonding
     trees: int = 800
     leaves: int = 31
     lr: float = 0.03
@@ -201,7 +205,8 @@ class StackSettings:
     ``extra_fidelities``: other DFT fidelities of ``data/raw/dft.parquet`` given to the stacked
     model where known (the property's own DFT column is skipped). ``extrapolate``: the
     properties whose stacked model uses the extrapolating calibration, ``bonding`` those whose
-    boosters also see the bonding and ionic descriptors (:class:`StackConfig`).
+    boosters also see the bonding and ionic descriptors (:class:`StackConfig`), ``surrogate_bonding``
+    those whose DFT surrogate does.
     ``colsample_for``: property -> the boosters' column fraction per tree for that property,
     instead of ``config.colsample`` (the surrogate's, ``surrogate_colsample``, is shared).
     ``correction_terms``: property -> feature columns that enter its fitted correction as linear
@@ -214,6 +219,7 @@ class StackSettings:
     extra_fidelities: tuple[str, ...] = ("band_gap_hse", "band_gap_gllb_sc", "band_gap_scan")
     extrapolate: tuple[str, ...] = ("band_gap",)
     bonding: tuple[str, ...] = ()
+    surrogate_bonding: tuple[str, ...] = ()
     colsample_for: dict[str, float] = field(default_factory=dict)
     correction_terms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
@@ -225,7 +231,7 @@ class StackSettings:
             raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
         from models.properties import PROPERTY_NAMES  # a light module; imported here like the type above
 
-        for key in ("extrapolate", "bonding", "colsample_for", "correction_terms"):
+        for key in ("extrapolate", "bonding", "surrogate_bonding", "colsample_for", "correction_terms"):
             unknown = sorted(set(getattr(self, key)) - set(PROPERTY_NAMES))
             if unknown:
                 raise ValueError(f"stack.{key}: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
@@ -329,6 +335,7 @@ class FitConfig:
             return None
         return replace(self.stack.config, seed=self.seed, clamp_min=prop.clamp_min, element_value=prop.element_value,
                        extrapolate=prop.name in self.stack.extrapolate, bonding=prop.name in self.stack.bonding,
+                       surrogate_bonding=prop.name in self.stack.surrogate_bonding,
                        colsample=self.stack.colsample_for.get(prop.name, self.stack.config.colsample),
                        correction_terms=tuple(self.stack.correction_terms.get(prop.name, ())))
 

@@ -88,7 +88,7 @@ __all__ = [
 
 #: The :class:`StackConfig` fields a fitted :class:`DFTSurrogate` depends on (``n_jobs`` sets only its threads).
 SURROGATE_FIELDS = ("surrogate_trees", "surrogate_leaves", "surrogate_lr", "surrogate_folds", "surrogate_max_bin",
-                    "surrogate_colsample", "subsample", "seed")
+                    "surrogate_colsample", "surrogate_bonding", "subsample", "seed")
 
 
 def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], columns: Sequence[str] | None = None) -> np.ndarray:
@@ -171,6 +171,8 @@ class DFTSurrogate:
             raise ValueError(f"DFTSurrogate: need >= {2 * c.surrogate_folds} DFT formulas, got {len(ref)}")
         self.columns_ = _numeric_columns(descriptors)
         x = descriptor_matrix(descriptors, ref.index, self.columns_)
+        fingerprint = _fingerprint(self.columns_, ref, x)
+        x = self._with_bonding(x, ref.index)
         y = ref.to_numpy(float)
         fold = np.random.default_rng(c.seed).integers(0, c.surrogate_folds, len(y))
         oof = np.empty(len(y))
@@ -184,7 +186,7 @@ class DFTSurrogate:
                                        seed=c.seed, max_bin=c.surrogate_max_bin, colsample=c.surrogate_colsample),
                                    x, y, client)
         self.mae_ = float(np.mean(np.abs(oof - y)))
-        self.fingerprint_ = _fingerprint(self.columns_, ref, x)
+        self.fingerprint_ = fingerprint
         self._memory = {}  # values of the trees fitted before, if any
         return self
 
@@ -204,9 +206,17 @@ class DFTSurrogate:
         out = np.array(pd.Series(formulas).map(self.out_of_fold_), dtype=float)  # a writable copy
         new = np.isnan(out)
         if new.any():
-            x = descriptor_matrix(descriptors, [f for f, n in zip(formulas, new, strict=True) if n], self.columns_)
-            out[new] = self._full_model(x)
+            unseen = [f for f, n in zip(formulas, new, strict=True) if n]
+            out[new] = self._full_model(self._with_bonding(descriptor_matrix(descriptors, unseen, self.columns_), unseen))
         return out
+
+    def _with_bonding(self, x: np.ndarray, formulas: Sequence[str]) -> np.ndarray:
+        """Return the model's input: the descriptor rows, with ``surrogate_bonding`` the bonding and ionic columns after them."""
+        if not self.config.surrogate_bonding:
+            return x
+        formulas = list(formulas)
+        extra = np.column_stack([bonding_descriptors(formulas).to_numpy(float), ionic_descriptors(formulas).to_numpy(float)])
+        return np.column_stack([x, extra.astype(np.float32)])
 
     def remember(self, descriptors: pd.DataFrame) -> int:
         """Compute the full model's value of every formula in ``descriptors`` without a DFT label; return how many.

@@ -653,3 +653,27 @@ def test_surrogate_remembers_the_trees_values_and_gives_the_same_numbers(tmp_pat
     first = refit.predict(desc, new)
     refit.fit(desc, ref.iloc[::-1] * 2)
     assert not np.allclose(refit.predict(desc, new), first)
+
+
+def test_surrogate_with_bonding_columns_learns_what_the_descriptors_hide(tmp_path):
+    """``surrogate_bonding``: the surrogate also sees featurizers.bonding's columns; a DFT value set by the anion
+    fraction, behind descriptors that are noise, is learnt with them and not without; saved and reused as fitted."""
+    from models.learners import load_surrogate, save_surrogate
+
+    rng = np.random.default_rng(4)
+    formulas = [f"Na{i}Cl{j}" for i in range(1, 40) for j in range(1, 30)]
+    desc = pd.DataFrame({"formula": formulas, "a": rng.normal(size=len(formulas)), "b": rng.normal(size=len(formulas))})
+    halogen = np.array([j / (i + j) for i in range(1, 40) for j in range(1, 30)])
+    ref = pd.Series(4.0 * halogen, index=formulas)
+    train, new = ref.iloc[::2], formulas[1::2]  # every other formula without a DFT value
+    config = replace(FAST, surrogate_bonding=True)
+    plain, bonded = DFTSurrogate(FAST).fit(desc, train), DFTSurrogate(config).fit(desc, train)
+    truth = ref.loc[new].to_numpy()
+    assert bonded.mae_ < 0.2 * plain.mae_
+    assert mae(truth, bonded.predict(desc, new)) < 0.2 * mae(truth, plain.predict(desc, new))
+    assert bonded.model_.n_features_ == 2 + 11 and bonded.columns_ == ["a", "b"]  # the stacked model's own columns
+    save_surrogate(bonded, tmp_path / "s")
+    loaded = load_surrogate(tmp_path / "s")
+    np.testing.assert_array_equal(loaded.predict(desc, new), bonded.predict(desc, new))
+    assert loaded.mismatch(config, desc, train) is None
+    assert "surrogate_bonding True != False" in loaded.mismatch(FAST, desc, train)
