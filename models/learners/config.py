@@ -97,6 +97,10 @@ class TrainConfig:
             raise ValueError(f"loss must be 'l1' or 'huber', got {self.loss!r}")
 
 
+#: The boosters' LightGBM objectives a :class:`StackConfig` takes (L2, L1, Huber).
+OBJECTIVES = ("regression", "regression_l1", "huber")
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Options of the stacked model (chosen on seed-1 folds, see benchmarks/cv_experiment_results.md).
@@ -184,7 +188,7 @@ class StackConfig:
             raise ValueError("StackConfig.correction_terms are terms of the fitted correction: they need correction_alpha")
         if len(set(self.correction_terms)) != len(self.correction_terms):
             raise ValueError(f"StackConfig.correction_terms names a column twice: {list(self.correction_terms)}")
-        if self.objective not in ("regression", "regression_l1", "huber"):
+        if self.objective not in OBJECTIVES:
             raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
 
     def missing_terms(self, descriptor_columns: Sequence[str]) -> list[str]:
@@ -209,6 +213,8 @@ class StackSettings:
     those whose DFT surrogate does.
     ``colsample_for``: property -> the boosters' column fraction per tree for that property,
     instead of ``config.colsample`` (the surrogate's, ``surrogate_colsample``, is shared).
+    ``objective_for``: property -> the boosters' LightGBM objective for that property, instead of
+    ``config.objective`` (the surrogate's stays L2).
     ``correction_terms``: property -> feature columns that enter its fitted correction as linear
     terms (:class:`StackConfig`); a property not named has none.
     """
@@ -221,6 +227,7 @@ class StackSettings:
     bonding: tuple[str, ...] = ()
     surrogate_bonding: tuple[str, ...] = ()
     colsample_for: dict[str, float] = field(default_factory=dict)
+    objective_for: dict[str, str] = field(default_factory=dict)
     correction_terms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
 
@@ -231,7 +238,7 @@ class StackSettings:
             raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
         from models.properties import PROPERTY_NAMES  # a light module; imported here like the type above
 
-        for key in ("extrapolate", "bonding", "surrogate_bonding", "colsample_for", "correction_terms"):
+        for key in ("extrapolate", "bonding", "surrogate_bonding", "colsample_for", "objective_for", "correction_terms"):
             unknown = sorted(set(getattr(self, key)) - set(PROPERTY_NAMES))
             if unknown:
                 raise ValueError(f"stack.{key}: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
@@ -239,6 +246,9 @@ class StackSettings:
         for name, fraction in self.colsample_for.items():
             if not 0.0 < fraction <= 1.0:
                 raise ValueError(f"stack.colsample_for.{name} must be in (0, 1], got {fraction}")
+        for name, objective in self.objective_for.items():
+            if objective not in OBJECTIVES:
+                raise ValueError(f"stack.objective_for.{name} must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
 
 
 @dataclass(frozen=True)
@@ -337,6 +347,7 @@ class FitConfig:
                        extrapolate=prop.name in self.stack.extrapolate, bonding=prop.name in self.stack.bonding,
                        surrogate_bonding=prop.name in self.stack.surrogate_bonding,
                        colsample=self.stack.colsample_for.get(prop.name, self.stack.config.colsample),
+                       objective=self.stack.objective_for.get(prop.name, self.stack.config.objective),
                        correction_terms=tuple(self.stack.correction_terms.get(prop.name, ())))
 
     def extra_fidelities(self, prop: Property) -> tuple[str, ...]:

@@ -405,6 +405,14 @@ def test_stack_options_are_chosen_per_property():
         StackSettings(colsample_for={"enthalpy": 0.3})
     with pytest.raises(ValueError, match=r"stack\.colsample_for\.band_gap must be in \(0, 1\], got 1\.5"):
         StackSettings(colsample_for={"band_gap": 1.5})
+    # the boosters' objective per property; the surrogate keeps its own (L2: not one of SURROGATE_FIELDS)
+    fit = FitConfig(stack=StackSettings(objective_for={"formation_enthalpy": "huber"}))
+    assert fit.stack_config(get_property("formation_enthalpy")).objective == "huber"
+    assert fit.stack_config(get_property("band_gap")).objective == "regression"
+    with pytest.raises(ValueError, match=r"stack\.objective_for\.band_gap must be one of regression, regression_l1, huber"):
+        StackSettings(objective_for={"band_gap": "l1"})
+    with pytest.raises(ValueError, match=r"stack\.objective_for: unknown property \['gap'\]"):
+        StackSettings(objective_for={"gap": "huber"})
 
 
 def _compounds_and_elements(seed: int = 3):
