@@ -4,10 +4,10 @@ Reads ``data/raw/metal_class.parquet`` (measured classes), the band-gap measurem
 DFT entries of ``data/raw/``, ``data/features/`` (descriptors; crystal systems for the
 crystal-system-out protocol) and the surrogate stage's band-gap DFT surrogate
 (``data/surrogates/band_gap/``: the classifier's PBE-gap column and the regressor's surrogate,
-fitted once for train, evaluate and this stage; fitted here when absent or not this run's). The band-gap regressor of the cross-validation is the train
-stage's stacked model without OT (``train.stack``, read through the train stage's schema)
-with ``metal.regressor_bags`` boosters. :mod:`models.evaluation.metal` says what a fold
-does and which formulas are labelled. Writes:
+fitted once for train, evaluate and this stage; fitted here when absent or not this run's). The
+band-gap regressor of the cross-validation is the train stage's stacked model without OT
+(``train.stack``, read through the train stage's schema) with ``metal.regressor_bags`` boosters.
+:mod:`models.evaluation.metal` says what a fold does and which formulas are labelled. Writes:
 
 * ``data/models/metal/``: the classifier fitted on every labelled formula
   (:func:`models.learners.save_metal`; its header holds the threshold and the model card),

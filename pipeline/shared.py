@@ -21,7 +21,7 @@ __all__ = ["check_correction_terms", "read_surrogate"]
 def read_surrogate(directory: Path) -> Any:
     """Return the surrogate stage's DFT surrogate in ``directory`` (``data/surrogates/<property>/``), or None without one.
 
-    Its consumers (train, evaluate) check that it is the one they would fit before using it.
+    Its consumers (train, evaluate, metal) check that it is the one they would fit before using it.
     An altered or unreadable one is a :class:`~pipeline.errors.MissingInputError` naming it.
     """
     # LightGBM: only when a surrogate is read

@@ -112,7 +112,9 @@ class StackConfig:
     ``surrogate_bonding`` (set per property from ``train.stack.surrogate_bonding``): the surrogate
     also sees the bonding and ionic descriptors of :mod:`featurizers.bonding` (element classes,
     valence electrons, charge balance, ionic character).
-    ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``). ``bags``
+    ``objective`` is LightGBM's (``regression`` = L2, ``regression_l1``, ``huber``); ``huber_delta``: the
+    residual (in the property's unit) where Huber's loss turns from squared to absolute (LightGBM's
+    ``alpha``, default 0.9). ``bags``
     boosters with seeds ``seed .. seed + bags - 1`` are averaged (row/column subsampling differ).
     ``correction_alpha``: ridge penalty of the fitted elemental correction (None: no correction,
     boosters fit the measurement directly). ``ot_in_correction``: with a shift field, its OT
@@ -152,6 +154,7 @@ class StackConfig:
     colsample: float = 0.5
     subsample: float = 0.8
     objective: str = "regression"
+    huber_delta: float = 0.9
     max_bin: int = 255
     bags: int = 5
     correction_alpha: float | None = 10.0
@@ -180,6 +183,13 @@ class StackConfig:
         for name in ("colsample", "surrogate_colsample", "subsample", "lr", "surrogate_lr"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"StackConfig.{name} must be in (0, 1], got {getattr(self, name)}")
+        self._check_correction()
+        if not self.huber_delta > 0:
+            raise ValueError(f"StackConfig.huber_delta must be > 0, got {self.huber_delta}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
+
+    def _check_correction(self) -> None:
         if self.correction_alpha is not None and self.correction_alpha <= 0:
             raise ValueError(f"StackConfig.correction_alpha must be > 0 or None, got {self.correction_alpha}")
         if self.extrapolate and self.correction_alpha is None:
@@ -188,8 +198,6 @@ class StackConfig:
             raise ValueError("StackConfig.correction_terms are terms of the fitted correction: they need correction_alpha")
         if len(set(self.correction_terms)) != len(self.correction_terms):
             raise ValueError(f"StackConfig.correction_terms names a column twice: {list(self.correction_terms)}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
 
     def missing_terms(self, descriptor_columns: Sequence[str]) -> list[str]:
         """Return the ``correction_terms`` that are no feature column: not in ``descriptor_columns``, nor bonding ones with ``bonding``."""

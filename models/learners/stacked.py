@@ -104,13 +104,20 @@ def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], column
     return x
 
 
+def _bonding_block(formulas: list[str]) -> np.ndarray:
+    """Return the bonding and ionic descriptors of ``formulas`` (:mod:`featurizers.bonding`), bonding columns first."""
+    return np.column_stack([bonding_descriptors(formulas).to_numpy(float), ionic_descriptors(formulas).to_numpy(float)])
+
+
 def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, max_bin: int, colsample: float,
              objective: str = "regression", min_child_samples: int = 20):
     # LightGBM: only when a booster is fitted or loaded
     import lightgbm as lgb
 
+    # Huber's transition (LightGBM's `alpha`): a setting of Huber alone; other objectives read `alpha` otherwise
+    extra = {"alpha": config.huber_delta} if objective == "huber" else {}
     return lgb.LGBMRegressor(
-        objective=objective, n_estimators=trees, num_leaves=leaves, learning_rate=lr, subsample=config.subsample,
+        objective=objective, **extra, n_estimators=trees, num_leaves=leaves, learning_rate=lr, subsample=config.subsample,
         subsample_freq=1, colsample_bytree=colsample, min_child_samples=min_child_samples,
         max_bin=max_bin, random_state=seed, n_jobs=config.n_jobs, verbose=-1,
     )
@@ -214,9 +221,7 @@ class DFTSurrogate:
         """Return the model's input: the descriptor rows, with ``surrogate_bonding`` the bonding and ionic columns after them."""
         if not self.config.surrogate_bonding:
             return x
-        formulas = list(formulas)
-        extra = np.column_stack([bonding_descriptors(formulas).to_numpy(float), ionic_descriptors(formulas).to_numpy(float)])
-        return np.column_stack([x, extra.astype(np.float32)])
+        return np.column_stack([x, _bonding_block(list(formulas)).astype(np.float32)])
 
     def remember(self, descriptors: pd.DataFrame) -> int:
         """Compute the full model's value of every formula in ``descriptors`` without a DFT label; return how many.
@@ -366,7 +371,7 @@ class StackedModel:
         formulas = list(formulas)
         x = descriptor_matrix(descriptors, formulas, self.surrogate.columns_)
         if self.config.bonding:
-            x = np.column_stack([x, bonding_descriptors(formulas).to_numpy(float), ionic_descriptors(formulas).to_numpy(float)])
+            x = np.column_stack([x, _bonding_block(formulas)])
         sur = self.surrogate.predict(descriptors, formulas)
         if dft_value is None:
             known = pd.Series(formulas).map(self.dft_reference).to_numpy(float)

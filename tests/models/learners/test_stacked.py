@@ -415,6 +415,29 @@ def test_stack_options_are_chosen_per_property():
         StackSettings(objective_for={"gap": "huber"})
 
 
+def test_huber_delta_sets_where_the_boosters_stop_squaring_residuals():
+    from models.learners.stacked import _booster
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (400, 1))
+    y = x[:, 0].copy()
+    y[:40] += np.where(np.arange(40) % 2, 30.0, -30.0)  # a tenth of the rows far off, either way
+    kwargs = dict(trees=50, leaves=4, lr=0.1, seed=0, max_bin=63, colsample=1.0)
+
+    def clean_error(delta: float, objective: str = "huber") -> float:
+        m = _booster(StackConfig(huber_delta=delta, subsample=1.0, n_jobs=1), objective=objective, **kwargs).fit(x, y)
+        return float(np.mean(np.abs(m.predict(x[40:]) - y[40:])))
+
+    # a small transition holds the far rows at a linear pull, a large one squares them like L2
+    assert clean_error(0.1) < 0.05 and clean_error(100.0) > 0.5
+    assert clean_error(100.0) == pytest.approx(clean_error(0.1, objective="regression"), rel=1e-6)
+    # LightGBM's alpha is Huber's transition here; another objective is not given one
+    assert _booster(StackConfig(huber_delta=0.2), objective="huber", **kwargs).get_params()["alpha"] == 0.2
+    assert "alpha" not in _booster(StackConfig(huber_delta=0.2), objective="regression", **kwargs).get_params()
+    with pytest.raises(ValueError, match="huber_delta must be > 0, got 0"):
+        StackConfig(huber_delta=0)
+
+
 def _compounds_and_elements(seed: int = 3):
     """240 binary compounds with y = 2a - 0.5 (between -2.5 and -0.3 eV/atom) and a DFT value near it; four pure elements."""
     rng = np.random.default_rng(seed)
