@@ -14,7 +14,9 @@ seeds). Also the MAE of the pure elements and of the compounds apart.
 each fold's own unbalanced alignment (params.yaml's ``align`` section) on its training part only, its
 calibration shifts extended by :class:`models.learners.ShiftField`. A setting can pass without them
 and still move the served model (benchmarks/colsample_results.md), so a setting for the served model is
-checked with them too.
+checked with them too. With ``--ot``, the override ``"ot_features": false`` (no StackConfig key: read
+here) drops them from one setting, so ``--nested --ot --before '{}' --after '{"ot_features": false}'`` compares
+the served model with and without OT features on the nested folds.
 
 ``--nested``: the same on folds inside the *training* parts of the evaluate stage's folds,
 so that no test row of the evaluate stage is seen (where a setting is chosen): each grouped-CV
@@ -75,6 +77,15 @@ def inner_folds(folds: list[Fold], values: np.ndarray, formulas: list[str], *, s
     return out
 
 
+def split_setting(overrides: dict) -> tuple[dict, bool]:
+    """Split a setting into its StackConfig overrides and whether it gets the OT features (``"ot_features"``, default true)."""
+    rest = dict(overrides)
+    with_ot = rest.pop("ot_features", True)
+    if not isinstance(with_ot, bool):
+        raise ValueError(f'"ot_features" must be true or false, got {with_ot!r}')
+    return rest, with_ot
+
+
 def run_property(name: str, params: EvaluateParams, train: TrainParams, settings: dict[str, dict], seeds: list[int],
                  bags: int, threads: int, nested: bool = False, align: AlignConfig | None = None) -> dict:
     """``align``: params.yaml's ``align`` section, for the model with OT features (``--ot``); None: the model without."""
@@ -105,8 +116,9 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
             fold_shift_field(problem["source"], problem["target"], inputs.descriptors, f, align,
                              k=stack.config.ot_neighbours) for f in folds]
         for setting, overrides in settings.items():
+            overrides, with_ot = split_setting(overrides)
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **overrides), own.get(setting, stack),
-                                     inputs.descriptors, formulas, y, folds, shift_fields=fields)
+                                     inputs.descriptors, formulas, y, folds, shift_fields=fields if with_ot else None)
             tab["element"] = element[tab["row"].to_numpy()]
             tab = seeded.with_pooled_ood(tab)  # nested: family out and LOCO inside the training parts
             for protocol, part in tab.groupby("protocol"):
@@ -166,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                         "alignment on its training part), as served")
     args = parser.parse_args(argv)
     settings = {"before": args.before, "after": args.after}
+    for name, setting in settings.items():
+        try:
+            _, with_ot = split_setting(setting)
+        except ValueError as exc:
+            parser.error(f"--{name}: {exc}")
+        if not with_ot and not args.ot:
+            parser.error(f'--{name}: "ot_features": false drops the OT features that only --ot gives')
     align = load_section(AlignParams, "align", args.params).config if args.ot else None
     return seeded.run(args, lambda name, params, train: run_property(name, params, train, settings, args.seeds,
                                                                      args.bags, args.threads, args.nested, align),

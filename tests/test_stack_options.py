@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from benchmarks.stack_options import inner_folds
+from benchmarks.stack_options import inner_folds, main, split_setting
 from models.evaluation.splits import family_folds, grouped_kfold, range_extrapolation
 
 
@@ -63,3 +63,18 @@ def test_fold_errors_gives_each_fold_its_own_shift_field():
     assert seen[2:] == [None, None]  # without --ot: no OT features
     with pytest.raises(ValueError, match="2 folds but 1 shift fields"):
         fold_errors(None, stack, pd.DataFrame(), formulas, y, folds, model=Recorder, shift_fields=["field-0"])
+
+
+def test_a_setting_can_drop_the_ot_features_of_ot_runs():
+    import pytest
+
+    setting = {"ot_features": False, "leaves": 15}
+    assert split_setting(setting) == ({"leaves": 15}, False)
+    assert setting == {"ot_features": False, "leaves": 15}  # the caller's setting is left as it was
+    assert split_setting({"leaves": 15}) == ({"leaves": 15}, True)
+    with pytest.raises(ValueError, match='"ot_features" must be true or false, got \'no\''):
+        split_setting({"ot_features": "no"})
+    # refused before any data is read: without --ot there are no OT features to drop
+    with pytest.raises(SystemExit) as exc:
+        main(["--property", "band_gap", "--after", '{"ot_features": false}'])
+    assert exc.value.code == 2
