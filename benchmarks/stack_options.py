@@ -100,6 +100,9 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
     element = element_mask(formulas)
     x_rows = loco_descriptors(inputs.descriptors, formulas) if nested else None  # the nested LOCO folds' inputs
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
+    # each setting: its StackConfig overrides, and whether it gets the OT features (``"ot_features"``)
+    split = {setting: split_setting(overrides) for setting, overrides in settings.items()}
+    settings, with_ot = {s: v[0] for s, v in split.items()}, {s: v[1] for s, v in split.items()}
     # a setting that changes the DFT surrogate (``surrogate_*`` keys) gets its own, fitted on the DFT labels alone
     own = {setting: replace(stack, surrogate=DFTSurrogate(replace(stack.config, **overrides)).fit(inputs.descriptors,
                                                                                                    stack.dft_reference))
@@ -116,9 +119,9 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
             fold_shift_field(problem["source"], problem["target"], inputs.descriptors, f, align,
                              k=stack.config.ot_neighbours) for f in folds]
         for setting, overrides in settings.items():
-            overrides, with_ot = split_setting(overrides)
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **overrides), own.get(setting, stack),
-                                     inputs.descriptors, formulas, y, folds, shift_fields=fields if with_ot else None)
+                                     inputs.descriptors, formulas, y, folds,
+                                     shift_fields=fields if with_ot[setting] else None)
             tab["element"] = element[tab["row"].to_numpy()]
             tab = seeded.with_pooled_ood(tab)  # nested: family out and LOCO inside the training parts
             for protocol, part in tab.groupby("protocol"):
