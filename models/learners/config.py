@@ -187,7 +187,7 @@ class StackConfig:
         if not self.huber_delta > 0:
             raise ValueError(f"StackConfig.huber_delta must be > 0, got {self.huber_delta}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"StackConfig.objective must be regression, regression_l1 or huber, got {self.objective!r}")
+            raise ValueError(f"StackConfig.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
     def _check_correction(self) -> None:
         if self.correction_alpha is not None and self.correction_alpha <= 0:

@@ -305,7 +305,7 @@ class Predictor:
         floor = get_property(self.property).clamp_min
         if item.dft_value is None or floor is None or item.dft_value >= floor:
             return None
-        return f"dft_value {item.dft_value:g} is below {floor:g}: no {self.property.replace('_', ' ')} is"
+        return f"dft_value {item.dft_value:g} is below {floor:g}, the lowest possible {self.property.replace('_', ' ')}"
 
 
 def _resolve(ref: str | Path) -> Path:

@@ -107,7 +107,7 @@ def test_input_csv_dft_value_column(workdir, monkeypatch, capsys):
     assert bad["prediction"] is None and "dft_value 'abc' is not a number" in bad["error"]
     assert infinite["prediction"] is None and "not a finite number" in infinite["error"]
     # a band gap cannot be negative: refused by row, not clipped to 0 in silence; 0 itself is a valid PBE gap
-    assert negative["prediction"] is None and "dft_value -0.2 is below 0: no band gap is" in negative["error"]
+    assert negative["prediction"] is None and "dft_value -0.2 is below 0, the lowest possible band gap" in negative["error"]
     assert zero["error"] is None and zero["dft_value"] == 0.0
     assert "Traceback" not in capsys.readouterr().err
 

@@ -436,6 +436,8 @@ def test_huber_delta_sets_where_the_boosters_stop_squaring_residuals():
     assert "alpha" not in _booster(StackConfig(huber_delta=0.2), objective="regression", **kwargs).get_params()
     with pytest.raises(ValueError, match="huber_delta must be > 0, got 0"):
         StackConfig(huber_delta=0)
+    with pytest.raises(ValueError, match=r"objective must be one of regression, regression_l1, huber, got 'l1'"):
+        StackConfig(objective="l1")
 
 
 def _compounds_and_elements(seed: int = 3):
