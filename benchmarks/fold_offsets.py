@@ -8,7 +8,12 @@ OOD protocol, the MAE as evaluated and the MAE left once each fold's median resi
 (an oracle that knows the held-out group's offset: a bound on what any per-group correction
 could gain, not a model), with each fold's median residual beside it.
 
-It only reads predictions the evaluate stage already wrote: nothing here feeds a choice of the
+Beside it, the spread of repeated measurements (``data/raw/experiment.parquet``): each row of a formula
+measured more than once predicted by the mean of that formula's other rows. No model can beat the
+labels' own disagreement, so this is the floor under every MAE (on the formulas measured twice or
+more, which are better studied than the rest).
+
+It only reads what fetch and the evaluate stage already wrote: nothing here feeds a choice of the
 served model. ``PYTHONPATH=. python -m benchmarks.fold_offsets`` in a clone where ``dvc repro``
 ran; ``--out`` writes the JSON and a Markdown table beside it.
 """
@@ -24,6 +29,7 @@ import pandas as pd
 
 from models.evaluation.config import OOD_PROTOCOLS
 from models.properties import PROPERTY_NAMES, get_property
+from pipeline import readers
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("stacked", "stacked_ot")
@@ -55,6 +61,22 @@ def fold_offsets(predictions: pd.DataFrame, model: str) -> tuple[pd.DataFrame, p
     return table, per_fold
 
 
+def repeat_spread(measurements: pd.DataFrame) -> dict[str, float]:
+    """Rows of formulas measured twice or more, each predicted by the mean of its formula's other rows: their MAE.
+
+    ``measurements``: columns formula and value (one property). Returns the row and formula counts
+    and that MAE (NaN when no formula is measured twice).
+    """
+    n = measurements.groupby("formula")["value"].transform("size")
+    total = measurements.groupby("formula")["value"].transform("sum")
+    repeated = n >= 2
+    others = (total[repeated] - measurements.loc[repeated, "value"]) / (n[repeated] - 1)
+    error = (others - measurements.loc[repeated, "value"]).abs()
+    return {"rows": len(measurements), "repeated_rows": int(repeated.sum()),
+            "repeated_formulas": int(measurements.loc[repeated, "formula"].nunique()),
+            "mae_mean_of_others": float(error.mean()) if len(error) else float("nan")}
+
+
 def summary(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per protocol: mean and std over seeds of both MAEs, and the share of the MAE the offsets account for."""
     out = {}
@@ -73,8 +95,13 @@ def markdown(results: dict) -> str:
              "over seeds.", ""]
     for name in results["properties"]:
         r = results[name]
-        lines += [f"## {name} ({r['unit']}), seeds {r['seeds']}", "",
-                  "| model | protocol | rows per seed | MAE | without each fold's offset | share of the MAE |",
+        lines += [f"## {name} ({r['unit']}), seeds {r['seeds']}", ""]
+        spread = r.get("repeat_spread")
+        if spread:
+            lines += [f"Repeated measurements: {spread['repeated_rows']} of {spread['rows']} rows belong to the "
+                      f"{spread['repeated_formulas']} formulas measured twice or more; each predicted by the mean of its "
+                      f"formula's other rows: MAE {spread['mae_mean_of_others']:.4f}.", ""]
+        lines += ["| model | protocol | rows per seed | MAE | without each fold's offset | share of the MAE |",
                   "|---|---|---|---|---|---|"]
         for model in MODELS:
             for protocol, s in r["models"].get(model, {}).get("summary", {}).items():
@@ -93,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--property", choices=PROPERTY_NAMES, nargs="+", default=list(PROPERTY_NAMES))
     parser.add_argument("--plots-dir", type=Path, default=Path("plots"))
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/raw"),
+                        help="fetch's output, for the spread of repeated measurements (skipped when absent)")
     parser.add_argument("--out", type=Path, default=HERE / "fold_offsets_results.json")
     args = parser.parse_args(argv)
     results: dict = {"properties": args.property}
@@ -107,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             if model in predictions:
                 table, per_fold = fold_offsets(predictions, model)
                 r["models"][model] = {"summary": summary(table), "folds": per_fold.to_dict(orient="records")}
+        if (args.raw_dir / "experiment.parquet").is_file():
+            r["repeat_spread"] = repeat_spread(readers.read_measurements(args.raw_dir, get_property(name)))
         results[name] = r
     args.out.write_text(json.dumps(results, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else v),
                         encoding="utf-8")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.fold_offsets import fold_offsets, main, summary
+from benchmarks.fold_offsets import fold_offsets, main, repeat_spread, summary
 
 
 def _predictions(seed: int) -> pd.DataFrame:
@@ -52,12 +52,29 @@ def test_the_command_writes_json_and_markdown(tmp_path, capsys):
     plots.mkdir(parents=True)
     _predictions(0).to_csv(plots / "seed_predictions.csv", index=False)
     out = tmp_path / "offsets.json"
-    assert main(["--property", "formation_enthalpy", "--plots-dir", str(tmp_path / "plots"), "--out", str(out)]) == 0
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pd.DataFrame({"exp_id": ["a", "b", "c"], "formula": ["NaCl", "NaCl", "LiF"], "property": "formation_enthalpy",
+                  "value": [-2.1, -2.2, -3.2]}).to_parquet(raw / "experiment.parquet")
+    assert main(["--property", "formation_enthalpy", "--plots-dir", str(tmp_path / "plots"), "--raw-dir", str(raw),
+                 "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["formation_enthalpy"]["seeds"] == [0]
+    assert result["formation_enthalpy"]["repeat_spread"]["mae_mean_of_others"] == pytest.approx(0.1)
+    assert "2 of 3 rows belong to the 1 formulas measured twice or more" in out.with_suffix(".md").read_text()
     assert set(result["formation_enthalpy"]["models"]) == {"stacked"}
     assert "Per fold, seed 0, stacked:" in out.with_suffix(".md").read_text()
     assert "family_out oxide (50 rows): -0.09" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         main(["--property", "band_gap", "--plots-dir", str(tmp_path / "plots"), "--out", str(out)])
     assert "seed_predictions.csv not found" in capsys.readouterr().err
+
+
+def test_repeat_spread_predicts_each_repeated_row_by_its_formulas_other_rows():
+    rows = pd.DataFrame({"formula": ["GaAs", "GaAs", "GaAs", "ZnO", "ZnO", "NaCl"],
+                         "value": [1.40, 1.43, 1.52, 3.3, 3.4, 8.5]})
+    s = repeat_spread(rows)
+    assert (s["rows"], s["repeated_rows"], s["repeated_formulas"]) == (6, 5, 2)
+    # GaAs: |1.475 - 1.40|, |1.46 - 1.43|, |1.415 - 1.52|; ZnO: 0.1 twice; NaCl (measured once) is not scored
+    assert s["mae_mean_of_others"] == pytest.approx((0.075 + 0.03 + 0.105 + 0.1 + 0.1) / 5)
+    assert np.isnan(repeat_spread(rows.iloc[[0, 3, 5]])["mae_mean_of_others"])
