@@ -10,8 +10,9 @@ could gain, not a model), with each fold's median residual beside it.
 
 Beside it, the spread of repeated measurements (``data/raw/experiment.parquet``): each row of a formula
 measured more than once predicted by the mean of that formula's other rows. No model can beat the
-labels' own disagreement, so this is the floor under every MAE (on the formulas measured twice or
-more, which are better studied than the rest).
+labels' own disagreement, so this estimates the floor under every MAE (from above: the others' mean
+carries its own error too; and on the formulas measured twice or more, which are better studied than
+the rest).
 
 It only reads what fetch and the evaluate stage already wrote: nothing here feeds a choice of the
 served model. ``PYTHONPATH=. python -m benchmarks.fold_offsets`` in a clone where ``dvc repro``
@@ -30,6 +31,7 @@ import pandas as pd
 from models.evaluation.config import OOD_PROTOCOLS
 from models.properties import PROPERTY_NAMES, get_property
 from pipeline import readers
+from pipeline.errors import MatshiftError
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("stacked", "stacked_ot")
@@ -116,6 +118,22 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _one_property(name: str, predictions: pd.DataFrame, raw_dir: Path) -> dict:
+    """Both tables of one property; the repeated measurements' spread when fetch's output is in ``raw_dir``."""
+    if "seed" not in predictions:
+        raise ValueError("no seed column: not the evaluate stage's seed_predictions.csv")
+    r: dict = {"unit": get_property(name).unit, "seeds": sorted(int(s) for s in predictions["seed"].unique()), "models": {}}
+    for model in MODELS:
+        if model in predictions:
+            table, per_fold = fold_offsets(predictions, model)
+            r["models"][model] = {"summary": summary(table), "folds": per_fold.to_dict(orient="records")}
+    if not r["models"]:
+        raise ValueError(f"none of the columns {list(MODELS)}")
+    if (raw_dir / "experiment.parquet").is_file():
+        r["repeat_spread"] = repeat_spread(readers.read_measurements(raw_dir, get_property(name)))
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--property", choices=PROPERTY_NAMES, nargs="+", default=list(PROPERTY_NAMES))
@@ -129,16 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         path = args.plots_dir / name / "seed_predictions.csv"
         if not path.is_file():
             parser.error(f"{path} not found: run `dvc repro` (the evaluate stage writes it) or pass --plots-dir")
-        predictions = pd.read_csv(path)
-        r: dict = {"unit": get_property(name).unit, "seeds": sorted(int(s) for s in predictions["seed"].unique()),
-                   "models": {}}
-        for model in MODELS:
-            if model in predictions:
-                table, per_fold = fold_offsets(predictions, model)
-                r["models"][model] = {"summary": summary(table), "folds": per_fold.to_dict(orient="records")}
-        if (args.raw_dir / "experiment.parquet").is_file():
-            r["repeat_spread"] = repeat_spread(readers.read_measurements(args.raw_dir, get_property(name)))
-        results[name] = r
+        try:
+            results[name] = _one_property(name, pd.read_csv(path), args.raw_dir)
+        except (ValueError, MatshiftError) as exc:
+            parser.error(f"{path}: {exc}")
     args.out.write_text(json.dumps(results, indent=1, default=lambda v: v.item() if isinstance(v, np.generic) else v),
                         encoding="utf-8")
     text = markdown(results).rstrip("\n")

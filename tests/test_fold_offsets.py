@@ -68,6 +68,10 @@ def test_the_command_writes_json_and_markdown(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--property", "band_gap", "--plots-dir", str(tmp_path / "plots"), "--out", str(out)])
     assert "seed_predictions.csv not found" in capsys.readouterr().err
+    _predictions(0).drop(columns="stacked").to_csv(plots / "seed_predictions.csv", index=False)
+    with pytest.raises(SystemExit):
+        main(["--property", "formation_enthalpy", "--plots-dir", str(tmp_path / "plots"), "--out", str(out)])
+    assert "none of the columns ['stacked', 'stacked_ot']" in capsys.readouterr().err
 
 
 def test_repeat_spread_predicts_each_repeated_row_by_its_formulas_other_rows():
