@@ -69,8 +69,8 @@ def repeat_spread(measurements: pd.DataFrame) -> dict[str, float]:
     ``measurements``: columns formula and value (one property). Returns the row and formula counts
     and that MAE (NaN when no formula is measured twice).
     """
-    n = measurements.groupby("formula")["value"].transform("size")
-    total = measurements.groupby("formula")["value"].transform("sum")
+    per_formula = measurements.groupby("formula")["value"]
+    n, total = per_formula.transform("size"), per_formula.transform("sum")
     repeated = n >= 2
     others = (total[repeated] - measurements.loc[repeated, "value"]) / (n[repeated] - 1)
     error = (others - measurements.loc[repeated, "value"]).abs()
@@ -120,15 +120,15 @@ def markdown(results: dict) -> str:
 
 def _one_property(name: str, predictions: pd.DataFrame, raw_dir: Path) -> dict:
     """Both tables of one property; the repeated measurements' spread when fetch's output is in ``raw_dir``."""
-    if "seed" not in predictions:
-        raise ValueError("no seed column: not the evaluate stage's seed_predictions.csv")
-    r: dict = {"unit": get_property(name).unit, "seeds": sorted(int(s) for s in predictions["seed"].unique()), "models": {}}
+    models = {}
     for model in MODELS:
-        if model in predictions:
+        if model in predictions:  # fold_offsets checks the other columns
             table, per_fold = fold_offsets(predictions, model)
-            r["models"][model] = {"summary": summary(table), "folds": per_fold.to_dict(orient="records")}
-    if not r["models"]:
+            models[model] = {"summary": summary(table), "folds": per_fold.to_dict(orient="records")}
+    if not models:
         raise ValueError(f"none of the columns {list(MODELS)}")
+    r: dict = {"unit": get_property(name).unit, "seeds": sorted(int(s) for s in predictions["seed"].unique()),
+               "models": models}
     if (raw_dir / "experiment.parquet").is_file():
         r["repeat_spread"] = repeat_spread(readers.read_measurements(raw_dir, get_property(name)))
     return r

@@ -87,8 +87,14 @@ def split_setting(overrides: dict) -> tuple[dict, bool]:
 
 
 def run_property(name: str, params: EvaluateParams, train: TrainParams, settings: dict[str, dict], seeds: list[int],
-                 bags: int, threads: int, nested: bool = False, align: AlignConfig | None = None) -> dict:
-    """``align``: params.yaml's ``align`` section, for the model with OT features (``--ot``); None: the model without."""
+                 bags: int, threads: int, nested: bool = False, align: AlignConfig | None = None,
+                 with_ot: dict[str, bool] | None = None) -> dict:
+    """``settings``: StackConfig overrides per setting (:func:`split_setting`'s first part).
+
+    ``align``: params.yaml's ``align`` section, for the model with OT features (``--ot``); None: the
+    model without. ``with_ot``: per setting, whether it gets those features (all, when None).
+    """
+    with_ot = with_ot or {}
     prop = get_property(name)
     full = params.full
     # the evaluate stage's alignment of each fold: the align section applied to the property
@@ -100,9 +106,6 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
     element = element_mask(formulas)
     x_rows = loco_descriptors(inputs.descriptors, formulas) if nested else None  # the nested LOCO folds' inputs
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
-    # each setting: its StackConfig overrides, and whether it gets the OT features (``"ot_features"``)
-    split = {setting: split_setting(overrides) for setting, overrides in settings.items()}
-    settings, with_ot = {s: v[0] for s, v in split.items()}, {s: v[1] for s, v in split.items()}
     # a setting that changes the DFT surrogate (``surrogate_*`` keys) gets its own, fitted on the DFT labels alone
     own = {setting: replace(stack, surrogate=DFTSurrogate(replace(stack.config, **overrides)).fit(inputs.descriptors,
                                                                                                    stack.dft_reference))
@@ -121,7 +124,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
         for setting, overrides in settings.items():
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **overrides), own.get(setting, stack),
                                      inputs.descriptors, formulas, y, folds,
-                                     shift_fields=fields if with_ot[setting] else None)
+                                     shift_fields=fields if with_ot.get(setting, True) else None)
             tab["element"] = element[tab["row"].to_numpy()]
             tab = seeded.with_pooled_ood(tab)  # nested: family out and LOCO inside the training parts
             for protocol, part in tab.groupby("protocol"):
@@ -180,17 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ot", action="store_true", help="the stacked model with OT features (each fold's own "
                         "alignment on its training part), as served")
     args = parser.parse_args(argv)
-    settings = {"before": args.before, "after": args.after}
-    for name, setting in settings.items():
+    # each setting split once: its StackConfig overrides, and whether it gets the OT features (``"ot_features"``)
+    settings, with_ot = {}, {}
+    for name, setting in {"before": args.before, "after": args.after}.items():
         try:
-            _, with_ot = split_setting(setting)
+            settings[name], with_ot[name] = split_setting(setting)
         except ValueError as exc:
             parser.error(f"--{name}: {exc}")
-        if not with_ot and not args.ot:
+        if not with_ot[name] and not args.ot:
             parser.error(f'--{name}: "ot_features": false drops the OT features that only --ot gives')
     align = load_section(AlignParams, "align", args.params).config if args.ot else None
     return seeded.run(args, lambda name, params, train: run_property(name, params, train, settings, args.seeds,
-                                                                     args.bags, args.threads, args.nested, align),
+                                                                     args.bags, args.threads, args.nested, align,
+                                                                     with_ot),
                       markdown, before=args.before, after=args.after, nested=args.nested, ot=args.ot)
 
 
