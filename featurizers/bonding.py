@@ -31,9 +31,10 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition, Element
 
-from featurizers.chemistry import no_pauling_warning, parse_formula
+from featurizers.chemistry import element_fractions, no_pauling_warning, parse_formula
 
-__all__ = ["BONDING_COLUMNS", "IONIC_COLUMNS", "bonding_descriptors", "ionic_descriptors"]
+__all__ = ["BONDING_COLUMNS", "ELEMENT_CLASSES", "IONIC_COLUMNS", "bonding_descriptors", "class_fractions",
+           "ionic_descriptors"]
 
 #: Column order of :func:`bonding_descriptors`.
 BONDING_COLUMNS = ("metal_fraction", "transition_metal_fraction", "f_block_fraction", "halogen_fraction",
@@ -46,6 +47,14 @@ IONIC_COLUMNS = ("charge_balanced", "max_ionic_char", "avg_ionic_char")
 _HALOGENS = frozenset({"F", "Cl", "Br", "I"})
 _CHALCOGENS = frozenset({"O", "S", "Se", "Te"})
 _ANION_FORMERS = frozenset({"N", "P", "As", "H"}) | _HALOGENS | _CHALCOGENS
+
+#: Named element classes for :func:`class_fractions`.
+ELEMENT_CLASSES: dict[str, frozenset[str]] = {
+    "diatomic_gas": frozenset({"H", "N", "O", "F", "Cl"}),
+    "halogen": _HALOGENS,
+    "chalcogen": _CHALCOGENS,
+    "anion_former": _ANION_FORMERS,
+}
 
 
 @functools.cache
@@ -117,3 +126,20 @@ def ionic_descriptors(formulas: Sequence[str]) -> pd.DataFrame:
     Raises :class:`featurizers.chemistry.FormulaError` naming a formula that is not chemistry.
     """
     return _table([_ionic_row(str(f)) for f in formulas], formulas, IONIC_COLUMNS)
+
+
+def class_fractions(formulas: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """Return the atomic fraction of each named class of :data:`ELEMENT_CLASSES` per formula (rows: formulas).
+
+    Raises ``KeyError`` naming a class that is not in :data:`ELEMENT_CLASSES`, and
+    :class:`featurizers.chemistry.FormulaError` naming a formula that is not chemistry.
+    """
+    unknown = [n for n in names if n not in ELEMENT_CLASSES]
+    if unknown:
+        raise KeyError(f"no element class {unknown[0]!r} (known: {', '.join(ELEMENT_CLASSES)})")
+    out = np.zeros((len(formulas), len(names)))
+    for r, formula in enumerate(formulas):
+        fractions = element_fractions(str(formula))
+        for c, name in enumerate(names):
+            out[r, c] = sum(v for e, v in fractions.items() if e in ELEMENT_CLASSES[name])
+    return out

@@ -135,6 +135,10 @@ class StackConfig:
     ``bonding`` also the bonding ones) that enter the fitted correction as linear terms beside the
     element fractions, z-scored on the training rows and clipped to their range; unlike a
     per-element offset they have a value for a formula whose elements training never saw.
+    ``correction_classes`` (set per property from ``train.stack.correction_classes``): named
+    element classes (:data:`featurizers.bonding.ELEMENT_CLASSES`) whose atomic fraction enters
+    the fitted correction beside the element fractions, unscaled like them: one offset shared
+    by the class's elements, which reaches an element of the class that training never saw.
     ``element_value`` (the property's, :mod:`models.properties`): a pure element is predicted
     this value, which it has by definition (0 eV/atom formation enthalpy of an element in its
     reference state); None: elements are predicted like compounds.
@@ -165,12 +169,14 @@ class StackConfig:
     clamp_min: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
     bonding: bool = field(default=False, metadata=PARAM_DERIVED)  # train.stack.bonding
     correction_terms: tuple[str, ...] = field(default=(), metadata=PARAM_DERIVED)  # train.stack.correction_terms
+    correction_classes: tuple[str, ...] = field(default=(), metadata=PARAM_DERIVED)  # train.stack.correction_classes
     element_value: float | None = field(default=None, metadata=PARAM_DERIVED)  # the property's
     seed: int = field(default=0, metadata=PARAM_DERIVED)  # train.seed
     n_jobs: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "correction_terms", tuple(self.correction_terms))  # a JSON or YAML list
+        object.__setattr__(self, "correction_classes", tuple(self.correction_classes))
         for name in ("surrogate_trees", "surrogate_leaves", "trees", "leaves", "min_child_samples", "n_jobs", "bags",
                      "ot_neighbours"):
             if getattr(self, name) < 1:
@@ -198,6 +204,18 @@ class StackConfig:
             raise ValueError("StackConfig.correction_terms are terms of the fitted correction: they need correction_alpha")
         if len(set(self.correction_terms)) != len(self.correction_terms):
             raise ValueError(f"StackConfig.correction_terms names a column twice: {list(self.correction_terms)}")
+        if not self.correction_classes:
+            return
+        from featurizers.bonding import ELEMENT_CLASSES  # a light module, only for this check
+
+        if self.correction_alpha is None:
+            raise ValueError("StackConfig.correction_classes are terms of the fitted correction: they need correction_alpha")
+        unknown = [name for name in self.correction_classes if name not in ELEMENT_CLASSES]
+        if unknown:
+            raise ValueError(f"StackConfig.correction_classes: no element class {unknown[0]!r} "
+                             f"(known: {', '.join(ELEMENT_CLASSES)})")
+        if len(set(self.correction_classes)) != len(self.correction_classes):
+            raise ValueError(f"StackConfig.correction_classes names a class twice: {list(self.correction_classes)}")
 
     def missing_terms(self, descriptor_columns: Sequence[str]) -> list[str]:
         """Return the ``correction_terms`` that are no feature column: not in ``descriptor_columns``, nor bonding ones with ``bonding``."""
@@ -224,7 +242,8 @@ class StackSettings:
     ``objective_for``: property -> the boosters' LightGBM objective for that property, instead of
     ``config.objective`` (the surrogate's stays L2).
     ``correction_terms``: property -> feature columns that enter its fitted correction as linear
-    terms (:class:`StackConfig`); a property not named has none.
+    terms (:class:`StackConfig`); a property not named has none. ``correction_classes``: property
+    -> element classes whose atomic fraction enters it (:class:`StackConfig`).
     """
 
     enabled: bool = True
@@ -237,6 +256,7 @@ class StackSettings:
     colsample_for: dict[str, float] = field(default_factory=dict)
     objective_for: dict[str, str] = field(default_factory=dict)
     correction_terms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    correction_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     config: StackConfig = field(default_factory=StackConfig, metadata=PARAM_INLINE)
 
     def __post_init__(self) -> None:
@@ -246,7 +266,8 @@ class StackSettings:
             raise ValueError("stack.blend_weight > 0 needs stack.enabled: true")
         from models.properties import PROPERTY_NAMES  # a light module; imported here like the type above
 
-        for key in ("extrapolate", "bonding", "surrogate_bonding", "colsample_for", "objective_for", "correction_terms"):
+        for key in ("extrapolate", "bonding", "surrogate_bonding", "colsample_for", "objective_for", "correction_terms",
+                    "correction_classes"):
             unknown = sorted(set(getattr(self, key)) - set(PROPERTY_NAMES))
             if unknown:
                 raise ValueError(f"stack.{key}: unknown propert{'ies' if len(unknown) > 1 else 'y'} {unknown} "
@@ -257,6 +278,13 @@ class StackSettings:
         for name, objective in self.objective_for.items():
             if objective not in OBJECTIVES:
                 raise ValueError(f"stack.objective_for.{name} must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        from featurizers.bonding import ELEMENT_CLASSES  # a light module, only for this check
+
+        for name, classes in self.correction_classes.items():
+            unknown = [c for c in classes if c not in ELEMENT_CLASSES]
+            if unknown:
+                raise ValueError(f"stack.correction_classes.{name}: no element class {unknown[0]!r} "
+                                 f"(known: {', '.join(ELEMENT_CLASSES)})")
 
 
 @dataclass(frozen=True)
@@ -356,7 +384,8 @@ class FitConfig:
                        surrogate_bonding=prop.name in self.stack.surrogate_bonding,
                        colsample=self.stack.colsample_for.get(prop.name, self.stack.config.colsample),
                        objective=self.stack.objective_for.get(prop.name, self.stack.config.objective),
-                       correction_terms=tuple(self.stack.correction_terms.get(prop.name, ())))
+                       correction_terms=tuple(self.stack.correction_terms.get(prop.name, ())),
+                       correction_classes=tuple(self.stack.correction_classes.get(prop.name, ())))
 
     def extra_fidelities(self, prop: Property) -> tuple[str, ...]:
         """Return the other DFT fidelities the stacked model takes for ``prop`` (never its own DFT column)."""

@@ -18,7 +18,10 @@ estimate is added back. Elements unseen in training contribute nothing to the co
 ``config.correction_terms`` (chosen per property) adds linear terms that do transfer: named
 feature columns (e.g. the ionic character of :mod:`featurizers.bonding`), z-scored on the
 training rows and clipped to their range, so a family absent from training (a halide when no
-halide was measured) still gets the correction its bonding implies.
+halide was measured) still gets the correction its bonding implies. ``config.correction_classes``
+adds the atomic fraction of named element classes, unscaled like the element fractions: one
+offset shared by the class, which an element of it training never saw inherits (the oxides,
+held out, get the error the fluorides and chlorides show of a diatomic-gas reference).
 
 Extrapolation (``config.extrapolate``, chosen per property): trees predict a constant beyond
 the targets they were fitted on, so a model fitted on gaps up to 4 eV calls a 10 eV insulator
@@ -63,7 +66,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS, bonding_descriptors, ionic_descriptors
+from featurizers.bonding import (
+    BONDING_COLUMNS,
+    IONIC_COLUMNS,
+    bonding_descriptors,
+    class_fractions,
+    ionic_descriptors,
+)
 from featurizers.chemistry import element_fractions, element_mask
 from models._io import read_header, write_header
 from models.learners.config import StackConfig
@@ -445,13 +454,15 @@ class StackedModel:
         return [*self.surrogate.columns_, *bonding]
 
     def _fractions(self, formulas: list[str], x: np.ndarray) -> np.ndarray:
-        """Design of the fitted correction: element fractions, the correction terms (+ the OT shift column with a shift field)."""
+        """Design of the fitted correction: element fractions, the element classes' fractions, the correction terms (+ the OT shift column with a shift field)."""
         col = {e: i for i, e in enumerate(self.elements_)}
         out = np.zeros((len(formulas), len(col)))
         for r, f in enumerate(formulas):
             for e, v in element_fractions(f).items():
                 if e in col:
                     out[r, col[e]] = v
+        if self.config.correction_classes:
+            out = np.column_stack([out, class_fractions(formulas, self.config.correction_classes)])
         if self.terms_ is not None:
             t = self.terms_
             values = np.clip(x[:, t.columns].astype(float), t.low, t.high)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from featurizers import bonding
-from featurizers.bonding import BONDING_COLUMNS, IONIC_COLUMNS, bonding_descriptors, ionic_descriptors
+from featurizers.bonding import (
+    BONDING_COLUMNS,
+    IONIC_COLUMNS,
+    bonding_descriptors,
+    class_fractions,
+    ionic_descriptors,
+)
 from featurizers.chemistry import FormulaError
 
 
@@ -70,3 +76,13 @@ def test_ionic_descriptors_tell_charge_balanced_salts_from_intermetallics(recwar
     assert not [w for w in recwarn if "Pauling" in str(w.message)]
     with pytest.raises(FormulaError, match="Qq"):
         ionic_descriptors(["NaCl", "Qq"])
+
+
+def test_class_fractions_count_the_atoms_of_each_named_class():
+    got = class_fractions(["Al2O3", "NaCl", "NH4Cl", "GaAs", "CaF2"], ["diatomic_gas", "halogen"])
+    np.testing.assert_allclose(got, [[0.6, 0.0], [0.5, 0.5], [1.0, 1 / 6], [0.0, 0.0], [2 / 3, 2 / 3]])
+    assert class_fractions([], ["chalcogen"]).shape == (0, 1)
+    with pytest.raises(KeyError, match=r"no element class 'gas'.*diatomic_gas"):
+        class_fractions(["NaCl"], ["gas"])
+    with pytest.raises(FormulaError, match="Xx2O"):
+        class_fractions(["Xx2O"], ["chalcogen"])

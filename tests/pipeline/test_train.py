@@ -89,6 +89,17 @@ def test_train_stage_refuses_correction_terms_it_cannot_build_before_fitting(tmp
     assert not (tmp_path / "models").exists()
 
 
+def test_train_stage_refuses_an_unknown_element_class_naming_the_key(tmp_path):
+    train_inputs(tmp_path)
+    path = train_params(tmp_path)
+    path.write_text(path.read_text().replace("blend_weight: 0.5}", "blend_weight: 0.5, "
+                                             "correction_classes: {band_gap: [gases]}}"))
+    with pytest.raises(ConfigError, match=r"train\.stack: stack\.correction_classes\.band_gap: no element class "
+                                          r"'gases' \(known: diatomic_gas"):
+        stage.run(argparse.Namespace(params=path, property="band_gap", no_mlflow=True))
+    assert not (tmp_path / "models").exists()
+
+
 class _Stop(Exception):
     pass
 
