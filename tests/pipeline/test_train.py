@@ -77,25 +77,18 @@ def test_train_stage_rejects_bad_params_and_missing_inputs(tmp_path):
         stage.run(argparse.Namespace(params=train_params(tmp_path), property="band_gap", no_mlflow=True))
 
 
-def test_train_stage_refuses_correction_terms_it_cannot_build_before_fitting(tmp_path):
-    """A correction term naming no feature column fails at the start, naming the key, not minutes later in the fit."""
+@pytest.mark.parametrize(("setting", "message"), [
+    ("correction_terms: {band_gap: [avg_ionic_char]}",
+     r"train\.stack\.correction_terms\.band_gap: no feature column 'avg_ionic_char'.*add band_gap to train\.stack\.bonding"),
+    ("correction_classes: {band_gap: [gases]}",
+     r"train\.stack: stack\.correction_classes\.band_gap: no element class 'gases' \(known: diatomic_gas"),
+])
+def test_train_stage_refuses_correction_settings_it_cannot_build_before_fitting(tmp_path, setting, message):
+    """A correction term naming no feature column, or an unknown element class, fails at the start naming the key."""
     train_inputs(tmp_path)
     path = train_params(tmp_path)
-    path.write_text(path.read_text().replace("blend_weight: 0.5}", "blend_weight: 0.5, "
-                                             "correction_terms: {band_gap: [avg_ionic_char]}}"))
-    with pytest.raises(ConfigError, match=r"train\.stack\.correction_terms\.band_gap: no feature column "
-                                          r"'avg_ionic_char'.*add band_gap to train\.stack\.bonding"):
-        stage.run(argparse.Namespace(params=path, property="band_gap", no_mlflow=True))
-    assert not (tmp_path / "models").exists()
-
-
-def test_train_stage_refuses_an_unknown_element_class_naming_the_key(tmp_path):
-    train_inputs(tmp_path)
-    path = train_params(tmp_path)
-    path.write_text(path.read_text().replace("blend_weight: 0.5}", "blend_weight: 0.5, "
-                                             "correction_classes: {band_gap: [gases]}}"))
-    with pytest.raises(ConfigError, match=r"train\.stack: stack\.correction_classes\.band_gap: no element class "
-                                          r"'gases' \(known: diatomic_gas"):
+    path.write_text(path.read_text().replace("blend_weight: 0.5}", f"blend_weight: 0.5, {setting}}}"))
+    with pytest.raises(ConfigError, match=message):
         stage.run(argparse.Namespace(params=path, property="band_gap", no_mlflow=True))
     assert not (tmp_path / "models").exists()
 
