@@ -141,7 +141,23 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
             out[protocol][s] = {"all": _spread([p["error"] for p in parts]),
                                 "compounds": _spread([p.loc[~p["element"], "error"] for p in parts]),
                                 "elements": _spread([p.loc[p["element"], "error"] for p in parts])}
-    return {"unit": prop.unit, "folds": "nested" if nested else "outer", "protocols": out}
+    return {"unit": prop.unit, "folds": "nested" if nested else "outer", "protocols": out,
+            "families": {} if nested else by_family(errors)}
+
+
+def by_family(errors: dict[tuple[str, str], list[pd.DataFrame]]) -> dict[str, dict]:
+    """Per held-out family of the family-out protocol (the same folds on every seed): rows, MAE before and after, paired difference."""
+    before, after = errors.get(("family_out", "before")), errors.get(("family_out", "after"))
+    if before is None:
+        return {}
+    out = {}
+    for family in sorted(set(before[0]["fold"])):
+        b = [part[part["fold"] == family].reset_index(drop=True) for part in before]
+        a = [part[part["fold"] == family].reset_index(drop=True) for part in after]
+        diff, lo, hi = paired_by_formula(b, a)
+        out[str(family)] = {"rows": len(b[0]), "before": _spread([p["error"] for p in b]),
+                            "after": _spread([p["error"] for p in a]), "diff": {"mean": diff, "ci95": [lo, hi]}}
+    return out
 
 
 def _spread(errors: list[pd.Series]) -> dict[str, float]:
@@ -171,6 +187,14 @@ def markdown(results: dict) -> str:
                          f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {_cell(s['before']['compounds'])} | "
                          f"{_cell(s['after']['compounds'])} | {_cell(s['before']['elements'])} | {_cell(s['after']['elements'])} |")
         lines.append("")
+        if r.get("families"):
+            lines += ["Family out, per held-out family:", "", "| family | rows | before | after | diff [95% CI] |",
+                      "|---|---|---|---|---|"]
+            for family, s in r["families"].items():
+                d = s["diff"]
+                lines.append(f"| {family} | {s['rows']} | {_cell(s['before'])} | {_cell(s['after'])} | "
+                             f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |")
+            lines.append("")
     return "\n".join(lines)
 
 

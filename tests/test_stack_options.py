@@ -1,8 +1,9 @@
 """benchmarks/stack_options.py: the nested folds never hold a test row of the evaluate stage's folds."""
 
 import numpy as np
+import pytest
 
-from benchmarks.stack_options import inner_folds, main, split_setting
+from benchmarks.stack_options import by_family, inner_folds, main, split_setting
 from models.evaluation.splits import family_folds, grouped_kfold, range_extrapolation
 
 
@@ -78,3 +79,25 @@ def test_a_setting_can_drop_the_ot_features_of_ot_runs():
     with pytest.raises(SystemExit) as exc:
         main(["--property", "band_gap", "--after", '{"ot_features": false}'])
     assert exc.value.code == 2
+
+
+def test_family_out_is_broken_down_per_held_out_family():
+    import pandas as pd
+
+    def seed(shift: float) -> pd.DataFrame:
+        return pd.DataFrame({"fold": ["oxide"] * 3 + ["halide"] * 2, "formula": ["MgO", "CaO", "ZnO", "NaCl", "KF"],
+                             "error": [0.3, 0.2, 0.1, 0.1, 0.1 + shift]})
+
+    before = [seed(0.0), seed(0.0)]
+    after = [seed(0.2).assign(error=lambda t: t["error"].where(t["fold"] == "halide", t["error"] - 0.1)),
+             seed(0.2).assign(error=lambda t: t["error"].where(t["fold"] == "halide", t["error"] - 0.1))]
+    got = by_family({("family_out", "before"): before, ("family_out", "after"): after,
+                     ("loco", "before"): before, ("loco", "after"): after})
+    assert list(got) == ["halide", "oxide"]
+    assert got["oxide"]["rows"] == 3
+    assert got["oxide"]["before"]["mean"] == pytest.approx(0.2) and got["oxide"]["after"]["mean"] == pytest.approx(0.1)
+    assert got["oxide"]["diff"]["mean"] == pytest.approx(-0.1)
+    assert got["halide"]["diff"]["mean"] == pytest.approx(0.1)  # KF 0.2 worse, NaCl unchanged
+    lo, hi = got["halide"]["diff"]["ci95"]
+    assert 0.0 <= lo <= 0.1 <= hi <= 0.2 + 1e-12  # two formulas resampled: 0, 0.1 or 0.2
+    assert by_family({("loco", "before"): before, ("loco", "after"): after}) == {}
