@@ -170,6 +170,10 @@ def _cell(d: dict) -> str:
     return "-" if np.isnan(d["mean"]) else f"{d['mean']:.4f} ± {d['std']:.4f}"
 
 
+def _diff_cell(d: dict) -> str:
+    return f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+
+
 def markdown(results: dict) -> str:
     lines = ["# Two settings of the stacked model (benchmarks/stack_options.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model "
@@ -182,18 +186,15 @@ def markdown(results: dict) -> str:
         lines += [f"## {name} ({r['unit']}), {r.get('folds', 'outer')} folds", "", "| protocol | rows (elements) | before | after | diff [95% CI] | "
                   "compounds before | compounds after | elements before | elements after |", "|---|---|---|---|---|---|---|---|---|"]
         for p, s in r["protocols"].items():
-            d = s["diff"]
             lines.append(f"| {p} | {s['rows']} ({s['elements']}) | {_cell(s['before']['all'])} | {_cell(s['after']['all'])} | "
-                         f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {_cell(s['before']['compounds'])} | "
+                         f"{_diff_cell(s['diff'])} | {_cell(s['before']['compounds'])} | "
                          f"{_cell(s['after']['compounds'])} | {_cell(s['before']['elements'])} | {_cell(s['after']['elements'])} |")
         lines.append("")
         if r.get("families"):
             lines += ["Family out, per held-out family:", "", "| family | rows | before | after | diff [95% CI] |",
                       "|---|---|---|---|---|"]
             for family, s in r["families"].items():
-                d = s["diff"]
-                lines.append(f"| {family} | {s['rows']} | {_cell(s['before'])} | {_cell(s['after'])} | "
-                             f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] |")
+                lines.append(f"| {family} | {s['rows']} | {_cell(s['before'])} | {_cell(s['after'])} | {_diff_cell(s['diff'])} |")
             lines.append("")
     return "\n".join(lines)
 
