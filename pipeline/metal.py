@@ -68,7 +68,14 @@ def load_inputs(params: MetalParams, train: TrainParams) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     # LightGBM, scikit-learn, MLflow: imported when the stage runs, not for `--help`
-    from models.evaluation import metal_card, metal_cv_groups, metal_summary, prepare_metal, served_threshold
+    from models.evaluation import (
+        metal_card,
+        metal_cv_groups,
+        metal_summary,
+        operating_points,
+        prepare_metal,
+        served_threshold,
+    )
     from models.learners import save_metal
     from models.serving import TrackingError, ensure_store, log_metal_run
 
@@ -103,15 +110,17 @@ def run(args: argparse.Namespace) -> int:
     metrics = metal_summary(results)
     first = next(iter(results.values()))
     served = served_threshold(*first)
+    points = operating_points(*first)  # the same rows: other thresholds a user may take (predict --metal-threshold)
     final = plan.data.classifier_for_fold(params.classifier).fit(plan.data.descriptors, list(plan.data.labels.index),
                                                 plan.data.labels.to_numpy())
     counts = {k: v for k, v in plan.counts.items() if k != "left_out_formulas"}
-    metrics |= {"served": served, "data": counts, "seconds": round(time.perf_counter() - t0, 1)}
+    metrics |= {"served": served, "operating_points": points, "data": counts,
+                "seconds": round(time.perf_counter() - t0, 1)}
     with atomic_dir(params.out_dir) as tmp:
         save_metal(final, tmp, threshold=served["threshold"], card=served, counts=plan.counts,
                    grouped_cv=metrics["grouped_cv"], config=to_dict(params))
         write_parquet(tmp / "oof.parquet", first[0])
-        write_text(tmp / "card.md", metal_card(metrics, served, plan.counts))
+        write_text(tmp / "card.md", metal_card(metrics, served, plan.counts, points))
     write_json(params.metrics_dir / "metal.json", metrics)
     with atomic_dir(params.plots_dir / "metal") as tmp:
         pd.concat([pf.merge(pr.groupby("formula")[["measured", "regressor"]].mean().reset_index(), on="formula",

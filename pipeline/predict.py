@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
     parser.add_argument("--no-metal", action="store_true", help="band gaps: skip the metal classifier "
                         "(data/models/metal); every row gets the non-metal gap estimate")
+    parser.add_argument("--metal-threshold", type=float, default=None, metavar="P",
+                        help="band gaps: call a row metal (0 eV) when P(metal) >= P instead of the threshold chosen on "
+                        "training folds (data/models/metal/card.md: 0.50 and a table of the errors at others). Higher: "
+                        "fewer semiconductors called metal, more metals given a gap")
     parser.add_argument("--coverage", type=float, default=None, help="nominal coverage of the conformal prediction "
                         "intervals `lower`..`upper` (default: the model's, train.intervals.coverage = 0.9)")
     parser.add_argument("--polymorph-window", type=float, default=0.2, metavar="EV_PER_ATOM",
@@ -61,13 +65,15 @@ def predict(
     metal: bool = True,
     params: Path | str | None = None,
     polymorph_window: float = 0.2,
+    metal_threshold: float | None = None,
 ) -> pd.DataFrame:
     """Predict ``property`` for formulas and CIF paths (strings ending in .cif or Paths).
 
     Returns one row per input with the columns of :data:`~models.serving.COLUMNS`; invalid inputs have an
     ``error`` and no prediction. ``metal``: band gaps use the metal classifier (see :func:`load_predictor`);
     ``params``: the parameter file saying where the data and models are (default params.yaml);
-    ``polymorph_window``: as ``matshift predict --polymorph-window`` (eV/atom).
+    ``polymorph_window``: as ``matshift predict --polymorph-window`` (eV/atom); ``metal_threshold``: as
+    ``--metal-threshold`` (None: the classifier's own).
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -75,22 +81,30 @@ def predict(
     cifs = [Path(i) for i in inputs if isinstance(i, Path) or str(i).lower().endswith(".cif")]
     items = collect_inputs(formulas, cifs, max_sites=max_sites)
     predictor = load_predictor(model, property=property, metal=metal, params=Path(params) if params else None,
-                               polymorph_window=polymorph_window)
+                               polymorph_window=polymorph_window, metal_threshold=metal_threshold)
     return predict_items(items, predictor, unit=get_property(property).unit)
 
 
 def load_predictor(model: str | Path | None, *, property: str, params: Path | None = None, metal: bool = True,
-                   polymorph_window: float = 0.2):
+                   polymorph_window: float = 0.2, metal_threshold: float | None = None):
     """Load a trained model (directory or MLflow ``NAME/VERSION``) as a predictor.
 
     The DFT table, the crystal graphs and the align stage's neural map are read from the
     ``train`` section's directories of ``params`` (params.yaml when it exists, else the
     defaults): the data the served model was trained with; band gaps add the metal classifier
     (``metal`` section's ``out_dir``) when it exists and ``metal`` is true: 0 eV for a metal. The DFT
-    structures are read only when a user's structure is matched to a polymorph.
+    structures are read only when a user's structure is matched to a polymorph. ``metal_threshold``:
+    the P(metal) at or above which a band gap is called metal (None: the classifier's own).
     """
     if not polymorph_window >= 0:
         raise MatshiftError(f"--polymorph-window {polymorph_window}: give a formation-energy window >= 0 eV/atom")
+    if metal_threshold is not None:
+        if property != "band_gap":
+            raise MatshiftError(f"--metal-threshold applies to band gaps, not to {property}")
+        if not metal:
+            raise MatshiftError("--metal-threshold and --no-metal contradict each other: give one")
+        if not 0 <= metal_threshold <= 1:
+            raise MatshiftError(f"--metal-threshold {metal_threshold}: give a probability between 0 and 1, e.g. 0.5")
     prop = get_property(property)
     path = params if params is not None else DEFAULT_PARAMS
     dirs = load_section(TrainParams, "train", path) if path.is_file() else TrainParams()
@@ -103,7 +117,7 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
                               index=index, features_dir=dirs.features_dir,
                               neural_map=dirs.aligned_dir / prop.name / "neural_map", metal_dir=metal_dir,
                               structures=(lambda ids: readers.read_structures(dirs.raw_dir, ids)) if has_dft else None,
-                              polymorph_window=polymorph_window)
+                              polymorph_window=polymorph_window, metal_threshold=metal_threshold)
     except ModelNotFoundError as exc:
         raise MatshiftError(str(exc)) from exc
 
@@ -115,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         raise MatshiftError("no input: give formulas, --cif FILE ... or --input FILE.csv (see matshift predict --help)")
     predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal,
-                               polymorph_window=args.polymorph_window)
+                               polymorph_window=args.polymorph_window, metal_threshold=args.metal_threshold)
     if args.coverage is not None and not 0 < args.coverage < 1:
         raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
     frame = predict_items(items, predictor, unit=get_property(args.property).unit, coverage=args.coverage)

@@ -51,25 +51,31 @@ def test_no_private_name_is_imported_from_another_package():
     assert not crossings, "\n".join(crossings)
 
 
-def _reason_given(lines: list[str], lineno: int) -> bool:
-    """A comment on the import's line, or on the line above its block of imports."""
+def _reason_given(lines: list[str], lineno: int, import_lines: set[int]) -> bool:
+    """A comment on the import's line, or on the line above its block of imports.
+
+    ``import_lines``: every line number an import statement spans (a parenthesised import runs over several).
+    """
     if "#" in lines[lineno - 1]:
         return True
-    k = lineno - 2
-    while k >= 0 and lines[k].strip().startswith(("import ", "from ")):
+    k = lineno - 1  # 1-based number of the line above
+    while k >= 1 and k in import_lines:
         k -= 1
-    return k >= 0 and lines[k].strip().startswith("#")
+    return k >= 1 and lines[k - 1].strip().startswith("#")
 
 
 def test_every_deferred_import_says_why():
     silent = []
     for module, path, _ in _modules():
         text = path.read_text(encoding="utf-8")
-        lines = text.splitlines()
-        for func in ast.walk(ast.parse(text)):
+        lines, tree = text.splitlines(), ast.parse(text)
+        import_lines = {n for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                        for n in range(node.lineno, node.end_lineno + 1)}
+        for func in ast.walk(tree):
             if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(func):
-                    if isinstance(node, (ast.Import, ast.ImportFrom)) and not _reason_given(lines, node.lineno):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) and not _reason_given(lines, node.lineno,
+                                                                                            import_lines):
                         silent.append(f"{module}:{node.lineno}")
     assert not silent, f"imports inside functions without a comment saying why: {sorted(set(silent))}"
 

@@ -35,7 +35,7 @@ _LAZY = {
     ),
     "metal": (
         "MetalData", "MetalPlan", "metal_card", "metal_cv", "metal_cv_groups", "metal_labels", "metal_metrics", "metal_summary",
-        "paired_bootstrap", "prepare_metal", "served_threshold",
+        "operating_points", "paired_bootstrap", "prepare_metal", "served_threshold",
     ),
     "run": (
         "EvaluationInputs", "EvaluationRun", "evaluate_property", "plot_tables", "set_threads",

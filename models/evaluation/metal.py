@@ -66,6 +66,7 @@ __all__ = [
     "metal_labels",
     "metal_metrics",
     "metal_summary",
+    "operating_points",
     "paired_bootstrap",
     "prepare_metal",
     "served_threshold",
@@ -333,12 +334,41 @@ def served_threshold(per_formula: pd.DataFrame, per_row: pd.DataFrame) -> dict[s
     false = f.map(per_row[per_row["is_metal"] == 0].groupby("formula")["measured"].sum()).fillna(0.0)
     threshold = choose_threshold(per_formula["probability"].to_numpy(), per_formula["is_metal"].to_numpy(),
                                  cost_if_missed=missed.to_numpy(), cost_if_false=false.to_numpy())
-    called = per_formula["probability"] >= threshold
-    row_called = per_row["formula"].map(dict(zip(f, called, strict=True))).to_numpy(bool)
-    at = metal_metrics(per_formula.assign(called_metal=called),
-                       per_row.assign(combined=np.where(row_called, 0.0, per_row["regressor"])))
+    at = _scores_at(per_formula, per_row, threshold)
     keys = ("precision", "recall", "balanced_accuracy", "f1", "mae_all", "mae_nonmetal", "mae_metal")
     return {"threshold": threshold, **{k: at[k] for k in keys}}
+
+
+def _scores_at(per_formula: pd.DataFrame, per_row: pd.DataFrame, threshold: float) -> dict[str, float]:
+    """:func:`metal_metrics` of out-of-fold rows with every formula called at one ``threshold``."""
+    called = per_formula["probability"] >= threshold
+    row_called = per_row["formula"].map(dict(zip(per_formula["formula"], called, strict=True))).to_numpy(bool)
+    return metal_metrics(per_formula.assign(called_metal=called),
+                         per_row.assign(combined=np.where(row_called, 0.0, per_row["regressor"])))
+
+
+#: Thresholds of the model card's operating-point table (``matshift predict --metal-threshold``).
+OPERATING_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def operating_points(per_formula: pd.DataFrame, per_row: pd.DataFrame,
+                     thresholds: Sequence[float] = OPERATING_THRESHOLDS) -> list[dict[str, float]]:
+    """Return the errors of other thresholds on the same out-of-fold rows as :func:`served_threshold`'s choice.
+
+    Per threshold: precision and recall of the metal calls, the all-compositions band-gap MAE, the
+    non-metal MAE and what the calls add to it (``nonmetal_cost``: with minus without the classifier),
+    the share of measured non-metals called metal. A user who screens for semiconductors may take a
+    higher threshold than the served one, which minimises the all-compositions error.
+    """
+    nonmetal_formulas = per_formula["is_metal"] == 0
+    out = []
+    for t in thresholds:
+        at = _scores_at(per_formula, per_row, float(t))
+        out.append({"threshold": float(t), "precision": at["precision"], "recall": at["recall"],
+                    "mae_all": at["mae_all"], "mae_nonmetal": at["mae_nonmetal"],
+                    "nonmetal_cost": at["mae_nonmetal"] - at["mae_nonmetal_regressor_only"],
+                    "nonmetals_called_metal": float((per_formula["probability"][nonmetal_formulas] >= t).mean())})
+    return out
 
 
 def metal_summary(results: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict:
@@ -354,8 +384,8 @@ def metal_summary(results: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict
     return {"grouped_cv": summary, "per_protocol": per}
 
 
-def metal_card(metrics: dict, served: dict[str, float], counts: dict) -> str:
-    """Return the model card (Markdown): the data, the threshold, the scores per protocol."""
+def metal_card(metrics: dict, served: dict[str, float], counts: dict, points: Sequence[dict] = ()) -> str:
+    """Return the model card (Markdown): the data, the threshold, the scores per protocol, ``points`` (:func:`operating_points`)."""
     g = metrics["grouped_cv"]
     lines = [
         "# matshift-metal: metal / non-metal classifier",
@@ -382,4 +412,18 @@ def metal_card(metrics: dict, served: dict[str, float], counts: dict) -> str:
           f"{m['mae_nonmetal']:.3f} / {m['mae_nonmetal_regressor_only']:.3f} |"
           for name, m in metrics["per_protocol"].items()),
     ]
+    if points:
+        lines += [
+            "",
+            "Other thresholds (`matshift predict --metal-threshold P`), on the same out-of-fold rows as the served "
+            "one: a higher threshold calls fewer measured non-metals metal (their whole gap lost) and gives more "
+            "metals a gap; no threshold is best for both.",
+            "",
+            "| threshold | precision | recall | non-metals called metal | MAE all (eV) | non-metal MAE (eV) | "
+            "added to non-metal MAE (eV) |",
+            "|---|---|---|---|---|---|---|",
+            *(f"| {p['threshold']:.2f}{' (served)' if abs(p['threshold'] - served['threshold']) < 1e-9 else ''} | "
+              f"{p['precision']:.3f} | {p['recall']:.3f} | {p['nonmetals_called_metal']:.1%} | {p['mae_all']:.3f} | "
+              f"{p['mae_nonmetal']:.3f} | {p['nonmetal_cost']:+.3f} |" for p in points),
+        ]
     return "\n".join(lines) + "\n"

@@ -101,6 +101,15 @@ class TrainConfig:
 OBJECTIVES = ("regression", "regression_l1", "huber")
 
 
+def _check_classes(classes: Sequence[str], where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` when ``classes`` holds a name that is no :data:`featurizers.bonding.ELEMENT_CLASSES` key."""
+    from featurizers.bonding import ELEMENT_CLASSES  # a light module, only for this check
+
+    unknown = [c for c in classes if c not in ELEMENT_CLASSES]
+    if unknown:
+        raise ValueError(f"{where}: no element class {unknown[0]!r} (known: {', '.join(ELEMENT_CLASSES)})")
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Options of the stacked model (chosen on seed-1 folds, see benchmarks/cv_experiment_results.md).
@@ -206,14 +215,9 @@ class StackConfig:
             raise ValueError(f"StackConfig.correction_terms names a column twice: {list(self.correction_terms)}")
         if not self.correction_classes:
             return
-        from featurizers.bonding import ELEMENT_CLASSES  # a light module, only for this check
-
         if self.correction_alpha is None:
             raise ValueError("StackConfig.correction_classes are terms of the fitted correction: they need correction_alpha")
-        unknown = [name for name in self.correction_classes if name not in ELEMENT_CLASSES]
-        if unknown:
-            raise ValueError(f"StackConfig.correction_classes: no element class {unknown[0]!r} "
-                             f"(known: {', '.join(ELEMENT_CLASSES)})")
+        _check_classes(self.correction_classes, "StackConfig.correction_classes")
         if len(set(self.correction_classes)) != len(self.correction_classes):
             raise ValueError(f"StackConfig.correction_classes names a class twice: {list(self.correction_classes)}")
 
@@ -278,13 +282,8 @@ class StackSettings:
         for name, objective in self.objective_for.items():
             if objective not in OBJECTIVES:
                 raise ValueError(f"stack.objective_for.{name} must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-        from featurizers.bonding import ELEMENT_CLASSES  # a light module, only for this check
-
         for name, classes in self.correction_classes.items():
-            unknown = [c for c in classes if c not in ELEMENT_CLASSES]
-            if unknown:
-                raise ValueError(f"stack.correction_classes.{name}: no element class {unknown[0]!r} "
-                                 f"(known: {', '.join(ELEMENT_CLASSES)})")
+            _check_classes(classes, f"stack.correction_classes.{name}")
 
 
 @dataclass(frozen=True)

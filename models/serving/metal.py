@@ -23,12 +23,19 @@ __all__ = ["MetalPredictor"]
 
 
 class MetalPredictor:
-    """P(metal) and the metal call for formulas (``directory``: a ``matshift metal`` output)."""
+    """P(metal) and the metal call for formulas (``directory``: a ``matshift metal`` output).
 
-    def __init__(self, directory: Path | str):
+    ``threshold``: call a formula metal when P(metal) >= this instead of the stored threshold (chosen on
+    training folds; the model card lists the errors of other thresholds). ``ValueError`` outside [0, 1].
+    """
+
+    def __init__(self, directory: Path | str, *, threshold: float | None = None):
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise ValueError(f"metal threshold {threshold}: give a probability between 0 and 1, e.g. 0.5")
         self.directory = Path(directory)
         self.model, extra = load_metal(self.directory)
-        self.threshold = float(extra["threshold"])
+        self.stored_threshold = float(extra["threshold"])
+        self.threshold = self.stored_threshold if threshold is None else float(threshold)
 
     def predict(self, formulas: Sequence[str], descriptors: pd.DataFrame | None = None) -> pd.DataFrame:
         """``metal_probability`` and ``metal`` (probability >= the threshold) per formula, in order.

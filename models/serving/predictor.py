@@ -88,7 +88,7 @@ class Predictor:
              index: pd.DataFrame | None = None, features_dir: Path | str | None = None,
              neural_map: Path | str | None = None, metal_dir: Path | str | None = None,
              structures: pd.Series | Callable[[list[str]], pd.Series] | None = None,
-             polymorph_window: float = 0.2) -> Predictor:
+             polymorph_window: float = 0.2, metal_threshold: float | None = None) -> Predictor:
         """Load the model at ``ref`` (a directory written by ``matshift train``, or ``NAME/VERSION`` in MLflow).
 
         ``dft``: the DFT entries (``material_id``, ``formula``, the property's DFT column,
@@ -101,13 +101,22 @@ class Predictor:
         ``structures``: ``material_id`` -> pymatgen JSON of the DFT entries (or a callable giving
         them for a list of ids), for matching a user's structure to a polymorph; ``polymorph_window``
         (eV/atom): see :class:`models.serving.Polymorphs` (``dft`` should then carry the model's
-        other fidelities' columns too, so a matched polymorph brings its own).
+        other fidelities' columns too, so a matched polymorph brings its own). ``metal_threshold``: the
+        P(metal) at or above which a band gap is called metal, instead of the classifier's stored one.
         """
         ensemble = EnsemblePredictor(_resolve(ref))
         meta_prop = ensemble.meta.get("property")
         if meta_prop and meta_prop != prop.name:
             raise ModelNotFoundError(f"model {ref} predicts {meta_prop}, not {prop.name}")
         calibration = calibration_map(Path(neural_map), ensemble.descriptors) if neural_map is not None else None
+        if metal_threshold is not None:  # asked for: refused here rather than silently ignored
+            if prop.name != "band_gap" or metal_dir is None:
+                raise ValueError("a metal threshold applies to band gaps with the metal classifier"
+                                 + ("" if prop.name == "band_gap" else f", not to {prop.name}"))
+            if not 0 <= metal_threshold <= 1:
+                raise ValueError(f"metal threshold {metal_threshold}: give a probability between 0 and 1, e.g. 0.5")
+            if not (Path(metal_dir) / "metal.json").is_file():
+                raise ModelNotFoundError(f"no metal classifier at {metal_dir} for the metal threshold: run `matshift metal`")
         metal = None
         if metal_dir is not None and prop.name == "band_gap":
             if not (Path(metal_dir) / "metal.json").is_file():
@@ -115,7 +124,7 @@ class Predictor:
                             "estimate, a metal's too; --no-metal says so without this warning", metal_dir)
             else:
                 try:
-                    metal = MetalPredictor(metal_dir)
+                    metal = MetalPredictor(metal_dir, threshold=metal_threshold)
                 except (ValueError, KeyError) as exc:
                     raise ModelNotFoundError(f"metal classifier at {metal_dir} is unusable: {exc}; rerun "
                                              "`matshift metal` or pass --no-metal") from exc

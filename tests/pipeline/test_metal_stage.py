@@ -89,6 +89,17 @@ def test_metal_stage_writes_scores_card_and_model(workdir):
     card = (workdir / "metal/card.md").read_text()
     assert f"Threshold {metrics['served']['threshold']:.2f}" in card and "precision" in card
     assert (workdir / "plots/metal/roc.png").stat().st_size > 0
+    # other operating points, on the served threshold's rows: a higher threshold calls fewer non-metals metal
+    points = metrics["operating_points"]
+    assert [p["threshold"] for p in points] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    called = [p["nonmetals_called_metal"] for p in points]
+    assert called == sorted(called, reverse=True) and called[0] > called[-1]
+    assert all(p["nonmetal_cost"] >= -1e-12 for p in points)  # a call can only take a non-metal's gap away
+    assert points[-1]["nonmetal_cost"] <= points[0]["nonmetal_cost"]
+    served = metrics["served"]["threshold"]
+    if any(abs(p["threshold"] - served) < 1e-9 for p in points):
+        assert f"| {served:.2f} (served) |" in card
+    assert "`matshift predict --metal-threshold P`" in card and "| 0.99 |" in card
 
 
 def test_predict_calls_metals_metal_and_keeps_non_metal_gaps(workdir, monkeypatch):
@@ -135,3 +146,23 @@ def test_predict_without_the_classifier_and_the_table(workdir, monkeypatch, caps
     line = next(x for x in table.splitlines() if x.startswith("Cu3Au"))
     assert "METAL" in line and "non-metal estimate" in line and "0.000 eV" in line
     assert "METAL" not in next(x for x in table.splitlines() if x.startswith("GaAs"))
+
+
+def test_a_user_threshold_moves_the_calls_and_bad_ones_are_refused(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    out = workdir / "strict.json"
+    # P(metal) >= 0 calls every row metal, > 1 none: the calls follow the user's threshold, not the stored one
+    assert main(["predict", *PINNED, "--params", "params.yaml", "--metal-threshold", "0", "--output", str(out)]) == 0
+    assert all(r["metal"] is True and r["prediction"] == 0.0 for r in json.loads(out.read_text()))
+    assert main(["predict", *PINNED, "--params", "params.yaml", "--metal-threshold", "1", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert all(r["metal"] is (r["metal_probability"] >= 1.0) for r in rows)
+    assert all(r["prediction"] == r["nonmetal_prediction"] > 0 for r in rows if not r["metal"])
+    capsys.readouterr()
+    for argv, message in ((["--metal-threshold", "1.5"], "give a probability between 0 and 1"),
+                          (["--metal-threshold", "nan"], "give a probability between 0 and 1"),
+                          (["--metal-threshold", "0.7", "--no-metal"], "contradict each other"),
+                          (["--metal-threshold", "0.7", "--property", "formation_enthalpy"], "applies to band gaps")):
+        assert main(["predict", "GaAs", "--params", "params.yaml", *argv]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
