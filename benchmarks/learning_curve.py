@@ -128,7 +128,7 @@ def summarise(maes: dict[str, list[list[float]]], sizes: list[list[float]], frac
 
 
 def _multiple(x: float) -> str:
-    return "never" if math.isinf(x) else f"{x:.1f}x"
+    return "never" if math.isinf(x) else "over 1000x" if x > 1000 else f"{x:.1f}x"
 
 
 def markdown(results: dict) -> str:
