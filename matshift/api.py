@@ -62,7 +62,7 @@ class Model:
 
 
 def load_model(model: str | Path = "band_gap", *, params: str | Path | None = None, metal: bool = True,
-               max_sites: int = 500) -> Model:
+               max_sites: int = 500, metal_threshold: float | None = None) -> Model:
     """Load a trained model.
 
     ``model``: a property name (``"band_gap"``: the pipeline's model, with the DFT table,
@@ -72,16 +72,23 @@ def load_model(model: str | Path = "band_gap", *, params: str | Path | None = No
     ``models:/matshift-band_gap/1`` (the registered, self-contained predictor that
     ``mlflow models serve`` runs; the tracking store is ``MLFLOW_TRACKING_URI`` or MLflow's
     default). ``metal``: band gaps use the metal classifier when it exists (pipeline models
-    only; a packaged predictor carries its own). Raises :class:`ModelNotFoundError` naming the
-    reference when there is no usable model.
+    only; a packaged predictor carries its own). ``metal_threshold``: call a band gap metal at
+    P(metal) >= this instead of the classifier's own threshold (``matshift predict
+    --metal-threshold``; ``ValueError`` outside [0, 1]). Raises :class:`ModelNotFoundError` naming
+    the reference when there is no usable model, or no metal classifier for a threshold.
     """
+    if metal_threshold is not None:
+        if not (isinstance(metal_threshold, (int, float)) and 0 <= metal_threshold <= 1):
+            raise ValueError(f"metal_threshold {metal_threshold!r}: give a probability between 0 and 1, e.g. 0.5")
+        if not metal:
+            raise ValueError("metal_threshold and metal=False contradict each other: give one")
     text = str(model)
     if text.startswith(_URI_SCHEMES):
-        return Model(load_bundle(_download(text)), source=text, max_sites=max_sites)
+        return Model(_thresholded(load_bundle(_download(text)), metal_threshold, text), source=text, max_sites=max_sites)
     path = Path(model)
     bundle = find_bundle(path) if path.is_dir() else None
     if bundle is not None:
-        return Model(load_bundle(bundle), source=str(path), max_sites=max_sites)
+        return Model(_thresholded(load_bundle(bundle), metal_threshold, str(path)), source=str(path), max_sites=max_sites)
     if text in PROPERTY_NAMES:
         prop, ref = text, None
     elif path.is_dir():
@@ -91,10 +98,20 @@ def load_model(model: str | Path = "band_gap", *, params: str | Path | None = No
                                  "directory, or an MLflow URI such as models:/matshift-band_gap/1")
     try:
         predictor = load_predictor(ref, property=prop, params=Path(params) if params is not None else None,
-                                   metal=metal)
+                                   metal=metal, metal_threshold=metal_threshold)
     except MatshiftError as exc:
         raise ModelNotFoundError(str(exc)) from None
     return Model(predictor, source=str(ref if ref is not None else f"pipeline model for {prop}"), max_sites=max_sites)
+
+
+def _thresholded(predictor: Predictor, threshold: float | None, source: str) -> Predictor:
+    """``predictor`` with its packaged metal classifier calling at ``threshold`` (None: as packaged)."""
+    if threshold is None:
+        return predictor
+    if predictor.metal is None:
+        raise ModelNotFoundError(f"{source} has no metal classifier for metal_threshold (band-gap predictors carry one)")
+    predictor.metal.threshold = float(threshold)
+    return predictor
 
 
 def _download(uri: str) -> Path:

@@ -166,3 +166,24 @@ def test_a_user_threshold_moves_the_calls_and_bad_ones_are_refused(workdir, monk
         assert main(["predict", "GaAs", "--params", "params.yaml", *argv]) != 0
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_the_python_api_takes_a_metal_threshold(workdir, monkeypatch):
+    import types
+
+    import matshift
+    from matshift.api import _thresholded
+
+    monkeypatch.chdir(workdir)
+    table = matshift.load_model("band_gap", params="params.yaml", metal_threshold=0.0).predict(list(PINNED))
+    assert table["metal"].tolist() == [True] * 4 and (table["prediction"] == 0.0).all()
+    for kwargs, message in (({"metal_threshold": 2.0}, "between 0 and 1"),
+                            ({"metal_threshold": 0.5, "metal": False}, "contradict")):
+        with pytest.raises(ValueError, match=message):
+            matshift.load_model("band_gap", params="params.yaml", **kwargs)
+    # a packaged predictor: its own classifier takes the threshold; one without a classifier is refused
+    packaged = types.SimpleNamespace(metal=types.SimpleNamespace(threshold=0.5))
+    assert _thresholded(packaged, 0.9, "bundle").metal.threshold == 0.9
+    assert _thresholded(packaged, None, "bundle") is packaged
+    with pytest.raises(matshift.ModelNotFoundError, match="no metal classifier"):
+        _thresholded(types.SimpleNamespace(metal=None), 0.9, "models:/matshift-formation_enthalpy/1")
