@@ -356,8 +356,8 @@ def operating_points(per_formula: pd.DataFrame, per_row: pd.DataFrame,
     """Return the errors of other thresholds on the same out-of-fold rows as :func:`served_threshold`'s choice.
 
     Per threshold: precision and recall of the metal calls, the all-compositions band-gap MAE, the
-    non-metal MAE and what the calls add to it (``nonmetal_cost``: with minus without the classifier),
-    the share of measured non-metals called metal. A user who screens for semiconductors may take a
+    non-metal MAE and what the calls add to it (``nonmetal_cost``: with minus without the classifier, and
+    its 95% bootstrap interval over rows, ``nonmetal_cost_ci95``), the share of measured non-metals called metal. A user who screens for semiconductors may take a
     higher threshold than the served one, which minimises the all-compositions error.
     """
     nonmetal_formulas = per_formula["is_metal"] == 0
@@ -366,7 +366,7 @@ def operating_points(per_formula: pd.DataFrame, per_row: pd.DataFrame,
         at = _scores_at(per_formula, per_row, float(t))
         out.append({"threshold": float(t), "precision": at["precision"], "recall": at["recall"],
                     "mae_all": at["mae_all"], "mae_nonmetal": at["mae_nonmetal"],
-                    "nonmetal_cost": at["mae_nonmetal"] - at["mae_nonmetal_regressor_only"],
+                    "nonmetal_cost": at["nonmetal_mae_difference"], "nonmetal_cost_ci95": at["nonmetal_mae_difference_ci95"],
                     "nonmetals_called_metal": float((per_formula["probability"][nonmetal_formulas] >= t).mean())})
     return out
 
@@ -420,10 +420,11 @@ def metal_card(metrics: dict, served: dict[str, float], counts: dict, points: Se
             "metals a gap; no threshold is best for both.",
             "",
             "| threshold | precision | recall | non-metals called metal | MAE all (eV) | non-metal MAE (eV) | "
-            "added to non-metal MAE (eV) |",
+            "added to non-metal MAE (eV) [95% CI] |",
             "|---|---|---|---|---|---|---|",
             *(f"| {p['threshold']:.2f}{' (served)' if abs(p['threshold'] - served['threshold']) < 1e-9 else ''} | "
               f"{p['precision']:.3f} | {p['recall']:.3f} | {p['nonmetals_called_metal']:.1%} | {p['mae_all']:.3f} | "
-              f"{p['mae_nonmetal']:.3f} | {p['nonmetal_cost']:+.3f} |" for p in points),
+              f"{p['mae_nonmetal']:.3f} | {p['nonmetal_cost']:+.3f} [{p['nonmetal_cost_ci95'][0]:+.3f}, "
+              f"{p['nonmetal_cost_ci95'][1]:+.3f}] |" for p in points),
         ]
     return "\n".join(lines) + "\n"

@@ -94,7 +94,8 @@ def test_metal_stage_writes_scores_card_and_model(workdir):
     assert [p["threshold"] for p in points] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
     called = [p["nonmetals_called_metal"] for p in points]
     assert called == sorted(called, reverse=True) and called[0] > called[-1]
-    assert all(p["nonmetal_cost"] >= -1e-12 for p in points)  # a call can only take a non-metal's gap away
+    # a call can take a non-metal's gap away or, for a gap the regressor overestimates by more than the gap, help
+    assert all(p["nonmetal_cost_ci95"][0] <= p["nonmetal_cost"] <= p["nonmetal_cost_ci95"][1] for p in points)
     assert points[-1]["nonmetal_cost"] <= points[0]["nonmetal_cost"]
     served = metrics["served"]["threshold"]
     if any(abs(p["threshold"] - served) < 1e-9 for p in points):
