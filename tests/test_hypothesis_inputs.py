@@ -266,7 +266,7 @@ def test_cli_predict_flags_exactly_the_invalid_inputs(tokens):
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True, polymorph_window=0.2: fake)
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True, polymorph_window=0.2, metal_threshold=None: fake)
         mp.setattr(cli, "build_parser", _PARSER)  # built once: 1,000 runs of main() stay fast
         try:
             code = main(["predict", "--", *tokens])
@@ -285,7 +285,7 @@ def test_cli_predict_flags_exactly_the_invalid_inputs(tokens):
 @SOME
 @given(st.lists(st.one_of(st.text(max_size=10), st.sampled_from(
     ["--property", "band_gap", "formation_enthalpy", "--max-sites", "-3", "x", "--output", "o.txt", "--cif",
-     "--input", "--debug", "-q", "--model", "NaCl"])), max_size=6))
+     "--input", "--debug", "-q", "--model", "NaCl", "--metal-threshold", "0.7"])), max_size=6))
 def test_cli_predict_arguments_never_give_a_traceback(argv):
     from pipeline import cli
     from pipeline import predict as predict_mod
@@ -299,7 +299,7 @@ def test_cli_predict_arguments_never_give_a_traceback(argv):
         contextlib.redirect_stderr(err),
     ):
         mp.chdir(_EMPTY_DIR)
-        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True, polymorph_window=0.2: _FakePredictor())
+        mp.setattr(predict_mod, "load_predictor", lambda model, *, property, params=None, metal=True, polymorph_window=0.2, metal_threshold=None: _FakePredictor())
         mp.setattr(cli, "build_parser", _PARSER)
         try:
             code = main(["predict", *argv])
