@@ -17,7 +17,15 @@ from featurizers.composition import composition_descriptors
 from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_formula_input, parse_structure
 from matshift.featurizers import CrystalGraph, formula_of
 from models.properties import PROPERTY_NAMES, get_property
-from models.serving import COLUMNS, ModelNotFoundError, Predictor, find_bundle, load_bundle, predict_items
+from models.serving import (
+    COLUMNS,
+    ModelNotFoundError,
+    Predictor,
+    check_metal_threshold,
+    find_bundle,
+    load_bundle,
+    predict_items,
+)
 from pipeline.errors import MatshiftError
 from pipeline.predict import load_predictor
 
@@ -78,8 +86,7 @@ def load_model(model: str | Path = "band_gap", *, params: str | Path | None = No
     the reference when there is no usable model, or no metal classifier for a threshold.
     """
     if metal_threshold is not None:
-        if not (isinstance(metal_threshold, (int, float)) and 0 <= metal_threshold <= 1):
-            raise ValueError(f"metal_threshold {metal_threshold!r}: give a probability between 0 and 1, e.g. 0.5")
+        check_metal_threshold(metal_threshold)
         if not metal:
             raise ValueError("metal_threshold and metal=False contradict each other: give one")
     text = str(model)

@@ -98,13 +98,10 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
     """
     if not polymorph_window >= 0:
         raise MatshiftError(f"--polymorph-window {polymorph_window}: give a formation-energy window >= 0 eV/atom")
-    if metal_threshold is not None:
-        if property != "band_gap":
-            raise MatshiftError(f"--metal-threshold applies to band gaps, not to {property}")
-        if not metal:
-            raise MatshiftError("--metal-threshold and --no-metal contradict each other: give one")
-        if not 0 <= metal_threshold <= 1:
-            raise MatshiftError(f"--metal-threshold {metal_threshold}: give a probability between 0 and 1, e.g. 0.5")
+    if metal_threshold is not None and property != "band_gap":
+        raise MatshiftError(f"--metal-threshold applies to band gaps, not to {property}")
+    if metal_threshold is not None and not metal:
+        raise MatshiftError("--metal-threshold and --no-metal contradict each other: give one")
     prop = get_property(property)
     path = params if params is not None else DEFAULT_PARAMS
     dirs = load_section(TrainParams, "train", path) if path.is_file() else TrainParams()
@@ -118,7 +115,7 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
                               neural_map=dirs.aligned_dir / prop.name / "neural_map", metal_dir=metal_dir,
                               structures=(lambda ids: readers.read_structures(dirs.raw_dir, ids)) if has_dft else None,
                               polymorph_window=polymorph_window, metal_threshold=metal_threshold)
-    except ModelNotFoundError as exc:
+    except (ModelNotFoundError, ValueError) as exc:  # ValueError: a setting refused (a metal threshold, say)
         raise MatshiftError(str(exc)) from exc
 
 

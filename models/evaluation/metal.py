@@ -356,9 +356,10 @@ def operating_points(per_formula: pd.DataFrame, per_row: pd.DataFrame,
     """Return the errors of other thresholds on the same out-of-fold rows as :func:`served_threshold`'s choice.
 
     Per threshold: precision and recall of the metal calls, the all-compositions band-gap MAE, the
-    non-metal MAE and what the calls add to it (``nonmetal_cost``: with minus without the classifier, and
-    its 95% bootstrap interval over rows, ``nonmetal_cost_ci95``), the share of measured non-metals called metal. A user who screens for semiconductors may take a
-    higher threshold than the served one, which minimises the all-compositions error.
+    non-metal MAE and what the calls add to it (``nonmetal_cost``: with minus without the classifier,
+    and its 95% bootstrap interval over rows, ``nonmetal_cost_ci95``), the share of measured non-metals
+    called metal. A user who screens for semiconductors may take a higher threshold than the served
+    one, which minimises the all-compositions error.
     """
     nonmetal_formulas = per_formula["is_metal"] == 0
     out = []
@@ -366,7 +367,8 @@ def operating_points(per_formula: pd.DataFrame, per_row: pd.DataFrame,
         at = _scores_at(per_formula, per_row, float(t))
         out.append({"threshold": float(t), "precision": at["precision"], "recall": at["recall"],
                     "mae_all": at["mae_all"], "mae_nonmetal": at["mae_nonmetal"],
-                    "nonmetal_cost": at["nonmetal_mae_difference"], "nonmetal_cost_ci95": at["nonmetal_mae_difference_ci95"],
+                    "nonmetal_cost": at["nonmetal_mae_difference"],
+                    "nonmetal_cost_ci95": at["nonmetal_mae_difference_ci95"],
                     "nonmetals_called_metal": float((per_formula["probability"][nonmetal_formulas] >= t).mean())})
     return out
 
@@ -385,7 +387,10 @@ def metal_summary(results: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict
 
 
 def metal_card(metrics: dict, served: dict[str, float], counts: dict, points: Sequence[dict] = ()) -> str:
-    """Return the model card (Markdown): the data, the threshold, the scores per protocol, ``points`` (:func:`operating_points`)."""
+    """Return the model card (Markdown): the data, the threshold, the scores per protocol and ``points``.
+
+    ``points``: :func:`operating_points`, a table of other thresholds.
+    """
     g = metrics["grouped_cv"]
     lines = [
         "# matshift-metal: metal / non-metal classifier",

@@ -19,7 +19,14 @@ from featurizers.chemistry import reduced_formula
 from featurizers.settings import DESCRIPTOR_SETS
 from models.learners import load_metal
 
-__all__ = ["MetalPredictor"]
+__all__ = ["MetalPredictor", "check_metal_threshold"]
+
+
+def check_metal_threshold(threshold: float) -> float:
+    """Return ``threshold`` as a float; ``ValueError`` naming it when it is no probability in [0, 1] (NaN included)."""
+    if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+        raise ValueError(f"metal threshold {threshold!r}: give a probability between 0 and 1, e.g. 0.5")
+    return float(threshold)
 
 
 class MetalPredictor:
@@ -30,12 +37,11 @@ class MetalPredictor:
     """
 
     def __init__(self, directory: Path | str, *, threshold: float | None = None):
-        if threshold is not None and not 0 <= threshold <= 1:
-            raise ValueError(f"metal threshold {threshold}: give a probability between 0 and 1, e.g. 0.5")
+        threshold = None if threshold is None else check_metal_threshold(threshold)
         self.directory = Path(directory)
         self.model, extra = load_metal(self.directory)
         self.stored_threshold = float(extra["threshold"])
-        self.threshold = self.stored_threshold if threshold is None else float(threshold)
+        self.threshold = self.stored_threshold if threshold is None else threshold
 
     def predict(self, formulas: Sequence[str], descriptors: pd.DataFrame | None = None) -> pd.DataFrame:
         """``metal_probability`` and ``metal`` (probability >= the threshold) per formula, in order.

@@ -32,7 +32,7 @@ from featurizers.crystal_graph import CrystalGraphFeaturizer, StructureError, lo
 from models.learners import ApplicabilityDomain
 from models.properties import Property, choose_polymorphs, get_property
 from models.serving.ensemble import EnsemblePredictor
-from models.serving.metal import MetalPredictor
+from models.serving.metal import MetalPredictor, check_metal_threshold
 from models.serving.polymorphs import PolymorphMatch, Polymorphs, valued_entries
 
 if TYPE_CHECKING:
@@ -113,8 +113,7 @@ class Predictor:
             if prop.name != "band_gap" or metal_dir is None:
                 raise ValueError("a metal threshold applies to band gaps with the metal classifier"
                                  + ("" if prop.name == "band_gap" else f", not to {prop.name}"))
-            if not 0 <= metal_threshold <= 1:
-                raise ValueError(f"metal threshold {metal_threshold}: give a probability between 0 and 1, e.g. 0.5")
+            check_metal_threshold(metal_threshold)  # before the classifier loads, whose errors read as a broken classifier
             if not (Path(metal_dir) / "metal.json").is_file():
                 raise ModelNotFoundError(f"no metal classifier at {metal_dir} for the metal threshold: run `matshift metal`")
         metal = None
