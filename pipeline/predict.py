@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(data/models/metal); every row gets the non-metal gap estimate")
     parser.add_argument("--metal-threshold", type=float, default=None, metavar="P",
                         help="band gaps: call a row metal (0 eV) when P(metal) >= P instead of the threshold chosen on "
-                        "training folds (data/models/metal/card.md: 0.50 and a table of the errors at others). Higher: "
+                        "training folds (data/models/metal/card.md gives it and the errors at others). Higher: "
                         "fewer semiconductors called metal, more metals given a gap")
     parser.add_argument("--coverage", type=float, default=None, help="nominal coverage of the conformal prediction "
                         "intervals `lower`..`upper` (default: the model's, train.intervals.coverage = 0.9)")
