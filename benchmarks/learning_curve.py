@@ -23,6 +23,7 @@ benchmarks/learning_curve_results.json`` (after ``dvc repro align``: it reads th
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,21 +87,18 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, *, seeds
     exp = _problem(inputs, full, seed=params.seed)["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
-    maes: dict[str, list[list[float]]] = {}  # protocol -> per seed, per fraction
-    sizes: list[list[float]] = []  # per seed, per fraction: mean training formulas per fold
-    for seed in seeds:
+    # protocol -> per seed, per fraction; sizes: per seed, per fraction, mean training formulas per fold
+    maes: dict[str, list[list[float]]] = defaultdict(lambda: [[] for _ in seeds])
+    sizes: list[list[float]] = [[] for _ in seeds]
+    for k, seed in enumerate(seeds):
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
-        sizes.append([])
-        for protocol in maes.values():
-            protocol.append([])
         for fraction in fractions:
             cut = cut_folds(folds, formulas, fraction, seed=seed)
-            sizes[-1].append(float(np.mean([len({formulas[i] for i in f.train}) for f in cut])))
+            sizes[k].append(float(np.mean([len({formulas[i] for i in f.train}) for f in cut])))
             tab = seeded.with_pooled_ood(seeded.fold_errors(replace(stack.config, seed=seed), stack, inputs.descriptors,
                                                             formulas, y, cut))
             for protocol, part in tab.groupby("protocol"):
-                per_seed = maes.setdefault(str(protocol), [[] for _ in sizes])
-                per_seed[-1].append(float(part["error"].mean()))
+                maes[str(protocol)][k].append(float(part["error"].mean()))
             print(f"{name} seed {seed} fraction {fraction:.2f} " + " ".join(
                 f"{p} {g['error'].mean():.4f}" for p, g in tab.groupby("protocol")), flush=True)
     return {"unit": prop.unit, **summarise(maes, sizes, fractions, target)}
