@@ -54,7 +54,9 @@ class TrainConfig:
     the members (:func:`models.learners.pretrain_members`); :func:`models.learners.train_model`
     runs it in-loop only when it is given no pretrained state. ``freeze_encoder`` keeps a
     pretrained composition encoder fixed while fine-tuning (its embeddings are computed once),
-    so fine-tuning costs only the heads: the cheap mode for CV on two cores. ``use_ot``,
+    so fine-tuning costs only the heads: the cheap mode for CV on two cores. ``freeze_graph``
+    (with ``freeze_encoder``) keeps the pretrained crystal-graph encoder fixed too: its output
+    joins the cached embeddings, so no minibatch builds or convolves a crystal graph. ``use_ot``,
     ``clamp_min`` (the property's) and ``model`` are set by the caller, not by params.yaml.
     """
 
@@ -78,6 +80,7 @@ class TrainConfig:
     loss: Literal["l1", "huber"] = "l1"
     clamp_min: float | None = field(default=None, metadata=PARAM_DERIVED)
     freeze_encoder: bool = False
+    freeze_graph: bool = False
     model: ModelConfig = field(default_factory=ModelConfig, metadata=PARAM_DERIVED)
 
     def __post_init__(self) -> None:
@@ -95,6 +98,9 @@ class TrainConfig:
             raise ValueError("patience must be >= 1")
         if self.loss not in ("l1", "huber"):
             raise ValueError(f"loss must be 'l1' or 'huber', got {self.loss!r}")
+        if self.freeze_graph and not self.freeze_encoder:
+            raise ValueError("freeze_graph needs freeze_encoder: the frozen crystal-graph output joins the frozen "
+                             "composition encoder's cached embeddings")
 
 
 #: The boosters' LightGBM objectives a :class:`StackConfig` takes (L2, L1, Huber).
@@ -338,7 +344,7 @@ class FitConfig:
     """Everything :func:`models.learners.fit_property` fits for one property (``train`` in params.yaml, less paths).
 
     ``members`` GNNs per variant (seeds ``seed, seed + 1, ...``) share ``encoders``
-    DFT-pretrained composition encoders round-robin, and train in ``workers`` forked processes
+    DFT-pretrained encoders round-robin, and train in ``workers`` forked processes
     (1 = one after the other, here); ``selection_fraction`` of the measured formulas (grouped)
     are held out to compare every model on the same unseen formulas.
     """
@@ -351,9 +357,9 @@ class FitConfig:
     device: str = "auto"
     workers: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
-    # the train stage's recipe: a DFT-pretrained composition encoder, frozen while the heads fine-tune
+    # the train stage's recipe: DFT-pretrained composition and crystal-graph encoders, frozen while the heads fine-tune
     optim: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, pretrain_epochs=4, dft_batch_size=128,
-                                                                   patience=8, freeze_encoder=True))
+                                                                   patience=8, freeze_encoder=True, freeze_graph=True))
     stack: StackSettings = field(default_factory=StackSettings)
     # conformal intervals around the served (stacked) model's predictions
     intervals: IntervalConfig = field(default_factory=IntervalConfig)

@@ -149,8 +149,8 @@ class EntryTable:
             graphs=None if graphs is None else [graphs.get(m) if isinstance(m, str) else None for m in t["material_id"]],
         )
 
-    def batch(self, idx: np.ndarray, device: torch.device) -> dict[str, Tensor | int]:
-        """Model inputs for rows ``idx`` (flat PyG-style composition nodes)."""
+    def batch(self, idx: np.ndarray, device: torch.device, *, graphs: bool = True) -> dict[str, Tensor | int]:
+        """Model inputs for rows ``idx`` (flat PyG-style composition nodes); ``graphs=False`` leaves the crystal graphs out."""
         z = torch.from_numpy(self._z[idx])
         w = torch.from_numpy(self._w[idx])
         mask = z > 0
@@ -164,7 +164,7 @@ class EntryTable:
         }
         if self.descriptors is not None:
             out["descriptors"] = torch.from_numpy(self.descriptors[idx]).to(device)
-        if self.graphs is not None:
+        if graphs and self.graphs is not None:
             pos = [k for k, i in enumerate(idx) if self.graphs[i] is not None]
             if pos:
                 out["graph"] = Batch.from_data_list([self.graphs[idx[k]] for k in pos]).to(device)

@@ -223,10 +223,11 @@ def _initial_model(table: EntryTable, config: TrainConfig, rows: _Rows | None, i
         return model, None
     if init_state is None:
         raise ValueError("freeze_encoder needs init_state (a pretrained composition encoder)")
-    for p in model.composition.parameters():
+    frozen = [model.composition, *([model.crystal] if config.freeze_graph and model.crystal is not None else [])]
+    for p in (p for module in frozen for p in module.parameters()):
         p.requires_grad_(False)
     if embeddings is None:
-        return model, _composition_embeddings(model, table, device)
+        return model, _frozen_embeddings(model, table, device, graphs=config.freeze_graph)
     if tuple(embeddings.shape) != (len(table), model.composition.out_dim):
         raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} for a table of {len(table)} rows and an "
                          f"encoder of width {model.composition.out_dim}")
@@ -235,7 +236,7 @@ def _initial_model(table: EntryTable, config: TrainConfig, rows: _Rows | None, i
 
 def frozen_embeddings(table: EntryTable, config: TrainConfig, init_state: dict[str, Tensor], *,
                       device: torch.device | None = None) -> Tensor:
-    """Return what :func:`train_model` computes first with ``freeze_encoder``: the frozen encoder's output per table row.
+    """Return what :func:`train_model` computes first with ``freeze_encoder``: the frozen encoders' output per table row.
 
     Members that start from the same ``init_state`` on the same table (the train stage's members
     sharing an encoder, every evaluate fold's GNN variants) get it once from here
@@ -367,7 +368,8 @@ def train_model(
             if parallel is not None:
                 d_idx, e_idx = parallel.shard(d_idx, e_idx)
             idx = np.concatenate([d_idx, e_idx])
-            inputs = table.batch(idx, device)
+            # a frozen crystal-graph encoder's output is in the cached embeddings: no graph batch to build
+            inputs = table.batch(idx, device, graphs=not (cached is not None and config.freeze_graph))
             if cached is not None:
                 inputs["composition_embedding"] = cached[torch.from_numpy(idx).to(device)]
             terms = _loss_terms(model(**inputs), table, d_idx, e_idx, phase=phase, config=config, device=device)
@@ -413,14 +415,23 @@ def train_model(
 
 
 @torch.no_grad()
-def _composition_embeddings(model: MultiFidelityNet, table: EntryTable, device: torch.device,
-                            batch_size: int = 2048) -> Tensor:
-    """Composition-encoder output for every row (the encoder is frozen, so once is enough)."""
+def _frozen_embeddings(model: MultiFidelityNet, table: EntryTable, device: torch.device, *, graphs: bool = False,
+                       batch_size: int = 2048) -> Tensor:
+    """Return the frozen encoders' output for every row (once is enough).
+
+    The composition encoder's, plus with ``graphs`` the crystal-graph encoder's where a row has a
+    graph, added as :meth:`models.nets.MultiFidelityNet.embed` adds it.
+    """
     model.eval()
     parts = []
     for s in range(0, len(table), batch_size):
-        b = table.batch(np.arange(s, min(s + batch_size, len(table))), device)
-        parts.append(model.composition(b["z"], b["weight"], b["batch"], num_graphs=b["num_entries"]))
+        b = table.batch(np.arange(s, min(s + batch_size, len(table))), device, graphs=graphs)
+        e = model.composition(b["z"], b["weight"], b["batch"], num_graphs=b["num_entries"])
+        if "graph" in b:
+            g = b["graph"]
+            e = e.index_add(0, b["graph_rows"], model.crystal(g.x, g.edge_index, g.edge_attr, g.batch,
+                                                              num_graphs=g.num_graphs))
+        parts.append(e)
     return torch.cat(parts)
 
 
@@ -483,7 +494,7 @@ def pretrain_members(
     """
     dft_rows = np.flatnonzero(~table.is_experiment)
     cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05,
-                  dft_batch_size=batch_size, freeze_encoder=False)
+                  dft_batch_size=batch_size, freeze_encoder=False, freeze_graph=False)
 
     def member(k: int) -> dict[str, Tensor]:
         return train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device, parallel=parallel,

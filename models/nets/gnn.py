@@ -352,7 +352,8 @@ class MultiFidelityNet(nn.Module):
         ``graph`` is a PyG ``Batch`` of crystal graphs for the entries at positions
         ``graph_rows`` (long [n_graphs]); the other entries use their composition only.
         ``composition_embedding`` [num_entries, emb_dim] replaces the composition encoder's
-        output (cached when the encoder is frozen).
+        output (cached when the encoder is frozen; with a frozen crystal-graph encoder too, it
+        holds that encoder's output as well, and ``graph`` is not given).
         """
         if composition_embedding is not None:
             e = composition_embedding

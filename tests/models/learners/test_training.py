@@ -173,6 +173,61 @@ def test_entries_with_crystal_graphs_use_the_crystal_encoder():
     assert np.isfinite(predict(res.model, table).experiment).all()
 
 
+def _graph_table() -> EntryTable:
+    """Eight DFT entries (six with a crystal graph) and five measurements (three with one)."""
+    from torch_geometric.data import Data
+
+    g = torch.Generator().manual_seed(1)
+
+    def graph(n):
+        ei = torch.tensor([[i, j] for i in range(n) for j in range(n) if i != j]).T
+        return Data(x=torch.randn(n, 4, generator=g), edge_index=ei, edge_attr=torch.rand(ei.shape[1], 6, generator=g))
+
+    formulas = ["NaCl", "Si", "GaN", "ZnO", "MgO", "GaAs", "KCl", "AlN"]
+    ids = [f"mp-{k}" for k in range(len(formulas))]
+    dft = pd.DataFrame({"material_id": ids, "formula": formulas, "dft_value": [5.0, 0.6, 1.8, 0.8, 4.5, 0.5, 5.1, 4.2]})
+    exp = pd.DataFrame({"formula": formulas[:5], "value": [8.5, 1.1, 3.4, 3.4, 7.8],
+                        "material_id": [ids[0], ids[1], None, ids[3], None]})
+    return EntryTable.build(dft=dft, experiment=exp, graphs={m: graph(2 + k % 2) for k, m in enumerate(ids[:6])})
+
+
+def test_frozen_crystal_graph_encoder_joins_the_cached_embeddings():
+    """freeze_graph: the crystal encoder keeps its pretrained weights and its output is in the cached embeddings."""
+    from models.learners import build_model, frozen_embeddings, pretrain_members
+
+    table = _graph_table()
+    cfg = TrainConfig(epochs=3, batch_size=2, dft_batch_size=4, val_fraction=0.3, model=SMALL, freeze_encoder=True)
+    frozen = replace(cfg, freeze_graph=True)
+    state = pretrain_members(table, frozen, n_members=1, epochs=1, batch_size=4)[0]  # pretraining trains both encoders
+    emb = frozen_embeddings(table, frozen, state)
+    model = build_model(cfg, table)
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():  # the embedding without the descriptor part: composition plus, where one exists, graph
+        b = table.batch(np.arange(len(table)), torch.device("cpu"))
+        full = model.embed(**{k: v for k, v in b.items() if k != "dft_value"})[:, : SMALL.emb_dim]
+        comp = model.composition(b["z"], b["weight"], b["batch"], num_graphs=len(table))
+    assert torch.allclose(emb, full, atol=1e-6)
+    has_graph = np.array([x is not None for x in table.graphs])
+    assert not torch.allclose(emb[has_graph], comp[has_graph]) and torch.equal(emb[~has_graph], comp[~has_graph])
+    assert not torch.allclose(emb, frozen_embeddings(table, cfg, state))  # without freeze_graph: composition only
+
+    res = train_model(table, frozen, seed=0, init_state=state)
+    new = res.model.state_dict()
+    assert all(torch.equal(new[k], state[k]) for k in state if k.startswith(("composition.", "crystal.")))
+    assert not torch.equal(new["exp_head.0.weight"], state["exp_head.0.weight"])
+    # the member sees what it trained on: its prediction (graphs convolved again) equals the heads on the cache
+    with torch.no_grad():
+        cached = res.model(**table.batch(np.arange(len(table)), torch.device("cpu"), graphs=False),
+                           composition_embedding=emb).experiment.numpy()
+    assert np.allclose(predict(res.model, table).experiment, cached, atol=1e-5)
+    # without freeze_graph the crystal encoder trains
+    moving = train_model(table, cfg, seed=0, init_state=state).model.state_dict()
+    assert any(not torch.equal(moving[k], state[k]) for k in state if k.startswith("crystal."))
+    with pytest.raises(ValueError, match="freeze_graph needs freeze_encoder"):
+        TrainConfig(freeze_graph=True)
+
+
 def test_pretraining_uses_dft_rows_only():
     from models.learners import pretrain_members
 
