@@ -9,6 +9,7 @@ table, extended for new formulas) or, without one, are computed for the formulas
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +24,11 @@ __all__ = ["MetalPredictor", "check_metal_threshold"]
 
 
 def check_metal_threshold(threshold: float) -> float:
-    """Return ``threshold`` as a float; ``ValueError`` naming it when it is no probability in [0, 1] (NaN included)."""
-    if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+    """Return ``threshold`` as a float; ``ValueError`` naming it when it is no probability in [0, 1] (NaN included).
+
+    Any real number is taken (NumPy's float32 too); a bool is not a probability.
+    """
+    if isinstance(threshold, bool) or not (isinstance(threshold, numbers.Real) and 0 <= threshold <= 1):
         raise ValueError(f"metal threshold {threshold!r}: give a probability between 0 and 1, e.g. 0.5")
     return float(threshold)
 

@@ -27,6 +27,7 @@ COLUMNS = [
     "bag_spread",
     "metal",
     "metal_probability",
+    "metal_threshold",
     "nonmetal_prediction",
     "view",
     "structure_used",
@@ -98,7 +99,8 @@ def format_table(frame: pd.DataFrame) -> str:
         prob = f"{row['metal_probability']:.2f}" if _finite(row.get("metal_probability")) else ""
         note = str(row.get("structure_used") or "")
         if row.get("metal") is True:
-            note = (f"METAL (P(metal) >= threshold; non-metal estimate {row['nonmetal_prediction']:.3f} "
+            at = f"{row['metal_threshold']:.2f}" if _finite(row.get("metal_threshold")) else "threshold"
+            note = (f"METAL (P(metal) >= {at}; non-metal estimate {row['nonmetal_prediction']:.3f} "
                     f"{row['unit']}); " + note)
         if row.get("ad_warning"):
             note += "  WARNING: outside the training domain"

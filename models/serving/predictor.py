@@ -114,11 +114,12 @@ class Predictor:
                 raise ValueError("a metal threshold applies to band gaps with the metal classifier"
                                  + ("" if prop.name == "band_gap" else f", not to {prop.name}"))
             check_metal_threshold(metal_threshold)  # before the classifier loads, whose errors read as a broken classifier
-            if not (Path(metal_dir) / "metal.json").is_file():
-                raise ModelNotFoundError(f"no metal classifier at {metal_dir} for the metal threshold: run `matshift metal`")
         metal = None
         if metal_dir is not None and prop.name == "band_gap":
             if not (Path(metal_dir) / "metal.json").is_file():
+                if metal_threshold is not None:  # asked for: an error, not the warning
+                    raise ModelNotFoundError(f"no metal classifier at {metal_dir} for the metal threshold: "
+                                             "run `matshift metal`")
                 log.warning("no metal classifier at %s (run `matshift metal`): every band gap is the non-metal "
                             "estimate, a metal's too; --no-metal says so without this warning", metal_dir)
             else:
@@ -216,6 +217,7 @@ class Predictor:
                 "bag_spread": np.where(metal, np.nan, spread_bag),
                 "metal": metal if self.metal is not None else [None] * len(items),
                 "metal_probability": metal_p,
+                "metal_threshold": np.full(len(items), np.nan if self.metal is None else self.metal.threshold),
                 "nonmetal_prediction": value if self.metal is not None else np.full(len(items), np.nan),
                 "view": [("structure" if g else "composition") + ("+DFT" if np.isfinite(v) else "")
                          for g, v in zip(has_graph, dft_value, strict=True)],

@@ -108,9 +108,11 @@ def test_predict_calls_metals_metal_and_keeps_non_metal_gaps(workdir, monkeypatc
     out = workdir / "pred.json"
     assert main(["predict", *PINNED, "--params", "params.yaml", "--output", str(out)]) == 0
     rows = {r["input"]: r for r in json.loads(out.read_text())}
+    stored = json.loads((workdir / "metal/metal.json").read_text())["extra"]["threshold"]
+    assert all(r["metal_threshold"] == stored for r in rows.values())
     for metal in ("Cu3Au", "Fe"):
         r = rows[metal]
-        assert r["metal"] is True and r["metal_probability"] >= 0.5
+        assert r["metal"] is True and r["metal_probability"] >= stored
         assert r["prediction"] == 0.0 and r["bag_spread"] is None  # no spread is shown for a 0 eV call
         assert r["lower"] == 0.0 and r["upper"] >= 0.0 and r["coverage"] == 0.9
         assert r["nonmetal_prediction"] > 0  # the non-metal estimate stays available
@@ -141,11 +143,13 @@ def test_predict_without_the_classifier_and_the_table(workdir, monkeypatch, caps
     monkeypatch.chdir(workdir)
     assert main(["predict", "Cu3Au", "GaAs", "--params", "params.yaml", "--no-metal", "--output", "plain.json"]) == 0
     rows = json.loads((workdir / "plain.json").read_text())
-    assert all(r["metal"] is None and r["prediction"] > 0 for r in rows)
+    assert all(r["metal"] is None and r["metal_threshold"] is None and r["prediction"] > 0 for r in rows)
     assert main(["predict", "Cu3Au", "GaAs", "--params", "params.yaml"]) == 0
     table = capsys.readouterr().out
     line = next(x for x in table.splitlines() if x.startswith("Cu3Au"))
     assert "METAL" in line and "non-metal estimate" in line and "0.000 eV" in line
+    assert main(["predict", "Cu3Au", "--params", "params.yaml", "--metal-threshold", "0.25"]) == 0
+    assert "METAL (P(metal) >= 0.25;" in capsys.readouterr().out  # the row names the threshold it was called at
     assert "METAL" not in next(x for x in table.splitlines() if x.startswith("GaAs"))
 
 
@@ -157,7 +161,7 @@ def test_a_user_threshold_moves_the_calls_and_bad_ones_are_refused(workdir, monk
     assert all(r["metal"] is True and r["prediction"] == 0.0 for r in json.loads(out.read_text()))
     assert main(["predict", *PINNED, "--params", "params.yaml", "--metal-threshold", "1", "--output", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert all(r["metal"] is (r["metal_probability"] >= 1.0) for r in rows)
+    assert all(r["metal"] is (r["metal_probability"] >= 1.0) and r["metal_threshold"] == 1.0 for r in rows)
     assert all(r["prediction"] == r["nonmetal_prediction"] > 0 for r in rows if not r["metal"])
     capsys.readouterr()
     for argv, message in ((["--metal-threshold", "1.5"], "give a probability between 0 and 1"),
@@ -188,3 +192,13 @@ def test_the_python_api_takes_a_metal_threshold(workdir, monkeypatch):
     assert _thresholded(packaged, None, "bundle") is packaged
     with pytest.raises(matshift.ModelNotFoundError, match="no metal classifier"):
         _thresholded(types.SimpleNamespace(metal=None), 0.9, "models:/matshift-formation_enthalpy/1")
+
+
+def test_a_metal_threshold_is_any_real_probability():
+    from models.serving import check_metal_threshold
+
+    for ok in (0, 1, 0.5, np.float32(0.25), np.float64(0.75), np.int64(1)):
+        assert check_metal_threshold(ok) == pytest.approx(float(ok))
+    for bad in (-0.1, 1.5, float("nan"), np.float32("nan"), True, "0.5", None):
+        with pytest.raises(ValueError, match="give a probability between 0 and 1"):
+            check_metal_threshold(bad)
