@@ -109,7 +109,8 @@ def test_a_partial_section_keeps_the_recipe_defaults_not_the_class_defaults():
 
     fit = from_mapping(TrainParams, {"optim": {"epochs": 2}}, where="train").fit
     assert fit.optim.epochs == 2 and fit.optim.freeze_encoder and fit.optim.freeze_graph and fit.optim.pretrain_epochs == 4
-    assert TrainConfig().freeze_encoder is False and TrainConfig().freeze_graph is False  # the trainer's own default differs: the recipe is the stage's
+    # the trainer's own defaults differ: the recipe is the stage's
+    assert TrainConfig().freeze_encoder is False and TrainConfig().freeze_graph is False
     cost = from_mapping(AlignParams, {"cost": {"mass": 2.0}}, where="align").config.cost
     assert cost.mass == 2.0 and cost.value_calibration == "linear" and CostWeights().value_calibration == "none"
     with pytest.raises(ConfigError, match=r"train\.optim: batch sizes must be >= 2"):
