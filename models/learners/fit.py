@@ -5,7 +5,8 @@
 optionally ``material_id`` and the align stage's ``calibrated_target``/``confidence``;
 measurements with ``formula``, ``value``; descriptors keyed by ``formula``. The measured
 formulas are split once (grouped, seeded) into a training and a selection part; all models are
-fitted on the training part and scored on the selection part. With the stacked model, the
+fitted on the training part and scored on the selection part (the GNNs never see the calibrated
+targets of a selection formula's DFT entries, which the alignment takes from its measurements). With the stacked model, the
 conformal prediction intervals (:class:`models.learners.ConformalIntervals`) are calibrated
 on out-of-fold residuals of the training part (grouped folds; each fold's stacked model
 without OT features, ``intervals.bags`` boosters, sharing the DFT surrogate) and checked on
@@ -182,6 +183,13 @@ def _split(dft: pd.DataFrame, experiment: pd.DataFrame, descriptors: pd.DataFram
     exp = experiment[cols].reset_index(drop=True)
     tr_idx, sel_idx = grouped_split(exp["formula"].tolist(), fraction=config.selection_fraction, seed=config.seed)
     tr, sel = exp.iloc[tr_idx], exp.iloc[sel_idx]
+    if "calibrated_target" in dft:
+        # the alignment moves mass only between entries of one formula (its hard block), so a held-out formula's
+        # calibrated targets are its own measurements carried onto its DFT entries: the GNNs would learn what they
+        # are scored on. They get none (the stacked model's shift field never reads a formula's own shift).
+        held = dft["formula"].isin(set(sel["formula"])).to_numpy()
+        dft = dft.assign(calibrated_target=dft["calibrated_target"].where(~held),
+                         **({"confidence": dft["confidence"].where(~held)} if "confidence" in dft else {}))
     table = EntryTable.build(dft=dft, experiment=pd.concat([tr, sel]), descriptors=descriptors, dft_reference=ref,
                              graphs=graphs)
     n_dft = len(dft)

@@ -286,3 +286,23 @@ def test_embeddings_computed_once_give_the_member_a_frozen_encoder_computes_itse
         frozen_embeddings(table, replace(cfg, freeze_encoder=False), state)
     with pytest.raises(ValueError, match="init_state"):
         frozen_embeddings(table, cfg, None)
+
+
+def test_selection_formulas_lose_their_calibrated_targets():
+    """The GNNs of the train stage never train on a held-out formula's measurement carried onto its DFT entries."""
+    from models.learners import FitConfig
+    from models.learners.fit import _split
+
+    formulas = [f"Na{k}Cl" if k > 1 else "NaCl" for k in range(1, 21)]
+    dft = pd.DataFrame({"material_id": [f"mp-{k}" for k in range(20)], "formula": formulas,
+                        "dft_value": np.linspace(0.5, 5.0, 20), "calibrated_target": np.linspace(1.0, 6.0, 20),
+                        "confidence": np.full(20, 0.8)})
+    exp = pd.DataFrame({"formula": formulas, "value": np.linspace(1.0, 6.0, 20)})
+    split = _split(dft, exp, None, pd.Series(dtype=float), None, FitConfig(selection_fraction=0.25))
+    held = set(split.sel["formula"])
+    assert 0 < len(held) < 20 and not held & set(split.tr["formula"])
+    dft_rows = ~split.table.is_experiment
+    is_held = np.isin(np.asarray(split.table.formulas)[dft_rows], list(held))
+    cal, conf = split.table.calibrated[dft_rows], split.table.confidence[dft_rows]
+    assert np.isnan(cal[is_held]).all() and np.isnan(conf[is_held]).all()
+    assert np.isfinite(cal[~is_held]).all() and (conf[~is_held] == 0.8).all()
