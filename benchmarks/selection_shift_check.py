@@ -19,22 +19,13 @@ import argparse
 import numpy as np
 import pandas as pd
 
+from models.evaluation import paired_by_formula
 from models.learners import reuse_surrogate
 from models.learners.fit import _fit_stacked, _split
 from models.properties import PROPERTY_NAMES, get_property, reference_per_formula
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.params.train import TrainParams
 from pipeline.train import load_inputs
-
-
-def paired(a: np.ndarray, b: np.ndarray, formulas: np.ndarray, *, n: int = 2000, seed: int = 0
-           ) -> tuple[float, float, float]:
-    """Mean of ``a - b`` over rows and its 95% interval, resampling formulas (all rows of a drawn formula)."""
-    names, inv = np.unique(formulas, return_inverse=True)
-    per, count = np.bincount(inv, a - b), np.bincount(inv)
-    draw = np.random.default_rng(seed).integers(0, len(names), (n, len(names)))
-    means = per[draw].sum(axis=1) / count[draw].sum(axis=1)
-    return float((a - b).mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def check(name: str, params: TrainParams) -> dict[str, float]:
@@ -53,7 +44,8 @@ def check(name: str, params: TrainParams) -> dict[str, float]:
         _fit_stacked(shifts, desc, ref, split, frame, config, extra_fidelities=fit.extra_fidelities(prop),
                      ot_features=True, surrogate=surrogate)
         errors[label] = np.abs(frame["stacked_ot"].to_numpy() - split.sel["value"].to_numpy())
-    diff, low, high = paired(errors["without the selection's"], errors["every shift"], split.sel["formula"].to_numpy())
+    diff, low, high = paired_by_formula(errors["every shift"], errors["without the selection's"],
+                                        split.sel["formula"].to_numpy())
     every, without = errors["every shift"].mean(), errors["without the selection's"].mean()
     print(f"{name} ({prop.unit}): selection MAE with every shift {every:.4f}, without the selection formulas' shifts "
           f"{without:.4f}; difference {diff:+.4f} [{low:+.4f}, {high:+.4f}]", flush=True)
