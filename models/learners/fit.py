@@ -216,15 +216,6 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
     # both variants' members in one queue, those with OT (the longer fits) first: a worker done early takes the
     # members without OT instead of waiting for the other's last member (two queues left one core idle 40 s)
     jobs = [(name, k) for name in ("gnn_ot", "gnn_no_ot") for k in range(config.members)]
-
-    def member(job: tuple[str, int]) -> TrainResult:
-        name, k = job
-        return train_model(split.table, replace(train_config, use_ot=name == "gnn_ot"), seed=config.seed + k,
-                           train_rows=split.train_rows, device=device,
-                           init_state=None if states is None else states[k % len(states)],
-                           parallel=parallel, progress=showing() and workers <= 1,
-                           embeddings=embeddings[k % len(embeddings)])
-
     with steps("GNN members with and without OT"):
         # a frozen encoder's output is the same for every member it starts: computed once per encoder, in the workers
         # (with the crystal-graph encoder frozen too, every crystal graph's convolutions: part of this step's time)
@@ -232,6 +223,15 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
         if states is not None and train_config.freeze_encoder:
             embeddings = list(fork_map(lambda state: frozen_embeddings(split.table, train_config, state, device=device),
                                        states, workers=workers, device=device))
+
+        def member(job: tuple[str, int]) -> TrainResult:
+            name, k = job
+            return train_model(split.table, replace(train_config, use_ot=name == "gnn_ot"), seed=config.seed + k,
+                               train_rows=split.train_rows, device=device,
+                               init_state=None if states is None else states[k % len(states)],
+                               parallel=parallel, progress=showing() and workers <= 1,
+                               embeddings=embeddings[k % len(embeddings)])
+
         done = list(bar(fork_map(member, jobs, workers=workers, device=device), desc="GNN members",
                         total=len(jobs), unit="member"))
     return {name: [r for (n, _), r in zip(jobs, done, strict=True) if n == name] for name in ("gnn_no_ot", "gnn_ot")}

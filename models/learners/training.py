@@ -15,7 +15,12 @@ log-domain Sinkhorn, differentiable). ``use_ot=False`` drops the last two terms 
 "GNN without OT" baseline).
 
 Early stopping and model selection use a validation split of the *training* experimental
-rows (grouped by formula); test data never enters here. Everything is seeded; a run can be
+rows (grouped by formula); test data never enters here. The calibrated targets of the
+validation formulas' DFT entries never reach the gradient (their error counts as 0 in the
+third term): the align stage's hard block carries a formula's own measurements onto its
+entries, so they would train on what validation scores
+(with a kNN support instead, the no-penalties ablation, a neighbouring formula's target can
+still hold part of a validation measurement). Everything is seeded; a run can be
 resumed from its checkpoint; the device is an argument (see :func:`determine_device`).
 This module never reads files it was not given, environment variables or global state.
 """
@@ -186,6 +191,8 @@ class _Rows:
     val_rows: np.ndarray
     dft_rows: np.ndarray
     dft_labelled: np.ndarray
+    #: per table row: a DFT entry of a validation formula, whose calibrated target the loss leaves out
+    val_formula_dft: np.ndarray
 
 
 def _split_rows(table: EntryTable, rows: np.ndarray, config: TrainConfig, seed: int) -> _Rows:
@@ -200,8 +207,11 @@ def _split_rows(table: EntryTable, rows: np.ndarray, config: TrainConfig, seed: 
         tr, va = grouped_split([table.formulas[i] for i in labelled], fraction=config.val_fraction, seed=seed)
         exp_train, val_rows = exp_rows, labelled[va]
         dft_rows = np.setdiff1d(dft_rows, labelled[va])
+    held = np.zeros(len(table), dtype=bool)
+    held[dft_rows] = np.isin(np.asarray(table.formulas, dtype=object)[dft_rows],
+                             list({table.formulas[i] for i in val_rows}))
     return _Rows(exp_train=exp_train, val_rows=val_rows, dft_rows=dft_rows,
-                 dft_labelled=dft_rows[~np.isnan(table.y_dft[dft_rows])])
+                 dft_labelled=dft_rows[~np.isnan(table.y_dft[dft_rows])], val_formula_dft=held)
 
 
 def _initial_model(table: EntryTable, config: TrainConfig, rows: _Rows | None, init_state: dict[str, Tensor] | None,
@@ -275,8 +285,11 @@ def _minibatches(phase: str, rows: _Rows, config: TrainConfig, gen: torch.Genera
 
 
 def _loss_terms(out: NetOutput, table: EntryTable, d_idx: np.ndarray, e_idx: np.ndarray, *, phase: str,
-                config: TrainConfig, device: torch.device) -> list[Tensor]:
-    """Compute the four terms of the loss (module docstring): DFT, measured, calibrated targets, minibatch UOT."""
+                config: TrainConfig, device: torch.device, held: np.ndarray | None = None) -> list[Tensor]:
+    """Compute the four terms of the loss (module docstring): DFT, measured, calibrated targets, minibatch UOT.
+
+    ``held``: per table row, True where a DFT entry's calibrated target must not enter (a validation formula's).
+    """
     nd = len(d_idx)
     terms = [torch.zeros((), device=device) for _ in range(4)]
     yd = torch.from_numpy(table.y_dft[d_idx]).float().to(device)
@@ -290,8 +303,11 @@ def _loss_terms(out: NetOutput, table: EntryTable, d_idx: np.ndarray, e_idx: np.
         cal = torch.from_numpy(table.calibrated[d_idx]).float().to(device)
         conf = torch.from_numpy(np.nan_to_num(table.confidence[d_idx])).float().to(device)
         has = ~torch.isnan(cal) & (conf > 0)
+        # a held-out formula's entry counts as an error of 0 (the term's scale, and a data-parallel rank's share of it,
+        # stay those of the minibatch): its target never reaches the gradient
+        keep = has if held is None else has & ~torch.from_numpy(held[d_idx]).to(device)
         if has.any():
-            terms[2] = (conf[has] * _elementwise(config.loss, out.experiment[:nd][has], cal[has])).sum() / conf[has].sum()
+            terms[2] = (conf[keep] * _elementwise(config.loss, out.experiment[:nd][keep], cal[keep])).sum() / conf[has].sum()
         if len(e_idx) >= 2 and nd >= 2 and config.w_ot > 0:
             terms[3] = uot_embedding_loss(out.embedding[:nd], out.embedding[nd:], reg=config.ot_reg,
                                           reg_m=config.ot_reg_m, n_iter=config.ot_iters)
@@ -372,7 +388,8 @@ def train_model(
             inputs = table.batch(idx, device, graphs=not (cached is not None and config.freeze_graph))
             if cached is not None:
                 inputs["composition_embedding"] = cached[torch.from_numpy(idx).to(device)]
-            terms = _loss_terms(model(**inputs), table, d_idx, e_idx, phase=phase, config=config, device=device)
+            terms = _loss_terms(model(**inputs), table, d_idx, e_idx, phase=phase, config=config, device=device,
+                                held=rows.val_formula_dft)
             w_dft = config.w_dft if phase == "train" else 1.0
             loss = w_dft * terms[0] + config.w_exp * terms[1] + config.w_calibrated * terms[2] + config.w_ot * terms[3]
             opt.zero_grad(set_to_none=True)

@@ -306,3 +306,31 @@ def test_selection_formulas_lose_their_calibrated_targets():
     cal, conf = split.table.calibrated[dft_rows], split.table.confidence[dft_rows]
     assert np.isnan(cal[is_held]).all() and np.isnan(conf[is_held]).all()
     assert np.isfinite(cal[~is_held]).all() and (conf[~is_held] == 0.8).all()
+
+
+def test_validation_formulas_calibrated_targets_never_reach_the_loss():
+    """Early stopping scores the validation formulas: their DFT entries' calibrated targets (their own measurements,
+    under the hard block) must not train the model, while every other formula's still does."""
+    table = synthetic_table()
+    cfg = TrainConfig(epochs=5, batch_size=16, dft_batch_size=16, patience=5, model=SMALL)
+    ref = train_model(table, cfg, seed=3)
+    formulas = np.asarray(table.formulas, dtype=object)
+    dft_rows = np.flatnonzero(~table.is_experiment)
+    val_formulas = {formulas[i] for i in ref.val_rows}
+    held = dft_rows[np.isin(formulas[dft_rows], list(val_formulas))]
+    other = dft_rows[~np.isin(formulas[dft_rows], list(val_formulas))]
+    assert len(held) and len(other) and np.isfinite(table.calibrated[held]).all()
+
+    # far below every prediction: with the L1 loss only the sign of the error reaches the gradient
+    poisoned = synthetic_table()
+    poisoned.calibrated[held] = -1e3
+    res = train_model(poisoned, cfg, seed=3)
+    np.testing.assert_array_equal(predict(res.model, table).experiment, predict(ref.model, table).experiment)
+    assert [h.val_mae for h in res.history] == [h.val_mae for h in ref.history]
+    assert [h.loss_calibrated for h in res.history] == [h.loss_calibrated for h in ref.history]
+
+    # the same poison on a training formula's entries does reach the model (the test can fail)
+    moved = synthetic_table()
+    moved.calibrated[other[:4]] = -1e3
+    res = train_model(moved, cfg, seed=3)
+    assert not np.array_equal(predict(res.model, table).experiment, predict(ref.model, table).experiment)
