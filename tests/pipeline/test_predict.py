@@ -156,7 +156,10 @@ def test_diamond_and_graphite_cif_take_their_own_polymorph(carbon_workdir, monke
     assert formula["upper"] > gra["upper"]  # widened beyond the graphite prediction's own interval
     assert main(["predict", "C", "--no-metal", "--polymorph-window", "0.1", "--output", str(out)]) == 0
     narrow = json.loads(out.read_text())[0]
-    assert narrow["polymorphs"] == 0 and narrow["polymorph_low"] is None and narrow["upper"] == gra["upper"]
+    # the same interval as the graphite row's; the test model blends in the GNN, whose float32 products of a batch of
+    # one and of three rows may differ in the last bits
+    assert narrow["polymorphs"] == 0 and narrow["polymorph_low"] is None
+    assert narrow["upper"] == pytest.approx(gra["upper"], rel=1e-6)
     assert main(["predict", "C", "--polymorph-window", "-1"]) != 0
     assert "--polymorph-window -1.0: give a formation-energy window >= 0 eV/atom" in capsys.readouterr().err
 
