@@ -505,13 +505,15 @@ def pretrain_members(
 ) -> list[dict[str, Tensor]]:
     """DFT-only pretraining of ``n_members`` models (seeds ``seed + 100 + k``); returns their states.
 
-    Only rows without a measurement are used, so the states can be shared by every CV fold
-    without leaking experimental labels. ``workers`` > 1: the members train in forked
-    processes (:func:`models.parallel.fork_map`), each seeded as in the serial loop.
+    Only rows without a measurement are used, and on them the DFT labels only: the OT terms are
+    off, so the calibrated targets a table may carry (the align stage's, made of measurements)
+    never enter, and the states can be shared by every CV fold, and start every member, without
+    leaking experimental labels. ``workers`` > 1: the members train in forked processes
+    (:func:`models.parallel.fork_map`), each seeded as in the serial loop.
     """
     dft_rows = np.flatnonzero(~table.is_experiment)
     cfg = replace(config, epochs=epochs, pretrain_epochs=0, patience=epochs, val_fraction=0.05,
-                  dft_batch_size=batch_size, freeze_encoder=False, freeze_graph=False)
+                  dft_batch_size=batch_size, freeze_encoder=False, freeze_graph=False, use_ot=False)
 
     def member(k: int) -> dict[str, Tensor]:
         return train_model(table, cfg, seed=seed + 100 + k, train_rows=dft_rows, device=device, parallel=parallel,

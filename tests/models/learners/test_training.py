@@ -236,8 +236,11 @@ def test_pretraining_uses_dft_rows_only():
     s1 = pretrain_members(table, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
     poisoned = synthetic_table()
     poisoned.y_exp[:] = -1e6
+    # the DFT entries' calibrated targets are the align stage's, made of measurements: DFT-only pretraining ignores them
+    poisoned.calibrated[:] = -1e6
     s2 = pretrain_members(poisoned, cfg, n_members=1, epochs=2, batch_size=8, seed=0)[0]
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert np.isfinite(table.calibrated[~table.is_experiment]).all()  # there were targets to ignore
 
 
 def test_reference_per_formula_prefers_lowest_energy_polymorph():
