@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from models.evaluation import paired_by_formula
-from models.learners import reuse_surrogate
+from models.learners import reuse_surrogate, without_calibrated_targets
 from models.learners.fit import _fit_stacked, _split
 from models.properties import PROPERTY_NAMES, get_property, reference_per_formula
 from pipeline.config import DEFAULT_PARAMS, load_section
@@ -36,10 +36,9 @@ def check(name: str, params: TrainParams) -> dict[str, float]:
     ref = reference_per_formula(dft)
     surrogate = reuse_surrogate(inputs["surrogate"], config, desc, ref, who=f"check {name}")
     split = _split(dft, inputs["experiment"], desc, ref, None, fit)
-    held = dft["formula"].isin(set(split.sel["formula"]))
     errors = {}
-    for label, shifts in (("every shift", dft), ("without the selection's", dft.assign(
-            calibrated_target=dft["calibrated_target"].where(~held), confidence=dft["confidence"].where(~held)))):
+    for label, shifts in (("every shift", dft),
+                          ("without the selection's", without_calibrated_targets(dft, split.sel["formula"]))):
         frame = pd.DataFrame(index=range(len(split.sel)))
         _fit_stacked(shifts, desc, ref, split, frame, config, extra_fidelities=fit.extra_fidelities(prop),
                      ot_features=True, surrogate=surrogate)

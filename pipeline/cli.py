@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align": ("pipeline.align", "unbalanced OT from DFT to experiment into data/aligned/<property>/"),
     "surrogate": ("pipeline.surrogate", "the stacked models' DFT surrogate, fitted once on DFT labels into "
                   "data/surrogates/<property>/"),
+    "pretrain": ("pipeline.pretrain", "the train stage's DFT-only GNN pretraining, computed once into "
+                 "data/pretrained/<property>/"),
     "train": ("pipeline.train", "train the GNN and baselines, log to MLflow"),
     "metal": ("pipeline.metal", "metal / non-metal classifier for band-gap predictions, cross-validated, into "
               "data/models/metal/"),

@@ -1,4 +1,4 @@
-"""What a stage reads of another stage's fitted models: the surrogate stage's DFT surrogate.
+"""What a stage reads of another stage's fitted models: the surrogate stage's DFT surrogate, the pretrain stage's encoders.
 
 Kept out of :mod:`pipeline.readers` (the data tables every stage reads, LightGBM-free) and out
 of the stages themselves (no stage imports another).
@@ -15,7 +15,7 @@ from pipeline.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_correction_terms", "read_surrogate"]
+__all__ = ["check_correction_terms", "read_pretrained", "read_surrogate"]
 
 
 def read_surrogate(directory: Path) -> Any:
@@ -36,6 +36,26 @@ def read_surrogate(directory: Path) -> Any:
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise MissingInputError(f"cannot read the DFT surrogate at {directory}: {exc}; rerun `matshift surrogate "
                                 f"--property {directory.name}` (dvc repro)") from exc
+
+
+def read_pretrained(directory: Path) -> Any:
+    """Return the pretrain stage's DFT-pretrained encoders in ``directory`` (``data/pretrained/<property>/``), or None.
+
+    The train stage checks that they are the ones it would pretrain before using them. Altered or
+    unreadable ones are a :class:`~pipeline.errors.MissingInputError` naming them.
+    """
+    # torch: only when the encoders are read
+    from models.learners import load_pretrained
+
+    if not (directory / "pretrained.json").exists():
+        log.info("no pretrained encoders at %s (`matshift pretrain`, dvc repro): the train stage pretrains its own",
+                 directory)
+        return None
+    try:
+        return load_pretrained(directory)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise MissingInputError(f"cannot read the pretrained encoders at {directory}: {exc}; rerun `matshift "
+                                f"pretrain --property {directory.name}` (dvc repro)") from exc
 
 
 def check_correction_terms(config: Any, descriptors: Any, prop: str) -> None:

@@ -2,13 +2,14 @@ r"""``matshift train --property P``: fit the served model, the GNNs and the base
 
 Reads ``data/raw/`` (DFT and experiment tables), ``data/features/descriptors.parquet`` (and
 ``graphs.pt`` with ``train.model.use_graphs``), ``data/aligned/<property>/`` (OT-calibrated
-targets with confidence; ``align.json`` must say converged) and the surrogate stage's
-``data/surrogates/<property>/`` (the stacked model's DFT surrogate; fitted here when absent or
-not this run's); fits everything
-:func:`models.learners.fit_property` fits with the ``train`` section's
-:class:`~models.learners.FitConfig`; writes ``data/models/<property>/`` (docs/ARCHITECTURE.md)
-and an MLflow run with the model registered as ``matshift-<property>``. Tracking URI:
-``MLFLOW_TRACKING_URI`` when set, otherwise ``train.tracking_uri`` (a local SQLite file).
+targets with confidence; ``align.json`` must say converged), the surrogate stage's
+``data/surrogates/<property>/`` (the stacked model's DFT surrogate) and the pretrain stage's
+``data/pretrained/<property>/`` (the GNNs' DFT-pretrained encoders), each computed here instead
+when absent or not this run's; fits everything :func:`models.learners.fit_property` fits with
+the ``train`` section's :class:`~models.learners.FitConfig`; writes ``data/models/<property>/``
+(docs/ARCHITECTURE.md) and an MLflow run with the model registered as ``matshift-<property>``.
+Tracking URI: ``MLFLOW_TRACKING_URI`` when set, otherwise ``train.tracking_uri`` (a local
+SQLite file).
 
 The measured formulas are split once (grouped) into a training and a selection part; every
 model is scored on the selection part. Caveat: the align stage's calibrated targets were
@@ -41,7 +42,7 @@ from pipeline.engine import open_engine
 from pipeline.errors import MatshiftError
 from pipeline.params.metal import MetalParams
 from pipeline.params.train import TrainParams
-from pipeline.shared import check_correction_terms, read_surrogate
+from pipeline.shared import check_correction_terms, read_pretrained, read_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def load_inputs(params: TrainParams, prop: Property) -> dict[str, Any]:
         exp["material_id"] = exp["formula"].map(
             choose_polymorphs(dft, eligible=dft["material_id"].isin(graphs))["material_id"])
     surrogate = read_surrogate(params.surrogate_dir / prop.name) if stack.enabled else None
+    pretrained = read_pretrained(params.pretrained_dir / prop.name) if params.fit.optim.pretrain_epochs else None
     return {"dft": dft.reset_index(drop=True), "experiment": exp, "descriptors": desc, "graphs": graphs,
-            "surrogate": surrogate}
+            "surrogate": surrogate, "pretrained": pretrained}
 
 
 def bundle_inputs(params: TrainParams, prop: Property, args: argparse.Namespace) -> dict[str, Any]:
@@ -117,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         with open_engine(params.engine, n_workers=fit.workers, scheduler_address=params.scheduler_address) as engine:
             result = fit_property(dft=inputs["dft"], experiment=inputs["experiment"], descriptors=inputs["descriptors"],
                                   graphs=inputs["graphs"], config=fit, prop=prop, parallel=parallel,
-                                  dask_client=getattr(engine, "client", None), surrogate=inputs["surrogate"])
+                                  dask_client=getattr(engine, "client", None), surrogate=inputs["surrogate"],
+                                  pretrained=inputs["pretrained"])
         if not is_writer(parallel):
             return 0
         world = {} if parallel is None else {"ddp_world_size": parallel.world}

@@ -124,7 +124,8 @@ def train_params(root, **extra):
     lines = [
         "train:",
         f"  raw_dir: {root}/raw", f"  features_dir: {root}/features", f"  aligned_dir: {root}/aligned",
-        f"  out_dir: {root}/models", f"  surrogate_dir: {root}/surrogates", f"  tracking_uri: sqlite:///{root}/mlflow.db",
+        f"  out_dir: {root}/models", f"  surrogate_dir: {root}/surrogates", f"  pretrained_dir: {root}/pretrained",
+        f"  tracking_uri: sqlite:///{root}/mlflow.db",
         "  members: 2", "  encoders: 1", "  rf_trees: 10",
         "  model: {comp_hidden: 8, comp_layers: 1, emb_dim: 8, head_hidden: 8, use_graphs: false}",
         "  optim: {epochs: 2, pretrain_epochs: 1, batch_size: 8, dft_batch_size: 8}",

@@ -20,7 +20,7 @@ import yaml
 from tests.data import ROOT
 
 PACKAGES = ("featurizers", "matshift", "models", "pipeline")
-STAGE_MODULES = ("fetch", "featurize", "align", "surrogate", "train", "metal", "evaluate", "predict", "report")
+STAGE_MODULES = ("fetch", "featurize", "align", "surrogate", "pretrain", "train", "metal", "evaluate", "predict", "report")
 MAX_STAGE_LINES = 150
 
 
@@ -92,7 +92,7 @@ def test_dvc_runs_the_registered_properties():
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     assert tuple(params["properties"]) == PROPERTY_NAMES
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    assert all(stages[s]["foreach"] == "${properties}" for s in ("align", "surrogate", "train", "evaluate"))
+    assert all(stages[s]["foreach"] == "${properties}" for s in ("align", "surrogate", "pretrain", "train", "evaluate"))
 
 
 def _library_keys(cls: type) -> set[str]:

@@ -22,7 +22,7 @@ import yaml
 from tests.data import ROOT
 
 PACKAGES = ("featurizers", "models", "pipeline")
-STAGES = ("fetch", "featurize", "align", "surrogate", "train", "metal", "evaluate")
+STAGES = ("fetch", "featurize", "align", "surrogate", "pretrain", "train", "metal", "evaluate")
 # read as files, not imported: MLflow stores the model-from-code files the train and metal stages log
 FILES_READ = {"train": {"models/serving/pyfunc_code.py"}, "metal": {"models/serving/pyfunc_metal_code.py"}}
 
@@ -85,6 +85,19 @@ def test_surrogate_stage_params_are_the_surrogate_fields():
 
     params = {p for p in _dvc_stage("surrogate")["params"] if p.startswith("train.stack.") or p == "train.seed"}
     assert params == {"train.seed", *(f"train.stack.{f}" for f in SURROGATE_FIELDS if f != "seed")}
+
+
+def test_pretrain_stage_params_are_what_pretraining_reads():
+    """The pretrain stage reruns for a setting DFT pretraining reads (PRETRAIN_FIELDS), not for fine-tuning settings."""
+    from models.learners.pretrained import PRETRAIN_FIELDS
+
+    params = set(_dvc_stage("pretrain")["params"])
+    derived = {"clamp_min"}  # the property's, not a params.yaml key
+    assert params == {"train.seed", "train.encoders", "train.members", "train.model", "train.raw_dir",
+                      "train.features_dir", "train.pretrained_dir",
+                      *(f"train.optim.{f}" for f in PRETRAIN_FIELDS if f not in derived)}
+    train = _dvc_stage("train")
+    assert "data/pretrained/${item}" in train["deps"] and "train" in train["params"]
 
 
 # where a stage other than train reads the train section's FitConfig (as `fit.<name>` or `train.fit.<name>`)

@@ -3,7 +3,7 @@
 fetch (Materials Project API source with a fake client: the one source that reads
 ``MP_API_KEY``) -> featurize (its two structures) and, on the synthetic raw/features
 tables of ``tests.data.align_inputs`` (about 120 DFT entries and 120 measurements per
-property), align -> surrogate -> train (two small members, MLflow to a SQLite store in the
+property), align -> surrogate -> pretrain -> train (two small members, MLflow to a SQLite store in the
 run directory). Everything runs through ``pipeline.cli.main`` with a canary ``MP_API_KEY`` set,
 and every log line and every byte printed is kept for the secrets test.
 """
@@ -37,7 +37,7 @@ def params_text(root: Path, *, members: int = 2, epochs: int = 3) -> str:
         "train": {
             "raw_dir": str(root / "raw"), "features_dir": str(root / "features"),
             "aligned_dir": str(root / "aligned"), "out_dir": str(root / "models"),
-            "surrogate_dir": str(root / "surrogates"),
+            "surrogate_dir": str(root / "surrogates"), "pretrained_dir": str(root / "pretrained"),
             "tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "members": members, "encoders": 1, "rf_trees": 10,
             "seed": 0,
             "model": {"comp_hidden": 8, "comp_layers": 1, "emb_dim": 8, "head_hidden": 8, "use_graphs": False},
@@ -123,6 +123,7 @@ def tiny_run() -> TinyRun:
                 ("featurize", ["featurize", "--params", str(params)]),
                 ("align", ["align", "--params", str(params), "--property", "band_gap"]),
                 ("surrogate", ["surrogate", "--params", str(params), "--property", "band_gap"]),
+                ("pretrain", ["pretrain", "--params", str(params), "--property", "band_gap"]),
                 ("train", ["train", "--params", str(params), "--property", "band_gap"]),
             ):
                 codes[name] = main(argv)

@@ -2,7 +2,8 @@
 
 Layer: above :mod:`models.transport` and :mod:`models.nets`, below evaluation and serving.
 ``config`` holds the training settings validated from ``params.yaml`` (:class:`FitConfig`);
-``table``, ``losses``, ``training``, ``distributed`` train the GNNs; ``baselines``,
+``table``, ``losses``, ``training``, ``distributed`` train the GNNs, ``pretrained`` keeps their
+DFT pretraining (the pretrain stage's); ``baselines``,
 ``stacked``, ``shift_field`` are the other models, ``metal`` the metal classifier, ``intervals`` the conformal prediction intervals; ``applicability`` scores inputs against the
 training data; ``fit`` fits and writes everything for one property (the train stage).
 Torch and scikit-learn modules are imported on first use of one of their names, so serving
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from models.learners.distributed import *
     from models.learners.fit import *
     from models.learners.losses import *
+    from models.learners.pretrained import *
     from models.learners.table import *
     from models.learners.training import *
 
@@ -46,11 +48,15 @@ _LAZY = {
         "determine_device", "frozen_embeddings", "predict", "predict_ensemble", "pretrain_members", "seed_everything",
         "train_ensemble", "train_model",
     ),
+    "pretrained": (
+        "PRETRAIN_FIELDS", "PretrainedEncoders", "load_pretrained", "pretrain_settings", "reuse_pretrained",
+        "save_pretrained",
+    ),
     "distributed": (
         "DataParallel", "init_from_env", "is_writer", "shutdown",
     ),
     "fit": (
-        "FitResult", "fit_property", "write_outputs",
+        "FitResult", "fit_property", "without_calibrated_targets", "write_outputs",
     ),
 }
 __getattr__ = lazy_exports(__name__, {name: module for module, names in _LAZY.items() for name in names})

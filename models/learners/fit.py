@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from models._io import write_manifest
 from models.learners.baselines import DescriptorForest, LinearCalibration, RawDFT, mae, save_forest
 from models.learners.config import FitConfig, IntervalConfig, StackConfig, TrainConfig
 from models.learners.intervals import ConformalIntervals, out_of_fold
+from models.learners.pretrained import PretrainedEncoders, reuse_pretrained
 from models.learners.shift_field import ShiftField
 from models.learners.stacked import (
     DFTSurrogate,
@@ -54,7 +56,7 @@ from models.parallel import fork_map
 from models.progress import Steps, bar, showing
 from models.properties import Property, reference_per_formula
 
-__all__ = ["FitResult", "fit_property", "write_outputs"]
+__all__ = ["FitResult", "fit_property", "without_calibrated_targets", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ def fit_property(
     parallel: DataParallelHook | None = None,
     dask_client: Any = None,
     surrogate: DFTSurrogate | None = None,
+    pretrained: PretrainedEncoders | None = None,
 ) -> FitResult:
     """Fit everything for ``prop`` with ``config``; see the module docstring.
 
@@ -114,7 +117,8 @@ def fit_property(
     ``dask_client`` (a ``dask.distributed.Client``): the stacked model's DFT surrogate is fitted
     on that cluster with LightGBM's Dask interface (:meth:`DFTSurrogate.fit`). ``surrogate``: one
     fitted beforehand (the surrogate stage's), used as :func:`reuse_surrogate` decides; otherwise
-    it is fitted here.
+    it is fitted here. ``pretrained``: the pretrain stage's DFT-pretrained encoders, used as
+    :func:`models.learners.reuse_pretrained` decides; otherwise pretrained here.
     """
     t0 = time.perf_counter()
     dev = determine_device(config.device)
@@ -128,7 +132,7 @@ def fit_property(
     if stack_config is not None:
         surrogate = reuse_surrogate(surrogate, stack_config, descriptors, ref, who=f"train {prop.name}")
     split = _split(dft, experiment, descriptors, ref, graphs, config)
-    fitted = _fit_gnns(split, train_config, config, dev, parallel, steps)
+    fitted = _fit_gnns(split, train_config, config, dev, parallel, steps, prop=prop, pretrained=pretrained)
     preds = {name: predict_ensemble([r.model for r in res], split.table, split.sel_rows, device=dev,
                                     clamp_min=prop.clamp_min)
              for name, res in fitted.items()}
@@ -183,13 +187,10 @@ def _split(dft: pd.DataFrame, experiment: pd.DataFrame, descriptors: pd.DataFram
     exp = experiment[cols].reset_index(drop=True)
     tr_idx, sel_idx = grouped_split(exp["formula"].tolist(), fraction=config.selection_fraction, seed=config.seed)
     tr, sel = exp.iloc[tr_idx], exp.iloc[sel_idx]
-    if "calibrated_target" in dft:
-        # the alignment moves mass only between entries of one formula (its hard block), so a held-out formula's
-        # calibrated targets are its own measurements carried onto its DFT entries: the GNNs would learn what they
-        # are scored on. They get none (the stacked model's shift field never reads a formula's own shift).
-        held = dft["formula"].isin(set(sel["formula"])).to_numpy()
-        dft = dft.assign(calibrated_target=dft["calibrated_target"].where(~held),
-                         **({"confidence": dft["confidence"].where(~held)} if "confidence" in dft else {}))
+    # the alignment moves mass only between entries of one formula (its hard block), so a held-out formula's
+    # calibrated targets are its own measurements carried onto its DFT entries: the GNNs would learn what they
+    # are scored on. They get none (the stacked model's shift field never reads a formula's own shift).
+    dft = without_calibrated_targets(dft, sel["formula"])
     table = EntryTable.build(dft=dft, experiment=pd.concat([tr, sel]), descriptors=descriptors, dft_reference=ref,
                              graphs=graphs)
     n_dft = len(dft)
@@ -197,22 +198,35 @@ def _split(dft: pd.DataFrame, experiment: pd.DataFrame, descriptors: pd.DataFram
                   sel_rows=np.arange(n_dft + len(tr), len(table)))
 
 
+def without_calibrated_targets(dft: pd.DataFrame, formulas: Iterable[str]) -> pd.DataFrame:
+    """Return ``dft`` with no calibrated target (and no confidence) on the entries of ``formulas``: those are theirs."""
+    if "calibrated_target" not in dft:
+        return dft
+    held = dft["formula"].isin(set(formulas)).to_numpy()
+    return dft.assign(calibrated_target=dft["calibrated_target"].where(~held),
+                      **({"confidence": dft["confidence"].where(~held)} if "confidence" in dft else {}))
+
+
 def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, device: torch.device,
-              parallel: DataParallelHook | None, steps: Steps) -> dict[str, list[TrainResult]]:
+              parallel: DataParallelHook | None, steps: Steps, *, prop: Property,
+              pretrained: PretrainedEncoders | None = None) -> dict[str, list[TrainResult]]:
     """DFT-only pretraining, then ``config.members`` GNNs without and with OT terms (encoders shared round-robin).
 
-    Encoders and members train in ``config.workers`` forked processes of one torch thread each
-    (:func:`models.parallel.fork_map`; not with data-parallel ranks or a GPU), each seeded as
-    in the serial loop.
+    The pretraining is ``pretrained``'s (the pretrain stage's) when it is the one this run would
+    compute (:func:`reuse_pretrained`). Encoders and members train in ``config.workers`` forked
+    processes of one torch thread each (:func:`models.parallel.fork_map`; not with data-parallel
+    ranks or a GPU), each seeded as in the serial loop.
     """
     workers = config.workers if parallel is None else 1
     states = None
     if train_config.pretrain_epochs:
         with steps("DFT pretraining"):
-            states = pretrain_members(split.table, train_config, n_members=min(config.encoders, config.members),
-                                      epochs=train_config.pretrain_epochs, batch_size=train_config.pretrain_batch_size,
-                                      seed=config.seed, device=device, parallel=parallel, progress=showing(),
-                                      workers=workers)
+            states = reuse_pretrained(pretrained, split.table, config, prop, who=f"train {prop.name}")
+            if states is None:
+                states = pretrain_members(split.table, train_config, n_members=min(config.encoders, config.members),
+                                          epochs=train_config.pretrain_epochs,
+                                          batch_size=train_config.pretrain_batch_size, seed=config.seed,
+                                          device=device, parallel=parallel, progress=showing(), workers=workers)
     # both variants' members in one queue, those with OT (the longer fits) first: a worker done early takes the
     # members without OT instead of waiting for the other's last member (two queues left one core idle 40 s)
     jobs = [(name, k) for name in ("gnn_ot", "gnn_no_ot") for k in range(config.members)]

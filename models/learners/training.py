@@ -18,11 +18,11 @@ Early stopping and model selection use a validation split of the *training* expe
 rows (grouped by formula); test data never enters here. The calibrated targets of the
 validation formulas' DFT entries never reach the gradient (their error counts as 0 in the
 third term): the align stage's hard block carries a formula's own measurements onto its
-entries, so they would train on what validation scores
-(with a kNN support instead, the no-penalties ablation, a neighbouring formula's target can
-still hold part of a validation measurement). Everything is seeded; a run can be
-resumed from its checkpoint; the device is an argument (see :func:`determine_device`).
-This module never reads files it was not given, environment variables or global state.
+entries, so they would train on what validation scores (with a kNN support instead, the
+no-penalties ablation, a neighbouring formula's target can still hold part of a validation
+measurement). Everything is seeded; a run can be resumed from its checkpoint; the device is
+an argument (see :func:`determine_device`). This module never reads files it was not given,
+environment variables or global state.
 """
 
 from __future__ import annotations

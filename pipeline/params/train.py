@@ -22,6 +22,8 @@ class TrainParams:
     out_dir: Path = Path("data/models")
     # the surrogate stage's DFT surrogates (one directory per property), shared by train and evaluate
     surrogate_dir: Path = Path("data/surrogates")
+    # the pretrain stage's DFT-pretrained GNN encoders (one directory per property), reused by train
+    pretrained_dir: Path = Path("data/pretrained")
     tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides it
     experiment: str = "matshift"
     register: bool = True
@@ -32,6 +34,10 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         check_engine(self.engine, self.scheduler_address)
+        if self.fit.optim.freeze_encoder and not self.fit.optim.pretrain_epochs:
+            # refused here, not after minutes of fitting (the evaluate stage always pretrains its own encoders)
+            raise ValueError("optim.freeze_encoder keeps the DFT-pretrained encoders fixed and needs "
+                             "optim.pretrain_epochs >= 1; set optim.freeze_encoder: false to train without pretraining")
 
 
 __all__ = ["TrainParams"]

@@ -1,10 +1,10 @@
 """Two runs of the quick pipeline (align + a small train, fixed seeds) give the same numbers to 1e-6.
 
 Run 1 is the shared tiny pipeline (:mod:`tests.tiny_pipeline`, in this process, with MLflow
-logging; its train stage takes the surrogate stage's DFT surrogate). Run 2 rebuilds the same
-inputs in a fresh directory and runs align and train in a separate Python process with a
-different hash seed, without MLflow and without the surrogate stage (train fits the surrogate
-itself). The alignment diagnostics, the calibrated targets, every metric and every selection
+logging; its train stage takes the surrogate stage's DFT surrogate and the pretrain stage's
+encoders). Run 2 rebuilds the same inputs in a fresh directory and runs align and train in a
+separate Python process with a different hash seed, without MLflow and without the surrogate
+and pretrain stages (train fits the surrogate and pretrains the encoders itself). The alignment diagnostics, the calibrated targets, every metric and every selection
 prediction must agree.
 """
 
@@ -60,6 +60,7 @@ def two_runs(tmp_path_factory):
     first = tiny_run()
     assert first.codes["align"] == 0 and first.codes["train"] == 0, first.output[-3000:]
     assert "train band_gap: DFT surrogate from the surrogate stage" in first.output
+    assert "train band_gap: 1 DFT-pretrained encoder(s) from the pretrain stage" in first.output
     second = tmp_path_factory.mktemp("second")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "12345"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -23,7 +23,7 @@ def run():
 
 
 def test_every_stage_ran_with_the_canary_set(run):
-    assert run.codes == {"fetch": 0, "featurize": 0, "align": 0, "surrogate": 0, "train": 0}, run.output[-3000:]
+    assert run.codes == {"fetch": 0, "featurize": 0, "align": 0, "surrogate": 0, "pretrain": 0, "train": 0}, run.output[-3000:]
     # the key really was used: fetch read the (fake) Materials Project API with it
     import pandas as pd
 
