@@ -3,7 +3,8 @@
 Reads ``data/raw/``, ``data/features/``, the align stage's measurement masses
 (``data/aligned/<property>/experiment.parquet``, used only for the mass-against-error
 plot), the surrogate stage's DFT surrogate (``data/surrogates/<property>/``, shared by every
-fold; fitted here when absent or not this run's), and the ``align`` and ``train`` sections of params.yaml through the same schemas as
+fold; fitted here when absent or not this run's), with ``pretraining: train`` the pretrain
+stage's encoders (``data/pretrained/<property>/``, likewise), and the ``align`` and ``train`` sections of params.yaml through the same schemas as
 those stages (the alignment and every model are refitted per fold with exactly those
 settings, apart from the documented cheaper per-fold training budget in
 ``evaluate.full``/``evaluate.quick``). :func:`models.evaluation.evaluate_property` does the
@@ -41,7 +42,7 @@ from pipeline.errors import MatshiftError
 from pipeline.params.align import AlignParams
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
-from pipeline.shared import check_correction_terms, read_surrogate
+from pipeline.shared import check_correction_terms, read_pretrained, read_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
     quick = getattr(args, "quick", False)
     settings = params.quick if quick else params.full
     set_threads(params.threads)
-    inputs = load_inputs(params, prop, extra=fit.extra_fidelities(prop), use_graphs=settings.use_graphs,
+    shared = settings.pretraining == "train" and any(m.startswith("gnn_") for m in settings.models)
+    inputs = load_inputs(params, prop, extra=fit.extra_fidelities(prop),
+                         use_graphs=fit.model.use_graphs if settings.pretraining == "train" else settings.use_graphs,
                          surrogate_dir=train.surrogate_dir if fit.stack.enabled else None)
+    inputs.pretrained = read_pretrained(train.pretrained_dir / prop.name) if shared else None
     check_correction_terms(fit.stack_config(prop), inputs.descriptors, prop.name)
     try:
         result = evaluate_property(inputs, prop=prop, settings=settings, fit=fit, align=align, seed=params.seed,

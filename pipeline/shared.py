@@ -7,6 +7,7 @@ of the stages themselves (no stage imports another).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +28,34 @@ def read_surrogate(directory: Path) -> Any:
     # LightGBM: only when a surrogate is read
     from models.learners import load_surrogate
 
-    if not (directory / "surrogate.json").exists():
-        log.info("no shared DFT surrogate at %s (`matshift surrogate`, dvc repro): the stacked models fit their own",
-                 directory)
-        return None
-    try:
-        return load_surrogate(directory)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise MissingInputError(f"cannot read the DFT surrogate at {directory}: {exc}; rerun `matshift surrogate "
-                                f"--property {directory.name}` (dvc repro)") from exc
+    return _read_output(directory, "surrogate.json", load_surrogate, what="DFT surrogate", stage="surrogate",
+                        absent="no shared DFT surrogate", instead="the stacked models fit their own")
 
 
 def read_pretrained(directory: Path) -> Any:
     """Return the pretrain stage's DFT-pretrained encoders in ``directory`` (``data/pretrained/<property>/``), or None.
 
-    The train stage checks that they are the ones it would pretrain before using them. Altered or
+    Its readers (train, evaluate) check that they are the ones they would pretrain before using them. Altered or
     unreadable ones are a :class:`~pipeline.errors.MissingInputError` naming them.
     """
     # torch: only when the encoders are read
     from models.learners import load_pretrained
 
-    if not (directory / "pretrained.json").exists():
-        log.info("no pretrained encoders at %s (`matshift pretrain`, dvc repro): the train stage pretrains its own",
-                 directory)
+    return _read_output(directory, "pretrained.json", load_pretrained, what="pretrained encoders", stage="pretrain",
+                        absent="no pretrained encoders", instead="they are pretrained here instead")
+
+
+def _read_output(directory: Path, header: str, load: Callable[[Path], Any], *, what: str, stage: str, absent: str,
+                 instead: str) -> Any:
+    """``load(directory)``, None (logged) without ``header`` there; an unreadable one names ``stage`` to rerun."""
+    if not (directory / header).exists():
+        log.info("%s at %s (`matshift %s`, dvc repro): %s", absent, directory, stage, instead)
         return None
     try:
-        return load_pretrained(directory)
+        return load(directory)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise MissingInputError(f"cannot read the pretrained encoders at {directory}: {exc}; rerun `matshift "
-                                f"pretrain --property {directory.name}` (dvc repro)") from exc
+        raise MissingInputError(f"cannot read the {what} at {directory}: {exc}; rerun `matshift {stage} "
+                                f"--property {directory.name}` (dvc repro)") from exc
 
 
 def check_correction_terms(config: Any, descriptors: Any, prop: str) -> None:

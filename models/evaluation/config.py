@@ -58,7 +58,12 @@ class EvalSettings:
     ``encoders`` DFT-pretrained composition encoders (``pretrain_epochs``), fine-tuned for at
     most ``epochs`` with early-stopping ``patience``, and optionally without the crystal-graph
     branch (``use_graphs``), because five GNN variants x ~23 folds x 2 properties must fit in
-    45 minutes on two cores.
+    45 minutes on two cores. ``pretraining``: ``own`` pretrains those encoders here;
+    ``train`` starts every fold's GNNs from the train stage's DFT-pretrained encoders (the
+    pretrain stage's output, or the same pretraining computed here when that is missing or not
+    this run's) with ``train.model`` as it is, crystal-graph branch included: ``encoders``,
+    ``pretrain_epochs`` and ``use_graphs`` are then the train stage's, and the folds judge the
+    served recipe (the members' fine-tuning from frozen encoders) under a smaller budget.
     """
 
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
@@ -75,6 +80,7 @@ class EvalSettings:
     epochs: int = 15
     patience: int = 5
     use_graphs: bool = False
+    pretraining: str = "own"
     rf_trees: int = 100
     shift_sample: int = 500
     stack_bags: int = 0  # boosters per stacked model and fold; 0 = train.stack.bags
@@ -90,6 +96,8 @@ class EvalSettings:
         bad = [m for m in self.models if m not in GNN_VARIANTS and m not in STACKED_MODELS]
         if bad:
             raise ValueError(f"unknown model {bad[0]!r} (valid: {', '.join([*STACKED_MODELS, *GNN_VARIANTS])})")
+        if self.pretraining not in ("own", "train"):
+            raise ValueError(f"pretraining must be 'own' or 'train', got {self.pretraining!r}")
         if self.stack_bags < 0 or self.neural_iterations < 0:
             raise ValueError("stack_bags and neural_iterations must be >= 0")
         if self.stack_seeds < 1:

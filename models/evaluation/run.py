@@ -32,8 +32,10 @@ from models.learners import (
     DFTSurrogate,
     EntryTable,
     FitConfig,
+    PretrainedEncoders,
     determine_device,
     pretrain_members,
+    reuse_pretrained,
     reuse_surrogate,
 )
 from models.properties import STABILITY, Property, choose_polymorphs, reference_per_formula
@@ -56,7 +58,9 @@ class EvaluationInputs:
     ``transported_mass``: the align stage's mass per ``exp_id`` relative to its marginal
     (for the mass-against-error plot only; it never reaches a model), or None.
     ``surrogate``: the surrogate stage's fitted DFT surrogate (:func:`stack_inputs` checks that
-    it is the one it would fit, else fits its own), or None.
+    it is the one it would fit, else fits its own), or None. ``pretrained``: the pretrain
+    stage's encoders (:class:`models.learners.PretrainedEncoders`; read with
+    ``pretraining: train``, checked as the train stage checks them), or None.
     """
 
     source: Domain
@@ -67,6 +71,7 @@ class EvaluationInputs:
     graphs: dict[str, Any] | None = None
     transported_mass: pd.Series | None = None
     surrogate: DFTSurrogate | None = None
+    pretrained: Any = None
 
 
 @dataclass
@@ -91,14 +96,17 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     """
     t0 = time.perf_counter()
     align = align.for_property(prop)
-    problem = _problem(inputs, settings, seed=seed)
+    shared = settings.pretraining == "train"  # the train stage's encoders and model, crystal graphs included
+    use_graphs = fit.model.use_graphs if shared else settings.use_graphs
+    problem = _problem(inputs, settings, seed=seed, use_graphs=use_graphs)
     exp = problem["experiment"]
     log.info("%s: %d measurements (%d formulas), %d DFT entries; %s budget", prop.name, len(exp),
              exp["formula"].nunique(), problem["source"].size, budget)
-    fold_fit = replace(fit, members=settings.members, encoders=settings.encoders,
-                       model=replace(fit.model, use_graphs=settings.use_graphs),
+    fold_fit = replace(fit, members=settings.members,
+                       encoders=min(fit.encoders, settings.members) if shared else settings.encoders,
+                       model=replace(fit.model, use_graphs=use_graphs),
                        optim=replace(fit.optim, epochs=settings.epochs, patience=settings.patience,
-                                     pretrain_epochs=settings.pretrain_epochs))
+                                     pretrain_epochs=fit.optim.pretrain_epochs if shared else settings.pretrain_epochs))
     train_config = fold_fit.train_config(prop)
     dev = determine_device(device)
     def folds_of(fold_seed: int) -> list:
@@ -115,9 +123,12 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
                  ", ".join(str(s) for s, _ in extra_seeds), sum(len(f) for _, f in extra_seeds))
     tp0 = time.perf_counter()
     # DFT-only pretraining (no measurement): computed once, shared by every fold
-    pretrained = pretrain_members(problem["table"], train_config, n_members=settings.encoders,
-                                  epochs=max(settings.pretrain_epochs, 1), batch_size=train_config.pretrain_batch_size,
-                                  seed=seed, device=dev) if any(m.startswith("gnn_") for m in settings.models) else []
+    pretrained = []
+    if any(m.startswith("gnn_") for m in settings.models):
+        pretrained = (_train_pretraining(inputs, fit, prop, device=dev, workers=workers)[:settings.members] if shared
+                      else pretrain_members(problem["table"], train_config, n_members=settings.encoders,
+                                            epochs=max(settings.pretrain_epochs, 1), seed=seed, device=dev,
+                                            batch_size=train_config.pretrain_batch_size))
     pretrain_s = time.perf_counter() - tp0
     log.info("%s: %d DFT-pretrained encoder(s) in %.0f s", prop.name, len(pretrained), pretrain_s)
     stack = stack_inputs(inputs.dft, inputs.descriptors, settings, fold_fit, prop, threads=threads,
@@ -149,8 +160,27 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     return EvaluationRun(metrics=metrics, result=result, folds=folds, experiment=exp)
 
 
-def _problem(inputs: EvaluationInputs, settings: EvalSettings, *, seed: int) -> dict[str, Any]:
-    """Subsample to the budget and build the entry table, the DFT references and the measurement attributes."""
+def _train_pretraining(inputs: EvaluationInputs, fit: FitConfig, prop: Property, *, device: torch.device,
+                       workers: int) -> list[dict[str, torch.Tensor]]:
+    """Return the train stage's DFT-pretrained encoder states: the pretrain stage's when they are this run's.
+
+    Otherwise they are computed here the same way, on every DFT entry with a value (the pretrain
+    stage's table: no measurement), so the folds get the same states either way.
+    """
+    dft = inputs.dft.rename(columns={prop.dft_column: "dft_value"}).dropna(subset=["dft_value"]).reset_index(drop=True)
+    table = EntryTable.build(dft=dft, descriptors=inputs.descriptors, dft_reference=reference_per_formula(dft),
+                             graphs=inputs.graphs if fit.model.use_graphs else None)
+    states = reuse_pretrained(inputs.pretrained, table, fit, prop, who=f"evaluate {prop.name}")
+    return states if states is not None else PretrainedEncoders.fit(table, fit, prop, device=device,
+                                                                    workers=workers).states
+
+
+def _problem(inputs: EvaluationInputs, settings: EvalSettings, *, seed: int,
+             use_graphs: bool | None = None) -> dict[str, Any]:
+    """Subsample to the budget and build the entry table, the DFT references and the measurement attributes.
+
+    ``use_graphs``: whether the table's rows carry crystal graphs (None: ``settings.use_graphs``).
+    """
     source, target = inputs.source, inputs.target
     rng = np.random.default_rng(seed)
     if settings.max_measurements and target.size > settings.max_measurements:
@@ -177,7 +207,7 @@ def _problem(inputs: EvaluationInputs, settings: EvalSettings, *, seed: int) -> 
                                   eligible=crystal_system != "")["crystal_system"]
     exp = pd.DataFrame({"exp_id": target.ids, "formula": target.formulas, "value": target.values})
     exp["crystal_system"] = exp["formula"].map(system_of).fillna("").astype(str)
-    graphs = inputs.graphs if settings.use_graphs else None
+    graphs = inputs.graphs if (settings.use_graphs if use_graphs is None else use_graphs) else None
     if graphs is not None:
         # a measurement uses the crystal graph of its formula's polymorph among those with a graph
         exp["material_id"] = exp["formula"].map(

@@ -71,3 +71,31 @@ def test_without_pretraining_the_stage_writes_no_encoder_and_train_reads_none(tm
     with caplog.at_level(logging.INFO):
         assert train.run(argparse.Namespace(params=params, property="band_gap", no_mlflow=True)) == 0
     assert "pretrain stage" not in caplog.text and "no pretrained encoders" not in caplog.text
+
+
+def test_evaluate_folds_start_from_the_stage_s_encoders_or_the_same_ones_computed_there(tmp_path, caplog):
+    """evaluate's `pretraining: train`: the folds' GNNs start from the train stage's encoders; with or without the
+    pretrain stage's output, the same states and so the same predictions."""
+    import pandas as pd
+
+    from pipeline import evaluate
+    from tests.pipeline.test_evaluate import _inputs, _params
+
+    _inputs(tmp_path)
+    params = _params(tmp_path)
+    text = params.read_text().replace("train:\n", f"train:\n  raw_dir: {tmp_path}/raw\n  features_dir: {tmp_path}/"
+                                      f"features\n  pretrained_dir: {tmp_path}/pretrained\n  encoders: 2\n", 1)
+    text = text.replace("    pretrain_epochs: 1\n", "    pretrain_epochs: 1\n    pretraining: train\n")
+    params.write_text(text.replace("optim: {", "optim: {pretrain_epochs: 1, "))
+    args = argparse.Namespace(params=params, property="band_gap", quick=True, no_mlflow=True)
+    with caplog.at_level(logging.INFO):
+        assert evaluate.run(args) == 0
+    assert "they are pretrained here instead" in caplog.text  # no stage output: computed in the evaluate stage
+    own = pd.read_csv(tmp_path / "plots/band_gap/predictions.csv")
+    caplog.clear()
+    assert stage.run(_args(params)) == 0
+    with caplog.at_level(logging.INFO):
+        assert evaluate.run(args) == 0
+    assert "evaluate band_gap: 2 DFT-pretrained encoder(s) from the pretrain stage" in caplog.text
+    shared = pd.read_csv(tmp_path / "plots/band_gap/predictions.csv")
+    assert own["gnn_ot"].notna().all() and own[["gnn_ot", "gnn_no_ot"]].equals(shared[["gnn_ot", "gnn_no_ot"]])
