@@ -416,6 +416,8 @@ class _FoldRunner:
     def _stacked(self, out: pd.DataFrame, info: dict, tr: np.ndarray, te: np.ndarray, shift_field: ShiftField | None,
                  *, seed: int | None = None) -> None:
         """Fit the stacked models (for the first seed also the intervals around the last); ``seed``: another seed's boosters."""
+        if not self.stacked_models:  # the GNN variants alone: no stack inputs to read
+            return
         stack, desc = self.models.stack, self.data.descriptors
         config = stack.config
         if seed is not None:

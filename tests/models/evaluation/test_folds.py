@@ -74,11 +74,11 @@ NEURAL = NeuralAlignConfig(pca_components=2, dual=DualConfig(hidden=(8,), cond_h
                                                             inner_steps=2, batch_size=32))
 
 
-def _run(problem, fold, *, target=None, table=None, variants=("gnn_ot",), neural=None):
+def _run(problem, fold, *, target=None, table=None, variants=("gnn_ot",), neural=None, stack=True):
     data = ev.FoldData(source=problem["source"], target=target or problem["target"], table=table or problem["table"],
                        descriptors=problem["desc"], dft_reference=problem["ref"])
     fitted = ev.FoldModels(train_config=CFG, align_config=SETTINGS, pretrained=problem["pretrained"], variants=variants,
-                           rf_trees=5, stack=problem["stack"], neural=neural)
+                           rf_trees=5, stack=problem["stack"] if stack else None, neural=neural)
     return ev.evaluate_folds(data, [fold], fitted, shift_sample=50, ad_k=3, seed=0)
 
 
@@ -132,6 +132,15 @@ def test_fold_outputs_cover_every_model_and_test_row(problem):
     assert row["mae_gnn_ot"] == pytest.approx(np.mean(np.abs(p["gnn_ot"] - p["value"])))
     assert 0 <= row["mass_moved_fraction_unbalanced"] <= 1
     assert ((p["ad_score"] >= 0) & (p["ad_score"] <= 100)).all()
+
+
+def test_gnn_variants_alone_need_no_stack_inputs(problem):
+    """`evaluate.full.models` without a stacked model: the evaluate stage builds no stack inputs (it crashed once)."""
+    fold = grouped_kfold(problem["exp"]["formula"].tolist(), n_folds=4, seed=1)[1]
+    alone = _run(problem, fold, variants=("gnn_no_ot", "gnn_ot"), stack=False).predictions
+    assert "stacked" not in alone and np.isfinite(alone["gnn_ot"]).all()
+    with_stack = _run(problem, fold, variants=("gnn_no_ot", "gnn_ot")).predictions
+    np.testing.assert_array_equal(alone["gnn_ot"].to_numpy(), with_stack["gnn_ot"].to_numpy())
 
 
 def test_unknown_variant_is_rejected(problem):
