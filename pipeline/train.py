@@ -12,9 +12,11 @@ Tracking URI: ``MLFLOW_TRACKING_URI`` when set, otherwise ``train.tracking_uri``
 SQLite file).
 
 The measured formulas are split once (grouped) into a training and a selection part; every
-model is scored on the selection part. Caveat: the align stage's calibrated targets were
-fitted on *all* measurements, so ``mae_gnn_ot`` there is optimistic; leak-free numbers come
-from the evaluate stage (alignment refitted per fold).
+model is scored on the selection part. The GNNs never see a selection formula's calibrated
+targets, but the align stage fitted its calibration line (and, for formation enthalpies, its
+per-element corrections) on *all* measurements, so the selection scores of the models with OT
+may still be optimistic; leak-free numbers come from the evaluate stage (alignment refitted per
+fold).
 
 ``--distributed`` shares every GNN minibatch among the ranks ``torchrun`` starts and averages
 their gradients (:mod:`models.learners.distributed`: gloo on CPU, NCCL with one GPU per rank);
