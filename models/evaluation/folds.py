@@ -491,7 +491,9 @@ class _FoldRunner:
                                   init_state=copy.deepcopy(models.pretrained[m % len(models.pretrained)]),
                                   embeddings=self.embeddings[m % len(self.embeddings)]).model
                       for m in range(models.members)]
-            pred = predict_ensemble(fitted, fold_table, n_dft + te, device=self.device, clamp_min=base.clamp_min)
+            pred = predict_ensemble(fitted, fold_table, n_dft + te, device=self.device, clamp_min=base.clamp_min,
+                                    embeddings=[self.embeddings[m % len(self.embeddings)] for m in range(models.members)],
+                                    graphs_embedded=base.freeze_graph)
             out[name] = pred.experiment
             info[f"train_seconds_{name}"] = time.perf_counter() - t_gnn
 

@@ -132,9 +132,12 @@ def fit_property(
     if stack_config is not None:
         surrogate = reuse_surrogate(surrogate, stack_config, descriptors, ref, who=f"train {prop.name}")
     split = _split(dft, experiment, descriptors, ref, graphs, config)
-    fitted = _fit_gnns(split, train_config, config, dev, parallel, steps, prop=prop, pretrained=pretrained)
+    fitted, embeddings = _fit_gnns(split, train_config, config, dev, parallel, steps, prop=prop, pretrained=pretrained)
+    # member k started from encoder k % len(embeddings): its frozen output, as it trained and validated on
     preds = {name: predict_ensemble([r.model for r in res], split.table, split.sel_rows, device=dev,
-                                    clamp_min=prop.clamp_min)
+                                    clamp_min=prop.clamp_min,
+                                    embeddings=[embeddings[k % len(embeddings)] for k in range(len(res))],
+                                    graphs_embedded=train_config.freeze_graph)
              for name, res in fitted.items()}
     tr, sel = split.tr, split.sel
     d_tr, d_sel = tr["formula"].map(ref).to_numpy(float), sel["formula"].map(ref).to_numpy(float)
@@ -209,8 +212,11 @@ def without_calibrated_targets(dft: pd.DataFrame, formulas: Iterable[str]) -> pd
 
 def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, device: torch.device,
               parallel: DataParallelHook | None, steps: Steps, *, prop: Property,
-              pretrained: PretrainedEncoders | None = None) -> dict[str, list[TrainResult]]:
+              pretrained: PretrainedEncoders | None = None) -> tuple[dict[str, list[TrainResult]], list[torch.Tensor | None]]:
     """DFT-only pretraining, then ``config.members`` GNNs without and with OT terms (encoders shared round-robin).
+
+    Returns the members by variant and, per encoder, its frozen output on ``split.table`` (``[None]`` when the
+    encoders train with the members).
 
     The pretraining is ``pretrained``'s (the pretrain stage's) when it is the one this run would
     compute (:func:`reuse_pretrained`). Encoders and members train in ``config.workers`` forked
@@ -248,7 +254,8 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
 
         done = list(bar(fork_map(member, jobs, workers=workers, device=device), desc="GNN members",
                         total=len(jobs), unit="member"))
-    return {name: [r for (n, _), r in zip(jobs, done, strict=True) if n == name] for name in ("gnn_no_ot", "gnn_ot")}
+    return ({name: [r for (n, _), r in zip(jobs, done, strict=True) if n == name] for name in ("gnn_no_ot", "gnn_ot")},
+            embeddings)
 
 
 def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, split: _Split,

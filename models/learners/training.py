@@ -142,16 +142,38 @@ def _fit_scaler(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray) ->
     model.set_descriptor_scaler(mean, std)
 
 
+def _inputs(table: EntryTable, idx: np.ndarray, device: torch.device, cached: Tensor | None,
+            graphs_cached: bool) -> dict:
+    """Return the model's inputs for table rows ``idx``.
+
+    ``cached`` (the frozen encoders' output per table row) replaces the composition encoder's; with ``graphs_cached``
+    it holds the frozen crystal-graph encoder's output too, and no graph batch is built.
+    """
+    inputs = table.batch(idx, device, graphs=not (cached is not None and graphs_cached))
+    if cached is not None:
+        inputs["composition_embedding"] = cached[torch.from_numpy(np.asarray(idx)).to(device)]
+    return inputs
+
+
 @torch.no_grad()
 def predict(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray | None = None, *, device: torch.device | None = None,
-            batch_size: int = 1024, clamp_min: float | None = None) -> Prediction:
-    """Predictions of one model for ``rows`` of ``table`` (all rows by default)."""
+            batch_size: int = 1024, clamp_min: float | None = None, embeddings: Tensor | None = None,
+            graphs_embedded: bool = False) -> Prediction:
+    """Predictions of one model for ``rows`` of ``table`` (all rows by default).
+
+    ``embeddings``: the model's frozen encoders' output per row of ``table`` (:func:`frozen_embeddings`, what the
+    model trained on), used instead of running those encoders again; ``graphs_embedded``: it holds the frozen
+    crystal-graph encoder's output too (``freeze_graph``), so no crystal graph is convolved.
+    """
     device = device or next(model.parameters()).device
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
+    if embeddings is not None and len(embeddings) != len(table):
+        raise ValueError(f"embeddings for {len(embeddings)} rows, the table has {len(table)}")
+    cached = None if embeddings is None else embeddings.to(device)
     model.eval()
     dft, exp = [], []
     for s in range(0, len(rows), batch_size):
-        out = model(**table.batch(rows[s : s + batch_size], device))
+        out = model(**_inputs(table, rows[s : s + batch_size], device, cached, graphs_embedded))
         dft.append(out.dft.cpu().numpy())
         exp.append(out.experiment.cpu().numpy())
     d = np.concatenate(dft) if dft else np.zeros(0)
@@ -162,9 +184,17 @@ def predict(model: MultiFidelityNet, table: EntryTable, rows: np.ndarray | None 
 
 
 def predict_ensemble(models: Sequence[MultiFidelityNet], table: EntryTable, rows: np.ndarray | None = None, *,
-                     device: torch.device | None = None, clamp_min: float | None = None) -> Prediction:
-    """Mean prediction of the members and their standard deviation as uncertainty."""
-    preds = [predict(m, table, rows, device=device, clamp_min=clamp_min) for m in models]
+                     device: torch.device | None = None, clamp_min: float | None = None,
+                     embeddings: Sequence[Tensor | None] | None = None, graphs_embedded: bool = False) -> Prediction:
+    """Mean prediction of the members and their standard deviation as uncertainty.
+
+    ``embeddings``: per member, its frozen encoders' output per table row, or None (:func:`predict`).
+    """
+    if embeddings is not None and len(embeddings) != len(models):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(models)} members")
+    cached = embeddings if embeddings is not None else [None] * len(models)
+    preds = [predict(m, table, rows, device=device, clamp_min=clamp_min, embeddings=e, graphs_embedded=graphs_embedded)
+             for m, e in zip(models, cached, strict=True)]
     e = np.stack([p.experiment for p in preds])
     return Prediction(
         dft=np.mean([p.dft for p in preds], axis=0), experiment=e.mean(axis=0),
@@ -173,10 +203,11 @@ def predict_ensemble(models: Sequence[MultiFidelityNet], table: EntryTable, rows
 
 
 def _val_mae(model: MultiFidelityNet, table: EntryTable, val_rows: np.ndarray, device: torch.device,
-             clamp_min: float | None) -> float:
+             clamp_min: float | None, cached: Tensor | None = None, graphs_cached: bool = False) -> float:
     if len(val_rows) == 0:
         return math.nan
-    p = predict(model, table, val_rows, device=device, clamp_min=clamp_min)
+    p = predict(model, table, val_rows, device=device, clamp_min=clamp_min, embeddings=cached,
+                graphs_embedded=graphs_cached)
     if table.is_experiment[val_rows].any():
         sel = table.is_experiment[val_rows]
         return float(np.mean(np.abs(p.experiment[sel] - table.y_exp[val_rows][sel])))
@@ -385,9 +416,7 @@ def train_model(
                 d_idx, e_idx = parallel.shard(d_idx, e_idx)
             idx = np.concatenate([d_idx, e_idx])
             # a frozen crystal-graph encoder's output is in the cached embeddings: no graph batch to build
-            inputs = table.batch(idx, device, graphs=not (cached is not None and config.freeze_graph))
-            if cached is not None:
-                inputs["composition_embedding"] = cached[torch.from_numpy(idx).to(device)]
+            inputs = _inputs(table, idx, device, cached, config.freeze_graph)
             terms = _loss_terms(model(**inputs), table, d_idx, e_idx, phase=phase, config=config, device=device,
                                 held=rows.val_formula_dft)
             w_dft = config.w_dft if phase == "train" else 1.0
@@ -402,7 +431,8 @@ def train_model(
             sums += [float(loss.detach()), *(float(t.detach()) for t in terms)]
             n_steps += 1
         means = sums / max(n_steps, 1)
-        val = _val_mae(model, table, rows.val_rows, device, config.clamp_min)
+        # scored on the frozen encoders' cached output, as trained (not recomputed every epoch)
+        val = _val_mae(model, table, rows.val_rows, device, config.clamp_min, cached, config.freeze_graph)
         state["history"].append(EpochRecord(
             epoch=epoch, phase=phase, loss=float(means[0]), loss_dft=float(means[1]), loss_exp=float(means[2]),
             loss_calibrated=float(means[3]), loss_ot=float(means[4]), val_mae=float(val)))

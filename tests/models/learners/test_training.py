@@ -228,6 +228,41 @@ def test_frozen_crystal_graph_encoder_joins_the_cached_embeddings():
         TrainConfig(freeze_graph=True)
 
 
+def test_predictions_from_the_cached_embeddings_equal_the_encoders_run_again():
+    """A frozen member's validation and test rows are scored on the cached encoder output.
+
+    Instead of running the encoders (and convolving every crystal graph) again: the same numbers, graphs or not.
+    """
+    from models.learners import frozen_embeddings, predict_ensemble, pretrain_members
+
+    table = _graph_table()
+    for freeze_graph in (True, False):
+        cfg = TrainConfig(epochs=3, batch_size=2, dft_batch_size=4, val_fraction=0.3, model=SMALL, freeze_encoder=True,
+                          freeze_graph=freeze_graph)
+        state = pretrain_members(table, cfg, n_members=1, epochs=1, batch_size=4)[0]
+        emb = frozen_embeddings(table, cfg, state)
+        res = train_model(table, cfg, seed=0, init_state=state, embeddings=emb)
+        rows = np.array([9, 10, 12, 2])  # measurements with and without a graph, and a DFT entry
+        again = predict(res.model, table, rows)
+        cached = predict(res.model, table, rows, embeddings=emb, graphs_embedded=freeze_graph)
+        assert np.allclose(cached.experiment, again.experiment, atol=1e-5)
+        assert np.allclose(cached.dft, again.dft, atol=1e-5)
+        both = predict_ensemble([res.model, res.model], table, rows, embeddings=[emb, None], graphs_embedded=freeze_graph)
+        assert np.allclose(both.experiment, again.experiment, atol=1e-5)
+        # the validation MAE the member selected its epoch on is the cached prediction's
+        val = res.val_rows[table.is_experiment[res.val_rows]]
+        best = predict(res.model, table, val, embeddings=emb, graphs_embedded=freeze_graph)
+        assert np.mean(np.abs(best.experiment - table.y_exp[val])) == pytest.approx(res.best_val_mae, abs=1e-6)
+    # a cache with a graph branch missing gives other numbers: graphs_embedded must say what the cache holds
+    comp_only = frozen_embeddings(table, replace(cfg, freeze_graph=False), state)
+    wrong = predict(res.model, table, rows, embeddings=comp_only, graphs_embedded=True)
+    assert not np.allclose(wrong.experiment, again.experiment, atol=1e-3)
+    with pytest.raises(ValueError, match="embeddings for 12 rows"):
+        predict(res.model, table, rows, embeddings=emb[:-1])
+    with pytest.raises(ValueError, match="1 embeddings for 2 members"):
+        predict_ensemble([res.model, res.model], table, rows, embeddings=[emb])
+
+
 def test_pretraining_uses_dft_rows_only():
     from models.learners import pretrain_members
 
