@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 
 from models import atomic_dir
-from models.properties import PROPERTY_NAMES, get_property, reference_per_formula
+from models.properties import PROPERTY_NAMES, get_property
 from pipeline import readers
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.errors import MatshiftError
@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # torch and PyG: imported when the stage runs, not for `--help`
     from models.learners import (
-        EntryTable,
         PretrainedEncoders,
         determine_device,
         pretrain_settings,
+        pretraining_table,
         save_pretrained,
     )
     from models.progress import showing
@@ -58,14 +58,11 @@ def run(args: argparse.Namespace) -> int:
             save_pretrained(PretrainedEncoders(states=[], settings=pretrain_settings(fit, prop), fingerprint=""), tmp)
         log.info("pretrain %s: train.optim.pretrain_epochs is 0, nothing to pretrain -> %s", prop.name, out)
         return 0
-    # the DFT rows of the train stage's table, in its order (its measurement rows never enter pretraining)
-    dft = readers.read_dft(params.raw_dir, prop).rename(columns={prop.dft_column: "dft_value"})
-    dft = dft.dropna(subset=["dft_value"]).reset_index(drop=True)
     graphs = (readers.read_graphs(params.features_dir, hint="set train.model.use_graphs: false")
               if fit.model.use_graphs else None)
     try:
-        table = EntryTable.build(dft=dft, descriptors=readers.read_descriptors(params.features_dir),
-                                 dft_reference=reference_per_formula(dft), graphs=graphs)
+        table = pretraining_table(readers.read_dft(params.raw_dir, prop), prop,
+                                  descriptors=readers.read_descriptors(params.features_dir), graphs=graphs)
         pretrained = PretrainedEncoders.fit(table, fit, prop, device=determine_device(fit.device),
                                             workers=fit.workers, progress=showing())
     except ValueError as exc:

@@ -35,6 +35,7 @@ from models.learners import (
     PretrainedEncoders,
     determine_device,
     pretrain_members,
+    pretraining_table,
     reuse_pretrained,
     reuse_surrogate,
 )
@@ -167,9 +168,8 @@ def _train_pretraining(inputs: EvaluationInputs, fit: FitConfig, prop: Property,
     Otherwise they are computed here the same way, on every DFT entry with a value (the pretrain
     stage's table: no measurement), so the folds get the same states either way.
     """
-    dft = inputs.dft.rename(columns={prop.dft_column: "dft_value"}).dropna(subset=["dft_value"]).reset_index(drop=True)
-    table = EntryTable.build(dft=dft, descriptors=inputs.descriptors, dft_reference=reference_per_formula(dft),
-                             graphs=inputs.graphs if fit.model.use_graphs else None)
+    table = pretraining_table(inputs.dft, prop, descriptors=inputs.descriptors,
+                              graphs=inputs.graphs if fit.model.use_graphs else None)
     states = reuse_pretrained(inputs.pretrained, table, fit, prop, who=f"evaluate {prop.name}")
     return states if states is not None else PretrainedEncoders.fit(table, fit, prop, device=device,
                                                                     workers=workers).states

@@ -49,8 +49,8 @@ _LAZY = {
         "train_ensemble", "train_model",
     ),
     "pretrained": (
-        "PRETRAIN_FIELDS", "PretrainedEncoders", "load_pretrained", "pretrain_settings", "reuse_pretrained",
-        "save_pretrained",
+        "PRETRAIN_FIELDS", "PretrainedEncoders", "load_pretrained", "pretrain_settings", "pretraining_table",
+        "reuse_pretrained", "save_pretrained",
     ),
     "distributed": (
         "DataParallel", "init_from_env", "is_writer", "shutdown",

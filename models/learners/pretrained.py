@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -27,10 +28,10 @@ from models._io import read_header, write_header, write_with
 from models.learners.config import FitConfig
 from models.learners.table import EntryTable
 from models.learners.training import DataParallelHook, pretrain_members
-from models.properties import Property
+from models.properties import Property, reference_per_formula
 
-__all__ = ["PRETRAIN_FIELDS", "PretrainedEncoders", "load_pretrained", "pretrain_settings", "reuse_pretrained",
-           "save_pretrained"]
+__all__ = ["PRETRAIN_FIELDS", "PretrainedEncoders", "load_pretrained", "pretrain_settings", "pretraining_table",
+           "reuse_pretrained", "save_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ def pretrain_settings(fit: FitConfig, prop: Property) -> dict[str, Any]:
     settings = {"seed": fit.seed, "n_encoders": min(fit.encoders, fit.members),
                 **{f: getattr(config, f) for f in PRETRAIN_FIELDS}, "model": asdict(config.model)}
     return json.loads(json.dumps(settings))
+
+
+def pretraining_table(dft: pd.DataFrame, prop: Property, *, descriptors: pd.DataFrame,
+                      graphs: dict[str, Any] | None = None) -> EntryTable:
+    """Return the table DFT pretraining for ``prop`` reads: every DFT entry with a ``prop.dft_column`` value, in order.
+
+    The train stage's table holds these rows first (its measurement rows never enter pretraining), so the pretrain
+    stage, and an evaluate stage pretraining for itself, build it here and pretrain on the same rows.
+    ``graphs``: crystal graphs by material id (with ``train.model.use_graphs``), or None.
+    """
+    dft = dft.rename(columns={prop.dft_column: "dft_value"}).dropna(subset=["dft_value"]).reset_index(drop=True)
+    return EntryTable.build(dft=dft, descriptors=descriptors, dft_reference=reference_per_formula(dft), graphs=graphs)
 
 
 def dft_fingerprint(table: EntryTable) -> str:

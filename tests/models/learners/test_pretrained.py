@@ -19,10 +19,11 @@ from models.learners import (
     TrainConfig,
     load_pretrained,
     pretrain_members,
+    pretraining_table,
     reuse_pretrained,
     save_pretrained,
 )
-from models.properties import get_property
+from models.properties import get_property, reference_per_formula
 from tests.data import FORMULAS
 
 BAND_GAP = get_property("band_gap")
@@ -62,6 +63,19 @@ def test_pretraining_on_the_dft_rows_alone_is_the_train_stage_s_pretraining_bit_
     assert _equal(stage.states, in_train)
     # the fingerprint sees the DFT rows only: the train stage's table (measurements, calibrated targets) matches it
     assert stage.mismatch(_table(dft, desc, ref, exp), FIT, BAND_GAP) is None
+
+
+def test_the_pretraining_table_is_the_dft_rows_with_a_value_and_matches_the_train_stage_s():
+    """pretraining_table (the pretrain stage's, and evaluate's when it pretrains itself): DFT entries with a value only."""
+    dft, exp, desc, _ = _frames()
+    raw = dft.drop(columns=["calibrated_target", "confidence"]).rename(columns={"dft_value": BAND_GAP.dft_column})
+    raw.loc[[3, 7], BAND_GAP.dft_column] = np.nan  # entries without this property's value
+    table = pretraining_table(raw, BAND_GAP, descriptors=desc)
+    assert len(table) == 38 and not table.is_experiment.any()
+    assert np.array_equal(table.y_dft, raw[BAND_GAP.dft_column].dropna().to_numpy())
+    kept = dft.drop(index=[3, 7]).reset_index(drop=True)
+    stage = PretrainedEncoders.fit(table, FIT, BAND_GAP)
+    assert stage.mismatch(_table(kept, desc, reference_per_formula(kept), exp), FIT, BAND_GAP) is None
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(TrainConfig)
