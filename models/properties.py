@@ -24,6 +24,7 @@ Imports nothing of the project; never reads files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,17 +44,23 @@ class Property:
     clamp_min: float | None  # predictions are clipped below at this value (None: no bound)
     additive: bool  # DFT-to-experiment shifts are additive over elements (energy additivity in align)
     element_value: float | None = None  # what a pure element has by definition (None: nothing fixed)
+    # the values a DFT calculation of this property can give in ``unit``, with room to spare: a user's DFT value outside
+    # them is another quantity or another unit (meV, kJ/mol, eV per formula unit), refused by `matshift predict`
+    dft_bounds: tuple[float, float] = (-math.inf, math.inf)
 
 
 PROPERTIES: dict[str, Property] = {
     p.name: p
     for p in (
         Property(name="band_gap", label="band gap", unit="eV", dft_column="band_gap_pbe",
-                 measurement_file="experiment/expt_gap_zhuo2018.csv", clamp_min=0.0, additive=False),
+                 measurement_file="experiment/expt_gap_zhuo2018.csv", clamp_min=0.0, additive=False,
+                 # the mirror's largest PBE gap is 17.8 eV (HSE06: 20.3); no band gap reaches 40 eV
+                 dft_bounds=(0.0, 40.0)),
         Property(name="formation_enthalpy", label="formation enthalpy", unit="eV/atom",
                  dft_column="formation_energy_per_atom",
                  measurement_file="experiment/expt_formation_enthalpy_ssub.csv", clamp_min=None, additive=True,
-                 element_value=0.0),
+                 # the mirror's DFT formation energies span -4.52 to +2.34 eV/atom (NaCl's -2.1 eV/atom is -411 kJ/mol)
+                 element_value=0.0, dft_bounds=(-10.0, 10.0)),
     )
 }
 PROPERTY_NAMES: tuple[str, ...] = tuple(PROPERTIES)

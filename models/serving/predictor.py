@@ -82,6 +82,13 @@ class Predictor:
         self.dft = dft
         self.features_dir = Path(features_dir) if features_dir is not None else None
         self.calibration = calibration  # models.transport.CalibrationMap or None
+        # the DFT values the model was trained on (its per-formula references; else the lookup table's): a user's
+        # value beyond them is extrapolated, and the row says so
+        known = (ensemble.stacked.dft_reference if ensemble.stacked is not None
+                 else dft["dft_value"] if dft is not None else pd.Series(dtype=float))
+        known = known.to_numpy(float)
+        known = known[np.isfinite(known)]
+        self.dft_range = (float(known.min()), float(known.max())) if len(known) else (-np.inf, np.inf)
 
     @classmethod
     def load(cls, ref: str | Path, *, prop: Property, dft: pd.DataFrame | None = None,
@@ -161,6 +168,7 @@ class Predictor:
             structure_ids.append(sid if item.structure is None else None)
             note = _source(item, mid, val, sid, uses_graphs=uses_graphs)
             structure_used.append(note + (f"; {match.describe()}" if match is not None else f"; {why}" if why else ""))
+        beyond = self._beyond_dft_range(items, structure_used)
         graphs = self._graphs(items, structure_ids, structure_used) if uses_graphs else None
         if not uses_graphs:
             for k, item in enumerate(items):
@@ -228,9 +236,19 @@ class Predictor:
                 "polymorph_high": poly_high,
                 "calibrated_dft": calibrated,
                 "ad_score": ad,
-                "ad_warning": (ad > self.ad_threshold) | unseen,
+                "ad_warning": (ad > self.ad_threshold) | unseen | beyond,
             }
         )
+
+    def _beyond_dft_range(self, items, notes: list[str]) -> np.ndarray:
+        """Which inputs carry a user's ``dft_value`` outside :attr:`dft_range` (each note says so)."""
+        low, high = self.dft_range
+        beyond = np.array([item.dft_value is not None and not low <= item.dft_value <= high for item in items], bool)
+        unit = get_property(self.property).unit
+        for k in np.flatnonzero(beyond):
+            notes[k] += (f"; dft_value beyond the DFT values the model was trained on ({low:.2f} to {high:.2f} {unit}): "
+                         "extrapolated")
+        return beyond
 
     def _unseen_elements(self, formulas: list[str], notes: list[str]) -> np.ndarray:
         """Which inputs are pure elements when the training measurements hold none (each note says so)."""
@@ -311,11 +329,21 @@ class Predictor:
         return self.ensemble.featurize_missing([i.formula for i in items])
 
     def bad_dft_value(self, item) -> str | None:
-        """Why the user's ``dft_value`` of ``item`` is impossible for the property (a negative band gap), else None."""
-        floor = get_property(self.property).clamp_min
-        if item.dft_value is None or floor is None or item.dft_value >= floor:
+        """Why the user's ``dft_value`` of ``item`` cannot be the property's DFT value in its unit, else None.
+
+        Below the property's floor (a negative band gap), or outside :attr:`~models.properties.Property.dft_bounds`
+        (a value in meV, kJ/mol or per formula unit): refused, never extrapolated into a confident number.
+        """
+        if item.dft_value is None:
             return None
-        return f"dft_value {item.dft_value:g} is below {floor:g}, the lowest possible {self.property.replace('_', ' ')}"
+        prop = get_property(self.property)
+        low, high = prop.dft_bounds
+        if prop.clamp_min is not None and item.dft_value < prop.clamp_min:
+            return f"dft_value {item.dft_value:g} is below {prop.clamp_min:g}, the lowest possible {prop.label}"
+        if not low <= item.dft_value <= high:
+            return (f"dft_value {item.dft_value:g} is outside {low:g} to {high:g} {prop.unit}, the range a DFT "
+                    f"{prop.label} can take: is it in another unit? (the model takes {prop.unit})")
+        return None
 
 
 def _resolve(ref: str | Path) -> Path:

@@ -95,20 +95,27 @@ def test_quiet_predict_prints_no_third_party_warning(workdir):
 def test_input_csv_dft_value_column(workdir, monkeypatch, capsys):
     """The user's own DFT value replaces the mirror's, says so, and a bad one is refused by row, not guessed."""
     monkeypatch.chdir(workdir)
-    (workdir / "dft.csv").write_text("formula,dft_value\nNaCl,\nNaCl,0.5\nNaCl,6.0\nGaN,abc\nGaN,inf\nGaN,-0.2\nGaN,0\n")
+    (workdir / "dft.csv").write_text("formula,dft_value\nNaCl,\nNaCl,0.5\nNaCl,6.0\nGaN,abc\nGaN,inf\nGaN,-0.2\nGaN,0\n"
+                                     "GaN,8500\nGaN,30\n")
     out = workdir / "dft.json"
     assert main(["predict", "--no-metal", "--input", "dft.csv", "--output", str(out)]) == 1
     rows = json.loads(out.read_text())
-    mirror, low, high, bad, infinite, negative, zero = rows
+    mirror, low, high, bad, infinite, negative, zero, mev, beyond = rows
     assert mirror["structure_used"].startswith("mp-") and mirror["dft_value"] not in (0.5, 6.0)
     assert low["dft_value"] == 0.5 and high["dft_value"] == 6.0
-    assert low["structure_used"] == high["structure_used"] == "user DFT value"
+    # inside the DFT values the tiny model was trained on (0.22 to 5.62 eV) the note says the source alone
+    assert low["structure_used"] == "user DFT value" and high["structure_used"].startswith("user DFT value")
     assert low["prediction"] != high["prediction"]  # the value reaches the model
     assert bad["prediction"] is None and "dft_value 'abc' is not a number" in bad["error"]
     assert infinite["prediction"] is None and "not a finite number" in infinite["error"]
     # a band gap cannot be negative: refused by row, not clipped to 0 in silence; 0 itself is a valid PBE gap
     assert negative["prediction"] is None and "dft_value -0.2 is below 0, the lowest possible band gap" in negative["error"]
     assert zero["error"] is None and zero["dft_value"] == 0.0
+    # a value in meV is no band gap in eV: refused, not extrapolated into a confident 9000 eV
+    assert mev["prediction"] is None and "dft_value 8500 is outside 0 to 40 eV" in mev["error"]
+    # a possible band gap beyond every DFT value the model was trained on: predicted, flagged and said
+    assert beyond["error"] is None and beyond["ad_warning"] is True
+    assert "dft_value beyond the DFT values the model was trained on (0.22 to 5.62 eV)" in beyond["structure_used"]
     assert "Traceback" not in capsys.readouterr().err
 
 
