@@ -67,12 +67,13 @@ def run(args: argparse.Namespace) -> int:
     quick = getattr(args, "quick", False)
     settings = params.quick if quick else params.full
     set_threads(params.threads)
-    shared = settings.pretraining == "train"  # the train stage's model and encoders, crystal graphs as it has them
     inputs = load_inputs(params, prop, extra=fit.extra_fidelities(prop),
-                         use_graphs=fit.model.use_graphs if shared else settings.use_graphs,
+                         use_graphs=settings.uses_graphs(fit.model.use_graphs),
                          surrogate_dir=train.surrogate_dir if fit.stack.enabled else None)
+    # the train stage's encoders, for the folds' GNNs with pretraining: train
     gnns = any(m.startswith("gnn_") for m in settings.models)
-    inputs.pretrained = read_pretrained(train.pretrained_dir / prop.name) if shared and gnns else None
+    shared = settings.pretraining == "train" and gnns
+    inputs.pretrained = read_pretrained(train.pretrained_dir / prop.name) if shared else None
     check_correction_terms(fit.stack_config(prop), inputs.descriptors, prop.name)
     try:
         result = evaluate_property(inputs, prop=prop, settings=settings, fit=fit, align=align, seed=params.seed,

@@ -108,6 +108,14 @@ class EvalSettings:
             raise ValueError(f"top_fraction must be in (0, 1), got {self.top_fraction}")
         if min(self.members, self.encoders, self.epochs, self.patience, self.rf_trees, self.shift_sample) < 1:
             raise ValueError("members, encoders, epochs, patience, rf_trees and shift_sample must be >= 1")
+
+    def uses_graphs(self, model_uses_graphs: bool) -> bool:
+        """Whether the folds' GNN tables carry crystal graphs.
+
+        With ``pretraining: train`` the train stage's model's ``use_graphs`` (``model_uses_graphs``), else this
+        budget's own ``use_graphs``.
+        """
+        return model_uses_graphs if self.pretraining == "train" else self.use_graphs
         if self.max_measurements < 0 or self.max_dft < 0 or self.pretrain_epochs < 0:
             raise ValueError("max_measurements, max_dft and pretrain_epochs must be >= 0")
 

@@ -476,6 +476,8 @@ class _FoldRunner:
         fold_table.y_exp = table.y_exp.copy()
         fold_table.y_exp[n_dft + te] = np.nan
         train_rows = np.concatenate([np.arange(n_dft), n_dft + tr])
+        # member m starts from encoder m % len(pretrained), and trains and predicts on that encoder's frozen output
+        member_embeddings = [self.embeddings[m % len(self.embeddings)] for m in range(models.members)]
         for name in self.gnn_variants:
             v = GNN_VARIANTS[name]
             cal = np.full(len(table), np.nan)
@@ -489,11 +491,10 @@ class _FoldRunner:
             fitted = [train_model(fold_table, cfg, seed=self.seed + 1000 * k + m, train_rows=train_rows,
                                   device=self.device,
                                   init_state=copy.deepcopy(models.pretrained[m % len(models.pretrained)]),
-                                  embeddings=self.embeddings[m % len(self.embeddings)]).model
+                                  embeddings=member_embeddings[m]).model
                       for m in range(models.members)]
             pred = predict_ensemble(fitted, fold_table, n_dft + te, device=self.device, clamp_min=base.clamp_min,
-                                    embeddings=[self.embeddings[m % len(self.embeddings)] for m in range(models.members)],
-                                    graphs_embedded=base.freeze_graph)
+                                    embeddings=member_embeddings, graphs_embedded=base.freeze_graph)
             out[name] = pred.experiment
             info[f"train_seconds_{name}"] = time.perf_counter() - t_gnn
 

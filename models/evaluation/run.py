@@ -98,7 +98,7 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     t0 = time.perf_counter()
     align = align.for_property(prop)
     shared = settings.pretraining == "train"  # the train stage's encoders and model, crystal graphs included
-    use_graphs = fit.model.use_graphs if shared else settings.use_graphs
+    use_graphs = settings.uses_graphs(fit.model.use_graphs)
     problem = _problem(inputs, settings, seed=seed, use_graphs=use_graphs)
     exp = problem["experiment"]
     log.info("%s: %d measurements (%d formulas), %d DFT entries; %s budget", prop.name, len(exp),

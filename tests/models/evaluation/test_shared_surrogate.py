@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from models.evaluation import stack_inputs
 from models.evaluation.config import EvalSettings
@@ -57,3 +58,13 @@ def test_a_stale_shared_surrogate_is_refitted_and_the_log_says_why(caplog):
         desc, own.dft_reference.where(own.dft_reference.index != "Na7Cl", 9.0)))
     assert "fitted on other DFT references or descriptors" in log
     np.testing.assert_array_equal(got.surrogate.out_of_fold_.to_numpy(), own.surrogate.out_of_fold_.to_numpy())
+
+
+def test_the_folds_take_crystal_graphs_as_their_pretraining_says():
+    """pretraining: train uses the train stage's model as it is (its use_graphs); own uses the budget's use_graphs."""
+    assert EvalSettings(pretraining="train", use_graphs=False).uses_graphs(True) is True
+    assert EvalSettings(pretraining="train", use_graphs=True).uses_graphs(False) is False
+    assert EvalSettings(pretraining="own", use_graphs=False).uses_graphs(True) is False
+    assert EvalSettings(pretraining="own", use_graphs=True).uses_graphs(False) is True
+    with pytest.raises(ValueError, match="pretraining must be 'own' or 'train'"):
+        EvalSettings(pretraining="stage")
