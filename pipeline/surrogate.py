@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     descriptors = readers.read_descriptors(params.features_dir)
     t0 = time.perf_counter()
     try:
-        surrogate = DFTSurrogate(config).fit(descriptors, ref)
+        # its six fits in train.workers forked processes, one LightGBM thread each (DFTSurrogate.fit)
+        surrogate = DFTSurrogate(config).fit(descriptors, ref, workers=fit.workers)
     except ValueError as exc:
         raise MatshiftError(f"surrogate {prop.name}: {exc}") from exc
     out = params.surrogate_dir / prop.name

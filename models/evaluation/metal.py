@@ -297,7 +297,7 @@ def prepare_metal(*, classes: pd.DataFrame, gaps: pd.DataFrame, dft: pd.DataFram
              classifier.gap_surrogate.mae_, classifier.metal_surrogate.mae_, len(classifier.dft_table),
              time.perf_counter() - t0)
     classifier.cache_features(descriptors, labels.index)  # every fold's rows: computed once, before the folds fork
-    classifier.gap_surrogate.remember(descriptors)  # so is the regressor's surrogate column
+    classifier.gap_surrogate.remember(descriptors, gaps["formula"])  # so is the regressor's surrogate column
     data = MetalData(labels=labels, gaps=gaps, descriptors=descriptors, classifier=classifier, stack=stack,
                      dft_reference=dft_reference,
                      extra_reference={c: reference_per_formula(dft, value=c) for c in extra_columns if c in dft},

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -133,7 +133,7 @@ def evaluate_property(inputs: EvaluationInputs, *, prop: Property, settings: Eva
     pretrain_s = time.perf_counter() - tp0
     log.info("%s: %d DFT-pretrained encoder(s) in %.0f s", prop.name, len(pretrained), pretrain_s)
     stack = stack_inputs(inputs.dft, inputs.descriptors, settings, fold_fit, prop, threads=threads,
-                         surrogate=inputs.surrogate) if stacked else None
+                         surrogate=inputs.surrogate, formulas=exp["formula"].tolist()) if stacked else None
     neural = None
     if settings.neural_iterations:
         neural = align.options.neural
@@ -221,14 +221,18 @@ def _problem(inputs: EvaluationInputs, settings: EvalSettings, *, seed: int,
 
 
 def stack_inputs(dft: pd.DataFrame, descriptors: pd.DataFrame, settings: EvalSettings, fit: FitConfig,
-                 prop: Property, *, threads: int, surrogate: DFTSurrogate | None = None) -> StackInputs:
+                 prop: Property, *, threads: int, surrogate: DFTSurrogate | None = None,
+                 formulas: Sequence[str] | None = None) -> StackInputs:
     """Build the stacked models' shared inputs: per-formula DFT references of all DFT entries, the DFT surrogate.
 
     Both come from DFT labels only (no measurement), so every fold may share them. LightGBM
     gets ``threads``: two properties evaluated side by side with the train stage's 2 threads
     each oversubscribe 2 cores, and OpenMP's spinning then stalls both for minutes.
     ``surrogate``: one fitted beforehand (the surrogate stage's), used as
-    :func:`models.learners.reuse_surrogate` decides; otherwise fitted here.
+    :func:`models.learners.reuse_surrogate` decides; otherwise fitted here. ``formulas``: those the
+    stacked models will be fitted and scored on (the measurements'), whose surrogate values are
+    computed once here; None: every formula of ``descriptors`` (the formation-enthalpy surrogate's
+    bonding columns of the 22,000 formulas without a DFT label took about 12 s on one core).
     """
     config = fit.stack_config(prop)
     if config is None:
@@ -243,7 +247,7 @@ def stack_inputs(dft: pd.DataFrame, descriptors: pd.DataFrame, settings: EvalSet
         surrogate = DFTSurrogate(config).fit(descriptors, ref)
         log.info("%s: DFT surrogate of the stacked models (DFT labels only; out-of-fold MAE %.4f on %d formulas) in "
                  "%.0f s", prop.name, surrogate.mae_, len(ref), time.perf_counter() - t0)
-    surrogate.remember(descriptors)  # the trees' values of formulas without DFT, once, before the folds fork
+    surrogate.remember(descriptors, formulas)  # the trees' values of formulas without DFT, once, before the folds fork
     return StackInputs(config=config, dft_reference=ref, surrogate=surrogate, extra_reference=extra,
                        intervals=fit.intervals)
 

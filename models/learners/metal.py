@@ -39,7 +39,6 @@ from featurizers.bonding import bonding_descriptors, ionic_descriptors
 from models._io import read_header, write_header
 from models.learners.config import MetalConfig
 from models.learners.stacked import DFTSurrogate, descriptor_matrix, surrogate_from_state, surrogate_state
-from models.parallel import fork_map
 from models.properties import choose_polymorphs
 
 __all__ = [
@@ -68,7 +67,7 @@ def dft_metal_table(dft: pd.DataFrame, *, metal_gap: float = 0.0) -> pd.DataFram
         "dft_entries": grouped.size().astype(float),
         "dft_min_gap": grouped.min(),
         "dft_gap": choose_polymorphs(frame)["dft_value"].astype(float),
-        "dft_metal_fraction": grouped.agg(lambda v: float((v <= metal_gap).mean())),
+        "dft_metal_fraction": (frame["dft_value"] <= metal_gap).astype(float).groupby(frame["formula"]).mean(),
     })
     return out.loc[:, list(DFT_METAL_COLUMNS)]
 
@@ -147,18 +146,17 @@ class MetalClassifier:
     def fit_surrogates(self, descriptors: pd.DataFrame, *, workers: int = 1) -> MetalClassifier:
         """Fit the two DFT surrogates on the DFT entries (a no-op for those already given).
 
-        ``workers`` > 1: the two fit side by side in forked processes (:func:`models.parallel.fork_map`),
-        the same models as one after the other; only with the config's ``n_jobs`` 1 (LightGBM on more
-        threads in a forked worker can hang), else one after the other here.
+        ``workers`` > 1: each surrogate's six fits run in that many forked processes
+        (:meth:`DFTSurrogate.fit`), one LightGBM thread each: the same models as one after the
+        other with the config's ``n_jobs`` 1; only with that setting (LightGBM on more threads in a
+        forked worker can hang), else one after the other here.
         """
         sconf = self.config.surrogate_config()
         metal = (self.dft_table["dft_gap"] <= self.config.dft_metal_gap).astype(float)
-        todo = [(name, target) for name, target in (("gap_surrogate", self.dft_table["dft_gap"]),
-                                                    ("metal_surrogate", metal)) if getattr(self, name) is None]
-        fitted = fork_map(lambda item: DFTSurrogate(sconf).fit(descriptors, item[1]), todo,
-                          workers=workers if sconf.n_jobs == 1 else 1)
-        for (name, _), surrogate in zip(todo, fitted, strict=True):
-            setattr(self, name, surrogate)
+        for name, target in (("gap_surrogate", self.dft_table["dft_gap"]), ("metal_surrogate", metal)):
+            if getattr(self, name) is None:
+                setattr(self, name, DFTSurrogate(sconf).fit(descriptors, target,
+                                                            workers=workers if sconf.n_jobs == 1 else 1))
         return self
 
     def cache_features(self, descriptors: pd.DataFrame, formulas: Sequence[str]) -> FeatureCache:

@@ -59,7 +59,7 @@ import json
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from featurizers.chemistry import element_fractions, element_mask
 from models._io import read_header, write_header
 from models.learners.config import StackConfig
 from models.learners.shift_field import ShiftField, descriptor_rows
+from models.parallel import fork_map
 from models.progress import bar
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,20 @@ def descriptor_matrix(descriptors: pd.DataFrame, formulas: Sequence[str], column
     return x
 
 
-def _bonding_block(formulas: list[str]) -> np.ndarray:
-    """Return the bonding and ionic descriptors of ``formulas`` (:mod:`featurizers.bonding`), bonding columns first."""
-    return np.column_stack([bonding_descriptors(formulas).to_numpy(float), ionic_descriptors(formulas).to_numpy(float)])
+def _bonding_block(formulas: list[str], *, workers: int = 1) -> np.ndarray:
+    """Return the bonding and ionic descriptors of ``formulas`` (:mod:`featurizers.bonding`), bonding columns first.
+
+    ``workers`` > 1: the formulas in that many contiguous chunks, one per forked process (the
+    same rows; matminer's oxidation-state guesses take about 0.3 ms per formula).
+    """
+    def block(part: list[str]) -> np.ndarray:
+        return np.column_stack([bonding_descriptors(part).to_numpy(float), ionic_descriptors(part).to_numpy(float)])
+
+    if workers <= 1 or len(formulas) < 2 * workers:
+        return block(formulas)
+    step = -(-len(formulas) // workers)
+    return np.vstack(list(fork_map(block, [formulas[i:i + step] for i in range(0, len(formulas), step)],
+                                   workers=workers)))
 
 
 def _booster(config: StackConfig, *, trees: int, leaves: int, lr: float, seed: int, max_bin: int, colsample: float,
@@ -171,8 +183,17 @@ class DFTSurrogate:
         self.config = config or StackConfig()
         self._memory: dict[bytes, float] = {}  # the full model's value per descriptor row (:meth:`predict`)
 
-    def fit(self, descriptors: pd.DataFrame, dft_reference: pd.Series, *, client: Any = None) -> DFTSurrogate:
+    def fit(self, descriptors: pd.DataFrame, dft_reference: pd.Series, *, client: Any = None,
+            workers: int = 1) -> DFTSurrogate:
         """``dft_reference``: one DFT value per formula (index = formula), e.g. from ``reference_per_formula``.
+
+        ``workers`` > 1: the six fits run in that many forked processes, one LightGBM thread each
+        (:func:`models.parallel.fork_map`). On these data two one-thread fits side by side take
+        about as long as one fit on two threads (benchmarks/surrogate_workers.py), so a surrogate
+        stage on 2 cores takes a little more than half the time. The fitted models are the ones a
+        one-thread fit here gives; they then predict on the config's ``n_jobs`` threads. Two
+        threads build each histogram in another order, so a fit on ``n_jobs`` 2 differs from it
+        in the last digits of its values (about 1e-10).
 
         ``client``: a ``dask.distributed.Client``; the six LightGBM fits (five out-of-fold and
         the full one) then run on its workers through LightGBM's own Dask interface, the rows
@@ -188,19 +209,32 @@ class DFTSurrogate:
         self.columns_ = _numeric_columns(descriptors)
         x = descriptor_matrix(descriptors, ref.index, self.columns_)
         fingerprint = _fingerprint(self.columns_, ref, x)
-        x = self._with_bonding(x, ref.index)
+        x = self._with_bonding(x, ref.index, workers=workers if client is None else 1)
         y = ref.to_numpy(float)
         fold = np.random.default_rng(c.seed).integers(0, c.surrogate_folds, len(y))
+        parallel = workers > 1 and client is None
+        fit_config = replace(c, n_jobs=1) if parallel else c  # one thread per forked worker (fork_map)
+
+        def fit_one(k: int | None) -> tuple[Any, np.ndarray | None]:
+            """Fold ``k``'s model and its out-of-fold values; None: the full model (no values)."""
+            rows = np.ones(len(y), bool) if k is None else fold != k
+            m = _booster(fit_config, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
+                         seed=c.seed + (0 if k is None else k), max_bin=c.surrogate_max_bin,
+                         colsample=c.surrogate_colsample)
+            m = _fit_on(m, x[rows], y[rows], client)
+            return m, None if k is None else m.predict(x[~rows])
+
+        pieces = [*range(c.surrogate_folds), None]
+        fitted = list(bar(fork_map(fit_one, pieces, workers=workers if parallel else 1), total=len(pieces),
+                          desc="DFT surrogate", unit="fit"))
         oof = np.empty(len(y))
-        for k in bar(range(c.surrogate_folds), desc="DFT surrogate", unit="fold"):
-            m = _booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr, seed=c.seed + k,
-                         max_bin=c.surrogate_max_bin, colsample=c.surrogate_colsample)
-            m = _fit_on(m, x[fold != k], y[fold != k], client)
-            oof[fold == k] = m.predict(x[fold == k])
+        for k, (_, values) in zip(pieces, fitted, strict=True):
+            if k is not None:
+                oof[fold == k] = values
         self.out_of_fold_ = pd.Series(oof, index=ref.index)
-        self.model_ = _fit_on(_booster(c, trees=c.surrogate_trees, leaves=c.surrogate_leaves, lr=c.surrogate_lr,
-                                       seed=c.seed, max_bin=c.surrogate_max_bin, colsample=c.surrogate_colsample),
-                                   x, y, client)
+        self.model_ = fitted[-1][0]
+        if parallel and hasattr(self.model_, "set_params"):
+            self.model_.set_params(n_jobs=c.n_jobs)  # predictions here take the config's threads again
         self.mae_ = float(np.mean(np.abs(oof - y)))
         self.fingerprint_ = fingerprint
         self._memory = {}  # values of the trees fitted before, if any
@@ -226,19 +260,22 @@ class DFTSurrogate:
             out[new] = self._full_model(self._with_bonding(descriptor_matrix(descriptors, unseen, self.columns_), unseen))
         return out
 
-    def _with_bonding(self, x: np.ndarray, formulas: Sequence[str]) -> np.ndarray:
+    def _with_bonding(self, x: np.ndarray, formulas: Sequence[str], *, workers: int = 1) -> np.ndarray:
         """Return the model's input: the descriptor rows, with ``surrogate_bonding`` the bonding and ionic columns after them."""
         if not self.config.surrogate_bonding:
             return x
-        return np.column_stack([x, _bonding_block(list(formulas)).astype(np.float32)])
+        return np.column_stack([x, _bonding_block(list(formulas), workers=workers).astype(np.float32)])
 
-    def remember(self, descriptors: pd.DataFrame) -> int:
-        """Compute the full model's value of every formula in ``descriptors`` without a DFT label; return how many.
+    def remember(self, descriptors: pd.DataFrame, formulas: Sequence[str] | None = None) -> int:
+        """Compute the full model's value of every formula without a DFT label; return how many.
 
-        Called once before work forks (evaluate's folds, the metal stage's folds), so that every
-        process reads the values instead of computing them again. Changes no prediction.
+        ``formulas``: those the work ahead will ask for (the measured ones); None: every formula of
+        ``descriptors``. Called once before work forks (evaluate's folds, the metal stage's folds), so
+        that every process reads the values instead of computing them again. Changes no prediction:
+        a formula not remembered is computed when asked.
         """
-        formulas = [f for f in descriptors["formula"] if f not in self.out_of_fold_.index]
+        asked = descriptors["formula"] if formulas is None else dict.fromkeys(formulas)
+        formulas = [f for f in asked if f not in self.out_of_fold_.index]
         if formulas:
             self.predict(descriptors, formulas)
         return len(formulas)

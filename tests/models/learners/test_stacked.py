@@ -59,6 +59,27 @@ def test_surrogate_on_a_dask_cluster_learns_what_the_local_fit_learns():
     assert np.corrcoef(spread.predict(desc, new), local.predict(desc, new))[0, 1] > 0.99
 
 
+def test_surrogate_fits_in_forked_workers_are_the_one_process_fits():
+    """``workers=2``: the six fits (and the bonding columns) in two forked processes, one LightGBM thread each, give
+    the models a one-thread fit here gives, bit for bit; those then predict on the config's threads."""
+    from models.parallel import can_fork
+
+    if not can_fork():
+        pytest.skip("no fork on this platform")
+    rng = np.random.default_rng(4)
+    formulas = [f"Na{i}Cl{j}" for i in range(1, 30) for j in range(1, 20)]
+    desc = pd.DataFrame({"formula": formulas, "a": rng.normal(size=len(formulas)), "b": rng.normal(size=len(formulas))})
+    ref = pd.Series(2.0 * desc["a"].to_numpy() + np.array([j / (i + j) for i in range(1, 30) for j in range(1, 20)]),
+                    index=formulas).iloc[::2]
+    config = replace(FAST, surrogate_bonding=True, n_jobs=2)
+    here = DFTSurrogate(replace(config, n_jobs=1)).fit(desc, ref)
+    forked = DFTSurrogate(config).fit(desc, ref, workers=2)
+    np.testing.assert_array_equal(forked.out_of_fold_.to_numpy(), here.out_of_fold_.to_numpy())
+    new = formulas[1::2]
+    np.testing.assert_array_equal(forked.predict(desc, new), here.predict(desc, new))
+    assert forked.mae_ == here.mae_ and forked.config.n_jobs == 2 and forked.model_.get_params()["n_jobs"] == 2
+
+
 def test_stacked_model_uses_the_dft_surrogate_where_no_dft_value_is_known():
     formulas, desc, _, y, ref = _world()
     # few measurements (the realistic regime): 60 for training, all test formulas without DFT entries
@@ -731,6 +752,10 @@ def test_surrogate_remembers_the_trees_values_and_gives_the_same_numbers(tmp_pat
             self.rows += len(x)
             return self.booster.predict(x, **kwargs)
 
+    only = load_surrogate(tmp_path / "s")
+    only.model_ = asked = Counting(only.model_)
+    # only the formulas the work ahead asks for (a repeat once, labelled ones from the out-of-fold values)
+    assert only.remember(desc, [new[0], new[1], new[0], formulas[0]]) == 2 and asked.rows == 2
     fresh.model_ = counting = Counting(fresh.model_)
     shared = fresh.for_config(replace(FAST, n_jobs=2))  # a fold's copy, made before anything is remembered
     assert fresh.remember(desc) == 300 and counting.rows == 300  # every formula without a DFT label, once
