@@ -159,13 +159,14 @@ def fit_property(
         with steps("stacked model"):
             stacked = _fit_stacked(dft, descriptors, ref, split, selection, stack_config,
                                    extra_fidelities=config.extra_fidelities(prop), ot_features=config.stack.ot_features,
-                                   client=dask_client, surrogate=surrogate)
+                                   client=dask_client, surrogate=surrogate, workers=config.workers)
         served = selection["stacked_ot" if "stacked_ot" in selection else "stacked"]
         w = config.stack.blend_weight
         selection["served"] = w * served + (1 - w) * selection["gnn_ot"]
         try:
             with steps("prediction intervals"):
-                intervals = _fit_intervals(descriptors, split, stacked, config.intervals, prop, seed=config.seed)
+                intervals = _fit_intervals(descriptors, split, stacked, config.intervals, prop, seed=config.seed,
+                                           workers=config.workers)
         except ValueError as exc:  # too few measurements for the out-of-fold models: served without intervals
             log.warning("%s: no prediction intervals (%s); predictions will have lower/upper NaN", prop.name, exc)
         if intervals is not None:
@@ -260,10 +261,12 @@ def _fit_gnns(split: _Split, train_config: TrainConfig, config: FitConfig, devic
 
 def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, split: _Split,
                  selection: pd.DataFrame, stack_config: StackConfig, *, extra_fidelities: tuple[str, ...],
-                 ot_features: bool, client: Any = None, surrogate: DFTSurrogate | None = None) -> StackedModel:
+                 ot_features: bool, client: Any = None, surrogate: DFTSurrogate | None = None,
+                 workers: int = 1) -> StackedModel:
     """Fit the stacked model without OT and, with ``ot_features``, with the shift field (returned: the served one).
 
-    ``surrogate``: the DFT surrogate to share (checked by the caller); None fits it here.
+    ``surrogate``: the DFT surrogate to share (checked by the caller); None fits it here. ``workers``:
+    forked processes for the boosters (:meth:`StackedModel.fit`).
     """
     tr, sel = split.tr, split.sel
     extra = {c: reference_per_formula(dft, value=c) for c in extra_fidelities if c in dft}
@@ -271,7 +274,7 @@ def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, s
     if surrogate is None and client is not None:
         surrogate = DFTSurrogate(stack_config).fit(descriptors, ref, client=client)
     stacked = StackedModel(stack_config, dft_reference=ref, extra_reference=extra, surrogate=surrogate).fit(
-        descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+        descriptors, tr["formula"].tolist(), tr["value"].to_numpy(), workers=workers)
     selection["stacked"] = stacked.predict(descriptors, sel["formula"].tolist())
     if not (ot_features and {"calibrated_target", "confidence"} <= set(dft.columns)):
         return stacked
@@ -284,19 +287,23 @@ def _fit_stacked(dft: pd.DataFrame, descriptors: pd.DataFrame, ref: pd.Series, s
                          "stage's DFT entries and the measurements; set train.stack.ot_features: false "
                          "to train without them)") from exc
     stacked = StackedModel(stack_config, dft_reference=ref, extra_reference=extra, surrogate=stacked.surrogate,
-                           shift_field=field).fit(descriptors, tr["formula"].tolist(), tr["value"].to_numpy())
+                           shift_field=field).fit(descriptors, tr["formula"].tolist(), tr["value"].to_numpy(),
+                                                  workers=workers)
     selection["stacked_ot"] = stacked.predict(descriptors, sel["formula"].tolist())
     return stacked
 
 
 def _fit_intervals(descriptors: pd.DataFrame, split: _Split, stacked: StackedModel, settings: IntervalConfig,
-                   prop: Property, *, seed: int) -> ConformalIntervals:
+                   prop: Property, *, seed: int, workers: int = 1) -> ConformalIntervals:
     """Calibrate the conformal intervals on out-of-fold residuals of the training part (see the module docstring).
 
-    The out-of-fold models are ``stacked``'s settings under :meth:`IntervalConfig.booster_config`, without OT.
+    The out-of-fold models are ``stacked``'s settings under :meth:`IntervalConfig.booster_config`, without OT;
+    ``workers`` > 1: its folds in that many forked processes, one LightGBM thread each.
     """
     tr = split.tr
     config = settings.booster_config(stacked.config)
+    if workers > 1:
+        config = replace(config, n_jobs=1)
 
     def fit_predict(formulas: list[str], y: np.ndarray, test: list[str]) -> np.ndarray:
         model = StackedModel(config, dft_reference=stacked.dft_reference, surrogate=stacked.surrogate,
@@ -304,7 +311,7 @@ def _fit_intervals(descriptors: pd.DataFrame, split: _Split, stacked: StackedMod
         return model.fit(descriptors, formulas, y).predict(descriptors, test)
 
     y = tr["value"].to_numpy(float)
-    oof = out_of_fold(fit_predict, tr["formula"].tolist(), y, folds=settings.folds, seed=seed)
+    oof = out_of_fold(fit_predict, tr["formula"].tolist(), y, folds=settings.folds, seed=seed, workers=workers)
     x = descriptor_matrix(descriptors, tr["formula"].tolist(), stacked.surrogate.columns_)
     return ConformalIntervals(settings, clamp_min=prop.clamp_min, elements_apart=prop.element_value is not None).fit(
         x, tr["formula"].tolist(), y - oof)

@@ -50,16 +50,19 @@ import pandas as pd
 from featurizers.chemistry import element_mask
 from models._io import sha256_file
 from models.learners.config import IntervalConfig
+from models.parallel import fork_map
 from models.progress import bar
 
 __all__ = ["ConformalIntervals", "out_of_fold"]
 
 
 def out_of_fold(fit_predict: Callable[[list[str], np.ndarray, list[str]], np.ndarray], formulas: Sequence[str],
-                y: np.ndarray, *, folds: int = 5, seed: int = 0) -> np.ndarray:
+                y: np.ndarray, *, folds: int = 5, seed: int = 0, workers: int = 1) -> np.ndarray:
     """Out-of-fold predictions: formulas dealt to ``folds`` groups at random (seeded), each predicted by a model of the others.
 
     ``fit_predict(train_formulas, train_y, test_formulas)`` fits a fresh model and predicts.
+    ``workers`` > 1: the folds in that many forked processes (:func:`models.parallel.fork_map`;
+    LightGBM models in ``fit_predict`` then need ``n_jobs`` 1).
     """
     formulas = np.asarray(formulas, dtype=object)
     y = np.asarray(y, float)
@@ -69,10 +72,14 @@ def out_of_fold(fit_predict: Callable[[list[str], np.ndarray, list[str]], np.nda
     order = np.random.default_rng(seed).permutation(len(groups))
     fold_of = dict(zip(groups[order], np.arange(len(groups)) % folds, strict=True))
     label = np.array([fold_of[f] for f in formulas])
-    out = np.empty(len(y))
-    for k in bar(range(folds), desc="out-of-fold models", unit="fold"):
+    def one(k: int) -> np.ndarray:
         test = label == k
-        out[test] = fit_predict(list(formulas[~test]), y[~test], list(formulas[test]))
+        return fit_predict(list(formulas[~test]), y[~test], list(formulas[test]))
+
+    out = np.empty(len(y))
+    for k, values in enumerate(bar(fork_map(one, range(folds), workers=workers), total=folds,
+                                   desc="out-of-fold models", unit="fold")):
+        out[label == k] = values
     return out
 
 

@@ -448,7 +448,14 @@ class StackedModel:
         keys = pd.Series(list(formulas), dtype=object)
         return {name: keys.map(ref).to_numpy(float) for name, ref in self.extra_reference.items()}
 
-    def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], y: np.ndarray) -> StackedModel:
+    def fit(self, descriptors: pd.DataFrame, formulas: Sequence[str], y: np.ndarray, *,
+            workers: int = 1) -> StackedModel:
+        """Fit the correction, the calibration line and ``config.bags`` boosters on the residual.
+
+        ``workers`` > 1: the boosters in that many forked processes, one LightGBM thread each
+        (:func:`models.parallel.fork_map`; the models a one-thread fit here gives, which then
+        predict on the config's ``n_jobs`` threads), as :meth:`DFTSurrogate.fit`.
+        """
         c = self.config
         y = np.asarray(y, float)
         if len(y) != len(formulas):
@@ -466,13 +473,20 @@ class StackedModel:
             lo, hi = np.quantile(y, [0.02, 0.98])
             self.target_range_ = (float(lo), float(hi), float(np.std(y)) or 1.0)
         x = np.column_stack([x, base]).astype(np.float32)
-        self.models_ = []
-        for b in bar(range(c.bags), desc="boosters", unit="booster"):
-            m = _booster(c, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, max_bin=c.max_bin,
+        fit_config = replace(c, n_jobs=1) if workers > 1 else c  # one thread per forked worker (fork_map)
+
+        def booster(b: int):
+            m = _booster(fit_config, trees=c.trees, leaves=c.leaves, lr=c.lr, seed=c.seed + b, max_bin=c.max_bin,
                          colsample=c.colsample, objective=c.objective, min_child_samples=c.min_child_samples)
             if c.monotone:
                 m.set_params(monotone_constraints=self._monotone(x.shape[1]), monotone_constraints_method="advanced")
-            self.models_.append(m.fit(x, y - base))
+            return m.fit(x, y - base)
+
+        self.models_ = list(bar(fork_map(booster, range(c.bags), workers=workers), total=c.bags, desc="boosters",
+                                unit="booster"))
+        if workers > 1:
+            for m in self.models_:
+                m.set_params(n_jobs=c.n_jobs)  # predictions here take the config's threads again
         return self
 
     def _monotone(self, n_columns: int) -> list[int]:

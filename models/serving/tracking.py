@@ -24,10 +24,43 @@ from models.tracking import TrackingError, ensure_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrackingError", "ensure_store", "log_metal_run", "log_run", "served_signature"]
+__all__ = ["TrackingError", "ensure_store", "log_metal_run", "log_run", "served_signature", "serving_requirements"]
 
 # the checkout (or site-packages) that holds the models/ and featurizers/ packages
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# matshift's dependencies that the logged models do not need: the pipeline's own tools
+_NOT_FOR_SERVING = {"dvc"}
+
+
+def serving_requirements() -> list[str] | None:
+    """Pinned pip requirements of a logged model: matshift's own dependencies, at the versions installed here.
+
+    The model ships ``models/`` and ``featurizers/`` as code (``code_paths``), so it needs what they
+    import. MLflow's inference of requirements loads the model in a subprocess (about 5 s per
+    logged model) and saw only what loading imports: it listed ``matshift`` itself, which no index
+    serves, and missed LightGBM, pymatgen and matminer, which predicting needs. None (MLflow
+    infers them after all) when matshift is not installed as a distribution.
+    """
+    import re
+    from importlib import metadata
+
+    try:
+        declared = metadata.requires("matshift") or []
+    except metadata.PackageNotFoundError:
+        return None
+    out = []
+    for spec in declared:
+        if re.search(r"extra\s*==", spec):
+            continue  # an optional extra (dev tools)
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec).group(0)
+        if name in _NOT_FOR_SERVING:
+            continue
+        try:
+            # the public version: "2.13.0", not the local build "2.13.0+cpu" that no index serves
+            out.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            out.append(spec.split(";")[0].strip())
+    return out
 
 
 def served_signature(output: pd.DataFrame):
@@ -90,6 +123,7 @@ def log_run(*, tracking_uri: str, experiment: str, run_name: str, params: dict[s
                 # ship the project's packages with the model so it loads outside this checkout
                 # (models/ and featurizers/: serving needs nothing of pipeline/)
                 code_paths=[str(_PACKAGE_ROOT / name) for name in ("models", "featurizers")],
+                pip_requirements=serving_requirements(),
             )
         version = str(info.registered_model_version) if registered_name and info.registered_model_version else None
         log.info("MLflow run %s logged to %s%s", run.info.run_id, tracking_uri,
@@ -122,6 +156,7 @@ def log_metal_run(*, tracking_uri: str, experiment: str, params: dict[str, Any],
             artifacts={"model_dir": str(model_dir)}, signature=signature, input_example=example,
             registered_model_name=registered_name,
             code_paths=[str(_PACKAGE_ROOT / name) for name in ("models", "featurizers")],
+            pip_requirements=serving_requirements(),
         )
         log.info("MLflow run %s logged to %s%s", run.info.run_id, tracking_uri,
                  f", registered as {registered_name}" if registered_name else "")

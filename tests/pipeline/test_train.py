@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,11 @@ def test_train_stage_writes_models_and_registers(tmp_path, monkeypatch):
     versions = client.search_model_versions("name='matshift-band_gap'")
     assert [int(v.version) for v in versions] == [1]
     model = mlflow.pyfunc.load_model("models:/matshift-band_gap/1")
+    # its pip requirements are what predicting imports, pinned; not matshift itself, which no index serves
+    needs = Path(mlflow.pyfunc.get_model_dependencies("models:/matshift-band_gap/1")).read_text().split()
+    names = {r.split("==")[0] for r in needs}
+    assert {"lightgbm", "pymatgen", "matminer", "crepes", "numpy", "pandas", "mlflow"} <= names
+    assert "matshift" not in names and "dvc" not in names and all("==" in r and "+" not in r for r in needs)
     # the registered model is the whole predictor: formulas in, `matshift predict`'s table out
     answer = model.predict(pd.DataFrame({"formula": ["NaCl", "GaN", "Xx2"]}))
     assert list(answer.columns) == COLUMNS and len(answer) == 3

@@ -80,6 +80,29 @@ def test_surrogate_fits_in_forked_workers_are_the_one_process_fits():
     assert forked.mae_ == here.mae_ and forked.config.n_jobs == 2 and forked.model_.get_params()["n_jobs"] == 2
 
 
+def test_stacked_boosters_and_out_of_fold_models_in_forked_workers_are_the_one_process_ones():
+    """``StackedModel.fit(workers=2)`` and ``out_of_fold(workers=2)``: the boosters and predictions a one-thread run here gives."""
+    from models.learners.intervals import out_of_fold
+    from models.parallel import can_fork
+
+    if not can_fork():
+        pytest.skip("no fork on this platform")
+    formulas, desc, _, y, ref = _world()
+    config = replace(FAST, bags=3, n_jobs=2)
+    sur = DFTSurrogate(replace(config, n_jobs=1)).fit(desc, ref)
+    here = StackedModel(replace(config, n_jobs=1), dft_reference=ref, surrogate=sur).fit(desc, formulas[:900], y[:900])
+    forked = StackedModel(config, dft_reference=ref, surrogate=sur).fit(desc, formulas[:900], y[:900], workers=2)
+    np.testing.assert_array_equal(forked.predict(desc, formulas[900:]), here.predict(desc, formulas[900:]))
+    assert [m.get_params()["n_jobs"] for m in forked.models_] == [2, 2, 2]
+
+    def fit_predict(train, target, test):
+        model = StackedModel(replace(config, n_jobs=1, bags=1), dft_reference=ref, surrogate=sur)
+        return model.fit(desc, train, target).predict(desc, test)
+
+    one = out_of_fold(fit_predict, formulas[:900], y[:900], folds=3, seed=1)
+    np.testing.assert_array_equal(out_of_fold(fit_predict, formulas[:900], y[:900], folds=3, seed=1, workers=2), one)
+
+
 def test_stacked_model_uses_the_dft_surrogate_where_no_dft_value_is_known():
     formulas, desc, _, y, ref = _world()
     # few measurements (the realistic regime): 60 for training, all test formulas without DFT entries
