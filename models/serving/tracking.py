@@ -9,7 +9,9 @@ so ``mlflow models serve`` answers as ``matshift predict`` does.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,6 @@ def serving_requirements() -> list[str] | None:
     serves, and missed LightGBM, pymatgen and matminer, which predicting needs. None (MLflow
     infers them after all) when matshift is not installed as a distribution.
     """
-    import re
-    from importlib import metadata
-
     try:
         declared = metadata.requires("matshift") or []
     except metadata.PackageNotFoundError:
