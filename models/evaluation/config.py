@@ -108,6 +108,8 @@ class EvalSettings:
             raise ValueError(f"top_fraction must be in (0, 1), got {self.top_fraction}")
         if min(self.members, self.encoders, self.epochs, self.patience, self.rf_trees, self.shift_sample) < 1:
             raise ValueError("members, encoders, epochs, patience, rf_trees and shift_sample must be >= 1")
+        if self.max_measurements < 0 or self.max_dft < 0 or self.pretrain_epochs < 0:
+            raise ValueError("max_measurements, max_dft and pretrain_epochs must be >= 0")
 
     def uses_graphs(self, model_uses_graphs: bool) -> bool:
         """Whether the folds' GNN tables carry crystal graphs.
@@ -116,8 +118,6 @@ class EvalSettings:
         budget's own ``use_graphs``.
         """
         return model_uses_graphs if self.pretraining == "train" else self.use_graphs
-        if self.max_measurements < 0 or self.max_dft < 0 or self.pretrain_epochs < 0:
-            raise ValueError("max_measurements, max_dft and pretrain_epochs must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,11 @@ class EnsemblePredictor:
         """The other DFT fidelities the served stacked model takes (looked up by formula unless given per row)."""
         return list(self.stacked.extra_reference) if self.stacked is not None else []
 
+    @property
+    def dft_reference(self) -> pd.Series | None:
+        """The per-formula DFT values the served stacked model was trained on; None without one."""
+        return None if self.stacked is None else self.stacked.dft_reference
+
     def extra_lookup(self, formulas: Sequence[str]) -> dict[str, np.ndarray]:
         """Per fidelity of :attr:`extra_fidelities`: the value training looked up for each formula (NaN: none)."""
         return {} if self.stacked is None else self.stacked.extra_lookup(formulas)

@@ -84,8 +84,7 @@ class Predictor:
         self.calibration = calibration  # models.transport.CalibrationMap or None
         # the DFT values the model was trained on (its per-formula references; else the lookup table's): a user's
         # value beyond them is extrapolated, and the row says so
-        stacked = getattr(ensemble, "stacked", None)
-        known = (stacked.dft_reference if stacked is not None
+        known = (ensemble.dft_reference if ensemble.dft_reference is not None
                  else dft["dft_value"] if dft is not None else pd.Series(dtype=float))
         known = known.to_numpy(float)
         known = known[np.isfinite(known)]

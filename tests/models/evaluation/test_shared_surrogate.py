@@ -68,3 +68,6 @@ def test_the_folds_take_crystal_graphs_as_their_pretraining_says():
     assert EvalSettings(pretraining="own", use_graphs=True).uses_graphs(False) is True
     with pytest.raises(ValueError, match="pretraining must be 'own' or 'train'"):
         EvalSettings(pretraining="stage")
+    # the checks after the method's place in the class still run (a method once cut __post_init__ short)
+    with pytest.raises(ValueError, match="max_measurements, max_dft and pretrain_epochs must be >= 0"):
+        EvalSettings(max_dft=-1)

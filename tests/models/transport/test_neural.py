@@ -301,6 +301,7 @@ class _FakeEnsemble:
         self.uses_graphs = False
         self.intervals = None
         self.extra_fidelities = []  # no stacked model: no other DFT fidelities
+        self.dft_reference = None  # ... and no DFT references of its own
 
     def extra_lookup(self, formulas) -> dict:
         return {}
