@@ -11,7 +11,8 @@ labels alone (400 trees of 31 leaves, with the bonding columns; no measurement s
 out-of-fold value for formulas it was fitted on.
 
 Variants (``--variant``): ``add`` the term beside the served terms; ``replace`` it instead of
-them; ``known`` as ``add`` with a formula's own HSE06 - PBE where computed. Each is paired with
+them; ``known`` as ``add`` with a formula's own HSE06 - PBE where computed; ``feature`` the surrogate's HSE06 - PBE as one more
+column of the boosters (beside the known HSE06, GLLB-SC and SCAN gaps), not in the ridge correction. Each is paired with
 the served band-gap model (OT features: each fold's own alignment and shift field) on the
 evaluate stage's folds (``--nested``: folds inside their training parts), 2 boosters on one thread each as
 there (two threads beside other work stall in OpenMP's spinning), per
@@ -50,10 +51,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def hse_minus_pbe(dft: pd.DataFrame, descriptors: pd.DataFrame, config, formulas: list[str], *,
-                  known: bool) -> tuple[dict[str, float], dict]:
-    """HSE06 - PBE per formula of ``formulas`` (surrogate; with ``known`` the formula's own where computed)."""
+                  known: bool, fidelity: str = "band_gap_hse") -> tuple[dict[str, float], dict]:
+    """HSE06 - PBE per formula of ``formulas`` (surrogate; with ``known`` the formula's own where computed).
+
+    ``fidelity``: the DFT table's column of the higher fidelity (HSE06 by default; ``band_gap_gllb_sc`` for GLLB-SC).
+    """
     pbe = reference_per_formula(dft.assign(dft_value=dft["band_gap_pbe"]))
-    hse = reference_per_formula(dft, value="band_gap_hse")
+    hse = reference_per_formula(dft, value=fidelity)
     delta = (hse - pbe.reindex(hse.index)).dropna()
     t0 = time.perf_counter()
     surrogate = DFTSurrogate(replace(config, surrogate_trees=400, surrogate_leaves=31, surrogate_lr=0.05,
@@ -91,8 +95,10 @@ def with_term(values: dict[str, float]) -> type[StackedModel]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--variant", choices=["add", "replace", "known"], default="add")
+    parser.add_argument("--variant", choices=["add", "replace", "known", "feature"], default="add")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--fidelity", nargs="+", default=["band_gap_hse"],
+                        help="higher fidelities (DFT table columns) whose difference to PBE is learnt; feature takes each")
     parser.add_argument("--nested", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -106,10 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     exp = problem["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=2), train.fit, prop, threads=1)
-    values, info = hse_minus_pbe(inputs.dft, inputs.descriptors, stack.config, formulas, known=args.variant == "known")
+    learnt = {name: hse_minus_pbe(inputs.dft, inputs.descriptors, stack.config, formulas,
+                                  known=args.variant == "known", fidelity=name) for name in args.fidelity}
+    values, info = learnt[args.fidelity[0]]
+    for name, (_, i) in learnt.items():
+        print(f"{name}: {i['formulas_with_hse']} formulas, surrogate out-of-fold MAE {i['surrogate_out_of_fold_mae']:.3f}")
     print(f"HSE06 - PBE on {info['formulas_with_hse']} formulas (mean {info['mean_difference']:.3f} eV); surrogate "
           f"out-of-fold MAE {info['surrogate_out_of_fold_mae']:.3f} eV", flush=True)
     after = {"correction_terms": ()} if args.variant == "replace" else {}
+    extra_after = None
+    if args.variant == "feature":
+        extra_after = {**stack.extra_reference, **{f"{name}_minus_pbe_surrogate": pd.Series(v)
+                                                   for name, (v, _) in learnt.items()}}
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in args.seeds:
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
@@ -118,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                                 clusters=full.loco_clusters)
         fields = [fold_shift_field(problem["source"], problem["target"], inputs.descriptors, f, align,
                                    k=stack.config.ot_neighbours) for f in folds]
-        for name, model, over in (("before", StackedModel, {}), ("after", with_term(values), after)):
+        variant = StackedModel if args.variant == "feature" else with_term(values)
+        for name, model, over, extra in (("before", StackedModel, {}, None), ("after", variant, after, extra_after)):
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **over), stack, inputs.descriptors, formulas, y,
-                                     folds, model=model, shift_fields=fields)
+                                     folds, model=model, shift_fields=fields, extra_reference=extra)
             tab = seeded.with_pooled_ood(tab)
             parts = dict(list(tab.groupby("protocol")))
             if not args.nested:
@@ -137,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{protocol:24s} {table[protocol]['before']:.4f} -> {table[protocol]['after']:.4f}  {diff:+.4f} "
               f"[{lo:+.4f}, {hi:+.4f}]", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"variant": args.variant, "seeds": args.seeds, "nested": args.nested,
+        args.out.write_text(json.dumps({"variant": args.variant, "fidelity": args.fidelity, "seeds": args.seeds, "nested": args.nested,
                                         "difference": info, "protocols": table}, indent=1) + "\n", encoding="utf-8")
     return 0
 
