@@ -12,7 +12,8 @@ out-of-fold value for formulas it was fitted on.
 
 Variants (``--variant``): ``add`` the term beside the served terms; ``replace`` it instead of
 them; ``known`` as ``add`` with a formula's own HSE06 - PBE where computed; ``feature`` the surrogate's HSE06 - PBE as one more
-column of the boosters (beside the known HSE06, GLLB-SC and SCAN gaps), not in the ridge correction. Each is paired with
+column of the boosters (beside the known HSE06, GLLB-SC and SCAN gaps), not in the ridge correction (``--fidelity``
+names the columns learnt: DFT fidelities, or ``metal_likeness``, a score learnt from the measured metals). Each is paired with
 the served band-gap model (OT features: each fold's own alignment and shift field) on the
 evaluate stage's folds (``--nested``: folds inside their training parts), 2 boosters on one thread each as
 there (two threads beside other work stall in OpenMP's spinning), per
@@ -72,6 +73,29 @@ def hse_minus_pbe(dft: pd.DataFrame, descriptors: pd.DataFrame, config, formulas
     return values, info
 
 
+def metal_likeness(dft: pd.DataFrame, descriptors: pd.DataFrame, config, formulas: list[str], raw_dir: Path
+                   ) -> tuple[dict[str, float], dict]:
+    """A score of how metal-like a composition is, per formula of ``formulas`` (``--fidelity metal_likeness``).
+
+    A cross-fitted surrogate (as :func:`hse_minus_pbe`'s) of 1 for the measured metals of ``expt_is_metal``
+    (those without a measured gap: every one but a conflict) against 0 for the DFT formulas with a PBE gap above
+    0.5 eV: measured information the band-gap model does not see otherwise, on no measured gap.
+    """
+    classes = pd.read_parquet(raw_dir / "metal_class.parquet")
+    have = set(descriptors["formula"])
+    metals = sorted((set(classes.loc[classes["is_metal"] == 1, "formula"]) - set(formulas)) & have)
+    pbe = dft.groupby("formula")["band_gap_pbe"].min()
+    clear = sorted((set(pbe[pbe > 0.5].index) - set(metals)) & have)
+    label = pd.concat([pd.Series(1.0, index=metals), pd.Series(0.0, index=clear)])
+    t0 = time.perf_counter()
+    surrogate = DFTSurrogate(replace(config, surrogate_trees=400, surrogate_leaves=31, surrogate_lr=0.05,
+                                     surrogate_bonding=True)).fit(descriptors, label)
+    unique = sorted(set(formulas))
+    values = dict(zip(unique, surrogate.predict(descriptors, unique), strict=True))
+    return values, {"formulas_with_hse": len(label), "metals": len(metals), "mean_difference": float(label.mean()),
+                    "surrogate_out_of_fold_mae": surrogate.mae_, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def with_term(values: dict[str, float]) -> type[StackedModel]:
     """A :class:`StackedModel` whose ridge correction also takes ``values[formula]`` (z-scored, clipped)."""
 
@@ -98,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=["add", "replace", "known", "feature"], default="add")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fidelity", nargs="+", default=["band_gap_hse"],
-                        help="higher fidelities (DFT table columns) whose difference to PBE is learnt; feature takes each")
+                        help="higher fidelities (DFT table columns) whose difference to PBE is learnt, or metal_likeness; "
+                             "feature takes each")
     parser.add_argument("--nested", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -112,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     exp = problem["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=2), train.fit, prop, threads=1)
-    learnt = {name: hse_minus_pbe(inputs.dft, inputs.descriptors, stack.config, formulas,
-                                  known=args.variant == "known", fidelity=name) for name in args.fidelity}
+    learnt = {name: metal_likeness(inputs.dft, inputs.descriptors, stack.config, formulas, params.raw_dir)
+              if name == "metal_likeness" else
+              hse_minus_pbe(inputs.dft, inputs.descriptors, stack.config, formulas, known=args.variant == "known",
+                            fidelity=name) for name in args.fidelity}
     values, info = learnt[args.fidelity[0]]
     for name, (_, i) in learnt.items():
         print(f"{name}: {i['formulas_with_hse']} formulas, surrogate out-of-fold MAE {i['surrogate_out_of_fold_mae']:.3f}")
