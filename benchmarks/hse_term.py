@@ -13,7 +13,9 @@ out-of-fold value for formulas it was fitted on.
 Variants (``--variant``): ``add`` the term beside the served terms; ``replace`` it instead of
 them; ``known`` as ``add`` with a formula's own HSE06 - PBE where computed; ``feature`` the surrogate's HSE06 - PBE as one more
 column of the boosters (beside the known HSE06, GLLB-SC and SCAN gaps), not in the ridge correction (``--fidelity``
-names the columns learnt: DFT fidelities, or ``metal_likeness``, a score learnt from the measured metals). Each is paired with
+names the columns learnt: DFT fidelities, or ``metal_likeness``, a score learnt from the measured metals); ``pseudo``
+the DFT formulas that have the first ``--fidelity``'s gap and no measurement as more training rows of the served model,
+labelled with that gap (pseudo-measurements from the higher fidelity; no surrogate). Each is paired with
 the served band-gap model (OT features: each fold's own alignment and shift field) on the
 evaluate stage's folds (``--nested``: folds inside their training parts), 2 boosters on one thread each as
 there (two threads beside other work stall in OpenMP's spinning), per
@@ -116,10 +118,24 @@ def with_term(values: dict[str, float]) -> type[StackedModel]:
     return HSETerm
 
 
+def with_rows(dft: pd.DataFrame, descriptors: pd.DataFrame, measured: list[str], fidelity: str
+              ) -> tuple[type[StackedModel], dict]:
+    """A :class:`StackedModel` fitted on its training rows plus every unmeasured DFT formula labelled with its ``fidelity`` gap."""
+    value = reference_per_formula(dft, value=fidelity).dropna()
+    rows = sorted((set(value.index) - set(measured)) & set(descriptors["formula"]))
+    labels = value.reindex(rows).to_numpy(float)
+
+    class PseudoRows(StackedModel):
+        def fit(self, descriptors, formulas, y, **kw):
+            return super().fit(descriptors, [*formulas, *rows], np.concatenate([np.asarray(y, float), labels]), **kw)
+
+    return PseudoRows, {"pseudo_rows": len(rows), "mean_label": float(labels.mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--variant", choices=["add", "replace", "known", "feature"], default="add")
+    parser.add_argument("--variant", choices=["add", "replace", "known", "feature", "pseudo"], default="add")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fidelity", nargs="+", default=["band_gap_hse"],
                         help="higher fidelities (DFT table columns) whose difference to PBE is learnt, or metal_likeness; "
@@ -137,15 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     exp = problem["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=2), train.fit, prop, threads=1)
-    learnt = {name: metal_likeness(inputs.dft, inputs.descriptors, stack.config, formulas, params.raw_dir)
-              if name == "metal_likeness" else
-              hse_minus_pbe(inputs.dft, inputs.descriptors, stack.config, formulas, known=args.variant == "known",
-                            fidelity=name) for name in args.fidelity}
-    values, info = learnt[args.fidelity[0]]
-    for name, (_, i) in learnt.items():
-        print(f"{name}: {i['formulas_with_hse']} formulas, surrogate out-of-fold MAE {i['surrogate_out_of_fold_mae']:.3f}")
-    print(f"HSE06 - PBE on {info['formulas_with_hse']} formulas (mean {info['mean_difference']:.3f} eV); surrogate "
-          f"out-of-fold MAE {info['surrogate_out_of_fold_mae']:.3f} eV", flush=True)
+    learnt: dict[str, tuple[dict[str, float], dict]] = {}
+    if args.variant == "pseudo":
+        variant, info = with_rows(inputs.dft, inputs.descriptors, formulas, args.fidelity[0])
+        print(f"{info['pseudo_rows']} pseudo-measurements ({args.fidelity[0]}, mean {info['mean_label']:.3f})", flush=True)
+    else:
+        for name in args.fidelity:
+            learnt[name] = (metal_likeness(inputs.dft, inputs.descriptors, stack.config, formulas, params.raw_dir)
+                            if name == "metal_likeness" else
+                            hse_minus_pbe(inputs.dft, inputs.descriptors, stack.config, formulas,
+                                          known=args.variant == "known", fidelity=name))
+            info = learnt[name][1]
+            print(f"{name}: {info['formulas_with_hse']} formulas (mean {info['mean_difference']:.3f}), surrogate "
+                  f"out-of-fold MAE {info['surrogate_out_of_fold_mae']:.3f}", flush=True)
+        values, info = learnt[args.fidelity[0]]
+        variant = StackedModel if args.variant == "feature" else with_term(values)
     after = {"correction_terms": ()} if args.variant == "replace" else {}
     extra_after = None
     if args.variant == "feature":
@@ -159,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
                                 clusters=full.loco_clusters)
         fields = [fold_shift_field(problem["source"], problem["target"], inputs.descriptors, f, align,
                                    k=stack.config.ot_neighbours) for f in folds]
-        variant = StackedModel if args.variant == "feature" else with_term(values)
         for name, model, over, extra in (("before", StackedModel, {}, None), ("after", variant, after, extra_after)):
             tab = seeded.fold_errors(replace(stack.config, seed=seed, **over), stack, inputs.descriptors, formulas, y,
                                      folds, model=model, shift_fields=fields, extra_reference=extra)
