@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     after = {"correction_terms": ()} if args.variant == "replace" else {}
     extra_after = None
     if args.variant == "feature":
-        extra_after = {**stack.extra_reference, **{f"{name}_minus_pbe_surrogate": pd.Series(v)
+        extra_after = {**stack.extra_reference, **{f"{name}_surrogate": pd.Series(v)
                                                    for name, (v, _) in learnt.items()}}
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in args.seeds:
