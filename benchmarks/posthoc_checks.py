@@ -1,0 +1,154 @@
+"""Post-hoc checks on the evaluate and metal stages' out-of-fold predictions: can combining them differently help?
+
+Reads only what `dvc repro` wrote (no model is fitted), so it runs in seconds:
+
+* ``blend``: the served band-gap model mixed with the GNN with OT terms, ``w * stacked_ot + (1 - w) * gnn_ot``
+  (the train stage's ``train.stack.blend_weight``), on the evaluate stage's seed-0 folds
+  (``plots/band_gap/predictions.csv``), against ``w = 1``;
+* ``stretch``: the served model's predictions stretched away from (factor > 1) or pulled toward (< 1) the
+  mean measured gap, ``mean + k * (prediction - mean)``, clipped at 0: out of distribution narrow gaps are
+  predicted too high and wide ones too low, so a model that shrinks too much would gain. The centre is the
+  mean over every measurement of the file, which the test rows are part of: an exploration, not a model;
+* ``metal``: the metal stage's out-of-fold P(metal) and its band-gap regressor's out-of-fold gap of the same
+  formula in one cross-validated logistic model (``plots/metal/predictions.csv``, grouped CV, per formula and
+  fold seed; folds by formula): ROC-AUC and, per threshold, the all-compositions and non-metal band-gap MAE
+  (a metal counted at 0 eV; a formula called metal predicted 0) against P(metal) alone, and, as the two
+  scores are calibrated differently, the lowest all-compositions MAE each reaches at a threshold that adds
+  at most 0.01 to 0.04 eV to the non-metal MAE of the regressor alone. Would the regressor's gap tell the
+  classifier which of its metal calls are wide-gap non-metals?
+
+Each MAE difference has a 95% interval from resampling formulas (:func:`benchmarks.metal_features.paired_by_formula`).
+
+    PYTHONPATH=. python -m benchmarks.posthoc_checks          # writes benchmarks/posthoc_checks_results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.metal_features import paired_by_formula
+
+HERE = Path(__file__).resolve().parent
+OOD = ("loco", "family_out", "crystal_system_out")
+
+
+def _errors(rows: pd.DataFrame, prediction: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"protocol": rows["protocol"].to_numpy(), "formula": rows["formula"].to_numpy(),
+                         "error": np.abs(prediction - rows["value"].to_numpy())})
+
+
+def _per_protocol(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, dict]:
+    """MAE before / after and the paired difference per protocol and pooled over the OOD protocols."""
+    out = {}
+    pooled = before["protocol"].isin(OOD)
+    parts = {p: before["protocol"] == p for p in sorted(before["protocol"].unique())} | {"pooled_ood": pooled}
+    for name, mask in parts.items():
+        b, a = before[mask].reset_index(drop=True), after[mask].reset_index(drop=True)
+        diff, lo, hi = paired_by_formula([b], [a])
+        out[name] = {"before": float(b["error"].mean()), "after": float(a["error"].mean()), "diff": diff, "ci95": [lo, hi]}
+    return out
+
+
+def blend_and_stretch(predictions: pd.DataFrame, weights: list[float], factors: list[float]) -> dict[str, dict]:
+    """The ``blend`` and ``stretch`` checks (module docstring) on the evaluate stage's predictions."""
+    rows = predictions.dropna(subset=["stacked_ot", "gnn_ot"]).reset_index(drop=True)
+    served = rows["stacked_ot"].to_numpy(float)
+    before = _errors(rows, served)
+    centre = float(rows["value"].mean())
+    out = {"blend": {}, "stretch": {}, "rows": len(rows), "centre": centre}
+    for w in weights:
+        out["blend"][str(w)] = _per_protocol(before, _errors(rows, w * served + (1 - w) * rows["gnn_ot"].to_numpy(float)))
+    for k in factors:
+        out["stretch"][str(k)] = _per_protocol(before, _errors(rows, np.maximum(centre + k * (served - centre), 0.0)))
+    return out
+
+
+def _metal_errors(f: pd.DataFrame, probability: np.ndarray, threshold: float) -> np.ndarray:
+    called = probability >= threshold
+    metal = f["is_metal"].to_numpy() == 1
+    gap, measured = f["regressor"].to_numpy(float), f["measured"].to_numpy(float)
+    return np.where(metal, np.where(called, 0.0, gap), np.where(called, measured, np.abs(gap - measured)))
+
+
+def metal_stacking(predictions: pd.DataFrame, thresholds: list[float], *, folds: int = 5) -> dict:
+    """The ``metal`` check (module docstring) on the metal stage's grouped-CV out-of-fold predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    rows = predictions[(predictions["protocol"] == "grouped_cv")].dropna(subset=["regressor"]).copy()
+    rows["seed"] = rows.groupby("formula").cumcount()  # the file lists the fold seeds one after the other
+    f = rows.groupby(["seed", "formula"], as_index=False).agg(
+        is_metal=("is_metal", "first"), probability=("probability", "first"), regressor=("regressor", "mean"),
+        measured=("measured", "mean"))
+    p = f["probability"].to_numpy(float).clip(1e-6, 1 - 1e-6)
+    logit = np.log(p / (1 - p))
+    gap = f["regressor"].to_numpy(float)
+    design = np.column_stack([logit, gap, logit * gap])
+    stacked = np.zeros(len(f))
+    for seed in sorted(f["seed"].unique()):
+        idx = np.flatnonzero(f["seed"].to_numpy() == seed)
+        for tr, te in GroupKFold(folds).split(idx, groups=f["formula"].to_numpy()[idx]):
+            model = LogisticRegression(max_iter=1000).fit(design[idx[tr]], f["is_metal"].to_numpy()[idx[tr]])
+            stacked[idx[te]] = model.predict_proba(design[idx[te]])[:, 1]
+    nonmetal = f["is_metal"].to_numpy() == 0
+    table = {}
+    for t in thresholds:
+        b, a = _metal_errors(f, p, t), _metal_errors(f, stacked, t)
+        frame = [pd.DataFrame({"formula": f["formula"], "error": e}) for e in (b, a)]
+        diff, lo, hi = paired_by_formula([frame[0]], [frame[1]])
+        table[str(t)] = {"all_before": float(b.mean()), "all_after": float(a.mean()), "all_diff": diff,
+                         "all_ci95": [lo, hi], "nonmetal_before": float(b[nonmetal].mean()),
+                         "nonmetal_after": float(a[nonmetal].mean())}
+    # the two scores are calibrated differently, so compare their best operating points at equal non-metal cost
+    alone = float(np.abs(gap - f["measured"].to_numpy(float))[nonmetal].mean())
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    frontier = {}
+    for budget in (0.01, 0.02, 0.03, 0.04):
+        best = {}
+        for name, score in (("before", p), ("after", stacked)):
+            points = [(e.mean(), t) for t in grid if (e := _metal_errors(f, score, t))[nonmetal].mean() - alone <= budget]
+            best[name] = dict(zip(("all", "threshold"), min(points), strict=True)) if points else None
+        frontier[str(budget)] = best
+    return {"formula_seed_rows": len(f), "roc_auc_before": float(roc_auc_score(f["is_metal"], p)),
+            "roc_auc_after": float(roc_auc_score(f["is_metal"], stacked)), "nonmetal_regressor_only": alone,
+            "thresholds": table, "best_at_nonmetal_cost": frontier}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--plots", type=Path, default=Path("plots"))
+    parser.add_argument("--out", type=Path, default=HERE / "posthoc_checks_results.json")
+    args = parser.parse_args(argv)
+    try:
+        gaps = pd.read_csv(args.plots / "band_gap" / "predictions.csv")
+        metal = pd.read_csv(args.plots / "metal" / "predictions.csv")
+    except FileNotFoundError as exc:
+        raise SystemExit(f"posthoc_checks: {exc.filename} is missing; run `dvc repro` first") from None
+    result = {"band_gap": blend_and_stretch(gaps, [0.95, 0.9, 0.8, 0.7], [0.95, 1.05, 1.1, 1.2]),
+              "metal": metal_stacking(metal, [0.3, 0.5, 0.7, 0.9, 0.95])}
+    for kind in ("blend", "stretch"):
+        for key, table in result["band_gap"][kind].items():
+            pooled = table["pooled_ood"]
+            print(f"{kind} {key}: pooled OOD {pooled['before']:.4f} -> {pooled['after']:.4f} {pooled['diff']:+.4f} "
+                  f"[{pooled['ci95'][0]:+.4f}, {pooled['ci95'][1]:+.4f}]")
+    m = result["metal"]
+    print(f"metal: ROC-AUC {m['roc_auc_before']:.5f} -> {m['roc_auc_after']:.5f}")
+    for t, row in m["thresholds"].items():
+        print(f"  threshold {t}: all {row['all_before']:.4f} -> {row['all_after']:.4f} {row['all_diff']:+.4f} "
+              f"[{row['all_ci95'][0]:+.4f}, {row['all_ci95'][1]:+.4f}], non-metal {row['nonmetal_before']:.4f} -> "
+              f"{row['nonmetal_after']:.4f}")
+    for budget, best in m["best_at_nonmetal_cost"].items():
+        print(f"  non-metal cost <= {budget}: best all-compositions MAE " + ", ".join(
+            f"{k} {v['all']:.4f} (threshold {v['threshold']:.2f})" if v else f"{k} none" for k, v in best.items()))
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
