@@ -77,6 +77,7 @@ def _metal_errors(f: pd.DataFrame, probability: np.ndarray, threshold: float) ->
 
 def metal_stacking(predictions: pd.DataFrame, thresholds: list[float], *, folds: int = 5) -> dict:
     """The ``metal`` check (module docstring) on the metal stage's grouped-CV out-of-fold predictions."""
+    # scikit-learn: about a second to import; only this check needs it
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
