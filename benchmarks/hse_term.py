@@ -53,6 +53,15 @@ from pipeline.params.train import TrainParams
 HERE = Path(__file__).resolve().parent
 
 
+def _cross_fitted(descriptors: pd.DataFrame, config, label: pd.Series, formulas: list[str]
+                  ) -> tuple[dict[str, float], DFTSurrogate]:
+    """A cross-fitted :class:`DFTSurrogate` of ``label`` (400 trees of 31 leaves, bonding columns) and its value per formula."""
+    surrogate = DFTSurrogate(replace(config, surrogate_trees=400, surrogate_leaves=31, surrogate_lr=0.05,
+                                     surrogate_bonding=True)).fit(descriptors, label)
+    unique = sorted(set(formulas))
+    return dict(zip(unique, surrogate.predict(descriptors, unique), strict=True)), surrogate
+
+
 def hse_minus_pbe(dft: pd.DataFrame, descriptors: pd.DataFrame, config, formulas: list[str], *,
                   known: bool, fidelity: str = "band_gap_hse") -> tuple[dict[str, float], dict]:
     """HSE06 - PBE per formula of ``formulas`` (surrogate; with ``known`` the formula's own where computed).
@@ -63,10 +72,7 @@ def hse_minus_pbe(dft: pd.DataFrame, descriptors: pd.DataFrame, config, formulas
     hse = reference_per_formula(dft, value=fidelity)
     delta = (hse - pbe.reindex(hse.index)).dropna()
     t0 = time.perf_counter()
-    surrogate = DFTSurrogate(replace(config, surrogate_trees=400, surrogate_leaves=31, surrogate_lr=0.05,
-                                     surrogate_bonding=True)).fit(descriptors, delta)
-    unique = sorted(set(formulas))
-    values = dict(zip(unique, surrogate.predict(descriptors, unique), strict=True))
+    values, surrogate = _cross_fitted(descriptors, config, delta, formulas)
     if known:
         values.update({f: float(v) for f, v in delta.items() if f in values})
     info = {"formulas_with_hse": len(delta), "mean_difference": float(delta.mean()),
@@ -90,10 +96,7 @@ def metal_likeness(dft: pd.DataFrame, descriptors: pd.DataFrame, config, formula
     clear = sorted((set(pbe[pbe > 0.5].index) - set(metals)) & have)
     label = pd.concat([pd.Series(1.0, index=metals), pd.Series(0.0, index=clear)])
     t0 = time.perf_counter()
-    surrogate = DFTSurrogate(replace(config, surrogate_trees=400, surrogate_leaves=31, surrogate_lr=0.05,
-                                     surrogate_bonding=True)).fit(descriptors, label)
-    unique = sorted(set(formulas))
-    values = dict(zip(unique, surrogate.predict(descriptors, unique), strict=True))
+    values, surrogate = _cross_fitted(descriptors, config, label, formulas)
     return values, {"formulas_with_hse": len(label), "metals": len(metals), "mean_difference": float(label.mean()),
                     "surrogate_out_of_fold_mae": surrogate.mae_, "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -233,7 +233,7 @@ class DFTSurrogate:
                 oof[fold == k] = values
         self.out_of_fold_ = pd.Series(oof, index=ref.index)
         self.model_ = fitted[-1][0]
-        if parallel and hasattr(self.model_, "set_params"):
+        if parallel:  # a local model (no client): fitted in a worker on one thread
             self.model_.set_params(n_jobs=c.n_jobs)  # predictions here take the config's threads again
         self.mae_ = float(np.mean(np.abs(oof - y)))
         self.fingerprint_ = fingerprint
