@@ -13,7 +13,9 @@ out-of-fold value for formulas it was fitted on.
 Variants (``--variant``): ``add`` the term beside the served terms; ``replace`` it instead of
 them; ``known`` as ``add`` with a formula's own HSE06 - PBE where computed; ``feature`` the surrogate's HSE06 - PBE as one more
 column of the boosters (beside the known HSE06, GLLB-SC and SCAN gaps), not in the ridge correction (``--fidelity``
-names the columns learnt: DFT fidelities, or ``metal_likeness``, a score learnt from the measured metals); ``pseudo``
+names the columns learnt: DFT fidelities; ``metal_likeness``, a score learnt from the measured metals; ``encoder``, the
+leading principal components of the pretrain stage's DFT-only crystal-graph and composition encoder, frozen as the
+GNN members use it, ``--components`` of them); ``pseudo``
 the DFT formulas that have the first ``--fidelity``'s gap and no measurement as more training rows of the served model,
 labelled with that gap (pseudo-measurements from the higher fidelity; no surrogate). Each is paired with
 the served band-gap model (OT features: each fold's own alignment and shift field) on the
@@ -35,20 +37,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
 from benchmarks.stack_options import inner_folds
 from models.evaluation.folds import fold_shift_field
-from models.evaluation.run import _problem, stack_inputs
+from models.evaluation.run import _problem, _train_pretraining, stack_inputs
 from models.evaluation.splits import loco_descriptors, make_folds
-from models.learners import DFTSurrogate, StackedModel
+from models.learners import DFTSurrogate, StackedModel, frozen_embeddings
 from models.properties import get_property, reference_per_formula
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.evaluate import load_inputs
 from pipeline.params.align import AlignParams
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
+from pipeline.shared import read_pretrained
 
 HERE = Path(__file__).resolve().parent
 
@@ -101,6 +105,31 @@ def metal_likeness(dft: pd.DataFrame, descriptors: pd.DataFrame, config, formula
                     "surrogate_out_of_fold_mae": surrogate.mae_, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def encoder_columns(inputs, problem, fit, prop, components: int) -> tuple[dict[str, dict[str, float]], dict]:
+    """The pretrain stage's frozen encoder output per measured formula, as ``components`` principal components.
+
+    The encoder learnt the DFT labels of every DFT entry (no measurement): its output is a chemistry representation
+    the stacked model's descriptors may lack. The components are fitted on the problem's DFT rows (z-scored output);
+    a formula's value is the mean over its measurement rows (their crystal graphs as the GNN members see them).
+    """
+    t0 = time.perf_counter()
+    states = _train_pretraining(inputs, fit, prop, device=torch.device("cpu"), workers=1)
+    table = problem["table"]
+    out = frozen_embeddings(table, fit.train_config(prop), states[0]).numpy()
+    measured = np.asarray(table.is_experiment, bool)
+    dft = out[~measured]
+    mean, std = dft.mean(axis=0), dft.std(axis=0) + 1e-9
+    z = (dft - mean) / std
+    centre = z.mean(axis=0)
+    _, s, vt = np.linalg.svd(z - centre, full_matrices=False)
+    comps = ((out[measured] - mean) / std - centre) @ vt[:components].T
+    per_formula = pd.DataFrame(comps, index=np.asarray(table.formulas, dtype=object)[measured]).groupby(level=0).mean()
+    values = {f"encoder_pc{j}": per_formula[j].to_dict() for j in range(components)}
+    explained = float((s[:components] ** 2).sum() / (s ** 2).sum())
+    return values, {"width": out.shape[1], "components": components, "explained_variance": round(explained, 3),
+                    "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def with_term(values: dict[str, float]) -> type[StackedModel]:
     """A :class:`StackedModel` whose ridge correction also takes ``values[formula]`` (z-scored, clipped)."""
 
@@ -143,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fidelity", nargs="+", default=["band_gap_hse"],
                         help="higher fidelities (DFT table columns) whose difference to PBE is learnt, or metal_likeness; "
                              "feature takes each")
+    parser.add_argument("--components", type=int, default=8, help="with --fidelity encoder: principal components kept")
     parser.add_argument("--nested", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -151,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     prop = get_property("band_gap")
     align = load_section(AlignParams, "align", args.params).config.for_property(prop)
     full = params.full
-    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
-    problem = _problem(inputs, full, seed=params.seed)
+    graphs = "encoder" in args.fidelity  # the encoder reads the measurements' crystal graphs
+    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=graphs)
+    if graphs:
+        inputs.pretrained = read_pretrained(train.pretrained_dir / prop.name)
+    problem = _problem(inputs, full, seed=params.seed, use_graphs=graphs)
     exp = problem["experiment"]
     formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
     stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=2), train.fit, prop, threads=1)
@@ -162,20 +195,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{info['pseudo_rows']} pseudo-measurements ({args.fidelity[0]}, mean {info['mean_label']:.3f})", flush=True)
     else:
         for name in args.fidelity:
+            if name == "encoder" and args.variant != "feature":
+                parser.error("--fidelity encoder goes with --variant feature")
             learnt[name] = (metal_likeness(inputs.dft, inputs.descriptors, stack.config, formulas, params.raw_dir)
                             if name == "metal_likeness" else
+                            encoder_columns(inputs, problem, train.fit, prop, args.components) if name == "encoder" else
                             hse_minus_pbe(inputs.dft, inputs.descriptors, stack.config, formulas,
                                           known=args.variant == "known", fidelity=name))
-            info = learnt[name][1]
-            print(f"{name}: {info['formulas_with_hse']} formulas (mean {info['mean_difference']:.3f}), surrogate "
-                  f"out-of-fold MAE {info['surrogate_out_of_fold_mae']:.3f}", flush=True)
+            print(f"{name}: {learnt[name][1]}", flush=True)
         values, info = learnt[args.fidelity[0]]
         variant = StackedModel if args.variant == "feature" else with_term(values)
     after = {"correction_terms": ()} if args.variant == "replace" else {}
     extra_after = None
     if args.variant == "feature":
-        extra_after = {**stack.extra_reference, **{f"{name}_surrogate": pd.Series(v)
-                                                   for name, (v, _) in learnt.items()}}
+        extra_after = dict(stack.extra_reference)
+        for name, (v, _) in learnt.items():
+            extra_after.update({k: pd.Series(c) for k, c in v.items()} if name == "encoder"
+                               else {f"{name}_surrogate": pd.Series(v)})
     errors: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for seed in args.seeds:
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)
