@@ -15,11 +15,13 @@ runs it (``matshift <stage> --params P``, a subprocess) on inputs scaled from th
   experiments. The scaled tables are written under ``--work`` (outside the repository); the
   fetch stage is not rerun on them (it reads only the mirror's files), so its cost above 1x
   is not measured here.
-- Stages timed per scale: ``featurize``, ``align --property band_gap`` and ``train
-  --property band_gap`` under the benchmark's training budget (:data:`TRAIN_BUDGET`: fewer
-  GNN members and epochs than params.yaml, so that 10x finishes on 2 cores; every other
-  setting is params.yaml's). The metal and evaluate stages are not scaled here: evaluate
-  subsamples the DFT side to ``evaluate.full.max_dft`` entries per fold.
+- Stages timed per scale (``--stages``): ``featurize``, then for the band gap ``align``,
+  ``surrogate``, ``pretrain`` and ``train`` (``dvc repro``'s order; each reads the one before's
+  output), optionally ``metal`` and ``evaluate``, all with params.yaml's settings;
+  ``--budget small`` trains under :data:`TRAIN_BUDGET` instead (fewer GNN members, encoders
+  and epochs: the budget of the first cost curve, when the train stage still pretrained and
+  fitted the surrogate itself). The evaluate stage subsamples the DFT side to
+  ``evaluate.full.max_dft`` entries per fold, so only its start grows with the DFT table.
 
 Peak memory is the largest sum of resident memory over the stage's process tree (the stage
 and its worker processes), sampled every 0.2 s with psutil: pages a forked worker shares
@@ -59,25 +61,36 @@ MP_STRUCTURES = 150_000
 # 1 pretraining and at most 10 fine-tuning epochs, 2 bags of boosters
 TRAIN_BUDGET = {"members": 2, "encoders": 1, "optim": {"pretrain_epochs": 1, "epochs": 10, "patience": 4},
                 "stack": {"bags": 2}}
+#: the stages after fetch, in ``dvc repro``'s order (band gap only but featurize)
+STAGES = ("featurize", "align", "surrogate", "pretrain", "train", "metal", "evaluate")
 NUMERIC = ("band_gap_pbe", "formation_energy_per_atom", "e_above_hull")
 
 
-def stage_params(work: Path, scale: int) -> Path:
-    """params.yaml with every path under ``work`` (inputs of ``scale``) and the train budget applied."""
+#: the directories a scale's stages write (removed after the scale unless ``--keep``)
+SCALE_DIRS = ("raw", "features", "aligned", "surrogates", "pretrained", "models", "metal", "metrics", "plots")
+
+
+def stage_params(work: Path, scale: int, *, budget: str = "full") -> Path:
+    """params.yaml with every path under ``work`` (inputs of ``scale``); ``budget`` small: :data:`TRAIN_BUDGET` applied."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw, feats, aligned = work / f"raw_{scale}", work / f"features_{scale}", work / f"aligned_{scale}"
+    d = {name: str(work / f"{name}_{scale}") for name in SCALE_DIRS}
     params["properties"] = ["band_gap"]
     # paths in a params file are relative to its folder: the mirror's too
     params["fetch"] |= {"out_dir": str(work / "raw_1"), "mirror": str((ROOT / params["fetch"]["mirror"]).resolve())}
-    params["featurize"] |= {"raw_dir": str(raw), "out_dir": str(feats)}
-    params["align"] |= {"raw_dir": str(raw), "features_dir": str(feats), "out_dir": str(aligned)}
+    params["featurize"] |= {"raw_dir": d["raw"], "out_dir": d["features"]}
+    params["align"] |= {"raw_dir": d["raw"], "features_dir": d["features"], "out_dir": d["aligned"]}
+    tracking = {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "register": False}
     train = params["train"]
-    train |= {"raw_dir": str(raw), "features_dir": str(feats), "aligned_dir": str(aligned),
-              "out_dir": str(work / f"models_{scale}"), "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-              "register": False, "members": TRAIN_BUDGET["members"], "encoders": TRAIN_BUDGET["encoders"]}
-    train["optim"] |= TRAIN_BUDGET["optim"]
-    train["stack"] |= TRAIN_BUDGET["stack"]
-    params["metal"]["out_dir"] = str(work / "no_metal_model")  # the band-gap bundle goes without the classifier
+    train |= {"raw_dir": d["raw"], "features_dir": d["features"], "aligned_dir": d["aligned"], "out_dir": d["models"],
+              "surrogate_dir": d["surrogates"], "pretrained_dir": d["pretrained"], **tracking}
+    if budget == "small":
+        train |= {"members": TRAIN_BUDGET["members"], "encoders": TRAIN_BUDGET["encoders"]}
+        train["optim"] |= TRAIN_BUDGET["optim"]
+        train["stack"] |= TRAIN_BUDGET["stack"]
+    params["metal"] |= {"raw_dir": d["raw"], "features_dir": d["features"], "out_dir": d["metal"],
+                        "metrics_dir": d["metrics"], "plots_dir": d["plots"], **tracking}
+    params["evaluate"] |= {"raw_dir": d["raw"], "features_dir": d["features"], "aligned_dir": d["aligned"],
+                           "metrics_dir": d["metrics"], "plots_dir": d["plots"]}
     path = work / f"params_{scale}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -179,10 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 3, 10])
     ap.add_argument("--work", type=Path, default=Path("/tmp/matshift-cost-curve"))
     ap.add_argument("--keep", action="store_true", help="keep the scaled inputs and outputs under --work")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES[:5]),
+                    help="stages after fetch, run in this order at every scale (default: featurize to train)")
+    ap.add_argument("--budget", choices=["full", "small"], default="full",
+                    help="train with params.yaml's settings (full) or under TRAIN_BUDGET (small)")
     a = ap.parse_args(argv)
+    stages = [st for st in STAGES if st in a.stages]
     a.work.mkdir(parents=True, exist_ok=True)
     rows = []
-    fetch = run_stage(["fetch", "--params", str(stage_params(a.work, 1))], a.work / "fetch.log")
+    fetch = run_stage(["fetch", "--params", str(stage_params(a.work, 1, budget=a.budget))], a.work / "fetch.log")
     rows.append({"stage": "fetch", "scale": 1, **fetch})
     print(json.dumps(rows[-1]), flush=True)
     for scale in a.scales:
@@ -190,18 +208,20 @@ def main(argv: list[str] | None = None) -> int:
             {"dft_entries": len(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["material_id"])),
              "structures": int(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["structure"])["structure"]
                                .notna().sum())}
-        params = str(stage_params(a.work, scale))
-        for stage, extra in (("featurize", []), ("align", ["--property", "band_gap"]),
-                             ("train", ["--property", "band_gap"])):
+        params = str(stage_params(a.work, scale, budget=a.budget))
+        for stage in stages:
+            extra = [] if stage in ("featurize", "metal") else ["--property", "band_gap"]
+            extra += ["--no-mlflow"] if stage in ("metal", "evaluate") else []
             r = run_stage([stage, "--params", params, *extra], a.work / f"{stage}_{scale}.log")
             rows.append({"stage": stage, "scale": scale, **counts, **r})
             print(json.dumps(rows[-1]), flush=True)
         if not a.keep and scale > 1:
-            for d in ("raw", "features", "aligned", "models"):
+            for d in SCALE_DIRS:
                 shutil.rmtree(a.work / f"{d}_{scale}", ignore_errors=True)
     summary = summarise(rows)
-    RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary,
-                                                        "train_budget": TRAIN_BUDGET}, indent=1) + "\n")
+    RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary, "budget": a.budget,
+                                                        "train_budget": TRAIN_BUDGET if a.budget == "small" else None},
+                                                       indent=1) + "\n")
     RESULTS.with_suffix(".md").write_text(markdown(rows, summary))
     print(markdown(rows, summary))
     return 0
@@ -210,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per stage: the growth exponent and the projection to the Materials Project's size."""
     out = {}
-    for stage in ("featurize", "align", "train"):
+    for stage in STAGES:
         r = [x for x in rows if x["stage"] == stage]
         if not r:
             continue
@@ -228,7 +248,9 @@ def markdown(rows: list[dict], summary: dict) -> str:
     scales = sorted({x["scale"] for x in rows if x["stage"] != "fetch"})
     lines = ["| stage | " + " | ".join(f"{s}x: s / peak MiB" for s in scales) + " | exponent | at MP size |",
              "|---|" + "---:|" * (len(scales) + 2)]
-    for stage in ("fetch", "featurize", "align", "train"):
+    for stage in ("fetch", *STAGES):
+        if not any(x["stage"] == stage for x in rows):
+            continue
         cells = []
         for s in scales:
             r = [x for x in rows if x["stage"] == stage and x["scale"] == s]
