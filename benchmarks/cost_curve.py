@@ -52,6 +52,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.mirror import perovskites
+from featurizers.chemistry import no_pauling_warning
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "cost_curve_results"
@@ -124,19 +125,20 @@ def scaled_raw(raw_1: Path, out: Path, scale: int, *, seed: int = 0) -> dict[str
     donors = dft.iloc[rng.integers(len(dft), size=n_add)].reset_index(drop=True)
     added = pd.DataFrame({"material_id": [f"syn-{scale}-{i}" for i in range(n_add)]})
     formulas, structures, nsites = [], [], []
-    for i in range(n_add):
-        if i < n_struct_add:
-            key = ids[i % len(ids)]
-            cell = _strained(cells[key], 1.0 + 0.01 * (i // len(ids)))
-            species = [s["species"][0]["element"] for s in cell["sites"]]
-            formulas.append(Composition(dict(pd.Series(species).value_counts())).reduced_formula)
-            structures.append(json.dumps(cell))
-            nsites.append(len(species))
-        else:
-            f = donors.at[i, "formula"]
-            formulas.append(_raised(f, rng) if rng.random() < 0.5 else f)
-            structures.append(None)
-            nsites.append(0)
+    with no_pauling_warning():  # pymatgen's reduced formula asks noble gases for an electronegativity
+        for i in range(n_add):
+            if i < n_struct_add:
+                key = ids[i % len(ids)]
+                cell = _strained(cells[key], 1.0 + 0.01 * (i // len(ids)))
+                species = [s["species"][0]["element"] for s in cell["sites"]]
+                formulas.append(Composition(dict(pd.Series(species).value_counts())).reduced_formula)
+                structures.append(json.dumps(cell))
+                nsites.append(len(species))
+            else:
+                f = donors.at[i, "formula"]
+                formulas.append(_raised(f, rng) if rng.random() < 0.5 else f)
+                structures.append(None)
+                nsites.append(0)
     added["formula"] = formulas
     added["structure"] = structures
     for c in dft.columns:
@@ -187,6 +189,12 @@ def exponent(sizes: list[int], seconds: list[float]) -> float:
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
 
 
+def _counts(raw: Path) -> dict[str, int]:
+    """DFT entries and structures of a fetch output (or a scaled copy of one)."""
+    structure = pd.read_parquet(raw / "dft.parquet", columns=["structure"])["structure"]
+    return {"dft_entries": len(structure), "structures": int(structure.notna().sum())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 3, 10])
@@ -196,18 +204,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="stages after fetch, run in this order at every scale (default: featurize to train)")
     ap.add_argument("--budget", choices=["full", "small"], default="full",
                     help="train with params.yaml's settings (full) or under TRAIN_BUDGET (small)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="the scales' inputs and earlier stages' outputs are under --work already (a --keep run): "
+                         "fetch and the scaling are skipped, and the rows are added to the results file's, replacing "
+                         "those of the same stage and scale")
     a = ap.parse_args(argv)
     stages = [st for st in STAGES if st in a.stages]
     a.work.mkdir(parents=True, exist_ok=True)
     rows = []
-    fetch = run_stage(["fetch", "--params", str(stage_params(a.work, 1, budget=a.budget))], a.work / "fetch.log")
-    rows.append({"stage": "fetch", "scale": 1, **fetch})
-    print(json.dumps(rows[-1]), flush=True)
+    if not a.reuse:
+        fetch = run_stage(["fetch", "--params", str(stage_params(a.work, 1, budget=a.budget))], a.work / "fetch.log")
+        rows.append({"stage": "fetch", "scale": 1, **fetch})
+        print(json.dumps(rows[-1]), flush=True)
     for scale in a.scales:
-        counts = scaled_raw(a.work / "raw_1", a.work / f"raw_{scale}", scale) if scale > 1 else \
-            {"dft_entries": len(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["material_id"])),
-             "structures": int(pd.read_parquet(a.work / "raw_1/dft.parquet", columns=["structure"])["structure"]
-                               .notna().sum())}
+        raw = a.work / f"raw_{scale}"
+        if a.reuse and not raw.is_dir():
+            raise SystemExit(f"cost_curve --reuse: {raw} is missing (run the earlier stages with --keep first)")
+        counts = _counts(raw) if a.reuse or scale == 1 else scaled_raw(a.work / "raw_1", raw, scale)
         params = str(stage_params(a.work, scale, budget=a.budget))
         for stage in stages:
             extra = [] if stage in ("featurize", "metal") else ["--property", "band_gap"]
@@ -218,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep and scale > 1:
             for d in SCALE_DIRS:
                 shutil.rmtree(a.work / f"{d}_{scale}", ignore_errors=True)
+    if a.reuse and RESULTS.with_suffix(".json").is_file():
+        new = {(r["stage"], r["scale"]) for r in rows}
+        old = json.loads(RESULTS.with_suffix(".json").read_text())["rows"]
+        rows = [r for r in old if (r["stage"], r["scale"]) not in new] + rows
     summary = summarise(rows)
     RESULTS.with_suffix(".json").write_text(json.dumps({"rows": rows, "summary": summary, "budget": a.budget,
                                                         "train_budget": TRAIN_BUDGET if a.budget == "small" else None},
@@ -231,7 +248,7 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per stage: the growth exponent and the projection to the Materials Project's size."""
     out = {}
     for stage in STAGES:
-        r = [x for x in rows if x["stage"] == stage]
+        r = sorted((x for x in rows if x["stage"] == stage), key=lambda x: x["scale"])
         if not r:
             continue
         size_key, target = ("structures", MP_STRUCTURES) if stage == "featurize" else ("dft_entries", MP_ENTRIES)

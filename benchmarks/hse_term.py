@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=["add", "replace", "known", "feature", "pseudo"], default="add")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--fidelity", nargs="+", default=["band_gap_hse"],
-                        help="higher fidelities (DFT table columns) whose difference to PBE is learnt, or metal_likeness; "
-                             "feature takes each")
+                        help="higher fidelities (DFT table columns) whose difference to PBE is learnt, metal_likeness, or "
+                             "encoder (with --variant feature); feature takes each")
     parser.add_argument("--components", type=int, default=8, help="with --fidelity encoder: principal components kept")
     parser.add_argument("--nested", action="store_true")
     parser.add_argument("--out", type=Path)
