@@ -39,3 +39,29 @@ def test_scaled_inputs_keep_every_real_row_and_add_structures_and_compositions(t
         assert Composition(dict(pd.Series(species).value_counts())).reduced_formula == row["formula"]
     assert added["band_gap_hse"].isna().all() and (added["band_gap_pbe"] >= 0).all()
     assert (tmp_path / "raw_3/manifest.json").is_file()
+
+
+def _paths(section: dict) -> dict[str, str]:
+    return {k: v for k, v in section.items() if k.endswith("_dir") or k == "tracking_uri"}
+
+
+@pytest.mark.parametrize("budget", ["full", "small"])
+def test_stage_params_keep_every_stage_under_the_work_folder(tmp_path, budget):
+    import yaml
+
+    from benchmarks.cost_curve import ROOT, TRAIN_BUDGET, stage_params
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(stage_params(tmp_path, 3, budget=budget).read_text())
+    for name in ("featurize", "align", "train", "metal", "evaluate"):
+        paths = _paths(params[name])
+        assert paths and all(str(tmp_path) in v for v in paths.values()), (name, paths)  # nothing in the repo's data/
+    assert params["train"]["register"] is False and params["metal"]["register"] is False
+    assert params["train"]["surrogate_dir"].endswith("surrogates_3")
+    assert params["train"]["pretrained_dir"].endswith("pretrained_3")
+    if budget == "full":  # params.yaml's own training
+        assert params["train"]["members"] == base["train"]["members"]
+        assert params["train"]["optim"] == base["train"]["optim"]
+    else:
+        assert params["train"]["members"] == TRAIN_BUDGET["members"]
+        assert params["train"]["optim"]["pretrain_epochs"] == TRAIN_BUDGET["optim"]["pretrain_epochs"]
