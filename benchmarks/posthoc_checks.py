@@ -71,13 +71,6 @@ def blend_and_stretch(predictions: pd.DataFrame, weights: list[float], factors: 
     return out
 
 
-def _metal_errors(f: pd.DataFrame, probability: np.ndarray, threshold: float) -> np.ndarray:
-    called = probability >= threshold
-    metal = f["is_metal"].to_numpy() == 1
-    gap, measured = f["regressor"].to_numpy(float), f["measured"].to_numpy(float)
-    return np.where(metal, np.where(called, 0.0, gap), np.where(called, measured, np.abs(gap - measured)))
-
-
 def _metal_rows(predictions: pd.DataFrame) -> pd.DataFrame:
     """The metal stage's grouped-CV rows, one per fold seed and formula (the regressor's gap averaged over its rows)."""
     rows = predictions[(predictions["protocol"] == "grouped_cv")].dropna(subset=["regressor"]).copy()
@@ -87,46 +80,64 @@ def _metal_rows(predictions: pd.DataFrame) -> pd.DataFrame:
         measured=("measured", "mean"))
 
 
-def metal_shrink(predictions: pd.DataFrame, budgets: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04)) -> dict:
-    """The ``shrink`` check (module docstring): the gap scaled down as P(metal) rises instead of cut to 0 at a threshold.
+def _metal_errors(f: pd.DataFrame, reported: np.ndarray) -> np.ndarray:
+    """Absolute errors of a reported gap per row of :func:`_metal_rows` (a metal's gap counted as 0 eV)."""
+    truth = np.where(f["is_metal"].to_numpy() == 1, 0.0, f["measured"].to_numpy(float))
+    return np.abs(reported - truth)
+
+
+def _cut(f: pd.DataFrame, score: np.ndarray, threshold: float) -> np.ndarray:
+    """The reported gap with one threshold: 0 eV where ``score`` reaches it, the regressor's gap elsewhere."""
+    return np.where(score >= threshold, 0.0, f["regressor"].to_numpy(float))
+
+
+def _operating_points(f: pd.DataFrame, reported: dict) -> dict:
+    """Per key of ``reported`` (a reported gap each): all-compositions MAE and non-metal cost against the regressor alone."""
+    nonmetal = f["is_metal"].to_numpy() == 0
+    alone = _metal_errors(f, f["regressor"].to_numpy(float))[nonmetal].mean()
+    return {key: (float(e.mean()), float(e[nonmetal].mean() - alone))
+            for key, gap in reported.items() for e in [_metal_errors(f, gap)]}
+
+
+def _best_at_cost(points: dict, budget: float, label: str) -> dict | None:
+    """The lowest all-compositions MAE among ``points`` whose non-metal cost is at most ``budget``, and its key."""
+    ok = [(mae, key) for key, (mae, cost) in points.items() if cost <= budget]
+    return {"all": min(ok)[0], label: min(ok)[1]} if ok else None
+
+
+#: thresholds of the hard cut searched for the best operating point at a non-metal cost
+THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
+#: non-metal cost budgets (eV) of the frontiers
+BUDGETS = (0.01, 0.02, 0.03, 0.04)
+
+
+def metal_shrink(f: pd.DataFrame) -> dict:
+    """The ``shrink`` check (module docstring) on :func:`_metal_rows`: the gap scaled down as P(metal) rises.
 
     The reported gap is ``gap * clip((high - P) / (high - low), 0, 1)``: the regressor's gap below ``low``, 0 eV from
     ``high`` on, a straight line between. For each non-metal cost budget, the lowest all-compositions MAE over a grid of
     ``low < high`` (steps of 0.025) against the lowest over hard thresholds (steps of 0.01). Both are chosen on the rows
     they are scored on: an optimistic bound for either, not a model.
     """
-    f = _metal_rows(predictions)
     p, gap = f["probability"].to_numpy(float), f["regressor"].to_numpy(float)
-    metal, measured = f["is_metal"].to_numpy() == 1, f["measured"].to_numpy(float)
-    truth = np.where(metal, 0.0, measured)
-    alone = float(np.abs(gap - truth)[~metal].mean())
-
-    def point(reported: np.ndarray) -> tuple[float, float]:
-        e = np.abs(reported - truth)
-        return float(e.mean()), float(e[~metal].mean()) - alone
-
-    hard = {float(t): point(np.where(p >= t, 0.0, gap)) for t in np.round(np.arange(0.01, 1.0, 0.01), 2)}
     steps = np.round(np.arange(0.0, 1.0001, 0.025), 3)
-    soft = {(float(lo), float(hi)): point(gap * np.clip((hi - p) / (hi - lo), 0.0, 1.0))
-            for lo in steps for hi in steps if hi > lo}
-    frontier = {}
-    for budget in budgets:
-        best = {}
-        for name, points in (("threshold", hard), ("shrink", soft)):
-            ok = [(mae, key) for key, (mae, cost) in points.items() if cost <= budget]
-            best[name] = {"all": min(ok)[0], "at": min(ok)[1]} if ok else None
-        frontier[str(budget)] = best
-    return {"formula_seed_rows": len(f), "nonmetal_regressor_only": alone, "best_at_nonmetal_cost": frontier}
+    hard = _operating_points(f, {float(t): _cut(f, p, t) for t in THRESHOLDS})
+    soft = _operating_points(f, {(float(lo), float(hi)): gap * np.clip((hi - p) / (hi - lo), 0.0, 1.0)
+                                 for lo in steps for hi in steps if hi > lo})
+    frontier = {str(b): {"threshold": _best_at_cost(hard, b, "at"), "shrink": _best_at_cost(soft, b, "at")}
+                for b in BUDGETS}
+    nonmetal = f["is_metal"].to_numpy() == 0
+    return {"formula_seed_rows": len(f), "nonmetal_regressor_only": float(_metal_errors(f, gap)[nonmetal].mean()),
+            "best_at_nonmetal_cost": frontier}
 
 
-def metal_stacking(predictions: pd.DataFrame, thresholds: list[float], *, folds: int = 5) -> dict:
-    """The ``metal`` check (module docstring) on the metal stage's grouped-CV out-of-fold predictions."""
+def metal_stacking(f: pd.DataFrame, thresholds: list[float], *, folds: int = 5) -> dict:
+    """The ``metal`` check (module docstring) on :func:`_metal_rows` of the metal stage's out-of-fold predictions."""
     # scikit-learn: about a second to import; only this check needs it
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
-    f = _metal_rows(predictions)
     p = f["probability"].to_numpy(float).clip(1e-6, 1 - 1e-6)
     logit = np.log(p / (1 - p))
     gap = f["regressor"].to_numpy(float)
@@ -140,24 +151,19 @@ def metal_stacking(predictions: pd.DataFrame, thresholds: list[float], *, folds:
     nonmetal = f["is_metal"].to_numpy() == 0
     table = {}
     for t in thresholds:
-        b, a = _metal_errors(f, p, t), _metal_errors(f, stacked, t)
+        b, a = _metal_errors(f, _cut(f, p, t)), _metal_errors(f, _cut(f, stacked, t))
         frame = [pd.DataFrame({"formula": f["formula"], "error": e}) for e in (b, a)]
         diff, lo, hi = paired_by_formula([frame[0]], [frame[1]])
         table[str(t)] = {"all_before": float(b.mean()), "all_after": float(a.mean()), "all_diff": diff,
                          "all_ci95": [lo, hi], "nonmetal_before": float(b[nonmetal].mean()),
                          "nonmetal_after": float(a[nonmetal].mean())}
     # the two scores are calibrated differently, so compare their best operating points at equal non-metal cost
-    alone = float(np.abs(gap - f["measured"].to_numpy(float))[nonmetal].mean())
-    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
-    frontier = {}
-    for budget in (0.01, 0.02, 0.03, 0.04):
-        best = {}
-        for name, score in (("before", p), ("after", stacked)):
-            points = [(e.mean(), t) for t in grid if (e := _metal_errors(f, score, t))[nonmetal].mean() - alone <= budget]
-            best[name] = dict(zip(("all", "threshold"), min(points), strict=True)) if points else None
-        frontier[str(budget)] = best
+    points = {name: _operating_points(f, {float(t): _cut(f, score, t) for t in THRESHOLDS})
+              for name, score in (("before", p), ("after", stacked))}
+    frontier = {str(b): {name: _best_at_cost(pts, b, "threshold") for name, pts in points.items()} for b in BUDGETS}
     return {"formula_seed_rows": len(f), "roc_auc_before": float(roc_auc_score(f["is_metal"], p)),
-            "roc_auc_after": float(roc_auc_score(f["is_metal"], stacked)), "nonmetal_regressor_only": alone,
+            "roc_auc_after": float(roc_auc_score(f["is_metal"], stacked)),
+            "nonmetal_regressor_only": float(_metal_errors(f, gap)[nonmetal].mean()),
             "thresholds": table, "best_at_nonmetal_cost": frontier}
 
 
@@ -171,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         metal = pd.read_csv(args.plots / "metal" / "predictions.csv")
     except FileNotFoundError as exc:
         raise SystemExit(f"posthoc_checks: {exc.filename} is missing; run `dvc repro` first") from None
+    metal_rows = _metal_rows(metal)
     result = {"band_gap": blend_and_stretch(gaps, [0.95, 0.9, 0.8, 0.7], [0.95, 1.05, 1.1, 1.2]),
-              "metal": metal_stacking(metal, [0.3, 0.5, 0.7, 0.9, 0.95]), "metal_shrink": metal_shrink(metal)}
+              "metal": metal_stacking(metal_rows, [0.3, 0.5, 0.7, 0.9, 0.95]), "metal_shrink": metal_shrink(metal_rows)}
     for kind in ("blend", "stretch"):
         for key, table in result["band_gap"][kind].items():
             pooled = table["pooled_ood"]
