@@ -23,10 +23,11 @@ def read_input_csv(path: Path, *, max_sites: int) -> list[ParsedInput | InputPro
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError as exc:
         raise MatshiftError(f"input file {path} does not exist") from exc
-    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the name: a message, not a traceback
-        raise MatshiftError(f"input file {path!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from exc
+    # pandas' parser errors and UnicodeDecodeError are ValueErrors: they are caught before the generic branch
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise MatshiftError(f"input file {path} is not a readable CSV: {exc}") from exc
+    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the name: a message, not a traceback
+        raise MatshiftError(f"input file {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from exc
     columns = {c.strip().lower(): c for c in frame.columns}
     if "formula" not in columns and "cif" not in columns:
         raise MatshiftError(f"input file {path} needs a 'formula' or 'cif' column; it has {list(frame.columns)}")

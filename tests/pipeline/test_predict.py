@@ -74,6 +74,15 @@ def test_input_csv_errors(tmp_path, monkeypatch, capsys):
     (tmp_path / "in.csv").write_text("name\nNaCl\n")
     assert main(["predict", "--input", "in.csv"]) == 1
     assert "needs a 'formula' or 'cif' column" in capsys.readouterr().err
+    # pandas' empty-file and parser errors are ValueErrors: each keeps its own message, which names the file
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "binary.csv").write_bytes(b"formula\n\xff\xfe\xfa\n")
+    (tmp_path / "folder.csv").mkdir()
+    for name, says in [("empty.csv", "is not a readable CSV"), ("binary.csv", "is not a readable CSV"),
+                       ("folder.csv", "cannot be read")]:
+        assert main(["predict", "--input", name]) == 1
+        err = capsys.readouterr().err
+        assert f"input file {name} {says}" in err and "PosixPath" not in err, err
 
 
 def test_quiet_predict_prints_no_third_party_warning(workdir):
