@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "NAME/VERSION (default: data/models/<property>)")
     parser.add_argument("--output", type=Path, help="write the table to this .csv or .json file")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                        help="parameter file whose train section says where the data and models are (default: %(default)s)")
+                        help="parameter file whose train section says where the data and models are; its relative "
+                        "directories are read from the file's own directory, so the repository's params.yaml works "
+                        "from anywhere (default: %(default)s)")
     parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
     parser.add_argument("--no-metal", action="store_true", help="band gaps: skip the metal classifier "
                         "(data/models/metal); every row gets the non-metal gap estimate")
@@ -106,6 +109,11 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
     path = params if params is not None else DEFAULT_PARAMS
     dirs = load_section(TrainParams, "train", path) if path.is_file() else TrainParams()
     metal_dir = (load_section(MetalParams, "metal", path) if path.is_file() else MetalParams()).out_dir if metal else None
+    if path.is_file():  # the file's relative directories are its repository's (as `dvc repro` runs there), not cwd's
+        base = path.resolve().parent
+        dirs = replace(dirs, **{name: _under(base, getattr(dirs, name))
+                                for name in ("raw_dir", "features_dir", "aligned_dir", "out_dir")})
+        metal_dir = _under(base, metal_dir) if metal_dir is not None else None
     has_dft = (dirs.raw_dir / "dft.parquet").is_file()
     dft = readers.read_dft(dirs.raw_dir, prop, extra=dirs.fit.extra_fidelities(prop)) if has_dft else None
     index = readers.read_index(dirs.features_dir) if (dirs.features_dir / "index.parquet").is_file() else None
@@ -117,6 +125,13 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
                               polymorph_window=polymorph_window, metal_threshold=metal_threshold)
     except (ModelNotFoundError, ValueError) as exc:  # ValueError: a setting refused (a metal threshold, say)
         raise MatshiftError(str(exc)) from exc
+
+
+def _under(base: Path, path: Path) -> Path:
+    """``path`` as seen from ``base`` (unchanged when absolute); relative again when ``base`` is the working directory."""
+    if path.is_absolute() or base == Path.cwd().resolve():
+        return path
+    return base / path
 
 
 def run(args: argparse.Namespace) -> int:

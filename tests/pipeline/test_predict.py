@@ -239,3 +239,15 @@ def test_a_pure_element_is_flagged_when_no_element_was_measured(workdir):
     assert "no pure element among the training measurements" in unseen["structure_used"][0]
     # the number itself is the model's either way
     np.testing.assert_array_equal(unseen["prediction"], seen["prediction"])
+
+
+def test_params_file_elsewhere_reads_its_own_directories(workdir, tmp_path, monkeypatch, capsys):
+    """``--params`` of another directory: its relative data and model directories are that directory's, not cwd's."""
+    params = workdir / "elsewhere.yaml"
+    params.write_text("train:\n  raw_dir: data/raw\n  out_dir: data/models\nmetal:\n  out_dir: data/models/metal\n")
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    assert main(["predict", "--no-metal", "NaCl"]) == 1
+    assert "no model at data/models/band_gap" in capsys.readouterr().err
+    assert main(["predict", "--no-metal", "--params", str(params), "NaCl"]) == 0
+    out = capsys.readouterr().out
+    assert "NaCl" in out and "mp-0" in out  # the model and the DFT table of workdir
