@@ -99,6 +99,20 @@ def load_section(cls: type[T], section: str, path: Path | str = DEFAULT_PARAMS) 
     return from_mapping(cls, raw, where=section)
 
 
+def paths_from(path: Path | str, section: T, *names: str) -> T:
+    """``section`` with its relative path fields ``names`` read from the directory of the parameter file ``path``.
+
+    ``dvc repro`` runs where params.yaml lies, so the file's relative directories are that
+    directory's; a command given another checkout's file (``matshift predict --params``) reads the
+    same ones. Unchanged when the file lies in the working directory.
+    """
+    base = Path(path).resolve().parent
+    if base == Path.cwd().resolve():
+        return section
+    return dataclasses.replace(section, **{name: base / getattr(section, name) for name in names
+                                           if not Path(getattr(section, name)).is_absolute()})
+
+
 def _marker(f: dataclasses.Field) -> str | None:
     return f.metadata.get("param") if f.metadata else None
 

@@ -12,7 +12,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +19,7 @@ import pandas as pd
 from models.properties import PROPERTY_NAMES, get_property
 from models.serving import ModelNotFoundError, Predictor, format_table, predict_items, write_table
 from pipeline import readers
-from pipeline.config import DEFAULT_PARAMS, load_section
+from pipeline.config import DEFAULT_PARAMS, load_section, paths_from
 from pipeline.errors import MatshiftError
 from pipeline.inputs import collect_inputs, read_input_csv
 from pipeline.params.metal import MetalParams
@@ -107,13 +106,11 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
         raise MatshiftError("--metal-threshold and --no-metal contradict each other: give one")
     prop = get_property(property)
     path = params if params is not None else DEFAULT_PARAMS
-    dirs = load_section(TrainParams, "train", path) if path.is_file() else TrainParams()
-    metal_dir = (load_section(MetalParams, "metal", path) if path.is_file() else MetalParams()).out_dir if metal else None
-    if path.is_file():  # the file's relative directories are its repository's (as `dvc repro` runs there), not cwd's
-        base = path.resolve().parent
-        dirs = replace(dirs, **{name: _under(base, getattr(dirs, name))
-                                for name in ("raw_dir", "features_dir", "aligned_dir", "out_dir")})
-        metal_dir = _under(base, metal_dir) if metal_dir is not None else None
+    # the file's relative directories are its own directory's (where `dvc repro` runs), not the working directory's
+    dirs = (paths_from(path, load_section(TrainParams, "train", path), "raw_dir", "features_dir", "aligned_dir",
+                       "out_dir") if path.is_file() else TrainParams())
+    metal_dir = (paths_from(path, load_section(MetalParams, "metal", path), "out_dir") if path.is_file()
+                 else MetalParams()).out_dir if metal else None
     has_dft = (dirs.raw_dir / "dft.parquet").is_file()
     dft = readers.read_dft(dirs.raw_dir, prop, extra=dirs.fit.extra_fidelities(prop)) if has_dft else None
     index = readers.read_index(dirs.features_dir) if (dirs.features_dir / "index.parquet").is_file() else None
@@ -125,13 +122,6 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
                               polymorph_window=polymorph_window, metal_threshold=metal_threshold)
     except (ModelNotFoundError, ValueError) as exc:  # ValueError: a setting refused (a metal threshold, say)
         raise MatshiftError(str(exc)) from exc
-
-
-def _under(base: Path, path: Path) -> Path:
-    """``path`` as seen from ``base`` (unchanged when absolute); relative again when ``base`` is the working directory."""
-    if path.is_absolute() or base == Path.cwd().resolve():
-        return path
-    return base / path
 
 
 def run(args: argparse.Namespace) -> int:
