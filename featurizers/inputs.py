@@ -49,10 +49,16 @@ class InputProblem:
     reason: str
 
 
-def parse_dft_value(item: ParsedInput | InputProblem, text: str) -> ParsedInput | InputProblem:
-    """Attach the user's DFT value ``text`` (empty: none) to a parsed input; a non-number or inf/NaN is a problem."""
-    text = text.strip()
-    if not text or isinstance(item, InputProblem):
+def parse_dft_value(item: ParsedInput | InputProblem, value: object) -> ParsedInput | InputProblem:
+    """Attach the user's DFT value to a parsed input; a non-number or inf/NaN is a problem.
+
+    ``value``: a CSV cell's text (empty: none; the text "nan" is refused) or a DataFrame cell (a
+    number; None, a float NaN or pandas.NA, pandas' empty cells, are none).
+    """
+    if isinstance(item, InputProblem) or _empty_cell(value):
+        return item
+    text = str(value).strip()
+    if not text:
         return item
     try:
         value = float(text)
@@ -61,6 +67,18 @@ def parse_dft_value(item: ParsedInput | InputProblem, text: str) -> ParsedInput 
     if not math.isfinite(value):
         return InputProblem(item.input, item.kind, f"dft_value {text!r} is not a finite number")
     return replace(item, dft_value=value)
+
+
+def _empty_cell(value: object) -> bool:
+    """None, pandas.NA / NaT, or a NaN of any float type (a DataFrame's missing cell); text is never empty here."""
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    if isinstance(value, str):
+        return False
+    try:
+        return math.isnan(value)
+    except TypeError:  # not a number: its text is parsed (and refused) by the caller
+        return False
 
 
 def parse_formula_input(text: str) -> ParsedInput | InputProblem:

@@ -14,7 +14,14 @@ from typing import Any
 import pandas as pd
 
 from featurizers.composition import composition_descriptors
-from featurizers.inputs import InputProblem, ParsedInput, parse_cif, parse_formula_input, parse_structure
+from featurizers.inputs import (
+    InputProblem,
+    ParsedInput,
+    parse_cif,
+    parse_dft_value,
+    parse_formula_input,
+    parse_structure,
+)
 from matshift.featurizers import CrystalGraph, formula_of
 from models.properties import PROPERTY_NAMES, get_property
 from models.serving import (
@@ -61,7 +68,8 @@ class Model:
         applicability domain. An invalid input gets its ``error`` and no number; it never
         raises. A DataFrame is read by its ``formula``, ``composition``, ``structure`` or ``cif``
         column (the first one filled in a row wins, in the order structure, cif, composition,
-        formula).
+        formula); an optional ``dft_value`` column is your own DFT value of that material, as in
+        ``matshift predict --input``'s CSV (a missing cell: the mirror's; not a number: the row's error).
         """
         if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
             raise ValueError(f"coverage {coverage!r}: give a fraction between 0 and 1, e.g. 0.9")
@@ -194,7 +202,9 @@ def _frame_inputs(frame: pd.DataFrame, *, max_sites: int) -> list[ParsedInput | 
             items.append(InputProblem("", "formula", f"empty row: no {', '.join(known)} value"))
             continue
         value, col = filled[0], known[values.index(filled[0])]
-        items.append(_one(Path(str(value)) if col == "cif" else value, max_sites=max_sites))
+        item = _one(Path(str(value)) if col == "cif" else value, max_sites=max_sites)
+        # the user's own DFT value, as the --input CSV's column: refused by row when it is not a number
+        items.append(parse_dft_value(item, row[columns["dft_value"]]) if "dft_value" in columns else item)
     return items
 
 

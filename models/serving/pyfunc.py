@@ -4,7 +4,8 @@ Kept apart so prediction needs no MLflow. :class:`MatshiftPyfunc` serves the who
 packaged by :func:`models.serving.bundle.write_bundle` (DFT lookup, polymorph choice,
 applicability domain, intervals, metal probability): ``mlflow models serve`` answers with the
 rows ``matshift predict --output x.json`` writes, one per requested formula, with the same
-``error`` column for an input that is not a formula.
+``error`` column for an input that is not a formula. An optional ``dft_value`` column is the
+caller's own DFT value per row, as ``matshift predict --input``'s CSV column.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from featurizers.inputs import parse_formula_input
+from featurizers.inputs import parse_dft_value, parse_formula_input
 from models.properties import get_property
 from models.serving.bundle import find_bundle, load_bundle
 from models.serving.metal import MetalPredictor
@@ -62,6 +63,10 @@ class MatshiftPyfunc(mlflow.pyfunc.PythonModel):
         if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
             raise _bad_request(f"coverage {coverage!r}: give a fraction between 0 and 1, e.g. 0.9")
         items = [parse_formula_input(f) for f in formula_rows(model_input)]
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        if "dft_value" in model_input:  # the caller's own DFT value (empty: the packaged DFT table's), as --input's
+            items = [parse_dft_value(i, v) for i, v in zip(items, model_input["dft_value"], strict=True)]
         return predict_items(items, self.predictor, unit=self.unit, coverage=coverage)
 
 

@@ -63,9 +63,9 @@ def serving_requirements() -> list[str] | None:
 
 
 def served_signature(output: pd.DataFrame):
-    """Return the request (``formula``, a string per row), the answer (:data:`~models.serving.COLUMNS`) and the params.
+    """Return the request, the answer (:data:`~models.serving.COLUMNS`) and the params.
 
-    Params: ``coverage`` (optional, the intervals' nominal coverage; the model's own, 0.9 by
+    Request: ``formula``, a string per row, and an optional ``dft_value``, the caller's own DFT value. Params: ``coverage`` (optional, the intervals' nominal coverage; the model's own, 0.9 by
     default, when absent). Without it in the signature, MLflow would drop the param silently.
     """
     # MLflow: seconds to import; only when tracking or resolving a registered model
@@ -76,7 +76,8 @@ def served_signature(output: pd.DataFrame):
     flags = {"metal", "ad_warning"}
     cols = [ColSpec("string" if c in strings else "boolean" if c in flags else "double", c,
                     required=c in {"input", "unit"}) for c in output.columns]
-    return ModelSignature(inputs=Schema([ColSpec("string", "formula")]), outputs=Schema(cols),
+    request = Schema([ColSpec("string", "formula"), ColSpec("double", "dft_value", required=False)])
+    return ModelSignature(inputs=request, outputs=Schema(cols),
                           params=ParamSchema([ParamSpec("coverage", "double", None)]))
 
 

@@ -25,6 +25,17 @@ def test_inputs_of_every_kind_are_validated_one_by_one():
     assert isinstance(got[2], InputProblem) and "empty row" in got[2].reason
 
 
+def test_a_frame_s_dft_value_column_is_read_as_the_input_csv_s():
+    """The user's own DFT value in a DataFrame: used where given, the mirror's where missing, refused when not a number."""
+    frame = pd.DataFrame({"formula": ["GaN", "GaN", "GaN", "GaN", "GaN", "Xx2"],
+                          "dft_value": pd.Series([0.5, "2.5", np.nan, None, "abc", 1.0], dtype=object)})
+    got = to_inputs(frame)
+    assert [getattr(i, "dft_value", "problem") for i in got[:5]] == [0.5, 2.5, None, None, "problem"]
+    assert "dft_value 'abc' is not a number" in got[4].reason
+    assert "Xx" in got[5].reason  # the formula's own problem comes first
+    assert to_inputs(pd.DataFrame({"formula": ["GaN"], "dft_value": [np.inf]}))[0].reason.endswith("not a finite number")
+
+
 def test_featurize_matches_the_matminer_featurizer_and_names_bad_rows():
     table = matshift.featurize(["GaAs", "NaCl", "Xx2"])
     f = matshift.CompositionDescriptors()

@@ -93,3 +93,18 @@ def test_coverage_is_a_request_parameter(server):
     assert narrow["prediction"].tolist() == wide["prediction"].tolist()
     assert ((wide["upper"] - wide["lower"]) >= (narrow["upper"] - narrow["lower"])).all()
     assert os.path.getsize(server.log) > 0
+
+
+def test_a_request_s_dft_value_column_is_the_caller_s_own(server, monkeypatch):
+    """An optional ``dft_value`` column: used per row as ``--input``'s (null: the packaged table's), refused by row."""
+    run = tiny_run()
+    rows = [["NaCl", 0.5], ["NaCl", None], ["GaN", 3.0], ["GaN", -1.0]]
+    http = _table(server.post({"dataframe_split": {"columns": ["formula", "dft_value"], "data": rows}}))
+    given = pd.to_numeric(http["dft_value"], errors="coerce").to_numpy(float)
+    assert given[0] == 0.5 and given[2] == 3.0 and np.isfinite(given[1]) and given[1] != 0.5
+    assert http.loc[0, "structure_used"] == "user DFT value" and http.loc[1, "structure_used"].startswith("mp-")
+    assert "below 0" in http.loc[3, "error"] and np.isnan(pd.to_numeric(http["prediction"]).iloc[3])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{run.root / 'mlflow.db'}")
+    api = matshift.load_model(MODEL_URI).predict(pd.DataFrame(rows, columns=["formula", "dft_value"]))
+    np.testing.assert_allclose(pd.to_numeric(http["prediction"]).to_numpy(float),
+                               pd.to_numeric(api["prediction"]).to_numpy(float), rtol=0, atol=1e-9)
