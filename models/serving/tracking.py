@@ -65,7 +65,8 @@ def serving_requirements() -> list[str] | None:
 def served_signature(output: pd.DataFrame):
     """Return the request, the answer (:data:`~models.serving.COLUMNS`) and the params.
 
-    Request: ``formula``, a string per row, and an optional ``dft_value``, the caller's own DFT value. Params: ``coverage`` (optional, the intervals' nominal coverage; the model's own, 0.9 by
+    Request: ``formula``, a string per row, and an optional ``dft_value``, the caller's own DFT
+    value. Params: ``coverage`` (optional, the intervals' nominal coverage; the model's own, 0.9 by
     default, when absent). Without it in the signature, MLflow would drop the param silently.
     """
     # MLflow: seconds to import; only when tracking or resolving a registered model
