@@ -109,3 +109,12 @@ def test_render_shows_each_held_out_family_when_the_metrics_have_it():
     assert "| model | halide (10) | oxide (10) |" in text
     assert "| descriptor random forest | 0.800 | 0.700 |" in text
 
+
+
+def test_the_repository_readme_shows_the_committed_metrics():
+    """The README's results table is `matshift report`'s rendering of metrics/*.json as committed (regenerate after `dvc repro`)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    args = argparse.Namespace(metrics_dir=root / "metrics", readme=root / "README.md", check=True)
+    assert report.run(args) == 0, "README.md's results table is out of date: run `matshift report` and commit it"
