@@ -138,9 +138,9 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, settings
         out[protocol] = {"rows": len(before[0]), "elements": int(before[0]["element"].sum()), "diff": {"mean": diff,
                          "ci95": [lo, hi]}}
         for s, parts in (("before", before), ("after", after)):
-            out[protocol][s] = {"all": _spread([p["error"] for p in parts]),
-                                "compounds": _spread([p.loc[~p["element"], "error"] for p in parts]),
-                                "elements": _spread([p.loc[p["element"], "error"] for p in parts])}
+            out[protocol][s] = {"all": spread_over_seeds([p["error"] for p in parts]),
+                                "compounds": spread_over_seeds([p.loc[~p["element"], "error"] for p in parts]),
+                                "elements": spread_over_seeds([p.loc[p["element"], "error"] for p in parts])}
     return {"unit": prop.unit, "folds": "nested" if nested else "outer", "protocols": out,
             "families": {} if nested else by_family(errors)}
 
@@ -155,12 +155,12 @@ def by_family(errors: dict[tuple[str, str], list[pd.DataFrame]]) -> dict[str, di
         b = [part[part["fold"] == family].reset_index(drop=True) for part in before]
         a = [part[part["fold"] == family].reset_index(drop=True) for part in after]
         diff, lo, hi = paired_by_formula(b, a)
-        out[str(family)] = {"rows": len(b[0]), "before": _spread([p["error"] for p in b]),
-                            "after": _spread([p["error"] for p in a]), "diff": {"mean": diff, "ci95": [lo, hi]}}
+        out[str(family)] = {"rows": len(b[0]), "before": spread_over_seeds([p["error"] for p in b]),
+                            "after": spread_over_seeds([p["error"] for p in a]), "diff": {"mean": diff, "ci95": [lo, hi]}}
     return out
 
 
-def _spread(errors: list[pd.Series]) -> dict[str, float]:
+def spread_over_seeds(errors: list[pd.Series]) -> dict[str, float]:
     """Mean and std over seeds of the MAE of each seed's ``errors`` (NaN for empty ones)."""
     maes = [e.mean() for e in errors]
     return {"mean": float(np.mean(maes)), "std": float(np.std(maes))}

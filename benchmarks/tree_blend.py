@@ -28,7 +28,7 @@ from sklearn.ensemble import ExtraTreesRegressor
 
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
-from benchmarks.stack_options import inner_folds
+from benchmarks.stack_options import inner_folds, spread_over_seeds
 from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import loco_descriptors, make_folds
 from models.learners import StackedModel
@@ -87,18 +87,14 @@ def run_property(name: str, params, train, *, seeds: list[int], bags: int, weigh
     for protocol in sorted(set(tables[0]["protocol"])):
         parts = [t[t["protocol"] == protocol].reset_index(drop=True) for t in tables]
         before = [p.assign(error=(p["stacked"] - p["value"]).abs()) for p in parts]
-        row = {"rows": len(parts[0]), "stacked": _spread(before), "blends": {}}
+        row = {"rows": len(parts[0]), "stacked": spread_over_seeds([p["error"] for p in before]), "blends": {}}
         for w in weights:
             after = [p.assign(error=((1 - w) * p["stacked"] + w * p["trees"] - p["value"]).abs()) for p in parts]
             diff, lo, hi = paired_by_formula(before, after)
-            row["blends"][str(w)] = {"mae": _spread(after), "diff": {"mean": diff, "ci95": [lo, hi]}}
+            row["blends"][str(w)] = {"mae": spread_over_seeds([p["error"] for p in after]),
+                                     "diff": {"mean": diff, "ci95": [lo, hi]}}
         out[protocol] = row
     return {"unit": prop.unit, "folds": "nested" if nested else "outer", "protocols": out}
-
-
-def _spread(parts: list[pd.DataFrame]) -> dict[str, float]:
-    maes = [p["error"].mean() for p in parts]
-    return {"mean": float(np.mean(maes)), "std": float(np.std(maes))}
 
 
 def markdown(results: dict) -> str:
