@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model: a directory written by `matshift train`, or an MLflow registered model as "
                         "NAME/VERSION (default: data/models/<property>)")
     parser.add_argument("--output", type=Path, help="write the table to this .csv or .json file")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+    parser.add_argument("--params", type=Path, default=None,
                         help="parameter file whose train section says where the data and models are; its relative "
                         "directories are read from the file's own directory, so the repository's params.yaml works "
-                        "from anywhere (default: %(default)s)")
+                        "from anywhere (default: params.yaml when there is one here, else data/...)")
     parser.add_argument("--max-sites", type=int, default=500, help="largest CIF cell accepted (default: %(default)s)")
     parser.add_argument("--no-metal", action="store_true", help="band gaps: skip the metal classifier "
                         "(data/models/metal); every row gets the non-metal gap estimate")
@@ -104,6 +104,8 @@ def load_predictor(model: str | Path | None, *, property: str, params: Path | No
         raise MatshiftError(f"--metal-threshold applies to band gaps, not to {property}")
     if metal_threshold is not None and not metal:
         raise MatshiftError("--metal-threshold and --no-metal contradict each other: give one")
+    if params is not None and not params.is_file():  # a file named but missing is a typo, not "use the defaults"
+        raise MatshiftError(f"parameter file {params} does not exist")
     prop = get_property(property)
     path = params if params is not None else DEFAULT_PARAMS
     # the file's relative directories are its own directory's (where `dvc repro` runs), not the working directory's

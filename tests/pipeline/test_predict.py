@@ -251,3 +251,12 @@ def test_params_file_elsewhere_reads_its_own_directories(workdir, tmp_path, monk
     assert main(["predict", "--no-metal", "--params", str(params), "NaCl"]) == 0
     out = capsys.readouterr().out
     assert "NaCl" in out and "mp-0" in out  # the model and the DFT table of workdir
+
+
+def test_a_named_params_file_that_is_missing_is_an_error(workdir, monkeypatch, capsys):
+    """``--params`` with a typo: an error naming it, not a silent fall back on the default directories."""
+    monkeypatch.chdir(workdir)
+    assert main(["predict", "--no-metal", "NaCl"]) == 0  # no params.yaml here: the default directories
+    capsys.readouterr()
+    assert main(["predict", "--no-metal", "--params", "parms.yaml", "NaCl"]) == 1
+    assert "parameter file parms.yaml does not exist" in capsys.readouterr().err
