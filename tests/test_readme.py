@@ -55,3 +55,24 @@ def test_package_docstring_examples_run(module):
     finally:
         os.chdir(old)
     assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) > 0
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but hyphens dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_resolve():
+    text = README.read_text(encoding="utf-8")
+    without_code = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    anchors = {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", without_code, flags=re.MULTILINE)}
+    links = re.findall(r"\]\(([^)\s]+)\)", without_code)
+    assert any(link.startswith("#") for link in links), "the README's contents list links its sections"
+    broken = [link for link in links if not link.startswith(("http://", "https://"))
+              and not (link[1:] in anchors if link.startswith("#") else (README.parent / link.split("#")[0]).exists())]
+    assert not broken, f"README links that lead nowhere: {broken}"
+
+
+def test_slug_follows_github():
+    assert _slug("Results so far (measured, not tuned on test data)") == "results-so-far-measured-not-tuned-on-test-data"
+    assert _slug("MLflow: runs, registered models, serving") == "mlflow-runs-registered-models-serving"
