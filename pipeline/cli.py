@@ -29,7 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "data/surrogates/<property>/"),
     "pretrain": ("pipeline.pretrain", "the train stage's DFT-only GNN pretraining, computed once into "
                  "data/pretrained/<property>/"),
-    "train": ("pipeline.train", "train the GNN and baselines, log to MLflow"),
+    "train": ("pipeline.train", "train the served stacked model with its prediction intervals, the GNN ensemble "
+              "and the baselines into data/models/<property>/; log and register them in MLflow"),
     "metal": ("pipeline.metal", "metal / non-metal classifier for band-gap predictions, cross-validated, into "
               "data/models/metal/"),
     "evaluate": ("pipeline.evaluate", "leak-free out-of-distribution evaluation into metrics/ and plots/"),
@@ -49,7 +50,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description=(
             "Predict experimentally measured materials properties from DFT data: fetch, "
             "featurize, align simulation to experiment with unbalanced optimal transport, "
-            "train and evaluate a GNN out of distribution, and predict new materials. "
+            "train a multi-fidelity stacked model (served) and GNNs, evaluate them out of "
+            "distribution, and predict new materials. "
             "`dvc repro` runs the stages in order; each also runs alone."
         ),
     )

@@ -23,7 +23,7 @@ from models.serving.bundle import find_bundle, load_bundle
 from models.serving.metal import MetalPredictor
 from models.serving.output import predict_items
 
-__all__ = ["MAX_ROWS", "MatshiftPyfunc", "MetalPyfunc", "formula_rows"]
+__all__ = ["MAX_ROWS", "MatshiftPyfunc", "MetalPyfunc", "formula_rows", "request_frame"]
 
 MAX_ROWS = 10_000  # per request: a larger batch is refused (4xx) rather than tying the server up
 
@@ -33,10 +33,19 @@ def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+def request_frame(model_input):
+    """Return a dict request as a DataFrame (columns of unequal length or scalars only: a 400), anything else as it came."""
+    if not isinstance(model_input, dict):
+        return model_input
+    try:
+        return pd.DataFrame(model_input)
+    except ValueError as exc:
+        raise _bad_request(f"the request's columns do not form a table: {exc}") from exc
+
+
 def formula_rows(model_input) -> list[str]:
     """Return the request's formulas, in order; a request without a ``formula`` column is a 400 naming what it had."""
-    if isinstance(model_input, dict):
-        model_input = pd.DataFrame(model_input)
+    model_input = request_frame(model_input)
     if not isinstance(model_input, pd.DataFrame) or "formula" not in model_input:
         got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
         raise _bad_request(f"the request needs a 'formula' column (one formula per row); got {got}")
@@ -62,9 +71,8 @@ class MatshiftPyfunc(mlflow.pyfunc.PythonModel):
         coverage = (params or {}).get("coverage")
         if coverage is not None and not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
             raise _bad_request(f"coverage {coverage!r}: give a fraction between 0 and 1, e.g. 0.9")
+        model_input = request_frame(model_input)
         items = [parse_formula_input(f) for f in formula_rows(model_input)]
-        if isinstance(model_input, dict):
-            model_input = pd.DataFrame(model_input)
         if "dft_value" in model_input:  # the caller's own DFT value (empty: the packaged DFT table's), as --input's
             items = [parse_dft_value(i, v) for i, v in zip(items, model_input["dft_value"], strict=True)]
         return predict_items(items, self.predictor, unit=self.unit, coverage=coverage)
