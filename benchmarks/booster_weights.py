@@ -31,11 +31,9 @@ import pandas as pd
 
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
-from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import chemical_family, make_folds
 from models.learners.stacked import StackedModel, _booster
 from models.properties import get_property
-from pipeline.evaluate import load_inputs
 
 HERE = Path(__file__).resolve().parent
 
@@ -109,11 +107,7 @@ def run_property(name, params, train, variants: list[str], seeds: list[int], bag
     prop = get_property(name)
     if "log1p" in variants and prop.clamp_min != 0.0:
         raise SystemExit(f"booster_weights: log1p needs a property >= 0 (band_gap), not {name}")
-    full = params.full
-    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
-    exp = _problem(inputs, full, seed=params.seed)["experiment"]
-    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=1)
+    _, full, inputs, exp, formulas, y, stack = seeded.evaluate_problem(name, params, train, bags=bags)
     errors: dict[str, list[pd.DataFrame]] = {v: [] for v in ["base", *variants]}
     for seed in seeds:
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)

@@ -37,10 +37,7 @@ import pandas as pd
 
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
-from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, family_folds, make_folds, range_extrapolation
-from models.properties import get_property
-from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
@@ -66,14 +63,8 @@ def nested_folds(folds: list[Fold], values: np.ndarray, formulas: list[str]) -> 
 
 def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: list[int], bags: int, threads: int,
                  raw: Path | None = None) -> dict:
-    prop = get_property(name)
-    fit = train.fit
-    settings = params.full
-    inputs = load_inputs(params, prop, extra=fit.extra_fidelities(prop), use_graphs=False)
-    exp = _problem(inputs, settings, seed=params.seed)["experiment"]
-    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(settings, stack_bags=bags), fit, prop,
-                         threads=threads)
+    prop, settings, inputs, exp, formulas, y, stack = seeded.evaluate_problem(name, params, train, bags=bags,
+                                                                              threads=threads)
     errors: dict[tuple[str, str, str], list[pd.DataFrame]] = {}
     for seed in seeds:
         outer = make_folds(settings, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)

@@ -30,10 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import seeded
-from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import Fold, make_folds
-from models.properties import get_property
-from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
@@ -81,12 +78,8 @@ def data_multiple(mae: float, target: float, s: float) -> float:
 
 def run_property(name: str, params: EvaluateParams, train: TrainParams, *, seeds: list[int], bags: int, threads: int,
                  fractions: tuple[float, ...] = FRACTIONS, target: float | None = None) -> dict:
-    prop = get_property(name)
-    full = params.full
-    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
-    exp = _problem(inputs, full, seed=params.seed)["experiment"]
-    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=threads)
+    prop, full, inputs, exp, formulas, y, stack = seeded.evaluate_problem(name, params, train, bags=bags,
+                                                                          threads=threads)
     # protocol -> per seed, per fraction; sizes: per seed, per fraction, mean training formulas per fold
     maes: dict[str, list[list[float]]] = defaultdict(lambda: [[] for _ in seeds])
     sizes: list[list[float]] = [[] for _ in seeds]

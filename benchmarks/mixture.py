@@ -33,11 +33,9 @@ import pandas as pd
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
 from featurizers.chemistry import element_fractions
-from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import make_folds
-from models.properties import STABILITY, choose_polymorphs, get_property
+from models.properties import STABILITY, choose_polymorphs
 from models.transport import hull_mixtures
-from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
@@ -62,14 +60,9 @@ def mixture_columns(name: str, mix: pd.DataFrame) -> dict[str, pd.Series]:
 
 def run_property(name: str, params: EvaluateParams, train: TrainParams, raw: Path, seeds: list[int], bags: int,
                  sample: int) -> dict:
-    prop = get_property(name)
-    settings = params.full
-    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
+    prop, settings, inputs, exp, formulas, y, stack = seeded.evaluate_problem(name, params, train, bags=bags)
     dft_all = pd.read_parquet(raw / "dft.parquet", columns=["material_id", "formula", GAP, ENERGY])
     reference = mixture_reference(dft_all)
-    exp = _problem(inputs, settings, seed=params.seed)["experiment"]
-    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(settings, stack_bags=bags), train.fit, prop, threads=1)
     # estimate: the mixture against the surrogate on a sample of DFT formulas, own entries left out
     oof = stack.surrogate.out_of_fold_
     rng = np.random.default_rng(0)

@@ -26,11 +26,8 @@ import pandas as pd
 
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
-from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import make_folds
 from models.learners import StackedModel
-from models.properties import get_property
-from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
@@ -39,12 +36,8 @@ HERE = Path(__file__).resolve().parent
 
 def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: list[int], bags: int,
                  points: int) -> dict:
-    prop = get_property(name)
-    settings = replace(params.full, protocols=["grouped_cv"])
-    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
-    exp = _problem(inputs, settings, seed=params.seed)["experiment"]
-    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(settings, stack_bags=bags), train.fit, prop, threads=1)
+    prop, settings, inputs, exp, formulas, y, stack = seeded.evaluate_problem(
+        name, params, train, bags=bags, settings=replace(params.full, protocols=["grouped_cv"]))
     ref = stack.dft_reference
     sweep = np.arange(float(ref.min()), float(ref.max()), 0.05)
     plain_err, mono_err, falls, worst, change = [], [], [], [], []

@@ -30,12 +30,9 @@ from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
 from benchmarks.stack_options import spread_over_seeds
 from models.evaluation.config import OOD_PROTOCOLS
-from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import make_folds
 from models.learners import StackedModel
 from models.learners.stacked import descriptor_matrix
-from models.properties import get_property
-from pipeline.evaluate import load_inputs
 
 HERE = Path(__file__).resolve().parent
 LAMBDAS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
@@ -130,12 +127,7 @@ def by_distance(tables: list[pd.DataFrame], clamp_min: float | None) -> list[dic
 
 
 def run_property(name: str, params, train, *, seeds: list[int], bags: int) -> dict:
-    prop = get_property(name)
-    full = params.full
-    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
-    exp = _problem(inputs, full, seed=params.seed)["experiment"]
-    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=1)
+    prop, full, inputs, exp, formulas, y, stack = seeded.evaluate_problem(name, params, train, bags=bags)
     tables = []
     for seed in seeds:
         folds = make_folds(full, formulas, y, exp["crystal_system"].tolist(), inputs.descriptors, seed=seed)

@@ -13,19 +13,24 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from models.evaluation.config import OOD_PROTOCOLS
+from models.evaluation.config import OOD_PROTOCOLS, EvalSettings
+from models.evaluation.folds import StackInputs
+from models.evaluation.run import EvaluationInputs, _problem, stack_inputs
 from models.learners import StackConfig, StackedModel
-from models.properties import PROPERTY_NAMES
+from models.properties import PROPERTY_NAMES, Property, get_property
 from pipeline.config import DEFAULT_PARAMS, load_section
+from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
-__all__ = ["fold_errors", "parser", "run", "with_pooled_ood"]
+__all__ = ["EvaluateProblem", "evaluate_problem", "fold_errors", "parser", "run", "with_pooled_ood"]
 
 
 def parser(doc: str, out: Path, *, bags_help: str | None = None) -> argparse.ArgumentParser:
@@ -56,6 +61,33 @@ def run(args: argparse.Namespace, per_property: Callable[[str, EvaluateParams, T
     args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
     print(text)
     return 0
+
+
+class EvaluateProblem(NamedTuple):
+    """One property's measurements as the evaluate stage sees them, and the stacked models' shared inputs."""
+
+    prop: Property
+    settings: EvalSettings
+    inputs: EvaluationInputs
+    experiment: pd.DataFrame
+    formulas: list[str]
+    y: np.ndarray
+    stack: StackInputs
+
+
+def evaluate_problem(name: str, params: EvaluateParams, train: TrainParams, *, bags: int,
+                     settings: EvalSettings | None = None, threads: int = 1) -> EvaluateProblem:
+    """Read ``name``'s tables as the evaluate stage does (without crystal graphs); the stacked models on ``bags`` boosters.
+
+    ``settings``: the evaluate settings (default ``params.full``).
+    """
+    prop = get_property(name)
+    settings = params.full if settings is None else settings
+    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
+    exp = _problem(inputs, settings, seed=params.seed)["experiment"]
+    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(settings, stack_bags=bags), train.fit, prop,
+                         threads=threads)
+    return EvaluateProblem(prop, settings, inputs, exp, exp["formula"].tolist(), exp["value"].to_numpy(float), stack)
 
 
 def fold_errors(config: StackConfig, stack, descriptors: pd.DataFrame, formulas: list[str], y: np.ndarray, folds: list,

@@ -29,11 +29,8 @@ from sklearn.ensemble import ExtraTreesRegressor
 from benchmarks import seeded
 from benchmarks.metal_features import paired_by_formula
 from benchmarks.stack_options import inner_folds, spread_over_seeds
-from models.evaluation.run import _problem, stack_inputs
 from models.evaluation.splits import loco_descriptors, make_folds
 from models.learners import StackedModel
-from models.properties import get_property
-from pipeline.evaluate import load_inputs
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,12 +63,7 @@ def fold_predictions(config, stack, descriptors: pd.DataFrame, formulas: list[st
 
 def run_property(name: str, params, train, *, seeds: list[int], bags: int, weights: list[float], trees: int,
                  max_features: float, nested: bool) -> dict:
-    prop = get_property(name)
-    full = params.full
-    inputs = load_inputs(params, prop, extra=train.fit.extra_fidelities(prop), use_graphs=False)
-    exp = _problem(inputs, full, seed=params.seed)["experiment"]
-    formulas, y = exp["formula"].tolist(), exp["value"].to_numpy(float)
-    stack = stack_inputs(inputs.dft, inputs.descriptors, replace(full, stack_bags=bags), train.fit, prop, threads=1)
+    prop, full, inputs, exp, formulas, y, stack = seeded.evaluate_problem(name, params, train, bags=bags)
     x_rows = loco_descriptors(inputs.descriptors, formulas) if nested else None
     tables = []
     for seed in seeds:
