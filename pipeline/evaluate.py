@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="parameter file (default params.yaml)")
     parser.add_argument("--property", choices=PROPERTY_NAMES, required=True, help="which measured property to evaluate")
-    parser.add_argument("--quick", action="store_true", help="the small evaluate.quick budget (tests, smoke runs)")
+    parser.add_argument("--quick", action="store_true", help="the small evaluate.quick budget, a smoke run of about a "
+                        "minute; writes metrics/quick/ and plots/quick/, never the full evaluation's files")
     parser.add_argument("--no-mlflow", action="store_true",
                         help="evaluate and write metrics/plots without logging an MLflow run")
 
@@ -81,15 +82,16 @@ def run(args: argparse.Namespace) -> int:
                                    workers=params.workers, device=params.device, budget="quick" if quick else "full")
     except ValueError as exc:
         raise MatshiftError(f"evaluate {prop.name}: {exc}") from exc
-    params.metrics_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(params.plots_dir / prop.name) as tmp:
+    metrics_file, plots_dir = params.outputs(prop.name, quick=quick)
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(plots_dir) as tmp:
         for name, table in plot_tables(result).items():
             table.to_csv(tmp / f"{name}.csv", index=False, float_format=None if name == "folds" else "%.5g")
         figures.draw(tmp, result.result.predictions, result.result.folds, models=result.result.models,
                      unit=prop.unit, prop=prop.name)
-    write_json(params.metrics_dir / f"{prop.name}.json", result.metrics, sort_keys=False)
+    write_json(metrics_file, result.metrics, sort_keys=False)
     if not getattr(args, "no_mlflow", False):
-        track(args, params, prop, result.metrics)
+        track(args, params, prop, result.metrics, [metrics_file, plots_dir])
     ood = result.metrics.get("pooled_ood", {})
     log.info("%s: evaluated in %.0f s; pooled OOD MAE %s; gain of %s vs best non-OT (%s): %s", prop.name,
              result.metrics["seconds"], json.dumps({k: round(v, 4) for k, v in ood.get("mae", {}).items()}),
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def track(args: argparse.Namespace, params: EvaluateParams, prop: Property, metrics: dict) -> None:
+def track(args: argparse.Namespace, params: EvaluateParams, prop: Property, metrics: dict, artifacts: list[Path]) -> None:
     """Log the evaluation to MLflow beside (as a child of) the train run of ``data/models/<property>``."""
     train = load_section(TrainParams, "train", args.params)
     # the one place the environment is read: MLflow's standard variable overrides params
@@ -113,8 +115,7 @@ def track(args: argparse.Namespace, params: EvaluateParams, prop: Property, metr
         log_evaluation_run(tracking_uri=tracking_uri, experiment=train.experiment, prop=prop.name,
                            params={"budget": "quick" if getattr(args, "quick", False) else "full",
                                    **flatten(params)},
-                           metrics=metrics, artifacts=[params.metrics_dir / f"{prop.name}.json",
-                                                       params.plots_dir / prop.name],
+                           metrics=metrics, artifacts=artifacts,
                            train_run=read_run_record(train.out_dir / prop.name))
     except TrackingError as exc:
         raise MatshiftError(f"{exc} (metrics and plots are written)") from exc

@@ -28,6 +28,15 @@ class EvaluateParams:
         protocols=["grouped_cv", "family_out"], n_folds=2, max_measurements=300, max_dft=3000, epochs=3,
         patience=2, pretrain_epochs=1, rf_trees=20, shift_sample=100))
 
+    def outputs(self, prop: str, *, quick: bool = False) -> tuple[Path, Path]:
+        """Return the metrics file and the plots directory of ``prop``'s evaluation.
+
+        A quick (smoke) run writes under ``quick/`` in both directories, so it never overwrites
+        the full evaluation's files, which DVC tracks and the README's results table is made of.
+        """
+        sub = Path("quick") if quick else Path()
+        return self.metrics_dir / sub / f"{prop}.json", self.plots_dir / sub / prop
+
     def __post_init__(self) -> None:
         if not 0 < self.ad_threshold < 100:
             raise ValueError(f"ad_threshold must be in (0, 100), got {self.ad_threshold}")

@@ -77,7 +77,9 @@ def test_quick_evaluation_writes_metrics_and_plots(tmp_path):
     _inputs(tmp_path)
     args = argparse.Namespace(params=_params(tmp_path), property="band_gap", quick=True)
     assert stage.run(args) == 0
-    m = json.loads((tmp_path / "metrics/band_gap.json").read_text())
+    # a smoke run writes beside the full evaluation's files (DVC's outputs, the README table's source), never over them
+    assert not (tmp_path / "metrics/band_gap.json").exists() and not (tmp_path / "plots/band_gap").exists()
+    m = json.loads((tmp_path / "metrics/quick/band_gap.json").read_text())
     assert m["budget"] == "quick" and m["n_measurements"] == 40 and m["n_formulas"] == 20
     assert set(m["protocols"]) == {"grouped_cv", "crystal_system_out"}
     # crystal systems come from the formula's DFT polymorph: 12 formulas x 2 measurements, two systems
@@ -95,8 +97,8 @@ def test_quick_evaluation_writes_metrics_and_plots(tmp_path):
     # DFT calibrations (issue 10) on the rows with a DFT value: every test row here has one
     cal = m["protocols"]["grouped_cv"]["calibration"]
     assert cal["n_rows"] == 40 and {"raw_dft", "linear_dft", "calib_ot_knn", "calib_neural"} <= set(cal)
-    preds = pd.read_csv(tmp_path / "plots/band_gap/predictions.csv")
-    folds = pd.read_csv(tmp_path / "plots/band_gap/folds.csv")
+    preds = pd.read_csv(tmp_path / "plots/quick/band_gap/predictions.csv")
+    folds = pd.read_csv(tmp_path / "plots/quick/band_gap/folds.csv")
     assert len(preds) == len(folds) == 64
     # every measured formula is tested exactly once by grouped CV
     assert sorted(folds.loc[folds["protocol"] == "grouped_cv", "exp_id"]) == sorted(f"x:{i}" for i in range(40))
@@ -104,7 +106,7 @@ def test_quick_evaluation_writes_metrics_and_plots(tmp_path):
     assert m["protocols"]["grouped_cv"]["gnn_ot"]["mae"] == pytest.approx(mae, rel=1e-4)
     assert preds["transported_mass"].to_numpy() == pytest.approx(np.ones(64))  # relative to the 1/n marginal
     for name in ("parity.png", "error_vs_shift.png", "error_vs_shift.csv", "mass_vs_error.csv", "calibration.png"):
-        assert (tmp_path / "plots/band_gap" / name).is_file()
+        assert (tmp_path / "plots/quick/band_gap" / name).is_file()
 
 
 def test_missing_inputs_name_the_file(tmp_path):

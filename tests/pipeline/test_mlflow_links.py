@@ -57,7 +57,7 @@ def test_train_and_evaluate_runs_are_linked_for_every_property(store):
         assert evaluate.data.tags["matshift.train_run_id"] == train.info.run_id
         assert train.data.tags["matshift.evaluate_run_id"] == evaluate.info.run_id
         # the evaluate run carries the stage's metrics JSON: every number, under its path, and the file itself
-        metrics = json.loads((root / "metrics" / f"{prop}.json").read_text())
+        metrics = json.loads((root / "metrics" / "quick" / f"{prop}.json").read_text())
         cv = metrics["protocols"]["grouped_cv"]
         for model in ("stacked", "stacked_ot"):
             logged = evaluate.data.metrics[f"protocols.grouped_cv.{model}.mae"]

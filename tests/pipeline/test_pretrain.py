@@ -91,11 +91,11 @@ def test_evaluate_folds_start_from_the_stage_s_encoders_or_the_same_ones_compute
     with caplog.at_level(logging.INFO):
         assert evaluate.run(args) == 0
     assert "they are pretrained here instead" in caplog.text  # no stage output: computed in the evaluate stage
-    own = pd.read_csv(tmp_path / "plots/band_gap/predictions.csv")
+    own = pd.read_csv(tmp_path / "plots/quick/band_gap/predictions.csv")
     caplog.clear()
     assert stage.run(_args(params)) == 0
     with caplog.at_level(logging.INFO):
         assert evaluate.run(args) == 0
     assert "evaluate band_gap: 2 DFT-pretrained encoder(s) from the pretrain stage" in caplog.text
-    shared = pd.read_csv(tmp_path / "plots/band_gap/predictions.csv")
+    shared = pd.read_csv(tmp_path / "plots/quick/band_gap/predictions.csv")
     assert own["gnn_ot"].notna().all() and own[["gnn_ot", "gnn_no_ot"]].equals(shared[["gnn_ot", "gnn_no_ot"]])
