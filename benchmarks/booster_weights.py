@@ -133,7 +133,7 @@ def run_property(name, params, train, variants: list[str], seeds: list[int], bag
 def markdown(results: dict) -> str:
     lines = ["# Reweighted boosters and a log1p residual (benchmarks/booster_weights.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model without OT; "
-             f"{results['seconds']:.0f} s{'; ' + results['load'] if results.get('load') else ''}. MAE of the stacked model "
+             f"{seeded.took(results)}. MAE of the stacked model "
              "(base) and per variant its MAE and the paired difference variant - base (95% bootstrap interval over formulas).", ""]
     for name in results["properties"]:
         r = results[name]

@@ -100,7 +100,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: l
 def markdown(results: dict) -> str:
     lines = ["# Extrapolating calibration of the stacked model (benchmarks/extrapolation.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters per model; "
-             f"{results['seconds']:.0f} s{'; ' + results['load'] if results.get('load') else ''}. MAE mean ± std "
+             f"{seeded.took(results)}. MAE mean ± std "
              "over seeds; difference to `plain` with a 95% bootstrap interval over formulas (one draw for all seeds).", ""]
     for name in results["properties"]:
         r = results[name]

@@ -125,8 +125,8 @@ def _multiple(x: float) -> str:
 def markdown(results: dict) -> str:
     lines = ["# Learning curve of the stacked model (benchmarks/learning_curve.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, the stacked model without OT "
-             f"features, each evaluate fold's training part cut to a fraction of its formulas; {results['seconds']:.0f} s"
-             f"{'; ' + results['load'] if results.get('load') else ''}. MAE mean ± std over seeds. Slope: d log MAE / d "
+             f"features, each evaluate fold's training part cut to a fraction of its formulas; {seeded.took(results)}"
+             ". MAE mean ± std over seeds. Slope: d log MAE / d "
              "log(training formulas), least squares over the fractions per seed; a multiple is how many times today's "
              "measurements the mean slope would need, a lower bound because a learning curve flattens.", ""]
     for name in results["properties"]:

@@ -111,7 +111,7 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, raw: Pat
 def markdown(results: dict) -> str:
     lines = ["# Compositions as mixtures of DFT compounds (benchmarks/mixture.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, {results['sample']} sampled DFT "
-             f"formulas; {results['seconds']:.0f} s{'; ' + results['load'] if results.get('load') else ''}.", ""]
+             f"formulas; {seeded.took(results)}.", ""]
     for name in results["properties"]:
         r = results[name]
         lines += [f"## {name} ({r['unit']})", "", f"DFT estimate of a formula's own value (LP {r['lp_ms_per_formula']:.1f} ms "

@@ -77,8 +77,8 @@ def run_property(name: str, params: EvaluateParams, train: TrainParams, seeds: l
 def markdown(results: dict) -> str:
     lines = ["# Monotone rearrangement of a caller's DFT value (benchmarks/rearrangement.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, {results['points']} grid points; "
-             f"{results['seconds']:.0f} s"
-             f"{'; ' + results['load'] if results.get('load') else ''}. Grouped-CV folds of the evaluate stage, stacked "
+             f"{seeded.took(results)}"
+             ". Grouped-CV folds of the evaluate stage, stacked "
              "model without OT features; test rows with a DFT value.", "",
              "| property | rows | MAE plain | MAE rearranged | diff [95% CI] | mean abs change | sweeps with a fall | "
              "steps that fall | largest fall (median) |", "|---|---|---|---|---|---|---|---|---|"]

@@ -140,7 +140,7 @@ def run_property(name: str, params, train, *, seeds: list[int], bags: int) -> di
 def markdown(results: dict) -> str:
     lines = ["# Shrinking the boosters' residual toward the calibrated base (benchmarks/residual_shrink.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model without OT, "
-             f"evaluate folds; {results['seconds']:.0f} s{'; ' + results['load'] if results.get('load') else ''}. "
+             f"evaluate folds; {seeded.took(results)}. "
              "MAE of base + lam x residual (mean over seeds); lam chosen on the scored rows (an oracle: an upper "
              "bound); best minus lam = 1 with a 95% bootstrap interval over formulas.", ""]
     for name in results["properties"]:

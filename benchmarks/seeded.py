@@ -30,7 +30,7 @@ from pipeline.evaluate import load_inputs
 from pipeline.params.evaluate import EvaluateParams
 from pipeline.params.train import TrainParams
 
-__all__ = ["EvaluateProblem", "evaluate_problem", "fold_errors", "parser", "run", "with_pooled_ood"]
+__all__ = ["EvaluateProblem", "evaluate_problem", "fold_errors", "parser", "run", "took", "with_pooled_ood"]
 
 
 def parser(doc: str, out: Path, *, bags_help: str | None = None) -> argparse.ArgumentParser:
@@ -62,6 +62,11 @@ def run(args: argparse.Namespace, per_property: Callable[[str, EvaluateParams, T
     print(text)
     return 0
 
+
+
+def took(results: dict) -> str:
+    """``results``' run time and, when recorded, what else ran meanwhile, as the tables' headers print them."""
+    return f"{results['seconds']:.0f} s" + (f"; {results['load']}" if results.get("load") else "")
 
 class EvaluateProblem(NamedTuple):
     """One property's measurements as the evaluate stage sees them, and the stacked models' shared inputs."""

@@ -179,7 +179,7 @@ def markdown(results: dict) -> str:
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model "
              f"{'with OT features (each fold its own alignment)' if results.get('ot') else 'without OT'}; "
              f"before = `{json.dumps(results['before'])}`, after = `{json.dumps(results['after'])}` (StackConfig overrides "
-             f"of params.yaml's settings); {results['seconds']:.0f} s{'; ' + results['load'] if results.get('load') else ''}.",
+             f"of params.yaml's settings); {seeded.took(results)}.",
              "MAE mean ± std over seeds; difference after - before with a 95% bootstrap interval over formulas.", ""]
     for name in results["properties"]:
         r = results[name]

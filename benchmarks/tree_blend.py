@@ -93,8 +93,8 @@ def markdown(results: dict) -> str:
     weights = results["weights"]
     lines = ["# Extra trees blended into the stacked model (benchmarks/tree_blend.py)", "",
              f"{results['machine']}; seeds {results['seeds']}, {results['bags']} boosters, stacked model without OT; "
-             f"{results['trees']} extra trees, max_features {results['max_features']}; {results['seconds']:.0f} s"
-             f"{'; ' + results['load'] if results.get('load') else ''}. MAE (mean ± std over seeds); blend = "
+             f"{results['trees']} extra trees, max_features {results['max_features']}; {seeded.took(results)}"
+             ". MAE (mean ± std over seeds); blend = "
              "(1 - w) stacked + w extra trees; difference blend - stacked with a 95% bootstrap interval over formulas.", ""]
     for name in results["properties"]:
         r = results[name]
