@@ -19,10 +19,16 @@ Reads only what `dvc repro` wrote (no model is fitted), so it runs in seconds:
 * ``shrink``: on the same rows, a reported gap that falls linearly from the regressor's to 0 eV as P(metal) rises
   between two values, instead of a cut at one threshold (:func:`metal_shrink`): does a softer call buy
   all-compositions MAE at less non-metal cost?
+* ``by_dft``: the same rows split by whether the mirror's DFT data hold the formula (a PBE gap in
+  ``data/raw/dft.parquet``), each part's operating points at the hard cut (:func:`metal_by_dft`): is the
+  non-metal cost of issue 17 the lack of DFT entries (a DFT list with the metals would then remove it), or is it
+  there where the classifier sees the formula's DFT polymorphs too?
 
 Each MAE difference has a 95% interval from resampling formulas (:func:`benchmarks.metal_features.paired_by_formula`).
 
     PYTHONPATH=. python -m benchmarks.posthoc_checks          # writes benchmarks/posthoc_checks_results.json
+
+``--data`` names the fetch stage's output folder (default ``data/raw``) for ``by_dft``.
 """
 
 from __future__ import annotations
@@ -167,19 +173,51 @@ def metal_stacking(f: pd.DataFrame, thresholds: list[float], *, folds: int = 5) 
             "thresholds": table, "best_at_nonmetal_cost": frontier}
 
 
+def metal_by_dft(f: pd.DataFrame, dft_formulas: set[str], thresholds: list[float]) -> dict:
+    """The ``by_dft`` check (module docstring) on :func:`_metal_rows`: each part's operating points at the hard cut.
+
+    Per part (formulas with a DFT entry, formulas without) and threshold: the share of non-metal rows called metal,
+    the metals' recall, the all-compositions MAE and what the calls add to the non-metal MAE against the regressor
+    alone, with a 95% interval from resampling formulas.
+    """
+    has = f["formula"].isin(dft_formulas).to_numpy()
+    out = {}
+    for name, part in (("with_dft", f[has]), ("without_dft", f[~has])):
+        part = part.reset_index(drop=True)
+        p = part["probability"].to_numpy(float)
+        metal, nonmetal = part["is_metal"].to_numpy() == 1, part["is_metal"].to_numpy() == 0
+        alone = pd.DataFrame({"formula": part["formula"][nonmetal],
+                              "error": _metal_errors(part, part["regressor"].to_numpy(float))[nonmetal]})
+        rows = {}
+        for t in thresholds:
+            cut = _cut(part, p, t)
+            called = pd.DataFrame({"formula": alone["formula"], "error": _metal_errors(part, cut)[nonmetal]})
+            diff, lo, hi = paired_by_formula([alone], [called])
+            rows[str(t)] = {"all": float(_metal_errors(part, cut).mean()), "nonmetal_cost": diff,
+                            "nonmetal_cost_ci95": [lo, hi], "nonmetals_called": float((p[nonmetal] >= t).mean()),
+                            "metal_recall": float((p[metal] >= t).mean())}
+        out[name] = {"formula_seed_rows": len(part), "metals": int(metal.sum()), "nonmetals": int(nonmetal.sum()),
+                     "nonmetal_regressor_only": float(alone["error"].mean()), "thresholds": rows}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plots", type=Path, default=Path("plots"))
+    parser.add_argument("--data", type=Path, default=Path("data/raw"))
     parser.add_argument("--out", type=Path, default=HERE / "posthoc_checks_results.json")
     args = parser.parse_args(argv)
     try:
         gaps = pd.read_csv(args.plots / "band_gap" / "predictions.csv")
         metal = pd.read_csv(args.plots / "metal" / "predictions.csv")
+        dft = pd.read_parquet(args.data / "dft.parquet", columns=["formula", "band_gap_pbe"])
     except FileNotFoundError as exc:
         raise SystemExit(f"posthoc_checks: {exc.filename} is missing; run `dvc repro` first") from None
     metal_rows = _metal_rows(metal)
     result = {"band_gap": blend_and_stretch(gaps, [0.95, 0.9, 0.8, 0.7], [0.95, 1.05, 1.1, 1.2]),
-              "metal": metal_stacking(metal_rows, [0.3, 0.5, 0.7, 0.9, 0.95]), "metal_shrink": metal_shrink(metal_rows)}
+              "metal": metal_stacking(metal_rows, [0.3, 0.5, 0.7, 0.9, 0.95]), "metal_shrink": metal_shrink(metal_rows),
+              "metal_by_dft": metal_by_dft(metal_rows, set(dft.loc[dft["band_gap_pbe"].notna(), "formula"]),
+                                           [0.5, 0.8, 0.9, 0.95, 0.99])}
     for kind in ("blend", "stretch"):
         for key, table in result["band_gap"][kind].items():
             pooled = table["pooled_ood"]
@@ -197,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     for budget, best in result["metal_shrink"]["best_at_nonmetal_cost"].items():
         print(f"  shrink, non-metal cost <= {budget}: best all-compositions MAE " + ", ".join(
             f"{k} {v['all']:.4f} (at {v['at']})" if v else f"{k} none" for k, v in best.items()))
+    for part, table in result["metal_by_dft"].items():
+        print(f"  {part} ({table['nonmetals']} non-metal, {table['metals']} metal rows; regressor alone "
+              f"{table['nonmetal_regressor_only']:.4f} eV on the non-metals):")
+        for t, row in table["thresholds"].items():
+            lo, hi = row["nonmetal_cost_ci95"]
+            print(f"    threshold {t}: all {row['all']:.4f}, non-metal cost {row['nonmetal_cost']:+.4f} [{lo:+.4f}, "
+                  f"{hi:+.4f}], non-metals called {row['nonmetals_called']:.1%}, metal recall {row['metal_recall']:.1%}")
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
 
