@@ -132,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
         items += read_input_csv(args.input, max_sites=args.max_sites)
     if not items:
         raise MatshiftError("no input: give formulas, --cif FILE ... or --input FILE.csv (see matshift predict --help)")
+    if args.coverage is not None and not 0 < args.coverage < 1:  # before the models load: a typo answered at once
+        raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
     predictor = load_predictor(args.model, property=args.property, params=args.params, metal=not args.no_metal,
                                polymorph_window=args.polymorph_window, metal_threshold=args.metal_threshold)
-    if args.coverage is not None and not 0 < args.coverage < 1:
-        raise MatshiftError(f"--coverage {args.coverage}: give a fraction between 0 and 1, e.g. 0.9")
     frame = predict_items(items, predictor, unit=get_property(args.property).unit, coverage=args.coverage)
     # refused inputs (not a formula, a bad CIF, an element without Magpie data) are rows with an error: said here too
     bad = [(i, e) for i, e in zip(items, frame["error"], strict=True) if isinstance(e, str)]

@@ -67,6 +67,10 @@ def test_missing_model_and_empty_input(tmp_path, monkeypatch, capsys):
     assert "no model at data/models/band_gap" in capsys.readouterr().err
     assert main(["predict"]) == 1
     assert "no input" in capsys.readouterr().err
+    # a bad --coverage is answered before any model loads: its own message, not the missing model's
+    assert main(["predict", "NaCl", "--coverage", "90"]) == 1
+    err = capsys.readouterr().err
+    assert "--coverage 90.0: give a fraction between 0 and 1" in err and "no model" not in err
 
 
 def test_input_csv_errors(tmp_path, monkeypatch, capsys):
