@@ -190,10 +190,10 @@ def metal_by_dft(f: pd.DataFrame, dft_formulas: set[str], thresholds: list[float
                               "error": _metal_errors(part, part["regressor"].to_numpy(float))[nonmetal]})
         rows = {}
         for t in thresholds:
-            cut = _cut(part, p, t)
-            called = pd.DataFrame({"formula": alone["formula"], "error": _metal_errors(part, cut)[nonmetal]})
+            errors = _metal_errors(part, _cut(part, p, t))
+            called = pd.DataFrame({"formula": alone["formula"], "error": errors[nonmetal]})
             diff, lo, hi = paired_by_formula([alone], [called])
-            rows[str(t)] = {"all": float(_metal_errors(part, cut).mean()), "nonmetal_cost": diff,
+            rows[str(t)] = {"all": float(errors.mean()), "nonmetal_cost": diff,
                             "nonmetal_cost_ci95": [lo, hi], "nonmetals_called": float((p[nonmetal] >= t).mean()),
                             "metal_recall": float((p[metal] >= t).mean())}
         out[name] = {"formula_seed_rows": len(part), "metals": int(metal.sum()), "nonmetals": int(nonmetal.sum()),
